@@ -21,7 +21,7 @@ impl Lsn {
     }
 
     /// `self + bytes`, saturating at the top of the address space.
-    pub fn add(self, bytes: u64) -> Lsn {
+    pub fn plus(self, bytes: u64) -> Lsn {
         Lsn(self.0.saturating_add(bytes))
     }
 

@@ -1,0 +1,118 @@
+//! Errors of the source side, split the way an operator acts on them:
+//! transient ones (the network, a server restart) are retried with backoff;
+//! definite ones (bad password, missing slot, wrong `wal_level`) stop and say
+//! what to fix.
+
+use std::io;
+
+use crate::source::conninfo::ConnInfoError;
+
+/// An `ErrorResponse` from the server, with the fields we use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "; {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    ConnInfo(#[from] ConnInfoError),
+    #[error("cannot connect to {target}: {source}; check that the server runs and accepts TCP connections on that host and port")]
+    Connect { target: String, source: io::Error },
+    #[error("connection to {target} timed out after {secs}s (connect_timeout)")]
+    ConnectTimeout { target: String, secs: u64 },
+    #[error("TLS with {target} failed: {why}")]
+    Tls { target: String, why: String },
+    #[error("{target} does not accept TLS but sslmode={mode} requires it; use sslmode=prefer or disable, or enable ssl on the server")]
+    TlsUnavailable { target: String, mode: &'static str },
+    #[error("password authentication failed for user {user:?} at {target}; check the password in the URL or PGPASSWORD")]
+    BadPassword { user: String, target: String },
+    #[error("{target} asks for a password for user {user:?} but none was given; put it in the URL or set PGPASSWORD")]
+    NoPassword { user: String, target: String },
+    #[error("{target} asks for authentication method {method}, which pgbridge does not support; use scram-sha-256, md5, password or trust in pg_hba.conf")]
+    UnsupportedAuth { target: String, method: String },
+    #[error("role {user:?} may not start a replication connection on {target}: it needs the REPLICATION attribute; run ALTER ROLE {user} REPLICATION (and allow \"replication\" connections for it in pg_hba.conf if needed)")]
+    NoReplicationPrivilege { user: String, target: String },
+    #[error("database {dbname:?} does not exist on {target}; create it or fix dbname in the URL")]
+    NoDatabase { dbname: String, target: String },
+    #[error("wal_level is {actual} on {target}, logical decoding needs wal_level = logical; set it in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the server")]
+    WalLevel { actual: String, target: String },
+    #[error("replication slot {slot:?} does not exist on {target}; create it or run without --slot for a temporary one")]
+    SlotMissing { slot: String, target: String },
+    #[error("replication slot {slot:?} is in use by another process ({detail}); stop the other consumer, or use a different slot name")]
+    SlotInUse { slot: String, detail: String },
+    #[error("replication slot {slot:?} uses plugin {plugin:?}, pgbridge needs pgoutput; drop it (SELECT pg_drop_replication_slot('{slot}')) or choose another slot name")]
+    SlotWrongPlugin { slot: String, plugin: String },
+    #[error("replication slot {slot:?} belongs to database {slot_db:?}, not {dbname:?}; connect to that database or use another slot name")]
+    SlotWrongDatabase {
+        slot: String,
+        slot_db: String,
+        dbname: String,
+    },
+    #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; drop the slot and start again with a fresh snapshot")]
+    SlotLost { slot: String },
+    #[error("replication slot {slot:?} was advanced by someone else to {now} while pgbridge resumed from {resumed}: changes in between may be lost; investigate, then drop the slot and start over")]
+    SlotMovedAhead {
+        slot: String,
+        resumed: crate::Lsn,
+        now: crate::Lsn,
+    },
+    #[error("publication(s) {missing} do not exist in database {dbname:?}; create them with CREATE PUBLICATION ... FOR TABLE ... (or fix the name)")]
+    PublicationMissing { missing: String, dbname: String },
+    #[error("server error from {target}: {error}")]
+    Db { target: String, error: Box<DbError> },
+    #[error("connection to {target} lost: {source}")]
+    Io { target: String, source: io::Error },
+    #[error("protocol error talking to {target}: {why}")]
+    Protocol { target: String, why: String },
+    #[error("the server at {target} closed the connection")]
+    Closed { target: String },
+}
+
+impl SourceError {
+    /// Worth retrying after a pause: the same call may succeed later without
+    /// anyone changing anything. Everything else needs an operator.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connect { .. }
+            | SourceError::ConnectTimeout { .. }
+            | SourceError::Io { .. }
+            | SourceError::Closed { .. }
+            | SourceError::SlotInUse { .. } => true,
+            SourceError::Db { error, .. } => {
+                // Class 08 connection exceptions, 57P0x shutdown/crash,
+                // 53 insufficient resources, 40 serialization/deadlock.
+                error.code.starts_with("08")
+                    || error.code.starts_with("57P")
+                    || error.code.starts_with("53")
+                    || error.code.starts_with("40")
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SourceError::Db { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The source side: a replication connection to PostgreSQL, the replication
+//! commands, and the CopyBoth loop that streams pgoutput messages and sends
+//! status updates.
+
+pub mod conn;
+pub mod conninfo;
+pub mod error;
+pub mod replication;
+mod tls;
+
+pub use conn::{Connection, Mode, QueryResult};
+pub use conninfo::{ConnInfo, SslMode};
+pub use error::{DbError, SourceError};
+pub use replication::{
+    max_proto_version, CreatedSlot, ReplEvent, ReplicationStream, SlotInfo, SnapshotAction,
+    StartOptions, SystemInfo,
+};

@@ -1,0 +1,30 @@
+//! All integration tests in one binary (built once), against real PostgreSQL
+//! clusters started from the local binaries. See tests/harness.rs.
+
+mod harness;
+mod source;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials: Vec<Trial> = Vec::new();
+    trials.extend(source::trials());
+    let conclusion = libtest_mimic::run(&args, trials);
+    harness::shutdown();
+    conclusion.exit();
+}
+
+/// Wraps a test function as a trial; a panic is a failure.
+pub fn trial(name: &'static str, f: fn()) -> Trial {
+    Trial::test(name, move || {
+        std::panic::catch_unwind(f).map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            msg.into()
+        })
+    })
+}

@@ -1,0 +1,227 @@
+//! The replication connection against a real server: authentication methods,
+//! TLS modes, replication commands and their errors.
+
+use libtest_mimic::Trial;
+use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction, SourceError};
+
+use crate::harness::{self, runtime, PASSWORD};
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial("source::auth_methods", auth_methods),
+        trial("source::tls_modes", tls_modes),
+        trial("source::bad_credentials", bad_credentials),
+        trial("source::replication_commands", replication_commands),
+    ]
+}
+
+fn pw_url(port: u16, user: &str, db: &str) -> String {
+    let pw = percent_encode(PASSWORD);
+    format!("postgres://{user}:{pw}@127.0.0.1:{port}/{db}?sslmode=disable")
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn connect(url: &str, mode: Mode) -> Result<Connection, SourceError> {
+    Connection::connect(&ConnInfo::parse(url).expect("url"), mode).await
+}
+
+fn auth_methods() {
+    let (port, db) = harness::fresh_db("auth_methods");
+    runtime().block_on(async {
+        for user in [
+            harness::SCRAM_USER,
+            harness::MD5_USER,
+            harness::PW_USER,
+            "postgres",
+        ] {
+            for mode in [Mode::Normal, Mode::Replication] {
+                let url = if user == "postgres" {
+                    harness::url(port, &db)
+                } else {
+                    pw_url(port, user, &db)
+                };
+                let mut c = connect(&url, mode)
+                    .await
+                    .unwrap_or_else(|e| panic!("{user} {mode:?}: {e}"));
+                let r = c.query_one("SELECT current_user").await.expect("query");
+                assert_eq!(r.rows[0][0].as_deref(), Some(user));
+                if mode == Mode::Replication {
+                    let sys = c.identify_system().await.expect("IDENTIFY_SYSTEM");
+                    assert_eq!(sys.dbname.as_deref(), Some(db.as_str()));
+                    assert!(!sys.xlogpos.is_zero());
+                }
+                c.close().await;
+            }
+        }
+        // key=value form
+        let kv = format!(
+            "host=127.0.0.1 port={port} dbname={db} user={} password='{}' sslmode=disable",
+            harness::SCRAM_USER,
+            PASSWORD.replace('\'', "\\'")
+        );
+        connect(&kv, Mode::Replication).await.expect("key=value");
+    });
+}
+
+fn tls_modes() {
+    let (port, db) = harness::fresh_db("tls_modes");
+    let ca = harness::with_cluster(|c| c.ca_cert());
+    runtime().block_on(async {
+        let user = harness::SSL_USER;
+        let base = format!("postgres://{user}@127.0.0.1:{port}/{db}");
+        let base_localhost = format!("postgres://{user}@localhost:{port}/{db}");
+        // ssl_user is rejected without TLS: each success proves TLS was used.
+        let err = connect(&format!("{base}?sslmode=disable"), Mode::Normal)
+            .await
+            .expect_err("plain must be rejected for ssl_user");
+        assert!(
+            err.to_string().contains("pg_hba") || err.to_string().contains("reject"),
+            "{err}"
+        );
+        for mode in ["prefer", "require"] {
+            let mut c = connect(&format!("{base}?sslmode={mode}"), Mode::Replication)
+                .await
+                .unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+            let r = c.query_one("SHOW ssl").await.expect("show ssl");
+            assert_eq!(r.rows[0][0].as_deref(), Some("on"));
+        }
+        let ca = ca.display();
+        connect(
+            &format!("{base_localhost}?sslmode=verify-full&sslrootcert={ca}"),
+            Mode::Replication,
+        )
+        .await
+        .expect("verify-full with the right CA and name");
+        connect(
+            &format!("{base}?sslmode=verify-ca&sslrootcert={ca}"),
+            Mode::Replication,
+        )
+        .await
+        .expect("verify-ca with the right CA");
+        // Without our CA the chain cannot verify.
+        let err = connect(
+            &format!("{base_localhost}?sslmode=verify-full"),
+            Mode::Normal,
+        )
+        .await
+        .expect_err("verify-full against unknown CA must fail");
+        assert!(matches!(err, SourceError::Tls { .. }), "{err}");
+    });
+}
+
+fn bad_credentials() {
+    let (port, db) = harness::fresh_db("bad_credentials");
+    runtime().block_on(async {
+        let wrong = format!(
+            "postgres://{}:wrong@127.0.0.1:{port}/{db}?sslmode=disable",
+            harness::SCRAM_USER
+        );
+        let err = connect(&wrong, Mode::Replication)
+            .await
+            .expect_err("must fail");
+        assert!(matches!(err, SourceError::BadPassword { .. }), "{err}");
+        assert!(err.to_string().contains("scram_user"), "{err}");
+
+        let md5 = format!(
+            "postgres://{}:wrong@127.0.0.1:{port}/{db}?sslmode=disable",
+            harness::MD5_USER
+        );
+        let err = connect(&md5, Mode::Normal).await.expect_err("must fail");
+        assert!(matches!(err, SourceError::BadPassword { .. }), "{err}");
+
+        let nopw = format!(
+            "postgres://{}@127.0.0.1:{port}/{db}?sslmode=disable",
+            harness::SCRAM_USER
+        );
+        std::env::remove_var("PGPASSWORD");
+        let err = connect(&nopw, Mode::Normal).await.expect_err("must fail");
+        assert!(matches!(err, SourceError::NoPassword { .. }), "{err}");
+
+        let norepl = pw_url(port, harness::NOREPL_USER, &db);
+        let err = connect(&norepl, Mode::Replication)
+            .await
+            .expect_err("must fail");
+        assert!(
+            matches!(err, SourceError::NoReplicationPrivilege { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("ALTER ROLE norepl_user REPLICATION"),
+            "{err}"
+        );
+
+        let nodb = harness::url(port, "no_such_db");
+        let err = connect(&nodb, Mode::Replication)
+            .await
+            .expect_err("must fail");
+        assert!(matches!(err, SourceError::NoDatabase { .. }), "{err}");
+
+        let closed = format!(
+            "postgres://postgres@127.0.0.1:{}/x",
+            pgbridge::cluster::free_port()
+        );
+        let err = connect(&closed, Mode::Normal).await.expect_err("must fail");
+        assert!(matches!(err, SourceError::Connect { .. }), "{err}");
+        assert!(err.is_transient());
+    });
+}
+
+fn replication_commands() {
+    let (port, db) = harness::fresh_db("replication_commands");
+    runtime().block_on(async {
+        let url = harness::url(port, &db);
+        let mut c = connect(&url, Mode::Replication).await.expect("connect");
+        c.check_wal_level().await.expect("wal_level logical");
+        let created = c
+            .create_slot("rc_slot", false, SnapshotAction::NoExport)
+            .await
+            .expect("create slot");
+        assert!(!created.consistent_point.is_zero());
+        assert!(created.snapshot_name.is_none());
+        let err = c
+            .create_slot("rc_slot", false, SnapshotAction::NoExport)
+            .await
+            .expect_err("duplicate slot");
+        assert_eq!(err.code(), Some("42710"), "{err}");
+        let info = c
+            .slot_info("rc_slot")
+            .await
+            .expect("slot info")
+            .expect("exists");
+        assert_eq!(info.plugin.as_deref(), Some("pgoutput"));
+        c.check_slot_usable("rc_slot", &info).expect("usable");
+        assert_eq!(info.confirmed_flush, created.consistent_point);
+
+        let mut c2 = connect(&url, Mode::Replication).await.expect("connect 2");
+        let exported = c2
+            .create_slot("rc_export", true, SnapshotAction::Export)
+            .await
+            .expect("export snapshot");
+        assert!(exported.snapshot_name.is_some());
+
+        c.drop_slot("rc_slot", true).await.expect("drop");
+        let err = c
+            .drop_slot("rc_slot", false)
+            .await
+            .expect_err("already gone");
+        assert!(matches!(err, SourceError::SlotMissing { .. }), "{err}");
+        let err = c
+            .check_publications(&["nope".to_string()])
+            .await
+            .expect_err("missing publication");
+        assert!(err.to_string().contains("\"nope\""), "{err}");
+    });
+}
