@@ -4,8 +4,12 @@
 //! module's doc comment says what it owns.
 
 pub mod cluster;
+pub mod demo;
+pub mod encode;
 pub mod lsn;
+pub mod model;
 pub mod pgoutput;
 pub mod source;
+pub mod tail;
 
 pub use lsn::Lsn;

@@ -1,1 +1,168 @@
-fn main() {}
+//! The pgbridge command line. Parsing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pgbridge::model::{JsonOptions, NumericMode, TemporalMode};
+use pgbridge::tail::{self, TailOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "pgbridge",
+    version,
+    about = "PostgreSQL logical replication (pgoutput) to other systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Temporal {
+    Iso,
+    EpochMicros,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Numeric {
+    String,
+    Double,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the decoded changes of a publication as JSON lines on stdout.
+    Tail {
+        /// Source database: a postgres:// URL or a libpq key=value string.
+        #[arg(long)]
+        source: String,
+        /// Publication to stream (repeat for several).
+        #[arg(long = "publication", required = true)]
+        publications: Vec<String>,
+        /// Persistent slot to create when missing and resume from
+        /// (default: a temporary slot).
+        #[arg(long)]
+        slot: Option<String>,
+        /// pgoutput protocol version (1-4; default: the highest the server speaks).
+        #[arg(long)]
+        proto: Option<u32>,
+        /// Ask the server for column values in binary send format.
+        #[arg(long)]
+        binary: bool,
+        /// Memory for streamed in-progress transactions before spilling to disk, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_limit_mb: usize,
+        /// Directory for spill files (default: the system temp directory).
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+        /// How dates and times are written.
+        #[arg(long, value_enum, default_value_t = Temporal::Iso)]
+        temporal: Temporal,
+        /// How numeric values are written (string keeps every digit).
+        #[arg(long, value_enum, default_value_t = Numeric::String)]
+        numeric: Numeric,
+    },
+    /// Start a throwaway source cluster on local binaries, run a small
+    /// workload and print its decoded changes.
+    Demo,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Tail {
+                source,
+                publications,
+                slot,
+                proto,
+                binary,
+                memory_limit_mb,
+                spill_dir,
+                temporal,
+                numeric,
+            } => {
+                let mut opts = TailOptions::new(&source, publications);
+                opts.slot = slot;
+                opts.proto = proto;
+                opts.binary = binary;
+                opts.memory_limit = memory_limit_mb.saturating_mul(1 << 20);
+                if let Some(d) = spill_dir {
+                    opts.spill_dir = d;
+                }
+                opts.values = JsonOptions {
+                    temporal: match temporal {
+                        Temporal::Iso => TemporalMode::Iso,
+                        Temporal::EpochMicros => TemporalMode::EpochMicros,
+                    },
+                    numeric: match numeric {
+                        Numeric::String => NumericMode::String,
+                        Numeric::Double => NumericMode::Double,
+                    },
+                };
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                tail::run(opts, &mut out, shutdown_signal())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Command::Demo => pgbridge::demo::run(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

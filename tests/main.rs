@@ -3,6 +3,7 @@
 
 mod harness;
 mod source;
+mod tail;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -10,6 +11,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(source::trials());
+    trials.extend(tail::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

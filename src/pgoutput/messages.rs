@@ -44,6 +44,66 @@ pub enum Message {
     StreamPrepare(PrepareMsg),
 }
 
+impl Message {
+    /// The message type byte that starts this message on the wire ('B', 'I', …).
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Message::Begin(_) => b'B',
+            Message::Commit(_) => b'C',
+            Message::Origin(_) => b'O',
+            Message::Relation(_) => b'R',
+            Message::Type(_) => b'Y',
+            Message::Insert(_) => b'I',
+            Message::Update(_) => b'U',
+            Message::Delete(_) => b'D',
+            Message::Truncate(_) => b'T',
+            Message::Message(_) => b'M',
+            Message::StreamStart(_) => b'S',
+            Message::StreamStop => b'E',
+            Message::StreamCommit(_) => b'c',
+            Message::StreamAbort(_) => b'A',
+            Message::BeginPrepare(_) => b'b',
+            Message::Prepare(_) => b'P',
+            Message::CommitPrepared(_) => b'K',
+            Message::RollbackPrepared(_) => b'r',
+            Message::StreamPrepare(_) => b'p',
+        }
+    }
+
+    /// The message kind's name as the PostgreSQL docs spell it ("Insert",
+    /// "Stream Abort", …), for logs and errors.
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.type_byte())
+    }
+}
+
+/// The name of the message kind with type byte `b` ("Insert" for `b'I'`), or
+/// "unknown" for a byte that starts no pgoutput message.
+pub fn kind_name(b: u8) -> &'static str {
+    match b {
+        b'B' => "Begin",
+        b'C' => "Commit",
+        b'O' => "Origin",
+        b'R' => "Relation",
+        b'Y' => "Type",
+        b'I' => "Insert",
+        b'U' => "Update",
+        b'D' => "Delete",
+        b'T' => "Truncate",
+        b'M' => "Message",
+        b'S' => "Stream Start",
+        b'E' => "Stream Stop",
+        b'c' => "Stream Commit",
+        b'A' => "Stream Abort",
+        b'b' => "Begin Prepare",
+        b'P' => "Prepare",
+        b'K' => "Commit Prepared",
+        b'r' => "Rollback Prepared",
+        b'p' => "Stream Prepare",
+        _ => "unknown",
+    }
+}
+
 /// 'B': start of a (non-streamed) transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Begin {

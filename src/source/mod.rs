@@ -2,6 +2,7 @@
 //! commands, and the CopyBoth loop that streams pgoutput messages and sends
 //! status updates.
 
+pub mod catalog;
 pub mod conn;
 pub mod conninfo;
 pub mod error;

@@ -1,0 +1,415 @@
+//! The change model shared by every sink: relation schemas (kept current by
+//! Relation messages, also after ALTER TABLE), typed rows, and transaction
+//! boundaries. [`EventBuilder`] turns messages in commit order (from
+//! [`Assembler`](super::assemble::Assembler)) into [`Event`]s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::assemble::Ordered;
+use super::types::TypeInfo;
+use super::value::{decode_value, Value, ValueError};
+use crate::pgoutput::{self, Message, PgTimestamp, RelId, ReplicaIdentity, TupleValue, Xid};
+use crate::Lsn;
+
+/// One column of a published table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnSchema {
+    pub name: String,
+    pub type_info: TypeInfo,
+    pub type_modifier: i32,
+    /// Part of the replica identity (the key that identifies a row).
+    pub is_key: bool,
+}
+
+/// A published table as the last Relation message described it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelationSchema {
+    pub rel_id: RelId,
+    /// The server sends an empty namespace for `pg_catalog`; it is filled in here.
+    pub schema: String,
+    pub name: String,
+    pub replica_identity: ReplicaIdentity,
+    pub columns: Vec<ColumnSchema>,
+}
+
+impl RelationSchema {
+    /// `schema.table`, unquoted, for messages and routing.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Indexes of the replica identity columns.
+    pub fn key_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+    }
+}
+
+/// Types known so far, by OID. Builtins need no entry.
+#[derive(Default, Debug)]
+pub struct TypeRegistry {
+    types: HashMap<u32, TypeInfo>,
+}
+
+impl TypeRegistry {
+    pub fn get(&self, oid: u32) -> Option<TypeInfo> {
+        TypeInfo::builtin(oid).or_else(|| self.types.get(&oid).cloned())
+    }
+
+    pub fn insert(&mut self, info: TypeInfo) {
+        self.types.insert(info.oid(), info);
+    }
+
+    /// Forgets a type (a Type message says it may have changed).
+    pub fn forget(&mut self, oid: u32) {
+        self.types.remove(&oid);
+    }
+
+    /// The OIDs of `rel` that are neither builtin nor known yet.
+    pub fn missing(&self, rel: &pgoutput::Relation) -> Vec<u32> {
+        let mut v: Vec<u32> = rel
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| self.get(*oid).is_none())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Operation of a row change, with Debezium's letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    pub fn letter(self) -> &'static str {
+        match self {
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+        }
+    }
+}
+
+/// One row change. Values are in the relation's column order; unchanged
+/// TOAST columns are [`Value::Unchanged`], never a placeholder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub op: Op,
+    /// The WAL position of the change record.
+    pub lsn: Lsn,
+    pub relation: Arc<RelationSchema>,
+    /// Update: present with REPLICA IDENTITY FULL or a key change. Delete: always.
+    pub old: Option<Vec<Value>>,
+    /// True when `old` holds only the replica identity columns (others are
+    /// null and mean "not sent", not NULL).
+    pub old_key_only: bool,
+    /// Insert and update: the new row.
+    pub new: Option<Vec<Value>>,
+}
+
+/// Transaction boundaries as the source committed them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnMeta {
+    pub xid: Xid,
+    pub commit_lsn: Lsn,
+    pub commit_ts: PgTimestamp,
+    /// Replication origin the transaction came from, if any.
+    pub origin: Option<String>,
+}
+
+/// What consumers see, in commit order. Row changes, truncates and
+/// transactional messages come between a `Begin` and its `Commit`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Begin(TxnMeta),
+    /// A table's schema is new or changed; later changes use it.
+    Relation(Arc<RelationSchema>),
+    Change(Change),
+    Truncate {
+        lsn: Lsn,
+        relations: Vec<Arc<RelationSchema>>,
+        cascade: bool,
+        restart_identity: bool,
+    },
+    /// `pg_logical_emit_message`; non-transactional ones come outside any
+    /// transaction, as soon as they are written.
+    Message {
+        lsn: Lsn,
+        transactional: bool,
+        prefix: String,
+        content: Bytes,
+    },
+    /// `end_lsn` is the position to confirm once this transaction is durable.
+    Commit {
+        meta: TxnMeta,
+        end_lsn: Lsn,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("change at {lsn} refers to relation OID {rel_id}, but no Relation message described it (protocol violation)")]
+    UnknownRelation { lsn: Lsn, rel_id: RelId },
+    #[error(
+        "change to {table} at {lsn} has {got} columns, the Relation message announced {expected}"
+    )]
+    ColumnCount {
+        table: String,
+        lsn: Lsn,
+        got: usize,
+        expected: usize,
+    },
+    #[error("cannot decode column {column} ({type_name}) of {table} at {lsn}: {source}")]
+    Value {
+        table: String,
+        column: String,
+        type_name: String,
+        lsn: Lsn,
+        source: Box<ValueError>,
+    },
+    #[error("{what} at {lsn} outside a transaction (protocol violation)")]
+    NoTransaction { what: &'static str, lsn: Lsn },
+}
+
+/// Keeps the relation cache and builds events. See the module documentation.
+#[derive(Default)]
+pub struct EventBuilder {
+    relations: HashMap<RelId, Arc<RelationSchema>>,
+    types: TypeRegistry,
+    current: Option<TxnMeta>,
+}
+
+impl EventBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The type registry, to fill before Relation messages are built (see
+    /// [`TypeRegistry::missing`]).
+    pub fn types_mut(&mut self) -> &mut TypeRegistry {
+        &mut self.types
+    }
+
+    pub fn types(&self) -> &TypeRegistry {
+        &self.types
+    }
+
+    pub fn relation(&self, rel_id: RelId) -> Option<&Arc<RelationSchema>> {
+        self.relations.get(&rel_id)
+    }
+
+    /// The open transaction, between Begin and Commit.
+    pub fn current(&self) -> Option<&TxnMeta> {
+        self.current.as_ref()
+    }
+
+    fn rel(&self, lsn: Lsn, rel_id: RelId) -> Result<Arc<RelationSchema>, BuildError> {
+        self.relations
+            .get(&rel_id)
+            .cloned()
+            .ok_or(BuildError::UnknownRelation { lsn, rel_id })
+    }
+
+    fn row(
+        rel: &RelationSchema,
+        lsn: Lsn,
+        tuple: &[TupleValue],
+        key_only: bool,
+    ) -> Result<Vec<Value>, BuildError> {
+        if tuple.len() != rel.columns.len() {
+            return Err(BuildError::ColumnCount {
+                table: rel.qualified_name(),
+                lsn,
+                got: tuple.len(),
+                expected: rel.columns.len(),
+            });
+        }
+        tuple
+            .iter()
+            .zip(&rel.columns)
+            .map(|(v, col)| {
+                if key_only && !col.is_key {
+                    return Ok(Value::Null);
+                }
+                decode_value(&col.type_info, v).map_err(|source| BuildError::Value {
+                    table: rel.qualified_name(),
+                    column: col.name.clone(),
+                    type_name: col.type_info.name().to_string(),
+                    lsn,
+                    source: Box::new(source),
+                })
+            })
+            .collect()
+    }
+
+    fn in_txn(&self, what: &'static str, lsn: Lsn) -> Result<(), BuildError> {
+        if self.current.is_none() {
+            return Err(BuildError::NoTransaction { what, lsn });
+        }
+        Ok(())
+    }
+
+    /// Builds the event for one message in commit order, if it makes one.
+    pub fn build(&mut self, ordered: Ordered) -> Result<Option<Event>, BuildError> {
+        let lsn = ordered.lsn;
+        Ok(Some(match ordered.message {
+            Message::Begin(b) => {
+                let meta = TxnMeta {
+                    xid: b.xid,
+                    commit_lsn: b.final_lsn,
+                    commit_ts: b.commit_ts,
+                    origin: None,
+                };
+                self.current = Some(meta.clone());
+                Event::Begin(meta)
+            }
+            Message::Commit(c) => {
+                let mut meta = self.current.take().ok_or(BuildError::NoTransaction {
+                    what: "Commit",
+                    lsn,
+                })?;
+                meta.commit_lsn = c.commit_lsn;
+                meta.commit_ts = c.commit_ts;
+                Event::Commit {
+                    meta,
+                    end_lsn: c.end_lsn,
+                }
+            }
+            Message::Origin(o) => {
+                if let Some(cur) = self.current.as_mut() {
+                    cur.origin = Some(o.name);
+                }
+                return Ok(None);
+            }
+            Message::Type(t) => {
+                // The registry was refreshed when the message arrived; a
+                // later Relation will use the new description.
+                let _ = t;
+                return Ok(None);
+            }
+            Message::Relation(r) => {
+                let schema = RelationSchema {
+                    rel_id: r.rel_id,
+                    schema: if r.namespace.is_empty() {
+                        "pg_catalog".into()
+                    } else {
+                        r.namespace
+                    },
+                    name: r.name,
+                    replica_identity: r.replica_identity,
+                    columns: r
+                        .columns
+                        .into_iter()
+                        .map(|c| ColumnSchema {
+                            is_key: c.is_key(),
+                            type_info: self
+                                .types
+                                .get(c.type_oid)
+                                .unwrap_or_else(|| TypeInfo::other(c.type_oid, "unknown")),
+                            name: c.name,
+                            type_modifier: c.type_modifier,
+                        })
+                        .collect(),
+                };
+                let schema = Arc::new(schema);
+                if self.relations.get(&r.rel_id) == Some(&schema) {
+                    return Ok(None); // re-sent unchanged
+                }
+                self.relations.insert(r.rel_id, schema.clone());
+                Event::Relation(schema)
+            }
+            Message::Insert(i) => {
+                self.in_txn("Insert", lsn)?;
+                let relation = self.rel(lsn, i.rel_id)?;
+                let new = Self::row(&relation, lsn, &i.new, false)?;
+                Event::Change(Change {
+                    op: Op::Insert,
+                    lsn,
+                    relation,
+                    old: None,
+                    old_key_only: false,
+                    new: Some(new),
+                })
+            }
+            Message::Update(u) => {
+                self.in_txn("Update", lsn)?;
+                let relation = self.rel(lsn, u.rel_id)?;
+                let (old, old_key_only) = match &u.old {
+                    None => (None, false),
+                    Some(pgoutput::OldTuple::Key(t)) => {
+                        (Some(Self::row(&relation, lsn, t, true)?), true)
+                    }
+                    Some(pgoutput::OldTuple::Full(t)) => {
+                        (Some(Self::row(&relation, lsn, t, false)?), false)
+                    }
+                };
+                let new = Self::row(&relation, lsn, &u.new, false)?;
+                Event::Change(Change {
+                    op: Op::Update,
+                    lsn,
+                    relation,
+                    old,
+                    old_key_only,
+                    new: Some(new),
+                })
+            }
+            Message::Delete(d) => {
+                self.in_txn("Delete", lsn)?;
+                let relation = self.rel(lsn, d.rel_id)?;
+                let (old, key_only) = match &d.old {
+                    pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t, true)?, true),
+                    pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t, false)?, false),
+                };
+                Event::Change(Change {
+                    op: Op::Delete,
+                    lsn,
+                    relation,
+                    old: Some(old),
+                    old_key_only: key_only,
+                    new: None,
+                })
+            }
+            Message::Truncate(t) => {
+                self.in_txn("Truncate", lsn)?;
+                let relations = t
+                    .rel_ids
+                    .iter()
+                    .map(|id| self.rel(lsn, *id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Event::Truncate {
+                    lsn,
+                    relations,
+                    cascade: t.cascade(),
+                    restart_identity: t.restart_identity(),
+                }
+            }
+            Message::Message(m) => {
+                let transactional = m.transactional();
+                if transactional {
+                    self.in_txn("transactional logical message", lsn)?;
+                }
+                Event::Message {
+                    lsn: m.lsn,
+                    transactional,
+                    prefix: m.prefix,
+                    content: m.content,
+                }
+            }
+            // Stream and two-phase framing is consumed by the assembler.
+            _ => return Ok(None),
+        }))
+    }
+}

@@ -1,0 +1,318 @@
+//! `pgbridge tail`: decoded changes of a publication as JSON lines on stdout.
+//!
+//! Delivery: a transaction's end LSN is confirmed to the server only after
+//! its last line has been written and flushed to stdout. When nothing
+//! received is in flight (between transactions, output flushed), a keepalive
+//! lets the confirmed position follow the server, so an idle slot does not
+//! pin WAL. On SIGINT/SIGTERM tail confirms what it printed and exits 0.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::encode::json::{self, EnvelopeOptions};
+use crate::model::assemble::{AssembleError, Assembler, Output};
+use crate::model::{BuildError, Event, EventBuilder, JsonOptions};
+use crate::pgoutput::{DecodeError, Decoder, Message};
+use crate::source::catalog::TypeResolver;
+use crate::source::{
+    max_proto_version, ConnInfo, Connection, Mode, ReplEvent, SnapshotAction, SourceError,
+    StartOptions,
+};
+use crate::Lsn;
+
+#[derive(Clone, Debug)]
+pub struct TailOptions {
+    pub source: String,
+    pub publications: Vec<String>,
+    /// A persistent slot to create when missing and resume from; `None`
+    /// uses a temporary slot dropped when the connection ends.
+    pub slot: Option<String>,
+    /// pgoutput protocol version; default: the highest the server speaks.
+    pub proto: Option<u32>,
+    /// Ask for column values in binary send format.
+    pub binary: bool,
+    /// Streamed transactions held in memory before spilling to disk.
+    pub memory_limit: usize,
+    pub spill_dir: PathBuf,
+    pub values: JsonOptions,
+}
+
+impl TailOptions {
+    pub fn new(source: &str, publications: Vec<String>) -> Self {
+        TailOptions {
+            source: source.to_string(),
+            publications,
+            slot: None,
+            proto: None,
+            binary: false,
+            memory_limit: 64 << 20,
+            spill_dir: std::env::temp_dir().join("pgbridge-spill"),
+            values: JsonOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(
+        "writing to stdout failed: {0}; nothing past the last flushed transaction was confirmed"
+    )]
+    Output(#[from] std::io::Error),
+    #[error(
+        "--proto {asked}: the server ({version}) speaks pgoutput protocol versions 1 to {max}"
+    )]
+    Proto {
+        asked: u32,
+        max: u32,
+        version: String,
+    },
+    #[error("--publication is required: name at least one publication (CREATE PUBLICATION ... FOR TABLE ...)")]
+    NoPublication,
+}
+
+/// What a tail run did, for tests and the exit message.
+#[derive(Debug, Default, Clone)]
+pub struct TailSummary {
+    pub transactions: u64,
+    pub events: u64,
+    pub confirmed: Lsn,
+    pub slot: String,
+}
+
+/// Runs tail until `shutdown` resolves or an error occurs.
+pub async fn run<W: Write>(
+    opts: TailOptions,
+    out: &mut W,
+    shutdown: impl Future<Output = ()>,
+) -> Result<TailSummary, TailError> {
+    if opts.publications.is_empty() {
+        return Err(TailError::NoPublication);
+    }
+    let info = ConnInfo::parse(&opts.source).map_err(SourceError::from)?;
+    let mut conn = Connection::connect(&info, Mode::Replication).await?;
+    conn.check_wal_level().await?;
+    conn.check_publications(&opts.publications).await?;
+    let max = max_proto_version(conn.server_version_num());
+    let proto = opts.proto.unwrap_or(max);
+    if proto == 0 || proto > max {
+        return Err(TailError::Proto {
+            asked: proto,
+            max,
+            version: conn.parameter("server_version").unwrap_or("?").to_string(),
+        });
+    }
+
+    let (slot, start) = match &opts.slot {
+        Some(slot) => match conn.slot_info(slot).await? {
+            Some(existing) => {
+                conn.check_slot_usable(slot, &existing)?;
+                if let Some(pid) = existing.active_pid {
+                    return Err(SourceError::SlotInUse {
+                        slot: slot.clone(),
+                        detail: format!("active for PID {pid}"),
+                    }
+                    .into());
+                }
+                (slot.clone(), existing.confirmed_flush)
+            }
+            None => {
+                let created = conn
+                    .create_slot(slot, false, SnapshotAction::NoExport)
+                    .await?;
+                tracing::info!(slot = %slot, lsn = %created.consistent_point, "created replication slot");
+                (slot.clone(), created.consistent_point)
+            }
+        },
+        None => {
+            let name = format!(
+                "pgbridge_tail_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0)
+            );
+            let created = conn
+                .create_slot(&name, true, SnapshotAction::NoExport)
+                .await?;
+            (name, created.consistent_point)
+        }
+    };
+
+    let mut start_opts = StartOptions::new(&slot, opts.publications.clone(), proto);
+    start_opts.start_lsn = start;
+    start_opts.binary = opts.binary;
+    let mut stream = conn.start_replication(start_opts, start).await?;
+    tracing::info!(slot = %slot, lsn = %start, proto, "streaming");
+
+    // Nobody else may move a slot we resume from (see LESSONS.md).
+    let mut resolver = TypeResolver::new(info.clone());
+    if opts.slot.is_some() {
+        let mut check = Connection::connect(&info, Mode::Normal).await?;
+        if let Some(now) = check.slot_info(&slot).await? {
+            if now.confirmed_flush > start {
+                return Err(SourceError::SlotMovedAhead {
+                    slot,
+                    resumed: start,
+                    now: now.confirmed_flush,
+                }
+                .into());
+            }
+        }
+        check.close().await;
+    }
+
+    let envelope = EnvelopeOptions {
+        name: "tail".into(),
+        db: info.dbname.clone(),
+        values: opts.values,
+    };
+    let mut decoder = Decoder::new();
+    let mut assembler = Assembler::new(opts.memory_limit, opts.spill_dir.clone());
+    let mut builder = EventBuilder::new();
+    let mut summary = TailSummary {
+        slot: slot.clone(),
+        confirmed: start,
+        ..Default::default()
+    };
+    let mut pending_output = false;
+
+    tokio::pin!(shutdown);
+    loop {
+        let ev = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            ev = stream.recv() => ev,
+        };
+        let ev = match ev {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => return Err(e.into()),
+            None => break,
+        };
+        match ev {
+            ReplEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let message = decoder.decode(&data)?;
+                match &message {
+                    Message::Relation(r) => {
+                        let missing = builder.types().missing(r);
+                        if !missing.is_empty() {
+                            resolver.resolve(builder.types_mut(), &missing).await?;
+                        }
+                    }
+                    Message::Type(t) => builder.types_mut().forget(t.oid),
+                    _ => {}
+                }
+                match assembler.push(wal_start, data, message)? {
+                    Output::None => {}
+                    Output::One(o) => {
+                        if let Some(ev) = builder.build(o)? {
+                            handle(
+                                ev,
+                                &builder,
+                                &envelope,
+                                out,
+                                &stream,
+                                &mut summary,
+                                &mut pending_output,
+                            )?;
+                        }
+                    }
+                    Output::Replay(replay) => {
+                        for o in replay {
+                            if let Some(ev) = builder.build(o?)? {
+                                handle(
+                                    ev,
+                                    &builder,
+                                    &envelope,
+                                    out,
+                                    &stream,
+                                    &mut summary,
+                                    &mut pending_output,
+                                )?;
+                            }
+                        }
+                    }
+                }
+            }
+            ReplEvent::Keepalive { wal_end } => {
+                if !assembler.in_transaction() {
+                    if pending_output {
+                        out.flush()?;
+                        pending_output = false;
+                    }
+                    stream.confirm(wal_end);
+                    summary.confirmed = summary.confirmed.max(wal_end);
+                }
+            }
+        }
+    }
+    out.flush()?;
+    summary.confirmed = stream.confirmed();
+    stream.shutdown().await?;
+    Ok(summary)
+}
+
+fn handle<W: Write>(
+    ev: Event,
+    builder: &EventBuilder,
+    envelope: &EnvelopeOptions,
+    out: &mut W,
+    stream: &crate::source::ReplicationStream,
+    summary: &mut TailSummary,
+    pending_output: &mut bool,
+) -> Result<(), TailError> {
+    match ev {
+        Event::Begin(_) | Event::Relation(_) => {}
+        Event::Change(c) => {
+            if let Some(meta) = builder.current() {
+                json::write_change(out, envelope, meta, &c)?;
+                summary.events += 1;
+            }
+        }
+        Event::Truncate { lsn, relations, .. } => {
+            if let Some(meta) = builder.current() {
+                for rel in &relations {
+                    json::write_truncate(out, envelope, meta, rel, lsn)?;
+                    summary.events += 1;
+                }
+            }
+        }
+        Event::Message {
+            lsn,
+            transactional,
+            prefix,
+            content,
+        } => {
+            let meta = if transactional {
+                builder.current()
+            } else {
+                None
+            };
+            json::write_message(out, envelope, meta, lsn, &prefix, &content, transactional)?;
+            summary.events += 1;
+            if !transactional {
+                *pending_output = true;
+            }
+        }
+        Event::Commit { end_lsn, .. } => {
+            // Durable first, confirmed second.
+            out.flush()?;
+            *pending_output = false;
+            stream.confirm(end_lsn);
+            summary.confirmed = summary.confirmed.max(end_lsn);
+            summary.transactions += 1;
+        }
+    }
+    Ok(())
+}
