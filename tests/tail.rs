@@ -14,10 +14,19 @@ use crate::trial;
 pub fn trials() -> Vec<Trial> {
     vec![
         trial("tail::row_changes_and_messages", row_changes_and_messages),
-        trial("tail::streamed_large_transaction", streamed_large_transaction),
+        trial(
+            "tail::streamed_large_transaction",
+            streamed_large_transaction,
+        ),
         trial("tail::rollbacks_emit_nothing", rollbacks_emit_nothing),
-        trial("tail::toast_and_replica_identity_full", toast_and_replica_identity_full),
-        trial("tail::restart_resumes_without_redelivery", restart_resumes_without_redelivery),
+        trial(
+            "tail::toast_and_replica_identity_full",
+            toast_and_replica_identity_full,
+        ),
+        trial(
+            "tail::restart_resumes_without_redelivery",
+            restart_resumes_without_redelivery,
+        ),
         trial("tail::idle_slot_advances", idle_slot_advances),
         trial("tail::types_text_and_binary", types_text_and_binary),
         trial("tail::protocol_versions", protocol_versions),
@@ -196,16 +205,28 @@ fn row_changes_and_messages() {
          CREATE PUBLICATION p FOR TABLE a, b;",
     );
     let tail = start_tail(&db, &["--publication", "p"]);
-    psql(&db, "INSERT INTO a VALUES (1, 'one', 'ok'), (2, 'two', 'happy')");
+    psql(
+        &db,
+        "INSERT INTO a VALUES (1, 'one', 'ok'), (2, 'two', 'happy')",
+    );
     psql(&db, "UPDATE a SET v = 'uno' WHERE id = 1");
     psql(&db, "UPDATE a SET id = 10 WHERE id = 2");
     psql(&db, "DELETE FROM a WHERE id = 1");
     psql(&db, "INSERT INTO b VALUES (1, 1)");
     psql(&db, "TRUNCATE a, b");
-    psql(&db, "ALTER TABLE a ADD COLUMN extra numeric(20,10) DEFAULT 3.14159265358979");
+    psql(
+        &db,
+        "ALTER TABLE a ADD COLUMN extra numeric(20,10) DEFAULT 3.14159265358979",
+    );
     psql(&db, "INSERT INTO a (id, v) VALUES (3, 'three')");
-    psql(&db, "SELECT pg_logical_emit_message(true, 'tx', 'in a transaction')");
-    psql(&db, "SELECT pg_logical_emit_message(false, 'notx', 'right away')");
+    psql(
+        &db,
+        "SELECT pg_logical_emit_message(true, 'tx', 'in a transaction')",
+    );
+    psql(
+        &db,
+        "SELECT pg_logical_emit_message(false, 'notx', 'right away')",
+    );
     psql(
         &db,
         "SELECT pg_replication_origin_create('upstream');
@@ -215,16 +236,20 @@ fn row_changes_and_messages() {
     let ev = tail.take(12, 20);
     assert_eq!(
         ops(&ev),
-        [
-            "c a", "c a", "u a", "u a", "d a", "c b", "t a", "t b", "c a", "m -", "m -", "c b"
-        ]
+        ["c a", "c a", "u a", "u a", "d a", "c b", "t a", "t b", "c a", "m -", "m -", "c b"]
     );
-    assert_eq!(ev[0]["after"], serde_json::json!({"id": 1, "v": "one", "m": "ok"}));
+    assert_eq!(
+        ev[0]["after"],
+        serde_json::json!({"id": 1, "v": "one", "m": "ok"})
+    );
     assert_eq!(ev[0]["before"], Json::Null);
     assert_eq!(ev[0]["source"]["schema"], "public");
     assert_eq!(ev[0]["source"]["db"], db.as_str());
     assert_eq!(ev[0]["source"]["connector"], "postgresql");
-    assert_eq!(ev[0]["source"]["txId"], ev[1]["source"]["txId"], "one transaction");
+    assert_eq!(
+        ev[0]["source"]["txId"], ev[1]["source"]["txId"],
+        "one transaction"
+    );
     assert!(ev[0]["source"]["lsn"].as_u64().unwrap_or(0) > 0);
     assert!(ev[0]["source"]["ts_ms"].as_i64().unwrap_or(0) > 1_600_000_000_000);
     // Plain update: no old row.
@@ -293,20 +318,36 @@ fn streamed_large_transaction() {
          JOIN pg_replication_slots r USING (slot_name) WHERE r.database = current_database()",
     );
     let ev = tail.take(20_001, 60);
-    let big: Vec<&Json> = ev.iter().filter(|e| e["source"]["table"] == "big").collect();
+    let big: Vec<&Json> = ev
+        .iter()
+        .filter(|e| e["source"]["table"] == "big")
+        .collect();
     assert_eq!(big.len(), 20_000);
     let xid = &big[0]["source"]["txId"];
-    assert!(big.iter().all(|e| &e["source"]["txId"] == xid), "one transaction");
-    let mut ids: Vec<i64> = big.iter().map(|e| e["after"]["id"].as_i64().unwrap_or(-1)).collect();
+    assert!(
+        big.iter().all(|e| &e["source"]["txId"] == xid),
+        "one transaction"
+    );
+    let mut ids: Vec<i64> = big
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap_or(-1))
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
     ids.dedup();
     assert_eq!(ids.len(), 20_000);
-    assert!(ids.iter().all(|i| !(10001..=12000).contains(i)), "rolled-back savepoint leaked");
+    assert!(
+        ids.iter().all(|i| !(10001..=12000).contains(i)),
+        "rolled-back savepoint leaked"
+    );
     assert!(big.iter().all(|e| e["after"]["payload"] != "doomed"));
     assert_eq!(ev[20_000]["source"]["table"], "small", "commit order kept");
     tail.assert_quiet(300);
     assert_eq!(tail.stop(), 0);
-    assert_eq!(streamed.trim(), "t", "the server did stream the transaction");
+    assert_eq!(
+        streamed.trim(),
+        "t",
+        "the server did stream the transaction"
+    );
 }
 
 fn rollbacks_emit_nothing() {
@@ -330,7 +371,10 @@ fn rollbacks_emit_nothing() {
     );
     psql(&db, "INSERT INTO t VALUES (5, 'yes')");
     let ev = tail.take(3, 20);
-    let ids: Vec<i64> = ev.iter().map(|e| e["after"]["id"].as_i64().unwrap_or(-1)).collect();
+    let ids: Vec<i64> = ev
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap_or(-1))
+        .collect();
     assert_eq!(ids, [2, 4, 5]);
     tail.assert_quiet(300);
     assert_eq!(tail.stop(), 0);
@@ -396,18 +440,34 @@ fn restart_resumes_without_redelivery() {
     let tail = start_tail(&db, &["--publication", "p", "--slot", slot]);
     psql(&db, "INSERT INTO t VALUES (8)");
     let ev = tail.take(2, 20);
-    let ids: Vec<i64> = ev.iter().map(|e| e["after"]["id"].as_i64().unwrap_or(-1)).collect();
-    assert_eq!(ids, [7, 8], "nothing confirmed is redelivered, nothing is skipped");
+    let ids: Vec<i64> = ev
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        ids,
+        [7, 8],
+        "nothing confirmed is redelivered, nothing is skipped"
+    );
     tail.assert_quiet(300);
 
     // A second consumer on the same slot is refused with a clear message.
     let port = harness::with_cluster(|c| c.port());
-    let other = Tail::start(&harness::url(port, &db), &["--publication", "p", "--slot", slot]);
+    let other = Tail::start(
+        &harness::url(port, &db),
+        &["--publication", "p", "--slot", slot],
+    );
     let (code, err) = other.wait_exit(20);
     assert_ne!(code, 0);
-    assert!(err.contains("restart_slot") && err.contains("in use"), "{err}");
+    assert!(
+        err.contains("restart_slot") && err.contains("in use"),
+        "{err}"
+    );
     assert_eq!(tail.stop(), 0);
-    psql("postgres", &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    psql(
+        "postgres",
+        &format!("SELECT pg_drop_replication_slot('{slot}')"),
+    );
 }
 
 fn idle_slot_advances() {
@@ -424,7 +484,10 @@ fn idle_slot_advances() {
     let before: String = slot_confirmed(slot);
     let start = psql(&busy, "SELECT pg_current_wal_lsn()");
     for i in 0..20 {
-        psql(&busy, &format!("INSERT INTO noise SELECT generate_series(1, 1000) + {i}"));
+        psql(
+            &busy,
+            &format!("INSERT INTO noise SELECT generate_series(1, 1000) + {i}"),
+        );
     }
     let target = psql(&busy, "SELECT pg_current_wal_lsn()");
     // Keepalives come at least every wal_sender_timeout/2 (30 s); force
@@ -450,7 +513,10 @@ fn idle_slot_advances() {
     }
     tail.assert_quiet(100);
     assert_eq!(tail.stop(), 0);
-    psql("postgres", &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    psql(
+        "postgres",
+        &format!("SELECT pg_drop_replication_slot('{slot}')"),
+    );
 }
 
 const TYPES_DDL: &str = "
@@ -511,7 +577,10 @@ fn types_text_and_binary() {
     }
     // Epoch mode renders temporals as numbers.
     let tail = start_tail(&db, &["--publication", "p", "--temporal", "epoch-micros"]);
-    psql(&db, "UPDATE ty SET d = '1970-01-02', ts = '1970-01-01 00:00:01' WHERE id = 1");
+    psql(
+        &db,
+        "UPDATE ty SET d = '1970-01-02', ts = '1970-01-01 00:00:01' WHERE id = 1",
+    );
     let ev = tail.next(20);
     assert_eq!(ev["after"]["d"], 1);
     assert_eq!(ev["after"]["ts"], 1_000_000);
@@ -539,7 +608,10 @@ fn protocol_versions() {
         assert_eq!(tail.stop(), 0);
     }
     let port = harness::with_cluster(|c| c.port());
-    let t = Tail::start(&harness::url(port, &db), &["--publication", "p", "--proto", "9"]);
+    let t = Tail::start(
+        &harness::url(port, &db),
+        &["--publication", "p", "--proto", "9"],
+    );
     let (code, err) = t.wait_exit(20);
     assert_ne!(code, 0);
     assert!(err.contains("--proto 9") && err.contains("1 to 3"), "{err}");
@@ -547,23 +619,44 @@ fn protocol_versions() {
 
 fn bad_input_fails_clearly() {
     let (port, db) = harness::fresh_db("tail_bad");
-    psql(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;");
+    psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
+    );
     let cases: Vec<(String, Vec<&str>, &str)> = vec![
-        ("postgres://u@host:port/db".into(), vec!["--publication", "p"], "port"),
-        ("postgresql://[::1/db".into(), vec!["--publication", "p"], "IPv6"),
         (
-            format!("postgres://{}:wrong@127.0.0.1:{port}/{db}?sslmode=disable", harness::SCRAM_USER),
+            "postgres://u@host:port/db".into(),
+            vec!["--publication", "p"],
+            "port",
+        ),
+        (
+            "postgresql://[::1/db".into(),
+            vec!["--publication", "p"],
+            "IPv6",
+        ),
+        (
+            format!(
+                "postgres://{}:wrong@127.0.0.1:{port}/{db}?sslmode=disable",
+                harness::SCRAM_USER
+            ),
             vec!["--publication", "p"],
             "password authentication failed",
         ),
-        (harness::url(port, &db), vec!["--publication", "nope"], "\"nope\""),
+        (
+            harness::url(port, &db),
+            vec!["--publication", "nope"],
+            "\"nope\"",
+        ),
         (
             harness::url(port, "missing_db"),
             vec!["--publication", "p"],
             "does not exist",
         ),
         (
-            format!("postgres://postgres@127.0.0.1:{}/x", pgbridge::cluster::free_port()),
+            format!(
+                "postgres://postgres@127.0.0.1:{}/x",
+                pgbridge::cluster::free_port()
+            ),
             vec!["--publication", "p"],
             "cannot connect",
         ),
@@ -585,10 +678,19 @@ fn bad_input_fails_clearly() {
     })
     .expect("replica cluster");
     replica
-        .psql("postgres", "CREATE TABLE t (id int); CREATE PUBLICATION p FOR TABLE t;")
+        .psql(
+            "postgres",
+            "CREATE TABLE t (id int); CREATE PUBLICATION p FOR TABLE t;",
+        )
         .expect("setup");
-    let t = Tail::start(&replica.url("postgres", "postgres"), &["--publication", "p"]);
+    let t = Tail::start(
+        &replica.url("postgres", "postgres"),
+        &["--publication", "p"],
+    );
     let (code, err) = t.wait_exit(30);
     assert_ne!(code, 0);
-    assert!(err.contains("wal_level is replica") && err.contains("wal_level = logical"), "{err}");
+    assert!(
+        err.contains("wal_level is replica") && err.contains("wal_level = logical"),
+        "{err}"
+    );
 }
