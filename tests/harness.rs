@@ -30,7 +30,10 @@ fn start() -> LocalCluster {
     let opts = ClusterOptions {
         hba,
         ssl: true,
-        conf: vec!["logical_decoding_work_mem = 64kB".into()],
+        conf: vec![
+            "logical_decoding_work_mem = 64kB".into(),
+            "max_prepared_transactions = 10".into(),
+        ],
         ..Default::default()
     };
     let c = LocalCluster::start(&opts).expect("start the test cluster");

@@ -2,7 +2,10 @@
 //! TLS modes, replication commands and their errors.
 
 use libtest_mimic::Trial;
-use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction, SourceError};
+use pgbridge::pgoutput::{Decoder, Message};
+use pgbridge::source::{
+    ConnInfo, Connection, Mode, ReplEvent, SnapshotAction, SourceError, StartOptions,
+};
 
 use crate::harness::{self, runtime, PASSWORD};
 use crate::trial;
@@ -13,6 +16,10 @@ pub fn trials() -> Vec<Trial> {
         trial("source::tls_modes", tls_modes),
         trial("source::bad_credentials", bad_credentials),
         trial("source::replication_commands", replication_commands),
+        trial(
+            "source::every_message_kind_decodes",
+            every_message_kind_decodes,
+        ),
     ]
 }
 
@@ -224,4 +231,97 @@ fn replication_commands() {
             .expect_err("missing publication");
         assert!(err.to_string().contains("\"nope\""), "{err}");
     });
+}
+
+/// Real server bytes for every pgoutput message kind, two-phase included
+/// (which pgbridge's consumers do not request), through the decoder.
+fn every_message_kind_decodes() {
+    let (port, db) = harness::fresh_db("every_kind");
+    harness::psql(
+        &db,
+        "CREATE TYPE e AS ENUM ('x');
+         CREATE TABLE k (id int PRIMARY KEY, v text, e e);
+         CREATE TABLE k2 (id int PRIMARY KEY);
+         CREATE PUBLICATION p FOR TABLE k, k2;",
+    );
+    harness::psql(
+        &db,
+        "SELECT pg_create_logical_replication_slot('every_kind', 'pgoutput', false, true)",
+    );
+    let url = harness::url(port, &db);
+    let seen = runtime().block_on(async {
+        let conn = connect(&url, Mode::Replication).await.expect("connect");
+        let mut opts = StartOptions::new("every_kind", vec!["p".into()], 3);
+        opts.two_phase = true;
+        let mut stream = conn
+            .start_replication(opts, pgbridge::Lsn::ZERO)
+            .await
+            .expect("start");
+        let workload = [
+            "INSERT INTO k VALUES (1, 'a', 'x')",
+            "UPDATE k SET v = 'b'",
+            "UPDATE k SET id = 2",
+            "DELETE FROM k",
+            "TRUNCATE k, k2 RESTART IDENTITY CASCADE",
+            "SELECT pg_logical_emit_message(true, 'p', 'c')",
+            "SELECT pg_logical_emit_message(false, 'p', 'c')",
+            "SELECT pg_replication_origin_create('o'); SELECT pg_replication_origin_session_setup('o'); INSERT INTO k2 VALUES (1)",
+            "BEGIN; INSERT INTO k VALUES (10, 'p'); PREPARE TRANSACTION 'a'",
+            "COMMIT PREPARED 'a'",
+            "BEGIN; INSERT INTO k VALUES (11, 'p'); PREPARE TRANSACTION 'b'",
+            "ROLLBACK PREPARED 'b'",
+            "BEGIN; INSERT INTO k SELECT g, repeat('s', 50) FROM generate_series(100, 3000) g; COMMIT",
+            "BEGIN; INSERT INTO k SELECT g, 'gone' FROM generate_series(5000, 8000) g; SAVEPOINT s; INSERT INTO k SELECT g, 'gone' FROM generate_series(9000, 12000) g; ROLLBACK TO s; ROLLBACK",
+            "BEGIN; INSERT INTO k SELECT g, repeat('t', 50) FROM generate_series(20000, 23000) g; PREPARE TRANSACTION 'c'",
+            "COMMIT PREPARED 'c'",
+            "SELECT pg_logical_emit_message(false, 'end', '')",
+        ];
+        for sql in workload {
+            harness::psql(&db, sql);
+        }
+        let mut decoder = Decoder::new();
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(30), stream.recv())
+                .await
+                .expect("stream stalled")
+                .expect("stream open")
+                .expect("no error");
+            let ReplEvent::XLogData { data, .. } = ev else {
+                continue;
+            };
+            let msg = decoder.decode(&data).expect("decodes");
+            let end = matches!(&msg, Message::Message(m) if m.prefix == "end");
+            seen.insert(format!("{:?}", msg).split(['(', ' ']).next().unwrap_or("").to_string());
+            if end {
+                break;
+            }
+        }
+        stream.shutdown().await.expect("shutdown");
+        seen
+    });
+    for kind in [
+        "Begin",
+        "Commit",
+        "Origin",
+        "Relation",
+        "Type",
+        "Insert",
+        "Update",
+        "Delete",
+        "Truncate",
+        "Message",
+        "StreamStart",
+        "StreamStop",
+        "StreamCommit",
+        "StreamAbort",
+        "BeginPrepare",
+        "Prepare",
+        "CommitPrepared",
+        "RollbackPrepared",
+        "StreamPrepare",
+    ] {
+        assert!(seen.contains(kind), "{kind} not seen; saw {seen:?}");
+    }
+    harness::psql("postgres", "SELECT pg_drop_replication_slot('every_kind')");
 }

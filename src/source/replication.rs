@@ -90,6 +90,10 @@ pub struct StartOptions {
     pub streaming: bool,
     /// Ask for the binary send format of column values.
     pub binary: bool,
+    /// Ask for prepared transactions at PREPARE time (protocol ≥ 3; the slot
+    /// must have been created with two_phase). pgbridge's own consumers do
+    /// not use it; the decoder understands the messages.
+    pub two_phase: bool,
     /// How often a status update is sent even without news.
     pub status_interval: Duration,
     /// Events buffered between the connection task and the consumer.
@@ -106,6 +110,7 @@ impl StartOptions {
             messages: true,
             streaming: proto_version >= 2,
             binary: false,
+            two_phase: false,
             status_interval: Duration::from_secs(10),
             channel_capacity: 1024,
         }
@@ -130,6 +135,9 @@ impl StartOptions {
         }
         if self.binary {
             opts.push("binary 'true'".into());
+        }
+        if self.two_phase {
+            opts.push("two_phase 'true'".into());
         }
         format!(
             "START_REPLICATION SLOT {} LOGICAL {} ({})",
