@@ -9,6 +9,8 @@ pub mod encode;
 pub mod lsn;
 pub mod model;
 pub mod pgoutput;
+pub mod pipeline;
+pub mod sink;
 pub mod source;
 pub mod tail;
 

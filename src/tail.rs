@@ -276,7 +276,13 @@ fn handle<W: Write>(
         Event::Begin(_) | Event::Relation(_) => {}
         Event::Change(c) => {
             if let Some(meta) = builder.current() {
-                json::write_change(out, envelope, meta, &c)?;
+                let before = c
+                    .old
+                    .as_ref()
+                    .map(|r| c.decode(r, c.old_key_only))
+                    .transpose()?;
+                let after = c.new.as_ref().map(|r| c.decode(r, false)).transpose()?;
+                json::write_change(out, envelope, meta, &c, before.as_deref(), after.as_deref())?;
                 summary.events += 1;
             }
         }

@@ -155,15 +155,18 @@ fn write_line(w: &mut impl Write, event: &impl Serialize) -> io::Result<()> {
     w.write_all(b"\n")
 }
 
-/// Writes one change as a JSON line.
+/// Writes one change as a JSON line; `before` and `after` are the change's
+/// decoded rows ([`Change::decode`]).
 pub fn write_change(
     w: &mut impl Write,
     opts: &EnvelopeOptions,
     meta: &TxnMeta,
     change: &Change,
+    before: Option<&[Value]>,
+    after: Option<&[Value]>,
 ) -> io::Result<()> {
     let rel = &*change.relation;
-    let unchanged_toast = match &change.new {
+    let unchanged_toast = match after {
         Some(new) => rel
             .columns
             .iter()
@@ -174,13 +177,13 @@ pub fn write_change(
         None => Vec::new(),
     };
     let env = ChangeEnvelope {
-        before: change.old.as_deref().map(|values| RowJson {
+        before: before.map(|values| RowJson {
             rel,
             values,
             key_only: change.old_key_only,
             opts: &opts.values,
         }),
-        after: change.new.as_deref().map(|values| RowJson {
+        after: after.map(|values| RowJson {
             rel,
             values,
             key_only: false,

@@ -103,8 +103,26 @@ impl Op {
     }
 }
 
-/// One row change. Values are in the relation's column order; unchanged
-/// TOAST columns are [`Value::Unchanged`], never a placeholder.
+/// A row as the server sent it: one [`TupleValue`] per column of the
+/// relation, in column order, still in wire form (text or binary, slices of
+/// the received buffer, no copy). A Postgres sink can hand the text straight
+/// to the target (exact for every type, extension types included); sinks
+/// that need typed values call [`Row::values`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row(pub Vec<TupleValue>);
+
+impl Row {
+    /// Indexes of columns whose value is the unchanged-TOAST marker.
+    pub fn unchanged_toast(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, TupleValue::UnchangedToast))
+            .map(|(i, _)| i)
+    }
+}
+
+/// One row change, in the relation's column order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     pub op: Op,
@@ -112,12 +130,38 @@ pub struct Change {
     pub lsn: Lsn,
     pub relation: Arc<RelationSchema>,
     /// Update: present with REPLICA IDENTITY FULL or a key change. Delete: always.
-    pub old: Option<Vec<Value>>,
-    /// True when `old` holds only the replica identity columns (others are
-    /// null and mean "not sent", not NULL).
+    pub old: Option<Row>,
+    /// True when `old` holds only the replica identity columns (the others
+    /// are null and mean "not sent", not NULL).
     pub old_key_only: bool,
     /// Insert and update: the new row.
-    pub new: Option<Vec<Value>>,
+    pub new: Option<Row>,
+}
+
+impl Change {
+    /// Typed values of `row` (this change's `old` or `new`) in column order;
+    /// unchanged TOAST columns are [`Value::Unchanged`], never a
+    /// placeholder. With `key_only`, non-key columns are [`Value::Null`]
+    /// (they were not sent). Errors name table, column and type.
+    pub fn decode(&self, row: &Row, key_only: bool) -> Result<Vec<Value>, BuildError> {
+        let rel = &*self.relation;
+        row.0
+            .iter()
+            .zip(&rel.columns)
+            .map(|(v, col)| {
+                if key_only && !col.is_key {
+                    return Ok(Value::Null);
+                }
+                decode_value(&col.type_info, v).map_err(|source| BuildError::Value {
+                    table: rel.qualified_name(),
+                    column: col.name.clone(),
+                    type_name: col.type_info.name().to_string(),
+                    lsn: self.lsn,
+                    source: Box::new(source),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Transaction boundaries as the source committed them.
@@ -223,12 +267,7 @@ impl EventBuilder {
             .ok_or(BuildError::UnknownRelation { lsn, rel_id })
     }
 
-    fn row(
-        rel: &RelationSchema,
-        lsn: Lsn,
-        tuple: &[TupleValue],
-        key_only: bool,
-    ) -> Result<Vec<Value>, BuildError> {
+    fn row(rel: &RelationSchema, lsn: Lsn, tuple: &[TupleValue]) -> Result<Row, BuildError> {
         if tuple.len() != rel.columns.len() {
             return Err(BuildError::ColumnCount {
                 table: rel.qualified_name(),
@@ -237,22 +276,7 @@ impl EventBuilder {
                 expected: rel.columns.len(),
             });
         }
-        tuple
-            .iter()
-            .zip(&rel.columns)
-            .map(|(v, col)| {
-                if key_only && !col.is_key {
-                    return Ok(Value::Null);
-                }
-                decode_value(&col.type_info, v).map_err(|source| BuildError::Value {
-                    table: rel.qualified_name(),
-                    column: col.name.clone(),
-                    type_name: col.type_info.name().to_string(),
-                    lsn,
-                    source: Box::new(source),
-                })
-            })
-            .collect()
+        Ok(Row(tuple.to_vec()))
     }
 
     fn in_txn(&self, what: &'static str, lsn: Lsn) -> Result<(), BuildError> {
@@ -334,7 +358,7 @@ impl EventBuilder {
             Message::Insert(i) => {
                 self.in_txn("Insert", lsn)?;
                 let relation = self.rel(lsn, i.rel_id)?;
-                let new = Self::row(&relation, lsn, &i.new, false)?;
+                let new = Self::row(&relation, lsn, &i.new)?;
                 Event::Change(Change {
                     op: Op::Insert,
                     lsn,
@@ -349,14 +373,12 @@ impl EventBuilder {
                 let relation = self.rel(lsn, u.rel_id)?;
                 let (old, old_key_only) = match &u.old {
                     None => (None, false),
-                    Some(pgoutput::OldTuple::Key(t)) => {
-                        (Some(Self::row(&relation, lsn, t, true)?), true)
-                    }
+                    Some(pgoutput::OldTuple::Key(t)) => (Some(Self::row(&relation, lsn, t)?), true),
                     Some(pgoutput::OldTuple::Full(t)) => {
-                        (Some(Self::row(&relation, lsn, t, false)?), false)
+                        (Some(Self::row(&relation, lsn, t)?), false)
                     }
                 };
-                let new = Self::row(&relation, lsn, &u.new, false)?;
+                let new = Self::row(&relation, lsn, &u.new)?;
                 Event::Change(Change {
                     op: Op::Update,
                     lsn,
@@ -370,8 +392,8 @@ impl EventBuilder {
                 self.in_txn("Delete", lsn)?;
                 let relation = self.rel(lsn, d.rel_id)?;
                 let (old, key_only) = match &d.old {
-                    pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t, true)?, true),
-                    pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t, false)?, false),
+                    pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t)?, true),
+                    pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t)?, false),
                 };
                 Event::Change(Change {
                     op: Op::Delete,

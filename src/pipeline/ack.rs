@@ -1,0 +1,275 @@
+//! The ack tracker: which source position may be confirmed.
+//!
+//! For every transaction the fan-out dispatches, each sink gets a
+//! [`CommitToken`] (in commit order, numbered per sink). A sink hands a token
+//! back to its [`Acker`] once that transaction is durable in its destination;
+//! handing back token N covers every earlier token of that sink. The tracker
+//! then confirms `min over sinks of the end LSN of the last acknowledged
+//! token` — a prefix in commit order that every sink has. Tokens can only be
+//! made by [`Tracker::issue`], which the fan-out calls after it queued the
+//! transaction for the sink: there is no way to confirm a position that was
+//! not delivered and acknowledged.
+//!
+//! When every issued token has come back ([`Tracker::idle`]) and the source
+//! is between transactions, nothing received is in flight, and the caller
+//! may confirm a keepalive's position (so idle slots do not pin WAL).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::Lsn;
+
+/// Permission for one sink to release one transaction's end position.
+/// Not `Clone`, not constructible outside this module.
+#[derive(Debug)]
+pub struct CommitToken {
+    sink: usize,
+    seq: u64,
+    end_lsn: Lsn,
+}
+
+impl CommitToken {
+    /// Where this transaction ends: the position it releases.
+    pub fn end_lsn(&self) -> Lsn {
+        self.end_lsn
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SinkState {
+    issued_seq: u64,
+    acked_seq: u64,
+    /// End LSN of the last acknowledged token, or the sink's own durable
+    /// position at start.
+    acked_lsn: Lsn,
+}
+
+#[derive(Debug)]
+struct State {
+    sinks: Vec<SinkState>,
+    /// Highest position confirmed so far (never goes backwards).
+    confirmed: Lsn,
+}
+
+/// Shared between the fan-out, the ackers and the confirm loop.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    state: Arc<Mutex<State>>,
+    confirmed_tx: Arc<watch::Sender<Lsn>>,
+}
+
+/// A sink's handle for returning tokens.
+#[derive(Debug)]
+pub struct Acker {
+    sink: usize,
+    tracker: Tracker,
+}
+
+impl Acker {
+    /// Releases `token`'s transaction (and every earlier one of this sink).
+    /// Call only once the transaction is durable in the destination.
+    pub fn ack(&self, token: CommitToken) {
+        debug_assert_eq!(token.sink, self.sink, "token of another sink");
+        if token.sink != self.sink {
+            return;
+        }
+        self.tracker.ack(token);
+    }
+}
+
+impl Tracker {
+    /// A tracker for `start.len()` sinks; `start[i]` is what sink i already
+    /// has durably (its `open()` position), `confirmed` what the slot has.
+    pub fn new(start: &[Lsn], confirmed: Lsn) -> (Tracker, Vec<Acker>, watch::Receiver<Lsn>) {
+        let (tx, rx) = watch::channel(confirmed);
+        let tracker = Tracker {
+            state: Arc::new(Mutex::new(State {
+                sinks: start
+                    .iter()
+                    .map(|&l| SinkState {
+                        issued_seq: 0,
+                        acked_seq: 0,
+                        acked_lsn: l,
+                    })
+                    .collect(),
+                confirmed,
+            })),
+            confirmed_tx: Arc::new(tx),
+        };
+        let ackers = (0..start.len())
+            .map(|sink| Acker {
+                sink,
+                tracker: tracker.clone(),
+            })
+            .collect();
+        (tracker, ackers, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves consistent state (every
+        // update is a single assignment), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A token for sink `sink` for the transaction ending at `end_lsn`;
+    /// call after every event of that transaction was queued for the sink.
+    pub fn issue(&self, sink: usize, end_lsn: Lsn) -> CommitToken {
+        let mut st = self.lock();
+        let s = &mut st.sinks[sink];
+        s.issued_seq += 1;
+        CommitToken {
+            sink,
+            seq: s.issued_seq,
+            end_lsn,
+        }
+    }
+
+    fn ack(&self, token: CommitToken) {
+        let mut st = self.lock();
+        let Some(s) = st.sinks.get_mut(token.sink) else {
+            return;
+        };
+        if token.seq <= s.acked_seq {
+            return; // an older token after a newer one: nothing new
+        }
+        s.acked_seq = token.seq;
+        s.acked_lsn = s.acked_lsn.max(token.end_lsn);
+        let min = st
+            .sinks
+            .iter()
+            .map(|s| s.acked_lsn)
+            .min()
+            .unwrap_or(Lsn::ZERO);
+        if min > st.confirmed {
+            st.confirmed = min;
+            self.confirmed_tx.send_replace(min);
+        }
+    }
+
+    /// True when every issued token has been acknowledged.
+    pub fn idle(&self) -> bool {
+        self.lock()
+            .sinks
+            .iter()
+            .all(|s| s.acked_seq == s.issued_seq)
+    }
+
+    /// Confirms `lsn` (a keepalive position) if nothing is in flight.
+    /// Returns whether it did. The caller must also know that the source is
+    /// between transactions.
+    pub fn confirm_if_idle(&self, lsn: Lsn) -> bool {
+        let mut st = self.lock();
+        if !st.sinks.iter().all(|s| s.acked_seq == s.issued_seq) {
+            return false;
+        }
+        for s in st.sinks.iter_mut() {
+            s.acked_lsn = s.acked_lsn.max(lsn);
+        }
+        if lsn > st.confirmed {
+            st.confirmed = lsn;
+            self.confirmed_tx.send_replace(lsn);
+        }
+        true
+    }
+
+    /// The highest confirmed position.
+    pub fn confirmed(&self) -> Lsn {
+        self.lock().confirmed
+    }
+
+    /// What sink `i` has acknowledged (for status and metrics).
+    pub fn sink_position(&self, i: usize) -> Lsn {
+        self.lock()
+            .sinks
+            .get(i)
+            .map(|s| s.acked_lsn)
+            .unwrap_or(Lsn::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn confirms_the_minimum_prefix() {
+        let (t, ackers, rx) = Tracker::new(&[Lsn(0), Lsn(0)], Lsn(0));
+        let a1 = t.issue(0, Lsn(10));
+        let b1 = t.issue(1, Lsn(10));
+        let a2 = t.issue(0, Lsn(20));
+        let b2 = t.issue(1, Lsn(20));
+        ackers[0].ack(a2); // covers a1
+        drop(a1);
+        assert_eq!(*rx.borrow(), Lsn(0), "sink 1 has nothing yet");
+        ackers[1].ack(b1);
+        assert_eq!(*rx.borrow(), Lsn(10));
+        assert!(!t.idle());
+        assert!(!t.confirm_if_idle(Lsn(99)), "b2 in flight");
+        ackers[1].ack(b2);
+        assert_eq!(*rx.borrow(), Lsn(20));
+        assert!(t.confirm_if_idle(Lsn(30)));
+        assert_eq!(t.confirmed(), Lsn(30));
+    }
+
+    #[test]
+    fn never_moves_backwards() {
+        let (t, ackers, _rx) = Tracker::new(&[Lsn(50)], Lsn(50));
+        let a = t.issue(0, Lsn(40)); // a replayed, already-durable transaction
+        ackers[0].ack(a);
+        assert_eq!(t.confirmed(), Lsn(50));
+    }
+
+    proptest! {
+        /// Whatever the interleaving of dispatch and (batched, reordered)
+        /// acknowledgements, the confirmed position never passes a
+        /// transaction that some sink has not acknowledged, never moves
+        /// backwards, and reaches the end once everything is acknowledged.
+        #[test]
+        fn confirmed_never_ahead_of_any_sink(
+            nsinks in 1usize..4,
+            ntx in 1usize..40,
+            script in proptest::collection::vec((0usize..4, any::<bool>()), 0..200),
+        ) {
+            let (t, ackers, _rx) = Tracker::new(&vec![Lsn(0); nsinks], Lsn(0));
+            // pending[sink] = tokens issued, not yet acked, in order.
+            let mut pending: Vec<Vec<CommitToken>> = (0..nsinks).map(|_| Vec::new()).collect();
+            // durable[sink] = highest end LSN the sink acknowledged.
+            let mut durable = vec![Lsn(0); nsinks];
+            let mut next_tx = 0usize;
+            let mut last_confirmed = Lsn(0);
+            for (who, dispatch) in script {
+                if dispatch && next_tx < ntx {
+                    next_tx += 1;
+                    for (s, p) in pending.iter_mut().enumerate() {
+                        p.push(t.issue(s, Lsn(next_tx as u64 * 100)));
+                    }
+                } else {
+                    let s = who % nsinks;
+                    if !pending[s].is_empty() {
+                        // Ack a random-length prefix by returning its last token.
+                        let n = (who % pending[s].len()) + 1;
+                        let mut batch: Vec<CommitToken> = pending[s].drain(..n).collect();
+                        if let Some(last) = batch.pop() {
+                            durable[s] = durable[s].max(last.end_lsn());
+                            ackers[s].ack(last);
+                        }
+                    }
+                }
+                let c = t.confirmed();
+                prop_assert!(c >= last_confirmed, "moved backwards");
+                last_confirmed = c;
+                let min_durable = *durable.iter().min().unwrap_or(&Lsn(0));
+                prop_assert!(c <= min_durable, "confirmed {c} ahead of a sink at {min_durable}");
+            }
+            for (s, p) in pending.iter_mut().enumerate() {
+                if let Some(last) = p.pop() {
+                    ackers[s].ack(last);
+                }
+            }
+            prop_assert!(t.idle());
+            prop_assert_eq!(t.confirmed(), Lsn(next_tx as u64 * 100));
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! One pipeline: a source slot, its sinks, the fan-out between them and
+//! the ack tracker that decides what the slot may confirm.
+
+pub mod ack;
