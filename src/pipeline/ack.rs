@@ -201,7 +201,7 @@ mod tests {
         let a2 = t.issue(0, Lsn(20));
         let b2 = t.issue(1, Lsn(20));
         ackers[0].ack(a2); // covers a1
-        drop(a1);
+        let _ = a1;
         assert_eq!(*rx.borrow(), Lsn(0), "sink 1 has nothing yet");
         ackers[1].ack(b1);
         assert_eq!(*rx.borrow(), Lsn(10));
