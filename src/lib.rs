@@ -4,6 +4,7 @@
 //! module's doc comment says what it owns.
 
 pub mod cluster;
+pub mod config;
 pub mod demo;
 pub mod encode;
 pub mod lsn;

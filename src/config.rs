@@ -1,0 +1,397 @@
+//! The TOML configuration of `pgbridge run` / `check` / `status`.
+//!
+//! Parse, don't validate: loading turns the file into typed structs, and
+//! every problem the types can express (unknown keys, wrong types, bad
+//! values, unset `${VAR}`s, malformed URLs) is reported with the file, line
+//! and key. Once a [`Config`] exists it is usable.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::source::ConnInfo;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// What the initial snapshot does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Copy the selected tables when the slot is created, then stream.
+    #[default]
+    Initial,
+    /// Stream only; tables are not copied.
+    Never,
+    /// Copy, then stop (no streaming).
+    InitialOnly,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://...` or key=value; `${VAR}` expands from the environment.
+    #[serde(deserialize_with = "conninfo")]
+    pub url: Url,
+    /// The replication slot; created when missing.
+    #[serde(deserialize_with = "slot_name")]
+    pub slot: String,
+    #[serde(deserialize_with = "nonempty_names")]
+    pub publications: Vec<String>,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// pgoutput protocol version (default: the highest the server speaks).
+    #[serde(default)]
+    pub proto_version: Option<u32>,
+    /// Streamed in-progress transactions kept in memory before spilling, MiB.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
+    /// Directory for spill files (default: the system temp directory).
+    #[serde(default)]
+    pub spill_dir: Option<PathBuf>,
+    /// Parallel COPY workers of the initial snapshot.
+    #[serde(default = "default_snapshot_workers")]
+    pub snapshot_workers: usize,
+    /// Seconds between status updates to the server when idle.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+}
+
+fn default_memory_limit_mb() -> usize {
+    64
+}
+fn default_snapshot_workers() -> usize {
+    4
+}
+fn default_status_interval() -> u64 {
+    10
+}
+
+/// A connection string with its parsed form.
+#[derive(Clone)]
+pub struct Url {
+    pub raw: String,
+    pub info: ConnInfo,
+}
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.info)
+    }
+}
+
+/// One destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Postgres(PostgresSinkSection),
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(p) => &p.name,
+        }
+    }
+
+    /// `schema.table` selection; empty means every published table.
+    pub fn tables(&self) -> &[String] {
+        match self {
+            SinkConfig::Postgres(p) => &p.tables,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkSection {
+    #[serde(deserialize_with = "sink_name")]
+    pub name: String,
+    #[serde(deserialize_with = "conninfo")]
+    pub url: Url,
+    /// Tables as `schema.table` (or `table` for `public.table`).
+    #[serde(default, deserialize_with = "table_names")]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub create_tables: bool,
+    #[serde(default = "default_batch_rows")]
+    pub batch_max_rows: usize,
+    #[serde(default = "default_batch_bytes")]
+    pub batch_max_bytes: usize,
+    #[serde(default = "default_batch_txns")]
+    pub batch_max_txns: usize,
+}
+
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_batch_bytes() -> usize {
+    8 << 20
+}
+fn default_batch_txns() -> usize {
+    1000
+}
+
+/// `${VAR}` -> its value; `$$` -> `$`. An unset variable is an error.
+pub fn expand_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+            let name = &r[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("bad variable name {name:?} in {s:?}"));
+            }
+            let v = env(name).ok_or_else(|| {
+                format!("environment variable {name} is not set (used as ${{{name}}})")
+            })?;
+            out.push_str(&v);
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(d)?;
+    expand_env(&raw, |k| std::env::var(k).ok()).map_err(de::Error::custom)
+}
+
+fn conninfo<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+    let raw = expanded(d)?;
+    let info = ConnInfo::parse(&raw).map_err(de::Error::custom)?;
+    Ok(Url { raw, info })
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn slot_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = expanded(d)?;
+    if !is_identifier(&s) {
+        return Err(de::Error::custom(format!(
+            "slot name {s:?} is invalid: use 1-63 lower-case letters, digits and underscores"
+        )));
+    }
+    Ok(s)
+}
+
+fn sink_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty()
+        || s.len() > 63
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(de::Error::custom(format!(
+            "sink name {s:?} is invalid: use 1-63 letters, digits, '_' or '-'"
+        )));
+    }
+    Ok(s)
+}
+
+fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.is_empty() || v.iter().any(|s| s.is_empty()) {
+        return Err(de::Error::custom(
+            "give at least one publication name, e.g. publications = [\"app_pub\"]",
+        ));
+    }
+    Ok(v)
+}
+
+/// Normalises `table` to `public.table`; rejects empty parts.
+fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.into_iter()
+        .map(|t| {
+            let parts: Vec<&str> = t.split('.').collect();
+            match parts.as_slice() {
+                [table] if !table.is_empty() => Ok(format!("public.{table}")),
+                [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(t.clone()),
+                _ => Err(de::Error::custom(format!(
+                    "table {t:?} is not of the form schema.table"
+                ))),
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    Semantic { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `text`; `path` is used in messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                path: path.to_string(),
+                line,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let semantic = |message: String| ConfigError::Semantic {
+            path: path.to_string(),
+            message,
+        };
+        if config.sinks.is_empty() {
+            return Err(semantic(
+                "no [[sink]] section: add at least one destination".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for s in &config.sinks {
+            if !names.insert(s.name()) {
+                return Err(semantic(format!(
+                    "two sinks are named {:?}: sink names must be unique",
+                    s.name()
+                )));
+            }
+        }
+        if config.source.snapshot_workers == 0 || config.source.snapshot_workers > 64 {
+            return Err(semantic(format!(
+                "source.snapshot_workers = {} is out of range 1-64",
+                config.source.snapshot_workers
+            )));
+        }
+        if config.source.status_interval_secs == 0 {
+            return Err(semantic(
+                "source.status_interval_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(p) = config.source.proto_version {
+            if !(1..=4).contains(&p) {
+                return Err(semantic(format!(
+                    "source.proto_version = {p}: pgoutput has versions 1 to 4"
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    /// A stable id of this pipeline for progress rows: the slot name.
+    pub fn pipeline_id(&self) -> &str {
+        &self.source.slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+url = "postgres://rep@db1:5432/app"
+slot = "pgbridge_app"
+publications = ["app_pub"]
+
+[[sink]]
+name = "analytics"
+type = "postgres"
+url = "postgres://writer@analytics/warehouse"
+tables = ["public.orders", "customers"]
+create_tables = true
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(c.source.slot, "pgbridge_app");
+        assert_eq!(c.source.snapshot, SnapshotMode::Initial);
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.sinks[0].tables(), ["public.orders", "public.customers"]);
+        let SinkConfig::Postgres(p) = &c.sinks[0];
+        assert!(p.create_tables);
+        assert_eq!(p.url.info.dbname, "warehouse");
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = err(&GOOD.replace("create_tables = true", "create_table = true"));
+        assert!(e.contains("line 7") && e.contains("create_table"), "{e}"); // the [[sink]] section
+        let e = err(&GOOD.replace("type = \"postgres\"", "type = \"mysql\""));
+        assert!(e.contains("mysql"), "{e}");
+        let e = err(&GOOD.replace("pgbridge_app", "Bad-Slot"));
+        assert!(e.contains("line 4") && e.contains("slot name"), "{e}");
+        let e = err(&GOOD.replace("db1:5432", "db1:xx"));
+        assert!(e.contains("line 3") && e.contains("port"), "{e}");
+        let e = err(&GOOD.replace("\"customers\"", "\"a.b.c\""));
+        assert!(e.contains("schema.table"), "{e}");
+        let e = err(&GOOD.replace("publications = [\"app_pub\"]", "publications = []"));
+        assert!(e.contains("publication"), "{e}");
+        let e = err(&format!("{GOOD}\n[[sink]]\nname = \"analytics\"\ntype = \"postgres\"\nurl = \"postgres://x/y\"\n"));
+        assert!(e.contains("unique"), "{e}");
+        let e = err(&GOOD.replace(
+            "postgres://rep@db1",
+            "postgres://${PGBRIDGE_SURELY_UNSET}@db1",
+        ));
+        assert!(
+            e.contains("PGBRIDGE_SURELY_UNSET") && e.contains("line 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |k: &str| (k == "PW").then(|| "s3cr$t".to_string());
+        assert_eq!(expand_env("a${PW}b", env).unwrap(), "as3cr$tb");
+        assert_eq!(expand_env("$$x $y", env).unwrap(), "$x $y");
+        assert!(expand_env("${NOPE}", env).is_err());
+        assert!(expand_env("${PW", env).is_err());
+    }
+}
