@@ -11,10 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::encode::json::{self, EnvelopeOptions};
-use crate::model::assemble::{AssembleError, Assembler, Output};
 use crate::model::{BuildError, Event, EventBuilder, JsonOptions};
-use crate::pgoutput::{DecodeError, Decoder, Message};
-use crate::source::catalog::TypeResolver;
+use crate::source::changes::{ChangeError, ChangeStream};
 use crate::source::{
     max_proto_version, ConnInfo, Connection, Mode, ReplEvent, SnapshotAction, SourceError,
     StartOptions,
@@ -57,10 +55,8 @@ impl TailOptions {
 pub enum TailError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("{0}")]
-    Decode(#[from] DecodeError),
     #[error(transparent)]
-    Assemble(#[from] AssembleError),
+    Changes(#[from] ChangeError),
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(
@@ -155,7 +151,6 @@ pub async fn run<W: Write>(
     tracing::info!(slot = %slot, lsn = %start, proto, "streaming");
 
     // Nobody else may move a slot we resume from (see LESSONS.md).
-    let mut resolver = TypeResolver::new(info.clone());
     if opts.slot.is_some() {
         let mut check = Connection::connect(&info, Mode::Normal).await?;
         if let Some(now) = check.slot_info(&slot).await? {
@@ -176,9 +171,7 @@ pub async fn run<W: Write>(
         db: info.dbname.clone(),
         values: opts.values,
     };
-    let mut decoder = Decoder::new();
-    let mut assembler = Assembler::new(opts.memory_limit, opts.spill_dir.clone());
-    let mut builder = EventBuilder::new();
+    let mut changes = ChangeStream::new(info.clone(), opts.memory_limit, opts.spill_dir.clone());
     let mut summary = TailSummary {
         slot: slot.clone(),
         confirmed: start,
@@ -202,51 +195,21 @@ pub async fn run<W: Write>(
             ReplEvent::XLogData {
                 wal_start, data, ..
             } => {
-                let message = decoder.decode(&data)?;
-                match &message {
-                    Message::Relation(r) => {
-                        let missing = builder.types().missing(r);
-                        if !missing.is_empty() {
-                            resolver.resolve(builder.types_mut(), &missing).await?;
-                        }
-                    }
-                    Message::Type(t) => builder.types_mut().forget(t.oid),
-                    _ => {}
-                }
-                match assembler.push(wal_start, data, message)? {
-                    Output::None => {}
-                    Output::One(o) => {
-                        if let Some(ev) = builder.build(o)? {
-                            handle(
-                                ev,
-                                &builder,
-                                &envelope,
-                                out,
-                                &stream,
-                                &mut summary,
-                                &mut pending_output,
-                            )?;
-                        }
-                    }
-                    Output::Replay(replay) => {
-                        for o in replay {
-                            if let Some(ev) = builder.build(o?)? {
-                                handle(
-                                    ev,
-                                    &builder,
-                                    &envelope,
-                                    out,
-                                    &stream,
-                                    &mut summary,
-                                    &mut pending_output,
-                                )?;
-                            }
-                        }
-                    }
+                changes.push(wal_start, data).await?;
+                while let Some(ev) = changes.next_event()? {
+                    handle(
+                        ev,
+                        changes.builder(),
+                        &envelope,
+                        out,
+                        &stream,
+                        &mut summary,
+                        &mut pending_output,
+                    )?;
                 }
             }
             ReplEvent::Keepalive { wal_end } => {
-                if !assembler.in_transaction() {
+                if !changes.in_transaction() {
                     if pending_output {
                         out.flush()?;
                         pending_output = false;

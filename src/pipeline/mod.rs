@@ -2,3 +2,4 @@
 //! the ack tracker that decides what the slot may confirm.
 
 pub mod ack;
+pub mod fanout;

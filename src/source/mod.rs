@@ -3,6 +3,7 @@
 //! status updates.
 
 pub mod catalog;
+pub mod changes;
 pub mod conn;
 pub mod conninfo;
 pub mod error;

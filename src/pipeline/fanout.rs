@@ -1,0 +1,203 @@
+//! The fan-out: events in commit order from the source to every sink's
+//! bounded queue, filtered by the sink's table selection, with one
+//! [`CommitToken`](super::ack::CommitToken) per sink per transaction.
+//!
+//! A full queue blocks the fan-out (backpressure reaches the source as TCP
+//! flow control): a slow sink slows the stream, it never makes the bridge
+//! drop or reorder anything, and memory stays bounded by the queue sizes.
+//!
+//! Per sink, transactions that committed before the sink's durable position
+//! are not sent (exactly once after a restart), and changes of a table whose
+//! snapshot was taken at a later consistent point than the stream start are
+//! not sent before that point (per-table snapshot resume).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::ack::Tracker;
+use crate::model::{Event, RelationSchema};
+use crate::sink::SinkItem;
+use crate::Lsn;
+
+/// What one sink wants and already has.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// `schema.table` names; `None` = every published table.
+    pub tables: Option<HashSet<String>>,
+    /// Transactions committing before this were durably applied already.
+    pub durable: Lsn,
+    /// Per table: changes committing before this LSN are already in the
+    /// table's snapshot copy.
+    pub table_start: HashMap<String, Lsn>,
+}
+
+impl Route {
+    fn wants(&self, rel: &RelationSchema, commit_lsn: Option<Lsn>) -> bool {
+        let name = rel.qualified_name();
+        if let Some(t) = &self.tables {
+            if !t.contains(&name) {
+                return false;
+            }
+        }
+        match (commit_lsn, self.table_start.get(&name)) {
+            (Some(c), Some(start)) => c >= *start,
+            _ => true,
+        }
+    }
+}
+
+struct Out {
+    route: Route,
+    queue: mpsc::Sender<SinkItem>,
+    /// The current transaction is skipped for this sink.
+    skipping: bool,
+}
+
+/// Why dispatching stopped: a sink's queue is closed (the sink stopped; its
+/// task says why).
+#[derive(Debug, thiserror::Error)]
+#[error("sink #{0} stopped")]
+pub struct SinkGone(pub usize);
+
+pub struct Fanout {
+    outs: Vec<Out>,
+    tracker: Tracker,
+    /// Commit LSN of the open transaction.
+    commit_lsn: Option<Lsn>,
+}
+
+impl Fanout {
+    pub fn new(routes: Vec<(Route, mpsc::Sender<SinkItem>)>, tracker: Tracker) -> Self {
+        Fanout {
+            outs: routes
+                .into_iter()
+                .map(|(route, queue)| Out {
+                    route,
+                    queue,
+                    skipping: false,
+                })
+                .collect(),
+            tracker,
+            commit_lsn: None,
+        }
+    }
+
+    async fn send(&self, i: usize, item: SinkItem) -> Result<(), SinkGone> {
+        self.outs[i].queue.send(item).await.map_err(|_| SinkGone(i))
+    }
+
+    /// Dispatches one event to every sink that wants it.
+    pub async fn dispatch(&mut self, event: Event) -> Result<(), SinkGone> {
+        match event {
+            Event::Begin(meta) => {
+                self.commit_lsn = Some(meta.commit_lsn);
+                for o in &mut self.outs {
+                    o.skipping = meta.commit_lsn < o.route.durable;
+                }
+                let ev = Arc::new(Event::Begin(meta));
+                for i in 0..self.outs.len() {
+                    if !self.outs[i].skipping {
+                        self.send(i, SinkItem::Event(ev.clone())).await?;
+                    }
+                }
+            }
+            Event::Commit { end_lsn, .. } => {
+                self.commit_lsn = None;
+                for i in 0..self.outs.len() {
+                    if self.outs[i].skipping {
+                        self.outs[i].skipping = false;
+                        continue;
+                    }
+                    let token = self.tracker.issue(i, end_lsn);
+                    self.send(i, SinkItem::Commit(token)).await?;
+                }
+            }
+            Event::Relation(rel) => {
+                let ev = Arc::new(Event::Relation(rel.clone()));
+                for i in 0..self.outs.len() {
+                    if self.outs[i]
+                        .route
+                        .tables
+                        .as_ref()
+                        .is_none_or(|t| t.contains(&rel.qualified_name()))
+                    {
+                        self.send(i, SinkItem::Event(ev.clone())).await?;
+                    }
+                }
+            }
+            Event::Change(change) => {
+                let commit = self.commit_lsn;
+                let ev = Arc::new(Event::Change(change));
+                let Event::Change(c) = &*ev else {
+                    return Ok(());
+                };
+                for i in 0..self.outs.len() {
+                    let o = &self.outs[i];
+                    if !o.skipping && o.route.wants(&c.relation, commit) {
+                        self.send(i, SinkItem::Event(ev.clone())).await?;
+                    }
+                }
+            }
+            Event::Truncate {
+                lsn,
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                let commit = self.commit_lsn;
+                for i in 0..self.outs.len() {
+                    let o = &self.outs[i];
+                    if o.skipping {
+                        continue;
+                    }
+                    let rels: Vec<Arc<RelationSchema>> = relations
+                        .iter()
+                        .filter(|r| o.route.wants(r, commit))
+                        .cloned()
+                        .collect();
+                    if rels.is_empty() {
+                        continue;
+                    }
+                    let ev = Arc::new(Event::Truncate {
+                        lsn,
+                        relations: rels,
+                        cascade,
+                        restart_identity,
+                    });
+                    self.send(i, SinkItem::Event(ev)).await?;
+                }
+            }
+            ev @ Event::Message { .. } => {
+                let ev = Arc::new(ev);
+                for i in 0..self.outs.len() {
+                    if !self.outs[i].skipping {
+                        self.send(i, SinkItem::Event(ev.clone())).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Between transactions with nothing in flight: an empty transaction
+    /// ending at `lsn` goes to every sink, so that a keepalive position is
+    /// confirmed only once every sink has recorded it (a sink that stores
+    /// its position keeps it in step with the slot).
+    pub async fn advance_idle(&mut self, lsn: Lsn) -> Result<bool, SinkGone> {
+        if self.commit_lsn.is_some() || !self.tracker.idle() || lsn <= self.tracker.confirmed() {
+            return Ok(false);
+        }
+        for i in 0..self.outs.len() {
+            let token = self.tracker.issue(i, lsn);
+            self.send(i, SinkItem::Commit(token)).await?;
+        }
+        Ok(true)
+    }
+
+    /// True between a Begin and its Commit.
+    pub fn in_transaction(&self) -> bool {
+        self.commit_lsn.is_some()
+    }
+}

@@ -1,0 +1,106 @@
+//! From replication bytes to change events: decode (pgoutput), resolve
+//! non-builtin column types (catalog), reassemble streamed transactions into
+//! commit order (bounded memory), build typed events. Shared by `tail` and
+//! the pipeline.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::model::assemble::{AssembleError, Assembler, Ordered, Output, Replay};
+use crate::model::{BuildError, Event, EventBuilder};
+use crate::pgoutput::{DecodeError, Decoder, Message};
+use crate::source::catalog::TypeResolver;
+use crate::source::{ConnInfo, SourceError};
+use crate::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("pgoutput: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Push XLogData payloads in, pull events out (after each push, drain
+/// [`ChangeStream::next_event`] until it returns `None`).
+pub struct ChangeStream {
+    decoder: Decoder,
+    assembler: Assembler,
+    builder: EventBuilder,
+    resolver: TypeResolver,
+    ready: Option<Ordered>,
+    replay: Option<Box<Replay>>,
+}
+
+impl ChangeStream {
+    pub fn new(source: ConnInfo, memory_limit: usize, spill_dir: PathBuf) -> Self {
+        ChangeStream {
+            decoder: Decoder::new(),
+            assembler: Assembler::new(memory_limit, spill_dir),
+            builder: EventBuilder::new(),
+            resolver: TypeResolver::new(source),
+            ready: None,
+            replay: None,
+        }
+    }
+
+    /// Feeds one XLogData payload. Call [`ChangeStream::next_event`] until `None`
+    /// before the next push.
+    pub async fn push(&mut self, wal_start: Lsn, data: Bytes) -> Result<(), ChangeError> {
+        let message = self.decoder.decode(&data)?;
+        match &message {
+            Message::Relation(r) => {
+                let missing = self.builder.types().missing(r);
+                if !missing.is_empty() {
+                    self.resolver
+                        .resolve(self.builder.types_mut(), &missing)
+                        .await?;
+                }
+            }
+            Message::Type(t) => self.builder.types_mut().forget(t.oid),
+            _ => {}
+        }
+        match self.assembler.push(wal_start, data, message)? {
+            Output::None => {}
+            Output::One(o) => self.ready = Some(o),
+            Output::Replay(r) => self.replay = Some(r),
+        }
+        Ok(())
+    }
+
+    /// The next event from the last push, if any.
+    pub fn next_event(&mut self) -> Result<Option<Event>, ChangeError> {
+        loop {
+            let ordered = if let Some(o) = self.ready.take() {
+                o
+            } else if let Some(r) = self.replay.as_mut() {
+                match r.next() {
+                    Some(o) => o?,
+                    None => {
+                        self.replay = None;
+                        return Ok(None);
+                    }
+                }
+            } else {
+                return Ok(None);
+            };
+            if let Some(ev) = self.builder.build(ordered)? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// Some received work is not complete: inside a transaction.
+    pub fn in_transaction(&self) -> bool {
+        self.assembler.in_transaction() || self.replay.is_some() || self.builder.current().is_some()
+    }
+
+    pub fn builder(&self) -> &EventBuilder {
+        &self.builder
+    }
+}
