@@ -3,15 +3,18 @@
 //! The data flow and the public contracts are described in DESIGN.md; each
 //! module's doc comment says what it owns.
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod encode;
 pub mod lsn;
 pub mod model;
+pub mod pg;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod tail;
 

@@ -3,3 +3,4 @@
 
 pub mod ack;
 pub mod fanout;
+// pub mod run; (waits for the Postgres sink)

@@ -1,0 +1,232 @@
+//! `pgbridge check` (preflight: one line per problem) and `pgbridge status`
+//! (slot and sink positions, lag).
+
+use std::collections::HashMap;
+
+use crate::config::{Config, SinkConfig};
+use crate::pg::{self, literal};
+use crate::snapshot;
+use crate::source::{Connection, Mode};
+use crate::Lsn;
+
+/// Runs every check; returns the problems found (empty = ready to run).
+pub async fn check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let src = &config.source;
+    let info = &src.url.info;
+    let mut conn = match Connection::connect(info, Mode::Replication).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(format!("source: {e}"));
+            None
+        }
+    };
+    if let Some(c) = conn.as_mut() {
+        if let Err(e) = c.check_wal_level().await {
+            problems.push(format!("source: {e}"));
+        }
+        if let Err(e) = c.check_publications(&src.publications).await {
+            problems.push(format!("source: {e}"));
+        }
+        match c.slot_info(&src.slot).await {
+            Ok(Some(s)) => {
+                if let Err(e) = c.check_slot_usable(&src.slot, &s) {
+                    problems.push(format!("source: {e}"));
+                }
+                if let Some(pid) = s.active_pid {
+                    problems.push(format!(
+                        "source: replication slot {:?} is in use by PID {pid}; is another pgbridge running?",
+                        src.slot
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("source: {e}")),
+        }
+        let pubs = src
+            .publications
+            .iter()
+            .map(|p| literal(p))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT DISTINCT n.nspname || '.' || c.relname, c.relreplident::text \
+             FROM pg_catalog.pg_publication p \
+             JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE p.pubname IN ({pubs}) AND (p.pubupdate OR p.pubdelete) AND (c.relreplident = 'n' \
+               OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                   WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1"
+        );
+        match c.query_one(&sql).await {
+            Ok(r) => {
+                for row in &r.rows {
+                    let table = row[0].as_deref().unwrap_or("?");
+                    let ident = if row[1].as_deref() == Some("n") {
+                        "REPLICA IDENTITY NOTHING"
+                    } else {
+                        "no primary key and REPLICA IDENTITY DEFAULT"
+                    };
+                    problems.push(format!(
+                        "source: table {table} has {ident}, so its UPDATEs and DELETEs cannot be replicated; run ALTER TABLE {table} REPLICA IDENTITY FULL, or add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("source: {e}")),
+        }
+    }
+    let tables = match snapshot::published_tables(info, &src.publications).await {
+        Ok(t) => t,
+        Err(e) => {
+            if conn.is_some() {
+                problems.push(format!("source: {e}"));
+            }
+            Vec::new()
+        }
+    };
+    if let Some(c) = conn {
+        c.close().await;
+    }
+    for sink in &config.sinks {
+        match sink {
+            SinkConfig::Postgres(p) => {
+                let client = match pg::connect(&p.url.info).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        problems.push(format!("sink {}: {e}", p.name));
+                        continue;
+                    }
+                };
+                let published: HashMap<String, &snapshot::TableSpec> =
+                    tables.iter().map(|t| (t.qualified_name(), t)).collect();
+                for t in &p.tables {
+                    if !tables.is_empty() && !published.contains_key(t) {
+                        problems.push(format!(
+                            "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
+                            p.name,
+                            src.publications.join(", ")
+                        ));
+                    }
+                }
+                for t in tables
+                    .iter()
+                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                {
+                    let rows = match client
+                        .query(
+                            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+                             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                            &[&format!("{}.{}", pg::ident(&t.schema), pg::ident(&t.name))],
+                        )
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            problems.push(format!("sink {}: {e}", p.name));
+                            continue;
+                        }
+                    };
+                    if rows.is_empty() {
+                        if !p.create_tables {
+                            problems.push(format!(
+                                "sink {}: target table {} does not exist; create it or set create_tables = true",
+                                p.name,
+                                t.qualified_name()
+                            ));
+                        }
+                        continue;
+                    }
+                    let have: HashMap<String, String> =
+                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    for c in &t.columns {
+                        match have.get(&c.name) {
+                            None if !p.create_tables => problems.push(format!(
+                                "sink {}: target table {} has no column {} ({}); run ALTER TABLE {} ADD COLUMN {} {}, or set create_tables = true",
+                                p.name, t.qualified_name(), c.name, c.type_name, t.qualified_name(), pg::ident(&c.name), c.type_name
+                            )),
+                            Some(ty) if *ty != c.type_name => problems.push(format!(
+                                "sink {}: column {}.{} is {} on the target but {} on the source; values must convert from text or the apply will stop",
+                                p.name, t.qualified_name(), c.name, ty, c.type_name
+                            )),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// One line per position: slot, then each sink.
+pub async fn status(config: &Config) -> Result<Vec<String>, String> {
+    let src = &config.source;
+    let mut conn = Connection::connect(&src.url.info, Mode::Normal)
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = conn
+        .query_one(&format!(
+            "SELECT confirmed_flush_lsn::text, active, pg_current_wal_lsn()::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            literal(&src.slot)
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.close().await;
+    let mut lines = Vec::new();
+    if r.rows.is_empty() {
+        lines.push(format!(
+            "slot {}: does not exist (created by the first run)",
+            src.slot
+        ));
+    } else {
+        let g = |c: &str| r.get(0, c).unwrap_or("?").to_string();
+        lines.push(format!(
+            "slot {}: confirmed {} (server at {}), lag {} bytes, retained WAL {} bytes, wal_status {}, {}",
+            src.slot,
+            g("confirmed_flush_lsn"),
+            g("pg_current_wal_lsn"),
+            g("pg_wal_lsn_diff"),
+            r.rows[0].get(4).cloned().flatten().unwrap_or_default(),
+            g("wal_status"),
+            if g("active") == "t" { "active" } else { "inactive" }
+        ));
+    }
+    let server_lsn: Lsn = r
+        .get(0, "pg_current_wal_lsn")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(Lsn::ZERO);
+    for sink in &config.sinks {
+        match sink {
+            SinkConfig::Postgres(p) => {
+                let line = match pg::connect(&p.url.info).await {
+                    Err(e) => format!("sink {}: unreachable: {e}", p.name),
+                    Ok(client) => match client
+                        .query_opt(
+                            "SELECT end_lsn::text, updated_at::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
+                            &[&config.pipeline_id(), &p.name],
+                        )
+                        .await
+                    {
+                        Ok(Some(row)) => {
+                            let lsn: String = row.get(0);
+                            let at: String = row.get(1);
+                            let lag = lsn
+                                .parse::<Lsn>()
+                                .map(|l| server_lsn.bytes_since(l).to_string())
+                                .unwrap_or_else(|_| "?".into());
+                            format!("sink {}: applied up to {lsn} at {at}, {lag} bytes behind the server", p.name)
+                        }
+                        Ok(None) => format!("sink {}: nothing applied yet", p.name),
+                        Err(e) => format!("sink {}: no progress recorded yet ({})", p.name, e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())),
+                    },
+                };
+                lines.push(line);
+            }
+        }
+    }
+    Ok(lines)
+}

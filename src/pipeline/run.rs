@@ -1,0 +1,364 @@
+//! `pgbridge run`: one pipeline from its configuration until a signal or a
+//! definite error.
+//!
+//! Each attempt: open the sinks (they say what they durably have), open
+//! the replication connection, create the slot when missing (exporting a
+//! snapshot for the initial copy), copy what the sinks still need, stream.
+//! A transient error (a connection lost to the source or a target, a
+//! server restart) ends the attempt; the next one starts after a backoff
+//! from the durable positions. A definite error stops the pipeline with a
+//! message naming what to fix. Nothing past the positions all sinks have
+//! made durable is ever confirmed (see `ack`), so every outcome is safe.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::ack::Tracker;
+use super::fanout::{Fanout, Route};
+use crate::config::{Config, SinkConfig, SnapshotMode};
+use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
+use crate::sink::{Sink, SinkError};
+use crate::snapshot::{self, SnapshotError, TableSpec, Target};
+use crate::source::changes::{ChangeError, ChangeStream};
+use crate::source::{
+    max_proto_version, Connection, CreatedSlot, Mode, ReplEvent, SnapshotAction, SourceError,
+    StartOptions,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Changes(#[from] ChangeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PipelineError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Changes(ChangeError::Source(e)) => e.is_transient(),
+            PipelineError::Changes(_) => false,
+            PipelineError::Sink(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
+            PipelineError::Other(_) => false,
+        }
+    }
+}
+
+/// Events queued per sink before the fan-out waits for it.
+const QUEUE_CAPACITY: usize = 4096;
+
+fn build_sinks(config: &Config) -> Vec<Box<dyn Sink>> {
+    config
+        .sinks
+        .iter()
+        .map(|s| -> Box<dyn Sink> {
+            match s {
+                SinkConfig::Postgres(p) => {
+                    let mut c = PostgresSinkConfig::new(&p.name, &p.url.raw, config.pipeline_id());
+                    c.create_tables = p.create_tables;
+                    c.batch_max_rows = p.batch_max_rows;
+                    c.batch_max_bytes = p.batch_max_bytes;
+                    c.batch_max_txns = p.batch_max_txns;
+                    Box::new(PostgresSink::new(c))
+                }
+            }
+        })
+        .collect()
+}
+
+fn targets(config: &Config) -> Vec<Target> {
+    config
+        .sinks
+        .iter()
+        .map(|s| match s {
+            SinkConfig::Postgres(p) => Target {
+                sink: p.name.clone(),
+                info: p.url.info.clone(),
+                tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
+                create_tables: p.create_tables,
+            },
+        })
+        .collect()
+}
+
+/// Runs until `shutdown` resolves (then finishes in-flight work, confirms
+/// and returns `Ok`) or a definite error.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let attempt = attempt(&config, stop_rx);
+        tokio::pin!(attempt);
+        let result = tokio::select! {
+            r = &mut attempt => r,
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                attempt.await
+            }
+        };
+        match result {
+            Ok(Outcome::Stopped) => return Ok(()),
+            Ok(Outcome::Progressed) => backoff = Duration::from_millis(500),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "pipeline interrupted; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        if *stop_tx.borrow() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+enum Outcome {
+    /// Stopped on request (or the copy-only run finished).
+    Stopped,
+    /// Ended after making progress; retry at once-ish.
+    #[allow(dead_code)]
+    Progressed,
+}
+
+async fn attempt(
+    config: &Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Outcome, PipelineError> {
+    let src = &config.source;
+    let info = &src.url.info;
+    let pipeline = config.pipeline_id();
+
+    // 1. Sinks: what do they already have?
+    let mut sinks = build_sinks(config);
+    let mut durable = Vec::new();
+    for s in sinks.iter_mut() {
+        durable.push(s.open().await?);
+    }
+
+    // 2. Source.
+    let mut conn = Connection::connect(info, Mode::Replication).await?;
+    conn.check_wal_level().await?;
+    conn.check_publications(&src.publications).await?;
+    let max = max_proto_version(conn.server_version_num());
+    let proto = src.proto_version.unwrap_or(max).min(max);
+
+    let targets = targets(config);
+    let copy_only = src.snapshot == SnapshotMode::InitialOnly;
+    let existing = conn.slot_info(&src.slot).await?;
+    let mut created: Option<CreatedSlot> = None;
+    match &existing {
+        Some(info_) => {
+            conn.check_slot_usable(&src.slot, info_)?;
+            if let Some(pid) = info_.active_pid {
+                return Err(SourceError::SlotInUse {
+                    slot: src.slot.clone(),
+                    detail: format!("active for PID {pid}"),
+                }
+                .into());
+            }
+        }
+        None if !copy_only => {
+            let action = if src.snapshot == SnapshotMode::Never {
+                SnapshotAction::NoExport
+            } else {
+                SnapshotAction::Export
+            };
+            let c = conn.create_slot(&src.slot, false, action).await?;
+            tracing::info!(slot = %src.slot, lsn = %c.consistent_point, "created replication slot");
+            created = Some(c);
+        }
+        None => {}
+    }
+
+    // 3. The initial copy of whatever each sink still lacks.
+    let mut routes: Vec<Route> = config
+        .sinks
+        .iter()
+        .zip(&durable)
+        .map(|(s, d)| Route {
+            tables: (!s.tables().is_empty()).then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            durable: *d,
+            table_start: Default::default(),
+        })
+        .collect();
+    if src.snapshot != SnapshotMode::Never {
+        let tables = snapshot::published_tables(info, &src.publications).await?;
+        let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let done = snapshot::completed(t, pipeline).await?;
+            let missing: Vec<TableSpec> = tables
+                .iter()
+                .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
+                .cloned()
+                .collect();
+            routes[i].table_start = done;
+            if !missing.is_empty() {
+                todo.push((i, missing));
+            }
+        }
+        if !todo.is_empty() {
+            // The new slot's own snapshot, or a temporary slot's for a
+            // resumed or copy-only run; its consistent point is where the
+            // copied tables' changes start.
+            let (snap_conn, snap) = match created.take() {
+                Some(c) if c.snapshot_name.is_some() => (None, c),
+                _ => {
+                    let mut c2 = Connection::connect(info, Mode::Replication).await?;
+                    let name = format!("{}_copy_{}", src.slot, std::process::id());
+                    let c = c2.create_slot(&name, true, SnapshotAction::Export).await?;
+                    (Some(c2), c)
+                }
+            };
+            let snapshot_name = snap.snapshot_name.clone().unwrap_or_default();
+            let start = snap.consistent_point;
+            for (i, tables) in &todo {
+                for t in tables {
+                    routes[*i].table_start.insert(t.qualified_name(), start);
+                }
+            }
+            let stats = snapshot::copy(
+                info,
+                &snapshot_name,
+                start,
+                todo,
+                &targets,
+                pipeline,
+                src.snapshot_workers,
+            )
+            .await?;
+            tracing::info!(tables = stats.tables, rows = stats.rows, bytes = stats.bytes, "initial copy complete");
+            if let Some(c2) = snap_conn {
+                c2.close().await;
+            }
+        }
+    }
+    if copy_only {
+        conn.close().await;
+        return Ok(Outcome::Stopped);
+    }
+
+    // 4. Stream.
+    let slot_info = conn
+        .slot_info(&src.slot)
+        .await?
+        .ok_or_else(|| SourceError::SlotMissing {
+            slot: src.slot.clone(),
+            target: conn.target().to_string(),
+        })?;
+    let start = slot_info.confirmed_flush;
+    // Someone else moved the slot past what a sink has? Then changes are
+    // gone for that sink (LESSONS.md). Sinks at 0/0 keep no position.
+    if let Some(min) = durable.iter().copied().filter(|l| !l.is_zero()).min() {
+        if start > min {
+            return Err(SourceError::SlotMovedAhead {
+                slot: src.slot.clone(),
+                resumed: min,
+                now: start,
+            }
+            .into());
+        }
+    }
+    let mut opts = StartOptions::new(&src.slot, src.publications.clone(), proto);
+    opts.status_interval = Duration::from_secs(src.status_interval_secs);
+    let mut stream = conn.start_replication(opts, start).await?;
+    tracing::info!(slot = %src.slot, lsn = %start, proto, "streaming");
+
+    let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
+    let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();
+    let mut outs = Vec::new();
+    for (i, ((mut sink, acker), route)) in sinks.drain(..).zip(ackers).zip(routes).enumerate() {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        outs.push((route, tx));
+        tasks.spawn(async move { (i, sink.run(rx, acker).await) });
+    }
+    let mut fanout = Fanout::new(outs, tracker.clone());
+    let spill = src
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("pgbridge-spill"));
+    let mut changes = ChangeStream::new(info.clone(), src.memory_limit_mb << 20, spill);
+
+    let result: Result<(), PipelineError> = loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break Ok(()),
+            Some(done) = tasks.join_next() => {
+                break Err(match done {
+                    Ok((i, Err(e))) => { tracing::error!(sink = i, error = %e, "sink stopped"); e.into() }
+                    Ok((i, Ok(()))) => PipelineError::Other(format!("sink #{i} stopped unexpectedly")),
+                    Err(e) => PipelineError::Other(format!("sink task failed: {e}")),
+                });
+            }
+            Ok(()) = confirmed_rx.changed() => {
+                stream.confirm(*confirmed_rx.borrow());
+            }
+            ev = stream.recv() => {
+                let ev = match ev {
+                    Some(Ok(ev)) => ev,
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(SourceError::Closed { target: info.to_string() }.into()),
+                };
+                match ev {
+                    ReplEvent::XLogData { wal_start, data, .. } => {
+                        if let Err(e) = changes.push(wal_start, data).await {
+                            break Err(e.into());
+                        }
+                        let mut failed = None;
+                        loop {
+                            match changes.next_event() {
+                                Ok(Some(ev)) => {
+                                    if fanout.dispatch(ev).await.is_err() {
+                                        break; // the sink's task reports why
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => { failed = Some(e); break; }
+                            }
+                        }
+                        if let Some(e) = failed {
+                            break Err(e.into());
+                        }
+                    }
+                    ReplEvent::Keepalive { wal_end } => {
+                        if !changes.in_transaction() {
+                            let _ = fanout.advance_idle(wal_end).await;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    // Close the queues: sinks make durable and acknowledge what they have
+    // whole, roll back a partial transaction, and stop.
+    drop(fanout);
+    let mut sink_err = None;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((_, Err(e))) = done {
+            sink_err.get_or_insert(e);
+        }
+    }
+    stream.confirm(tracker.confirmed());
+    let _ = stream.shutdown().await;
+    match (result, sink_err) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e.into()),
+        (Ok(()), None) => Ok(Outcome::Stopped),
+    }
+}

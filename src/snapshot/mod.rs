@@ -1,0 +1,644 @@
+//! The initial copy: every selected table, read under one exported snapshot
+//! (consistent with a replication slot's consistent point), written into
+//! each Postgres sink by parallel COPY workers, large tables split into
+//! chunks of pages (TID ranges).
+//!
+//! Why it cannot lose or double a row at the hand-off: the snapshot comes
+//! from CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT, so it sees exactly the
+//! transactions that committed before the slot's consistent point, and the
+//! stream delivers exactly those that commit after it. The exporting
+//! connection stays open and idle until the copy is over.
+//!
+//! Restarts: completion is recorded per (sink, table) in the target
+//! (`pgbridge.snapshot_tables`, with the consistent point the copy belongs
+//! to) in the transaction of the table's last chunk... after all chunks.
+//! A table that was not complete is truncated and copied again under a new
+//! exported snapshot (a temporary slot's), and the fan-out skips that
+//! table's changes committed before the new consistent point, so tables
+//! already copied are never copied twice and none misses a change.
+//!
+//! Data moves as binary COPY when the target column types equal the
+//! source's (no decoding in pgbridge), text COPY otherwise.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+
+use crate::pg::{self, ident, literal, qualified};
+use crate::source::ConnInfo;
+use crate::Lsn;
+
+/// A published table and what of it is published.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub schema: String,
+    pub name: String,
+    /// (name, source type as format_type() prints it, not null, key)
+    pub columns: Vec<ColumnSpec>,
+    /// Publication row filter (PostgreSQL 15+), as SQL.
+    pub row_filter: Option<String>,
+    pub pages: i64,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSpec {
+    pub name: String,
+    pub type_name: String,
+    pub not_null: bool,
+    pub key: bool,
+}
+
+impl TableSpec {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    fn sql_name(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// CREATE TABLE for a target that lacks the table.
+    pub fn create_sql(&self) -> String {
+        let mut cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    ident(&c.name),
+                    c.type_name,
+                    if c.not_null { " NOT NULL" } else { "" }
+                )
+            })
+            .collect();
+        let keys: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| ident(&c.name))
+            .collect();
+        if !keys.is_empty() {
+            cols.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+        }
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})",
+            ident(&self.schema),
+            self.sql_name(),
+            cols.join(", ")
+        )
+    }
+}
+
+/// A Postgres sink as the snapshot sees it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub sink: String,
+    pub info: ConnInfo,
+    /// `schema.table`; `None` = every published table.
+    pub tables: Option<HashSet<String>>,
+    pub create_tables: bool,
+}
+
+impl Target {
+    pub fn wants(&self, t: &TableSpec) -> bool {
+        self.tables
+            .as_ref()
+            .is_none_or(|s| s.contains(&t.qualified_name()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot: {0}")]
+    Transient(String),
+    #[error("snapshot: {0}")]
+    Definite(String),
+}
+
+impl SnapshotError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SnapshotError::Transient(_))
+    }
+
+    fn db(what: &str, e: tokio_postgres::Error) -> Self {
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        if pg::is_transient(&e) {
+            SnapshotError::Transient(format!("{what}: {detail}"))
+        } else {
+            SnapshotError::Definite(format!("{what}: {detail}"))
+        }
+    }
+}
+
+impl From<pg::ClientError> for SnapshotError {
+    fn from(e: pg::ClientError) -> Self {
+        if e.is_transient() {
+            SnapshotError::Transient(e.to_string())
+        } else {
+            SnapshotError::Definite(e.to_string())
+        }
+    }
+}
+
+const STATE_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge;
+CREATE TABLE IF NOT EXISTS pgbridge.snapshot_tables (
+  pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
+  start_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
+  completed_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, sink, table_name))";
+
+/// Tables whose copy into `target` is complete, with the consistent point
+/// each copy belongs to.
+pub async fn completed(
+    target: &Target,
+    pipeline: &str,
+) -> Result<HashMap<String, Lsn>, SnapshotError> {
+    let client = pg::connect(&target.info).await?;
+    client.batch_execute(STATE_DDL).await.map_err(|e| {
+        SnapshotError::db(
+            &format!("sink {}: creating pgbridge.snapshot_tables", target.sink),
+            e,
+        )
+    })?;
+    let rows = client
+        .query(
+            "SELECT table_name, start_lsn::text FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2",
+            &[&pipeline, &target.sink],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(&format!("sink {}: reading snapshot state", target.sink), e))?;
+    let mut done = HashMap::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let lsn: String = r.get(1);
+        done.insert(name, lsn.parse().unwrap_or(Lsn::ZERO));
+    }
+    Ok(done)
+}
+
+/// The tables of `publications` with their published columns and filters.
+pub async fn published_tables(
+    source: &ConnInfo,
+    publications: &[String],
+) -> Result<Vec<TableSpec>, SnapshotError> {
+    let client = pg::connect(source).await?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| SnapshotError::db("reading server_version_num", e))?
+        .get(0);
+    let (attnames, rowfilter) = if version >= 150000 {
+        ("pt.attnames::text[]", "pt.rowfilter")
+    } else {
+        ("NULL::text[]", "NULL::text")
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT c.oid, pt.schemaname::text, pt.tablename::text, {attnames}, {rowfilter}, \
+                 greatest(c.relpages, 0)::bigint, pg_relation_size(c.oid) \
+                 FROM pg_catalog.pg_publication_tables pt \
+                 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+                 WHERE pt.pubname = ANY($1) ORDER BY 2, 3"
+            ),
+            &[&publications],
+        )
+        .await
+        .map_err(|e| SnapshotError::db("listing published tables", e))?;
+    // A table in several publications: union of columns, OR of filters (no
+    // filter anywhere means no filter), as PostgreSQL's own tablesync does.
+    let mut by_oid: Vec<(
+        u32,
+        String,
+        String,
+        Option<HashSet<String>>,
+        Option<Vec<String>>,
+        i64,
+        i64,
+    )> = Vec::new();
+    for r in rows {
+        let oid: u32 = r.get(0);
+        let cols: Option<Vec<String>> = r.get(3);
+        let filter: Option<String> = r.get(4);
+        if let Some(e) = by_oid.iter_mut().find(|e| e.0 == oid) {
+            match (&mut e.3, cols) {
+                (Some(set), Some(c)) => set.extend(c),
+                (s, _) => *s = None,
+            }
+            match (&mut e.4, filter) {
+                (Some(v), Some(f)) => v.push(f),
+                (f, _) => *f = None,
+            }
+        } else {
+            by_oid.push((
+                oid,
+                r.get(1),
+                r.get(2),
+                cols.map(|c| c.into_iter().collect()),
+                filter.map(|f| vec![f]),
+                r.get(5),
+                r.get(6),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (oid, schema, name, cols, filters, pages, bytes) in by_oid {
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                 coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
+                   WHERE i.indrelid = a.attrelid AND (i.indisprimary OR (i.indisreplident AND NOT EXISTS \
+                   (SELECT 1 FROM pg_catalog.pg_index p WHERE p.indrelid = a.attrelid AND p.indisprimary)))), false) \
+                 FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| SnapshotError::db(&format!("reading columns of {schema}.{name}"), e))?;
+        let columns = rows
+            .iter()
+            .map(|r| ColumnSpec {
+                name: r.get(0),
+                type_name: r.get(1),
+                not_null: r.get(2),
+                key: r.get(3),
+            })
+            .filter(|c| cols.as_ref().is_none_or(|s| s.contains(&c.name)))
+            .collect();
+        out.push(TableSpec {
+            schema,
+            name,
+            columns,
+            row_filter: filters.map(|f| {
+                f.iter()
+                    .map(|x| format!("({x})"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            }),
+            pages,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// What a copy did.
+#[derive(Debug, Default, Clone)]
+pub struct CopyStats {
+    pub tables: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+struct Job {
+    target: usize,
+    table: Arc<TableSpec>,
+    binary: bool,
+    /// Page range [from, to); `to = None` is open-ended.
+    from: i64,
+    to: Option<i64>,
+    /// Chunks left for this (target, table), shared by its jobs.
+    remaining: Arc<AtomicU64>,
+    rows: Arc<AtomicU64>,
+}
+
+/// Pages per chunk: about 64 MiB of heap.
+const CHUNK_PAGES: i64 = 8192;
+
+/// Prepares a target table: creates it when allowed, checks the columns,
+/// empties it; returns whether binary COPY fits (identical types).
+async fn prepare_table(
+    client: &tokio_postgres::Client,
+    target: &Target,
+    t: &TableSpec,
+) -> Result<bool, SnapshotError> {
+    let what = |s: &str| format!("sink {}: {s} {}", target.sink, t.qualified_name());
+    if target.create_tables {
+        client
+            .batch_execute(&t.create_sql())
+            .await
+            .map_err(|e| SnapshotError::db(&what("creating"), e))?;
+    }
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&t.sql_name()],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(&what("reading columns of"), e))?;
+    if rows.is_empty() {
+        return Err(SnapshotError::Definite(format!(
+            "sink {}: target table {} does not exist; create it or set create_tables = true",
+            target.sink,
+            t.qualified_name()
+        )));
+    }
+    let have: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut binary = true;
+    for c in &t.columns {
+        match have.get(&c.name) {
+            None => {
+                return Err(SnapshotError::Definite(format!(
+                    "sink {}: target table {} has no column {:?} ({}); run ALTER TABLE {} ADD COLUMN {} {} or set create_tables = true",
+                    target.sink,
+                    t.qualified_name(),
+                    c.name,
+                    c.type_name,
+                    t.sql_name(),
+                    ident(&c.name),
+                    c.type_name
+                )))
+            }
+            Some(ty) => binary &= *ty == c.type_name,
+        }
+    }
+    client
+        .batch_execute(&format!("TRUNCATE {}", t.sql_name()))
+        .await
+        .map_err(|e| SnapshotError::db(&what("emptying"), e))?;
+    Ok(binary)
+}
+
+/// Copies `tables` into `targets` (each into the targets that want it and
+/// have not completed it) under `snapshot`, whose consistent point is
+/// `start`. `todo[i]` lists the tables target i still needs.
+pub async fn copy(
+    source: &ConnInfo,
+    snapshot: &str,
+    start: Lsn,
+    todo: Vec<(usize, Vec<TableSpec>)>,
+    targets: &[Target],
+    pipeline: &str,
+    workers: usize,
+) -> Result<CopyStats, SnapshotError> {
+    let mut jobs = VecDeque::new();
+    let mut total_bytes = 0u64;
+    let mut ntables = 0;
+    for (ti, tables) in todo {
+        let target = &targets[ti];
+        let client = pg::connect(&target.info).await?;
+        for t in tables {
+            let binary = prepare_table(&client, target, &t).await?;
+            let table = Arc::new(t);
+            total_bytes += table.bytes.max(0) as u64;
+            ntables += 1;
+            let nchunks = (table.pages / CHUNK_PAGES + 1).max(1);
+            let remaining = Arc::new(AtomicU64::new(nchunks as u64));
+            let rows = Arc::new(AtomicU64::new(0));
+            for k in 0..nchunks {
+                jobs.push_back(Job {
+                    target: ti,
+                    table: table.clone(),
+                    binary,
+                    from: k * CHUNK_PAGES,
+                    to: (k + 1 < nchunks).then_some((k + 1) * CHUNK_PAGES),
+                    remaining: remaining.clone(),
+                    rows: rows.clone(),
+                });
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(CopyStats::default());
+    }
+    let progress = Progress::new(total_bytes, ntables);
+    let jobs = Arc::new(Mutex::new(jobs));
+    let copied_bytes = Arc::new(AtomicU64::new(0));
+    let copied_rows = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..workers.max(1) {
+        let jobs = jobs.clone();
+        let source = source.clone();
+        let snapshot = snapshot.to_string();
+        let targets = targets.to_vec();
+        let pipeline = pipeline.to_string();
+        let progress = progress.clone();
+        let copied_bytes = copied_bytes.clone();
+        let copied_rows = copied_rows.clone();
+        handles.push(tokio::spawn(async move {
+            worker(
+                &source,
+                &snapshot,
+                start,
+                jobs,
+                &targets,
+                &pipeline,
+                &progress,
+                &copied_bytes,
+                &copied_rows,
+            )
+            .await
+        }));
+    }
+    let mut first_err = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+                // Let the others stop: no more jobs.
+                if let Ok(mut j) = jobs.lock() {
+                    j.clear();
+                }
+            }
+            Err(e) => {
+                first_err
+                    .get_or_insert(SnapshotError::Definite(format!("copy worker failed: {e}")));
+            }
+        }
+    }
+    progress.finish();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(CopyStats {
+        tables: ntables,
+        rows: copied_rows.load(Ordering::Relaxed),
+        bytes: copied_bytes.load(Ordering::Relaxed),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    source: &ConnInfo,
+    snapshot: &str,
+    start: Lsn,
+    jobs: Arc<Mutex<VecDeque<Job>>>,
+    targets: &[Target],
+    pipeline: &str,
+    progress: &Progress,
+    copied_bytes: &AtomicU64,
+    copied_rows: &AtomicU64,
+) -> Result<(), SnapshotError> {
+    let src = pg::connect(source).await?;
+    src.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        literal(snapshot)
+    ))
+    .await
+    .map_err(|e| {
+        SnapshotError::db(
+            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
+            e,
+        )
+    })?;
+    let mut clients: HashMap<usize, tokio_postgres::Client> = HashMap::new();
+    loop {
+        let job = match jobs.lock() {
+            Ok(mut j) => j.pop_front(),
+            Err(_) => None,
+        };
+        let Some(job) = job else {
+            break;
+        };
+        let target = &targets[job.target];
+        if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(job.target) {
+            e.insert(pg::connect(&target.info).await?);
+        }
+        let Some(dst) = clients.get(&job.target) else {
+            continue;
+        };
+        let t = &job.table;
+        let mut conds = Vec::new();
+        if job.from > 0 || job.to.is_some() {
+            conds.push(format!("ctid >= '({},0)'::tid", job.from));
+        }
+        if let Some(to) = job.to {
+            conds.push(format!("ctid < '({to},0)'::tid"));
+        }
+        if let Some(f) = &t.row_filter {
+            conds.push(f.clone());
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let fmt = if job.binary { "binary" } else { "text" };
+        let out_sql = format!(
+            "COPY (SELECT {} FROM ONLY {}{where_}) TO STDOUT (FORMAT {fmt})",
+            t.column_list(),
+            t.sql_name()
+        );
+        let in_sql = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT {fmt})",
+            t.sql_name(),
+            t.column_list()
+        );
+        let what = format!("sink {}: copying {}", target.sink, t.qualified_name());
+        let stream = src
+            .copy_out(out_sql.as_str())
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        dst.batch_execute("BEGIN")
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        let sink = dst
+            .copy_in::<_, bytes::Bytes>(in_sql.as_str())
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        futures_util::pin_mut!(stream);
+        futures_util::pin_mut!(sink);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| SnapshotError::db(&what, e))?;
+            let n = chunk.len() as u64;
+            sink.feed(chunk)
+                .await
+                .map_err(|e| SnapshotError::db(&what, e))?;
+            copied_bytes.fetch_add(n, Ordering::Relaxed);
+            progress.add(n);
+        }
+        let rows = sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        job.rows.fetch_add(rows, Ordering::Relaxed);
+        copied_rows.fetch_add(rows, Ordering::Relaxed);
+        let last = job.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last {
+            let total = job.rows.load(Ordering::Relaxed) as i64;
+            dst.execute(
+                "INSERT INTO pgbridge.snapshot_tables (pipeline, sink, table_name, start_lsn, rows) \
+                 VALUES ($1, $2, $3, $4::text::pg_lsn, $5) ON CONFLICT (pipeline, sink, table_name) \
+                 DO UPDATE SET start_lsn = excluded.start_lsn, rows = excluded.rows, completed_at = now()",
+                &[&pipeline, &target.sink, &t.qualified_name(), &start.to_string(), &total],
+            )
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        }
+        dst.batch_execute("COMMIT")
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        if last {
+            progress.table_done(
+                &target.sink,
+                &t.qualified_name(),
+                job.rows.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let _ = src.batch_execute("COMMIT").await;
+    Ok(())
+}
+
+/// A progress bar on a terminal, log lines otherwise.
+#[derive(Clone)]
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(total_bytes: u64, tables: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            tracing::info!(tables, bytes = total_bytes, "initial copy started");
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(total_bytes.max(1));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "initial copy {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        Progress { bar: Some(bar) }
+    }
+
+    fn add(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    fn table_done(&self, sink: &str, table: &str, rows: u64) {
+        match &self.bar {
+            Some(b) => b.set_message(format!("{table} done ({rows} rows)")),
+            None => tracing::info!(sink, table, rows, "table copied"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
