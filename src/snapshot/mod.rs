@@ -223,7 +223,8 @@ pub async fn published_tables(
         .map_err(|e| SnapshotError::db("listing published tables", e))?;
     // A table in several publications: union of columns, OR of filters (no
     // filter anywhere means no filter), as PostgreSQL's own tablesync does.
-    let mut by_oid: Vec<(
+    // (oid, schema, name, columns (None = all), filters (None = none), pages, bytes)
+    type Published = (
         u32,
         String,
         String,
@@ -231,7 +232,8 @@ pub async fn published_tables(
         Option<Vec<String>>,
         i64,
         i64,
-    )> = Vec::new();
+    );
+    let mut by_oid: Vec<Published> = Vec::new();
     for r in rows {
         let oid: u32 = r.get(0);
         let cols: Option<Vec<String>> = r.get(3);
