@@ -59,11 +59,11 @@ impl PipelineError {
 /// Events queued per sink before the fan-out waits for it.
 const QUEUE_CAPACITY: usize = 4096;
 
-fn build_sinks(config: &Config) -> Vec<Box<dyn Sink>> {
+fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     config
         .sinks
         .iter()
-        .map(|s| -> Box<dyn Sink> {
+        .map(|s| -> Result<Box<dyn Sink>, SinkError> {
             match s {
                 SinkConfig::Postgres(p) => {
                     let mut c = PostgresSinkConfig::new(&p.name, &p.url.raw, config.pipeline_id());
@@ -71,7 +71,7 @@ fn build_sinks(config: &Config) -> Vec<Box<dyn Sink>> {
                     c.batch_max_rows = p.batch_max_rows;
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
-                    Box::new(PostgresSink::new(c))
+                    Ok(Box::new(PostgresSink::new(c)?))
                 }
             }
         })
@@ -145,7 +145,7 @@ async fn attempt(
     let pipeline = config.pipeline_id();
 
     // 1. Sinks: what do they already have?
-    let mut sinks = build_sinks(config);
+    let mut sinks = build_sinks(config)?;
     let mut durable = Vec::new();
     for s in sinks.iter_mut() {
         durable.push(s.open().await?);
@@ -192,7 +192,8 @@ async fn attempt(
         .iter()
         .zip(&durable)
         .map(|(s, d)| Route {
-            tables: (!s.tables().is_empty()).then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            tables: (!s.tables().is_empty())
+                .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
             durable: *d,
             table_start: Default::default(),
         })
@@ -242,7 +243,12 @@ async fn attempt(
                 src.snapshot_workers,
             )
             .await?;
-            tracing::info!(tables = stats.tables, rows = stats.rows, bytes = stats.bytes, "initial copy complete");
+            tracing::info!(
+                tables = stats.tables,
+                rows = stats.rows,
+                bytes = stats.bytes,
+                "initial copy complete"
+            );
             if let Some(c2) = snap_conn {
                 c2.close().await;
             }
