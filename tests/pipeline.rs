@@ -23,6 +23,10 @@ pub fn trials() -> Vec<Trial> {
             stopped_target_holds_the_slot,
         ),
         trial("pipeline::check_reports_problems", check_reports_problems),
+        trial(
+            "pipeline::copy_only_filters_then_stream",
+            copy_only_filters_then_stream,
+        ),
     ]
 }
 
@@ -442,4 +446,93 @@ fn check_reports_problems() {
         stderr.contains("line 5") && stderr.contains("bogus"),
         "{stderr}"
     );
+}
+
+/// `snapshot = "initial_only"` copies (publication column list and row
+/// filter respected) and exits by itself, leaving no slot; a later streaming
+/// run with a new slot copies again, because the earlier copy is older than
+/// where its stream starts.
+fn copy_only_filters_then_stream() {
+    let (port, src) = harness::fresh_db("pl_copy_src");
+    let (_, dst) = harness::fresh_db("pl_copy_dst");
+    psql(
+        &src,
+        "CREATE TABLE f (id int PRIMARY KEY, v int, secret text);
+         INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(1, 1000) g;
+         CREATE PUBLICATION p FOR TABLE f (id, v) WHERE (id % 2 = 0);",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    let write = |mode: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"{}\"\nslot = \"pl_copy\"\npublications = [\"p\"]\nsnapshot = \"{mode}\"\n\n\
+                 [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+                harness::url(port, &src),
+                harness::url(port, &dst)
+            ),
+        )
+        .expect("config")
+    };
+    write("initial_only");
+    let mut child = spawn_run(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "initial_only did not exit by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(psql(&dst, "SELECT count(*), sum(v) FROM f"), "500|2505000");
+    assert_eq!(
+        psql(&dst, "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'f'"),
+        "id,v",
+        "only the published columns"
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pl_copy%'"
+        ),
+        "0",
+        "a copy-only run leaves no slot behind"
+    );
+
+    psql(
+        &src,
+        "INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(2000, 2010) g",
+    );
+    write("initial");
+    let mut child = spawn_run(&config, &log);
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_copy' AND active",
+        ) == "1"
+    });
+    psql(&src, "INSERT INTO f VALUES (3000, 1, 'x'), (3001, 1, 'x')");
+    wait_for("rows copied again and streamed", 60, || {
+        psql(&dst, "SELECT count(*) FROM f") == "507"
+    });
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM f WHERE id % 2 = 1"),
+        "0",
+        "row filter"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
 }

@@ -185,6 +185,12 @@ async fn attempt(
         }
         None => {}
     }
+    // Where streaming will start (none for a copy-only run).
+    let stream_start = match (&existing, &created) {
+        (Some(e), _) => Some(e.confirmed_flush),
+        (None, Some(c)) => Some(c.consistent_point),
+        (None, None) => None,
+    };
 
     // 3. The initial copy of whatever each sink still lacks.
     let mut routes: Vec<Route> = config
@@ -202,7 +208,21 @@ async fn attempt(
         let tables = snapshot::published_tables(info, &src.publications).await?;
         let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let done = snapshot::completed(t, pipeline).await?;
+            let mut done = snapshot::completed(t, pipeline).await?;
+            // A copy holds the table up to its consistent point, the sink's
+            // applied position covers it from there: if the stream starts
+            // past both (a new slot after an earlier copy), changes in
+            // between are missing, so that copy does not count.
+            if let Some(start) = stream_start {
+                done.retain(|table, copied_at| {
+                    let kept = (*copied_at).max(durable[i]) >= start;
+                    if !kept {
+                        tracing::warn!(sink = %t.sink, table = %table, copied_at = %copied_at, stream_start = %start,
+                            "earlier copy is older than the stream start; copying again");
+                    }
+                    kept
+                });
+            }
             let missing: Vec<TableSpec> = tables
                 .iter()
                 .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
