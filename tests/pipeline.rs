@@ -23,6 +23,7 @@ pub fn trials() -> Vec<Trial> {
             stopped_target_holds_the_slot,
         ),
         trial("pipeline::check_reports_problems", check_reports_problems),
+        trial("pipeline::definite_error_stops", definite_error_stops),
         trial(
             "pipeline::copy_only_filters_then_stream",
             copy_only_filters_then_stream,
@@ -392,6 +393,22 @@ fn stopped_target_holds_the_slot() {
             .map(|c| c == "120")
             .unwrap_or(false)
     });
+    // The source connection dropping is transient too: reconnect, resume.
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pl_hold'",
+    );
+    psql(&src, "INSERT INTO h VALUES (5000, 'after reconnect')");
+    wait_for("catch-up after the source connection dropped", 120, || {
+        target
+            .psql("postgres", "SELECT count(*) FROM h")
+            .map(|c| c == "121")
+            .unwrap_or(false)
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "run exited on a transient error"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -535,4 +552,81 @@ fn copy_only_filters_then_stream() {
         .status();
     assert!(child.wait().expect("wait").success());
     psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
+}
+
+/// A change the target rejects for good stops `run` with one line naming
+/// sink, table and column, and confirms nothing past it.
+fn definite_error_stops() {
+    let (port, src) = harness::fresh_db("pl_def_src");
+    let (_, dst) = harness::fresh_db("pl_def_dst");
+    psql(
+        &src,
+        "CREATE TABLE d (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE d;",
+    );
+    psql(&dst, "CREATE TABLE d (id int PRIMARY KEY, v varchar(3))");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_def\"\npublications = [\"p\"]\nsnapshot = \"never\"\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("config");
+    let mut child = spawn_run(&config, &log);
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_def' AND active",
+        ) == "1"
+    });
+    let before = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",
+    );
+    psql(&src, "INSERT INTO d VALUES (1, 'ok')");
+    psql(
+        &src,
+        "INSERT INTO d VALUES (2, 'much too long for varchar(3)')",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run kept going after a definite error"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("sink d") && line.contains("public.d"),
+        "{text}"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM d"),
+        "1",
+        "the good row before it arrived"
+    );
+    let ok = psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{before}' AND confirmed_flush_lsn < (SELECT pg_current_wal_lsn()) \
+             FROM pg_replication_slots WHERE slot_name = 'pl_def'"
+        ),
+    );
+    assert_eq!(ok, "t", "the slot kept the rejected change");
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_def')");
 }
