@@ -2,6 +2,7 @@
 //! clusters started from the local binaries. See tests/harness.rs.
 
 mod harness;
+mod kafka;
 mod source;
 mod tail;
 
@@ -12,6 +13,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(source::trials());
     trials.extend(tail::trials());
+    trials.extend(kafka::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -1,4 +1,6 @@
 //! Event encodings. `json`: the Debezium-compatible envelope used by
-//! `pgbridge tail` (and the Kafka sink).
+//! `pgbridge tail` and the Kafka sink; `avro`: the same envelope as Avro,
+//! with schemas derived from the Relation (Confluent wire format).
 
+pub mod avro;
 pub mod json;
