@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libtest_mimic::Trial;
+use pgbridge::model::change::Row;
 use pgbridge::model::{
     Builtin, Change, ColumnSchema, Event, Op, RelationSchema, TxnMeta, TypeInfo,
 };
-use pgbridge::model::change::Row;
 use pgbridge::pgoutput::{ReplicaIdentity, TupleValue};
 use pgbridge::pipeline::ack::Tracker;
 use pgbridge::pipeline::fanout::{Fanout, Route};
@@ -50,6 +50,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("kafka::avro_with_registry", avro_with_registry),
         trial("kafka::exactly_once_mock_cluster", exactly_once),
+        trial(
+            "kafka::replica_identity_full_keys_by_primary_key",
+            replica_identity_full,
+        ),
     ]
 }
 
@@ -1354,13 +1358,137 @@ fn exactly_once() {
     // Only the aborted transactions' records repeat (visible on the mock
     // cluster only, see above): the first 5 rows of transaction 9, once
     // per aborted attempt.
-    let repeated: Vec<i64> = count.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    let repeated: Vec<i64> = count
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
     let first9: Vec<i64> = (0..5).map(|r| i64::from(9 * rows + r)).collect();
-    assert_eq!(repeated, first9, "committed transactions are written exactly once");
-    assert!(count.iter().filter(|(id, _)| !first9.contains(id)).all(|(_, n)| *n == 1));
+    assert_eq!(
+        repeated, first9,
+        "committed transactions are written exactly once"
+    );
+    assert!(count
+        .iter()
+        .filter(|(id, _)| !first9.contains(id))
+        .all(|(_, n)| *n == 1));
     eprintln!(
         "records: {}, of aborted attempts (hidden from read_committed on Apache Kafka): {}",
         recs.len(),
         recs.len() - count.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// REPLICA IDENTITY FULL: every column is identity, the key is the primary key.
+
+fn replica_identity_full() {
+    let (port, db) = crate::harness::fresh_db("kafka_ri_full");
+    crate::harness::psql(
+        &db,
+        "CREATE TABLE full_t (id int PRIMARY KEY, v text); \
+         ALTER TABLE full_t REPLICA IDENTITY FULL; \
+         CREATE TABLE nopk (a int, b text); ALTER TABLE nopk REPLICA IDENTITY FULL;",
+    );
+    let oid = |t: &str| -> u32 {
+        crate::harness::psql(&db, &format!("SELECT '{t}'::regclass::oid"))
+            .trim()
+            .parse()
+            .expect("oid")
+    };
+    let mk = |id: u32, name: &str, cols: Vec<ColumnSchema>| {
+        Arc::new(RelationSchema {
+            rel_id: id,
+            schema: "public".into(),
+            name: name.into(),
+            replica_identity: ReplicaIdentity::Full,
+            columns: cols,
+        })
+    };
+    let full = mk(
+        oid("full_t"),
+        "full_t",
+        vec![
+            col("id", Builtin::Int4, true),
+            col("v", Builtin::Text, true),
+        ],
+    );
+    let nopk = mk(
+        oid("nopk"),
+        "nopk",
+        vec![col("a", Builtin::Int4, true), col("b", Builtin::Text, true)],
+    );
+    let full_update = |lsn: u64, old: &[Option<&str>], new: &[Option<&str>]| {
+        Event::Change(Change {
+            op: Op::Update,
+            lsn: Lsn(lsn),
+            relation: full.clone(),
+            old: Some(row(old)),
+            old_key_only: false,
+            new: Some(row(new)),
+        })
+    };
+    let broker = Tansu::start();
+    let mut cfg = base_cfg(&broker.addr);
+    cfg.topic = "ri.{table}".into();
+    let info = pgbridge::source::ConnInfo::parse(&crate::harness::url(port, &db)).expect("url");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut sink = KafkaSink::new(cfg, "slot1", &db).with_source(info);
+        let durable = sink.open().await.expect("open");
+        let (tracker, mut ackers, _rx) = Tracker::new(&[durable], durable);
+        let (tx, rx) = mpsc::channel(64);
+        let mut fanout = Fanout::new(
+            vec![(
+                Route {
+                    tables: None,
+                    durable,
+                    table_start: Default::default(),
+                },
+                tx,
+            )],
+            tracker.clone(),
+        );
+        let acker = ackers.remove(0);
+        let task = tokio::spawn(async move { sink.run(rx, acker).await });
+        feed(
+            &mut fanout,
+            &tracker,
+            vec![Item::Txn(
+                1,
+                0x100,
+                0x110,
+                vec![
+                    ins(&full, 0x10, &[Some("1"), Some("a")]),
+                    full_update(0x11, &[Some("1"), Some("a")], &[Some("1"), Some("b")]),
+                    ins(&nopk, 0x12, &[Some("1"), Some("x")]),
+                ],
+            )],
+        )
+        .await;
+        wait_confirmed(&tracker, 0x110, 60).await;
+        drop(fanout);
+        task.await.expect("task").expect("stop");
+    });
+    let recs = consume(&broker.addr, "ri.full_t", false);
+    let summary: Vec<(Option<Json>, Option<Json>)> = recs
+        .iter()
+        .map(|r| (r.key.clone(), r.value.as_ref().map(|v| v["op"].clone())))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Some(json!({"id": 1})), Some(json!("c"))),
+            (Some(json!({"id": 1})), Some(json!("u"))),
+        ],
+        "keyed by the primary key; a non-key change is an update"
+    );
+    let u = recs[1].value.as_ref().expect("value");
+    assert_eq!(u["before"], json!({"id": 1, "v": "a"}));
+    let recs = consume(&broker.addr, "ri.nopk", false);
+    assert_eq!(
+        recs[0].key,
+        Some(json!({"a": 1, "b": "x"})),
+        "no primary key: every column"
     );
 }

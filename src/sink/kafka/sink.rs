@@ -23,6 +23,7 @@ use crate::model::{BuildError, Change, Event, Op, RelationSchema, TxnMeta, Value
 use crate::pgoutput::{RelId, ReplicaIdentity};
 use crate::pipeline::ack::{Acker, CommitToken};
 use crate::sink::{Sink, SinkError, SinkItem};
+use crate::source::{ConnInfo, Connection, Mode};
 use crate::Lsn;
 
 /// How long `run` waits for outstanding deliveries when its queue closes.
@@ -100,6 +101,9 @@ pub struct KafkaSink {
     value: Vec<u8>,
     /// Partition counts of topics, for truncate events.
     partitions: HashMap<String, i32>,
+    /// The source database, for primary keys of REPLICA IDENTITY FULL tables.
+    source: Option<ConnInfo>,
+    catalog: Option<Connection>,
 }
 
 impl KafkaSink {
@@ -127,7 +131,65 @@ impl KafkaSink {
             key: Vec::with_capacity(256),
             value: Vec::with_capacity(4096),
             partitions: HashMap::new(),
+            source: None,
+            catalog: None,
         }
+    }
+
+    /// Lets the sink look up primary keys in the source's catalog: a table
+    /// with `REPLICA IDENTITY FULL` marks every column as identity, but its
+    /// message key should be its primary key (as Debezium's). Without
+    /// this (or a `key_columns` entry), such a table is keyed by all columns.
+    pub fn with_source(mut self, source: ConnInfo) -> KafkaSink {
+        self.source = Some(source);
+        self
+    }
+
+    /// The primary key columns of `rel` (indexes), from the source catalog;
+    /// `None` when there is no catalog connection or no primary key.
+    async fn primary_key(&mut self, rel: &RelationSchema) -> Result<Option<Vec<usize>>, SinkError> {
+        let Some(info) = self.source.clone() else {
+            return Ok(None);
+        };
+        if self.catalog.is_none() {
+            let c = Connection::connect(&info, Mode::Normal)
+                .await
+                .map_err(|e| {
+                    self.transient(format!(
+                        "looking up the primary key of {}: {e}",
+                        rel.qualified_name()
+                    ))
+                })?;
+            self.catalog = Some(c);
+        }
+        let Some(conn) = self.catalog.as_mut() else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT a.attname FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = {} AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            rel.rel_id
+        );
+        let r = match conn.query_one(&sql).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.catalog = None;
+                return Err(self.transient(format!(
+                    "looking up the primary key of {}: {e}",
+                    rel.qualified_name()
+                )));
+            }
+        };
+        let names: Vec<&str> = (0..r.rows.len())
+            .filter_map(|i| r.get(i, "attname"))
+            .collect();
+        let cols: Option<Vec<usize>> = names
+            .iter()
+            .map(|n| rel.columns.iter().position(|c| c.name == *n))
+            .collect();
+        Ok(cols.filter(|c| !c.is_empty()))
     }
 
     fn definite(&self, message: String) -> SinkError {
@@ -297,6 +359,12 @@ impl KafkaSink {
                     v.push(i);
                 }
                 v
+            }
+            None if rel.replica_identity == ReplicaIdentity::Full => {
+                match self.primary_key(rel).await? {
+                    Some(pk) => pk,
+                    None => rel.key_indexes().collect(),
+                }
             }
             None => rel.key_indexes().collect(),
         };
@@ -616,7 +684,21 @@ impl KafkaSink {
         }
     }
 
+    /// The partitions of `topic` (a just-created topic may take a moment).
     async fn partition_count(&mut self, topic: &str) -> Result<i32, SinkError> {
+        let mut tries = 0;
+        loop {
+            match self.partition_count_once(topic).await {
+                Err(SinkError::Transient { .. }) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn partition_count_once(&mut self, topic: &str) -> Result<i32, SinkError> {
         let p = self.out()?.producer.clone();
         let t = topic.to_string();
         let md = tokio::task::spawn_blocking(move || {
@@ -781,9 +863,19 @@ impl KafkaSink {
         .await
     }
 
-    async fn on_event(&mut self, ev: &Event) -> Result<(), SinkError> {
+    async fn on_event(&mut self, ev: &Event, acker: Option<&Acker>) -> Result<(), SinkError> {
         match ev {
             Event::Begin(meta) => {
+                // Exactly-once: between source transactions, an old Kafka
+                // transaction is committed before the next one starts, so a
+                // slowly streaming transaction does not hold back the
+                // acknowledgement of those before it.
+                let age = self.ktxn.since.map(|s| s.elapsed()).unwrap_or_default();
+                if self.ktxn.open && !self.ktxn.dirty && age >= EOS_MAX_TXN_AGE {
+                    if let Some(a) = acker {
+                        self.commit_kafka_txn(a).await?;
+                    }
+                }
                 self.txn = Some(Txn {
                     meta: meta.clone(),
                     begun: false,
@@ -1042,7 +1134,7 @@ impl Sink for KafkaSink {
             };
             match item {
                 None => break,
-                Some(SinkItem::Event(ev)) => self.on_event(&ev).await?,
+                Some(SinkItem::Event(ev)) => self.on_event(&ev, acker.as_ref()).await?,
                 Some(SinkItem::Commit(token)) => {
                     self.on_commit(token, &queue, acker.as_ref()).await?
                 }
