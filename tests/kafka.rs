@@ -54,6 +54,9 @@ pub fn trials() -> Vec<Trial> {
             "kafka::replica_identity_full_keys_by_primary_key",
             replica_identity_full,
         ),
+        // Run alone: cargo test --test main -- --ignored kafka::memory
+        trial("kafka::memory_one_large_transaction", memory_large_transaction)
+            .with_ignored_flag(true),
     ]
 }
 
@@ -1491,4 +1494,64 @@ fn replica_identity_full() {
         Some(json!({"a": 1, "b": "x"})),
         "no primary key: every column"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Memory: one large transaction streams through the sink with the process's
+// peak RSS bounded by the queues, not by the transaction.
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn memory_large_transaction() {
+    let rows: u64 = std::env::var("PGBRIDGE_KAFKA_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000_000);
+    let broker = Tansu::start();
+    let items = items_rel();
+    let mut cfg = base_cfg(&broker.addr);
+    cfg.topic = "mem.{table}".into();
+    cfg.topic_partitions = 4;
+    let rt = runtime();
+    let before = status_kib("VmRSS:");
+    let started = Instant::now();
+    rt.block_on(async {
+        let (mut r, _) = start(cfg).await;
+        let m = meta(1, 0x1_0000_0000);
+        r.fanout.dispatch(Event::Begin(m.clone())).await.expect("begin");
+        let note = "x".repeat(100);
+        for i in 0..rows {
+            let id = i.to_string();
+            let ev = ins(&items, 0x1000 + i, &[Some(&id), Some("some name"), Some(&note)]);
+            r.fanout.dispatch(ev).await.expect("event");
+        }
+        r.fanout
+            .dispatch(Event::Commit {
+                meta: m,
+                end_lsn: Lsn(0x1_0000_0010),
+            })
+            .await
+            .expect("commit");
+        wait_confirmed(&r.tracker, 0x1_0000_0010, 3600).await;
+        stop(r).await.expect("stop");
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let peak = status_kib("VmHWM:");
+    eprintln!(
+        "{rows} rows in one transaction: {secs:.1} s ({:.0} rows/s); RSS before {} MiB, peak {} MiB",
+        rows as f64 / secs,
+        before / 1024,
+        peak / 1024
+    );
+    assert!(peak < 64 * 1024, "peak RSS {} MiB", peak / 1024);
 }
