@@ -55,8 +55,11 @@ pub fn trials() -> Vec<Trial> {
             replica_identity_full,
         ),
         // Run alone: cargo test --test main -- --ignored kafka::memory
-        trial("kafka::memory_one_large_transaction", memory_large_transaction)
-            .with_ignored_flag(true),
+        trial(
+            "kafka::memory_one_large_transaction",
+            memory_large_transaction,
+        )
+        .with_ignored_flag(true),
     ]
 }
 
@@ -1522,17 +1525,48 @@ fn memory_large_transaction() {
     let mut cfg = base_cfg(&broker.addr);
     cfg.topic = "mem.{table}".into();
     cfg.topic_partitions = 4;
+    // For comparison: PGBRIDGE_KAFKA_QUEUE_KB=1048576 is librdkafka's own default.
+    if let Ok(kb) = std::env::var("PGBRIDGE_KAFKA_QUEUE_KB") {
+        cfg.properties
+            .insert("queue.buffering.max.kbytes".into(), PropertyValue(kb));
+        cfg.properties.insert(
+            "queue.buffering.max.messages".into(),
+            PropertyValue("1000000".into()),
+        );
+    }
     let rt = runtime();
     let before = status_kib("VmRSS:");
     let started = Instant::now();
     rt.block_on(async {
         let (mut r, _) = start(cfg).await;
         let m = meta(1, 0x1_0000_0000);
-        r.fanout.dispatch(Event::Begin(m.clone())).await.expect("begin");
+        r.fanout
+            .dispatch(Event::Begin(m.clone()))
+            .await
+            .expect("begin");
+        // PGBRIDGE_KAFKA_PAUSE=secs: the broker stops answering for a
+        // while, so the producer queue fills to its bound.
+        let pause: u64 = std::env::var("PGBRIDGE_KAFKA_PAUSE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut resumer = None;
         let note = "x".repeat(100);
         for i in 0..rows {
+            if pause > 0 && i == rows / 10 {
+                broker.pause();
+                let pid = broker.child.id().to_string();
+                resumer = Some(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(pause));
+                    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+                }));
+            }
             let id = i.to_string();
-            let ev = ins(&items, 0x1000 + i, &[Some(&id), Some("some name"), Some(&note)]);
+            let ev = ins(
+                &items,
+                0x1000 + i,
+                &[Some(&id), Some("some name"), Some(&note)],
+            );
             r.fanout.dispatch(ev).await.expect("event");
         }
         r.fanout
@@ -1544,6 +1578,9 @@ fn memory_large_transaction() {
             .expect("commit");
         wait_confirmed(&r.tracker, 0x1_0000_0010, 3600).await;
         stop(r).await.expect("stop");
+        if let Some(t) = resumer {
+            let _ = t.join();
+        }
     });
     let secs = started.elapsed().as_secs_f64();
     let peak = status_kib("VmHWM:");

@@ -218,11 +218,11 @@ fn opt_expanded<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
 /// pgbridge's producer defaults, before `[sink.properties]`.
 ///
 /// The queue bound matters: librdkafka's own default buffers up to 1 GiB
-/// (and 100 000 messages) per producer. 16 MiB / 32 768 messages keep a
+/// (and 100 000 messages) per producer. 8 MiB / 16 384 messages keep a
 /// full producer queue well inside pgbridge's memory budget and still let
 /// a loopback broker run at full speed.
-pub const DEFAULT_QUEUE_KBYTES: u32 = 16 * 1024;
-pub const DEFAULT_QUEUE_MESSAGES: u32 = 32 * 1024;
+pub const DEFAULT_QUEUE_KBYTES: u32 = 8 * 1024;
+pub const DEFAULT_QUEUE_MESSAGES: u32 = 16 * 1024;
 
 /// Properties whose value the delivery guarantee depends on, and keys that
 /// have a dedicated setting.
@@ -564,7 +564,7 @@ numeric = "double"
         assert_eq!(pc.get("acks"), Some("all"));
         assert_eq!(pc.get("enable.idempotence"), Some("true"));
         assert_eq!(pc.get("partitioner"), Some("murmur2_random"));
-        assert_eq!(pc.get("queue.buffering.max.kbytes"), Some("16384"));
+        assert_eq!(pc.get("queue.buffering.max.kbytes"), Some("8192"));
         assert_eq!(pc.get("transactional.id"), None);
         let d = parse("").unwrap();
         assert_eq!(d.topic, "{schema}.{table}");

@@ -23,7 +23,7 @@
 //!   partition, then a create of the new key. A truncate is written to
 //!   every partition of the table's topic, so each partition orders it
 //!   with the changes of its keys.
-//! - **Bounded memory.** librdkafka's queue is capped (16 MiB / 32 768
+//! - **Bounded memory.** librdkafka's queue is capped (8 MiB / 16 384
 //!   records by default, `queue.buffering.max.*`); when it is full the sink
 //!   waits for delivery reports, and the pipeline's queue backs up to the
 //!   source. A transaction's size does not matter.
