@@ -54,6 +54,10 @@ pub fn trials() -> Vec<Trial> {
             "kafka::replica_identity_full_keys_by_primary_key",
             replica_identity_full,
         ),
+        trial(
+            "kafka::definite_errors_and_check",
+            definite_errors_and_check,
+        ),
         // Run alone: cargo test --test main -- --ignored kafka::memory
         trial(
             "kafka::memory_one_large_transaction",
@@ -1591,4 +1595,66 @@ fn memory_large_transaction() {
         peak / 1024
     );
     assert!(peak < 64 * 1024, "peak RSS {} MiB", peak / 1024);
+}
+
+// ---------------------------------------------------------------------------
+// What retrying cannot fix stops the pipeline with a definite error; `check`.
+
+fn definite_errors_and_check() {
+    let broker = Tansu::start();
+    let rt = runtime();
+    let items = items_rel();
+    let mut cfg = base_cfg(&broker.addr);
+    cfg.topic = "big.{table}".into();
+    let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&cfg));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut bad = cfg.clone();
+    bad.brokers = format!("127.0.0.1:{}", free_port());
+    bad.create_topics = false;
+    bad.message_topic = Some("nope".into());
+    let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&bad));
+    assert!(
+        problems.len() == 1 && problems[0].contains("do not answer"),
+        "{problems:?}"
+    );
+    let big = "y".repeat(2_000_000);
+    let err = rt.block_on(async {
+        let (mut r, _) = start(cfg).await;
+        feed(
+            &mut r.fanout,
+            &r.tracker,
+            vec![
+                Item::Txn(
+                    1,
+                    0x100,
+                    0x110,
+                    vec![ins(&items, 0xf0, &[Some("1"), Some("ok"), None])],
+                ),
+                Item::Txn(
+                    2,
+                    0x200,
+                    0x210,
+                    vec![ins(&items, 0x1f0, &[Some("2"), Some("big"), Some(&big)])],
+                ),
+            ],
+        )
+        .await;
+        let (_sink, result) = r.task.await.expect("task");
+        let e = result.expect_err("a record over message.max.bytes stops the sink");
+        assert!(
+            r.tracker.confirmed() < Lsn(0x210),
+            "the big transaction is not confirmed"
+        );
+        e
+    });
+    let msg = err.to_string();
+    eprintln!("stopped with: {msg}");
+    assert!(!err.is_transient(), "{msg}");
+    assert!(
+        msg.contains("public.items") && msg.contains("message.max.bytes"),
+        "names the table and the fix: {msg}"
+    );
+    // The broker never saw the big record's transaction as confirmed.
+    let recs = consume(&broker.addr, "big.items", false);
+    assert_eq!(recs.len(), 1);
 }

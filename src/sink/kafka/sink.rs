@@ -136,6 +136,14 @@ impl KafkaSink {
         }
     }
 
+    /// The sink of `cfg` in `config`'s pipeline: the slot names the
+    /// transactional id, the source database is `source.db` of events and
+    /// is asked for primary keys (see [`KafkaSink::with_source`]).
+    pub fn for_pipeline(cfg: &KafkaSinkSection, config: &crate::config::Config) -> KafkaSink {
+        let info = &config.source.url.info;
+        KafkaSink::new(cfg.clone(), config.pipeline_id(), &info.dbname).with_source(info.clone())
+    }
+
     /// Lets the sink look up primary keys in the source's catalog: a table
     /// with `REPLICA IDENTITY FULL` marks every column as identity, but its
     /// message key should be its primary key (as Debezium's). Without
