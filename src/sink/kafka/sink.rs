@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
@@ -293,6 +294,20 @@ impl KafkaSink {
         with_value: bool,
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<(), SinkError> {
+        self.send_with(topic, partition, with_key, with_value, None, what)
+            .await
+    }
+
+    /// [`KafkaSink::send`] with one record header.
+    async fn send_with(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        with_key: bool,
+        with_value: bool,
+        header: Option<(&'static str, &[u8])>,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<(), SinkError> {
         if self.cfg.exactly_once {
             self.begin_kafka_txn().await?;
             self.ktxn.records += 1;
@@ -309,6 +324,12 @@ impl KafkaSink {
             }
             if let Some(p) = partition {
                 rec = rec.partition(p);
+            }
+            if let Some((name, value)) = header {
+                rec = rec.headers(OwnedHeaders::new().insert(Header {
+                    key: name,
+                    value: Some(value),
+                }));
             }
             match out.producer.send(rec) {
                 Ok(()) => return Ok(()),
@@ -575,6 +596,7 @@ impl KafkaSink {
         before: Option<OldRow<'_>>,
         after: Option<&[Value]>,
         key_values: &[Value],
+        header: Option<(&'static str, &[u8])>,
     ) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
         let table = t.rel.qualified_name();
@@ -618,7 +640,8 @@ impl KafkaSink {
         r.map_err(|e| self.definite(format!("encoding a change to {table} at {lsn}: {e}")))?;
         let topic = t.topic.clone();
         let what = || format!("a change to {table} at {lsn} to topic {}", t.topic);
-        self.send(&topic, None, has_key, true, &what).await?;
+        self.send_with(&topic, None, has_key, true, header, &what)
+            .await?;
         if op == "d" && self.cfg.tombstones && has_key {
             self.send(&topic, None, true, false, &what).await?;
         }
@@ -641,8 +664,24 @@ impl KafkaSink {
             key_only: c.old_key_only,
         });
         match (c.op, &after) {
-            (Op::Insert, Some(new)) => self.emit(&t, c.lsn, "c", None, Some(new), new).await,
+            (Op::Insert, Some(new)) => self.emit(&t, c.lsn, "c", None, Some(new), new, None).await,
             (Op::Update, Some(new)) => {
+                // With REPLICA IDENTITY FULL the old row holds the real
+                // value of a column the new row leaves unchanged (TOAST):
+                // `after` is then complete.
+                let mut filled: Option<Vec<Value>> = None;
+                if let (Some(b), false) = (&before, c.old_key_only) {
+                    if new.iter().any(Value::is_unchanged) {
+                        let mut n = new.clone();
+                        for (d, s) in n.iter_mut().zip(b) {
+                            if d.is_unchanged() && !s.is_unchanged() {
+                                *d = s.clone();
+                            }
+                        }
+                        filled = Some(n);
+                    }
+                }
+                let new: &[Value] = filled.as_deref().unwrap_or(new);
                 // The new key, with the old value where the new one was not
                 // sent (an unchanged TOASTed key column).
                 let mut key_vals: Option<Vec<Value>> = None;
@@ -650,7 +689,7 @@ impl KafkaSink {
                     .iter()
                     .any(|&i| new.get(i).is_some_and(Value::is_unchanged))
                 {
-                    let mut k = new.clone();
+                    let mut k = new.to_vec();
                     if let Some(b) = &before {
                         for &i in &t.key_cols {
                             if k.get(i).is_some_and(Value::is_unchanged) {
@@ -671,17 +710,41 @@ impl KafkaSink {
                     None => false,
                 };
                 if key_changed {
-                    // The old key's partition must see the delete.
+                    // The old key's partition must see the delete. As
+                    // Debezium, each record names the other key in a header.
                     let b = before.as_deref().unwrap_or(&[]);
-                    self.emit(&t, c.lsn, "d", old, None, b).await?;
-                    self.emit(&t, c.lsn, "c", None, Some(new), new_key).await
+                    self.encode_key(&t, new_key)?;
+                    let new_key_bytes = self.key.clone();
+                    self.encode_key(&t, b)?;
+                    let old_key_bytes = self.key.clone();
+                    self.emit(
+                        &t,
+                        c.lsn,
+                        "d",
+                        old,
+                        None,
+                        b,
+                        Some(("__debezium.newkey", &new_key_bytes)),
+                    )
+                    .await?;
+                    self.emit(
+                        &t,
+                        c.lsn,
+                        "c",
+                        None,
+                        Some(new),
+                        new_key,
+                        Some(("__debezium.oldkey", &old_key_bytes)),
+                    )
+                    .await
                 } else {
-                    self.emit(&t, c.lsn, "u", old, Some(new), new_key).await
+                    self.emit(&t, c.lsn, "u", old, Some(new), new_key, None)
+                        .await
                 }
             }
             (Op::Delete, None) => {
                 let b = before.as_deref().unwrap_or(&[]);
-                self.emit(&t, c.lsn, "d", old, None, b).await
+                self.emit(&t, c.lsn, "d", old, None, b, None).await
             }
             _ => Err(self.definite(format!(
                 "change to {} at {} has no {} row",
