@@ -802,6 +802,7 @@ fn every_op_kind_json() {
     cfg2.name = "cdc2".into();
     cfg2.topic = "nt.{table}".into();
     cfg2.tombstones = false;
+    cfg2.json_schemas = true;
     rt.block_on(async {
         let (mut r, _) = start(cfg2).await;
         feed(
@@ -824,6 +825,18 @@ fn every_op_kind_json() {
     let recs = consume(&broker.addr, "nt.items", false);
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.value.is_some()));
+    // json_schemas: Kafka Connect's JsonConverter form.
+    let k = recs[0].key.as_ref().expect("key");
+    assert_eq!(k["payload"], json!({"id": 1}));
+    assert_eq!(k["schema"]["name"], "cdc2.public.items.Key");
+    let v = recs[0].value.as_ref().expect("value");
+    assert_eq!(v["payload"]["op"], "c");
+    assert_eq!(
+        v["payload"]["after"],
+        json!({"id": 1, "name": "a", "note": null})
+    );
+    assert_eq!(v["schema"]["name"], "cdc2.public.items.Envelope");
+    assert_eq!(v["schema"]["fields"][1]["fields"][0]["type"], "int32");
 }
 
 /// `n` transactions of `rows` inserts into items, keys from `first`.

@@ -142,6 +142,10 @@ pub struct KafkaSinkSection {
     pub key_columns: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub format: Format,
+    /// JSON only: wrap keys and values as Kafka Connect's JsonConverter
+    /// with `schemas.enable=true` does: `{"schema": ..., "payload": ...}`.
+    #[serde(default)]
+    pub json_schemas: bool,
     /// Create missing topics through the admin API.
     #[serde(default)]
     pub create_topics: bool,
@@ -320,6 +324,7 @@ impl KafkaSinkSection {
             table_topics: BTreeMap::new(),
             key_columns: BTreeMap::new(),
             format: Format::default(),
+            json_schemas: false,
             create_topics: false,
             topic_partitions: default_partitions(),
             topic_replication_factor: default_replication(),
@@ -381,6 +386,9 @@ impl KafkaSinkSection {
                 "topic_replication_factor = {}: give at least 1 (or -1 for the broker's default)",
                 self.topic_replication_factor
             ));
+        }
+        if self.format == Format::Avro && self.json_schemas {
+            return Err("json_schemas applies to format = \"json\" only".into());
         }
         if self.format == Format::Avro && self.schema_registry.is_none() {
             return Err(

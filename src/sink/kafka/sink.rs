@@ -17,6 +17,7 @@ use super::eos::{self, ReadError};
 use super::registry::Registry;
 use super::topics::{self, TopicMaker};
 use crate::encode::avro::{self, FixedSchemas, TableSchemas};
+use crate::encode::connect::{self, ConnectSchemas};
 use crate::encode::json::{
     self, EnvelopeOptions, EventContext, OldRow, SnapshotMarker, TransactionBlock, TxnStatus,
 };
@@ -35,6 +36,23 @@ const EOS_MAX_TXN_AGE: Duration = Duration::from_millis(200);
 const EOS_MAX_TXN_RECORDS: u64 = 50_000;
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Writes `payload` into `out`, inside Connect's `{"schema", "payload"}`
+/// wrapper when `schema` is given.
+fn wrapped(
+    out: &mut Vec<u8>,
+    schema: Option<&str>,
+    payload: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    match schema {
+        None => payload(out),
+        Some(s) => {
+            connect::open(out, s)?;
+            payload(out)?;
+            connect::close(out)
+        }
+    }
+}
+
 /// What pgbridge knows about one table for this run.
 struct Table {
     rel: Arc<RelationSchema>,
@@ -42,6 +60,8 @@ struct Table {
     /// Message key columns (indexes into the relation's columns).
     key_cols: Vec<usize>,
     avro: Option<AvroTable>,
+    /// `json_schemas`: the Connect schemas spliced around the JSON.
+    connect: Option<ConnectSchemas>,
 }
 
 struct AvroTable {
@@ -424,11 +444,20 @@ impl KafkaSink {
         } else {
             None
         };
+        let connect = (self.cfg.format == Format::Json && self.cfg.json_schemas).then(|| {
+            ConnectSchemas::derive(
+                rel,
+                &key_cols,
+                self.cfg.source_name(),
+                &self.envelope.values,
+            )
+        });
         let t = Arc::new(Table {
             rel: rel.clone(),
             topic,
             key_cols,
             avro,
+            connect,
         });
         self.tables.insert(rel.rel_id, t.clone());
         Ok(t)
@@ -505,9 +534,23 @@ impl KafkaSink {
         self.value.clear();
         match self.cfg.format {
             Format::Json => {
-                json::encode_transaction_key(&mut self.key, &meta)
-                    .and_then(|_| json::encode_transaction(&mut self.value, status, &meta, counts))
-                    .map_err(|e| self.definite(format!("encoding a transaction record: {e}")))?;
+                let schemas = self.cfg.json_schemas.then(|| {
+                    (
+                        connect::transaction_key_schema(),
+                        connect::transaction_schema(),
+                    )
+                });
+                wrapped(&mut self.key, schemas.as_ref().map(|s| s.0.as_str()), |w| {
+                    json::encode_transaction_key(w, &meta)
+                })
+                .and_then(|_| {
+                    wrapped(
+                        &mut self.value,
+                        schemas.as_ref().map(|s| s.1.as_str()),
+                        |w| json::encode_transaction(w, status, &meta, counts),
+                    )
+                })
+                .map_err(|e| self.definite(format!("encoding a transaction record: {e}")))?;
             }
             Format::Avro => {
                 let (kid, vid) = match self.fixed_ids.transaction {
@@ -562,12 +605,10 @@ impl KafkaSink {
             return Ok(false);
         }
         let r = match &t.avro {
-            None => json::encode_key(
+            None => wrapped(
                 &mut self.key,
-                &t.rel,
-                values,
-                &t.key_cols,
-                &self.envelope.values,
+                t.connect.as_ref().and_then(|c| c.key.as_deref()),
+                |w| json::encode_key(w, &t.rel, values, &t.key_cols, &self.envelope.values),
             )
             .map_err(|e| e.to_string()),
             Some(a) => {
@@ -610,15 +651,10 @@ impl KafkaSink {
             transaction: block,
         };
         let r = match &t.avro {
-            None => json::encode_change(
+            None => wrapped(
                 &mut self.value,
-                &self.envelope,
-                &ctx,
-                &t.rel,
-                lsn,
-                op,
-                before,
-                after,
+                t.connect.as_ref().map(|c| c.value.as_str()),
+                |w| json::encode_change(w, &self.envelope, &ctx, &t.rel, lsn, op, before, after),
             )
             .map_err(|e| e.to_string()),
             Some(a) => {
@@ -819,8 +855,12 @@ impl KafkaSink {
             };
             self.value.clear();
             let r = match &t.avro {
-                None => json::encode_truncate(&mut self.value, &self.envelope, &ctx, rel, lsn)
-                    .map_err(|e| e.to_string()),
+                None => wrapped(
+                    &mut self.value,
+                    t.connect.as_ref().map(|c| c.value.as_str()),
+                    |w| json::encode_truncate(w, &self.envelope, &ctx, rel, lsn),
+                )
+                .map_err(|e| e.to_string()),
                 Some(a) => {
                     self.value = avro::wire(a.value_id);
                     a.schemas
@@ -877,19 +917,31 @@ impl KafkaSink {
         self.value.clear();
         match self.cfg.format {
             Format::Json => {
-                json::encode_message_key(&mut self.key, prefix)
-                    .and_then(|_| {
-                        json::encode_message(
-                            &mut self.value,
-                            &self.envelope,
-                            meta.as_ref(),
-                            lsn,
-                            prefix,
-                            content,
-                            transactional,
-                        )
-                    })
-                    .map_err(|e| self.definite(format!("encoding a message: {e}")))?;
+                let schemas = self
+                    .cfg
+                    .json_schemas
+                    .then(|| (connect::message_key_schema(), connect::message_schema()));
+                wrapped(&mut self.key, schemas.as_ref().map(|s| s.0.as_str()), |w| {
+                    json::encode_message_key(w, prefix)
+                })
+                .and_then(|_| {
+                    wrapped(
+                        &mut self.value,
+                        schemas.as_ref().map(|s| s.1.as_str()),
+                        |w| {
+                            json::encode_message(
+                                w,
+                                &self.envelope,
+                                meta.as_ref(),
+                                lsn,
+                                prefix,
+                                content,
+                                transactional,
+                            )
+                        },
+                    )
+                })
+                .map_err(|e| self.definite(format!("encoding a message: {e}")))?;
             }
             Format::Avro => {
                 let (kid, vid) = match self.fixed_ids.message {
