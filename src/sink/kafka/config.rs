@@ -620,6 +620,10 @@ numeric = "double"
             ("message_topic = \"a/b\"\n", "message_topic"),
             ("key_columns = { \"t\" = [] }\n", "at least one column"),
             ("transactional_id = \"x\"\n", "exactly_once"),
+            (
+                "format = \"avro\"\njson_schemas = true\n[sink.schema_registry]\nurl = \"http://r\"\n",
+                "json_schemas",
+            ),
             ("tombstone = true\n", "tombstone"),
             (
                 "format = \"avro\"\n[sink.schema_registry]\nurl = \"registry:8081\"\n",

@@ -120,8 +120,6 @@ pub struct KafkaSink {
     ktxn: KafkaTxn,
     key: Vec<u8>,
     value: Vec<u8>,
-    /// Partition counts of topics, for truncate events.
-    partitions: HashMap<String, i32>,
     /// The source database, for primary keys of REPLICA IDENTITY FULL tables.
     source: Option<ConnInfo>,
     catalog: Option<Connection>,
@@ -151,7 +149,6 @@ impl KafkaSink {
             ktxn: KafkaTxn::default(),
             key: Vec::with_capacity(256),
             value: Vec::with_capacity(4096),
-            partitions: HashMap::new(),
             source: None,
             catalog: None,
         }
@@ -822,10 +819,7 @@ impl KafkaSink {
         .map_err(|e| self.transient(format!("metadata task: {e}")))?
         .map_err(|e| self.kafka_error(&e, &format!("reading the metadata of {topic}")))?;
         match md {
-            Some((n, None)) if n > 0 => {
-                self.partitions.insert(topic.to_string(), n);
-                Ok(n)
-            }
+            Some((n, None)) if n > 0 => Ok(n),
             Some((_, Some(err))) => {
                 let code = RDKafkaErrorCode::from(err);
                 Err(self.kafka_error(
@@ -880,10 +874,8 @@ impl KafkaSink {
             r.map_err(|e| self.definite(format!("encoding the truncate of {table}: {e}")))?;
             // One record per partition, so that every partition orders the
             // truncate with the changes of its keys.
-            let n = match self.partitions.get(&t.topic) {
-                Some(n) => *n,
-                None => self.partition_count(&t.topic).await?,
-            };
+            // Asked every time: partitions may have been added meanwhile.
+            let n = self.partition_count(&t.topic).await?;
             let topic = t.topic.clone();
             for p in 0..n {
                 self.send(&topic, Some(p), false, true, &|| {
@@ -1227,7 +1219,6 @@ impl Sink for KafkaSink {
         }
         self.out = Some(Out { producer, shared });
         self.tables.clear();
-        self.partitions.clear();
         self.fixed_ids = FixedIds::default();
         self.txn = None;
         self.ktxn = KafkaTxn::default();
