@@ -492,21 +492,23 @@ impl KafkaSink {
     }
 
     /// Counts one data event of `table` and returns its transaction block.
-    fn count_event(&mut self, table: &str) -> Option<TransactionBlock> {
-        let with_block = self.cfg.transaction_topic.is_some();
+    fn count_event(&mut self, rel: &RelationSchema) -> Option<TransactionBlock> {
+        // Only transaction metadata needs the counts.
+        self.cfg.transaction_topic.as_ref()?;
+        let table = rel.qualified_name();
         let txn = self.txn.as_mut()?;
         txn.total += 1;
-        let n = match txn.per_table.iter_mut().find(|(t, _)| t == table) {
+        let n = match txn.per_table.iter_mut().find(|(t, _)| *t == table) {
             Some((_, n)) => {
                 *n += 1;
                 *n
             }
             None => {
-                txn.per_table.push((table.to_string(), 1));
+                txn.per_table.push((table, 1));
                 1
             }
         };
-        with_block.then(|| TransactionBlock {
+        Some(TransactionBlock {
             id: json::transaction_id(&txn.meta),
             total_order: txn.total,
             data_collection_order: n,
@@ -637,13 +639,11 @@ impl KafkaSink {
         header: Option<(&'static str, &[u8])>,
     ) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
-        let table = t.rel.qualified_name();
-        let block = self.count_event(&table);
+        let block = self.count_event(&t.rel);
         let has_key = self.encode_key(t, key_values)?;
         self.value.clear();
-        let meta = self.txn.as_ref().map(|x| x.meta.clone());
         let ctx = EventContext {
-            meta: meta.as_ref(),
+            meta: self.txn.as_ref().map(|x| &x.meta),
             snapshot: SnapshotMarker::False,
             transaction: block,
         };
@@ -670,9 +670,20 @@ impl KafkaSink {
                     .map_err(|e| e.to_string())
             }
         };
-        r.map_err(|e| self.definite(format!("encoding a change to {table} at {lsn}: {e}")))?;
+        r.map_err(|e| {
+            self.definite(format!(
+                "encoding a change to {} at {lsn}: {e}",
+                t.rel.qualified_name()
+            ))
+        })?;
         let topic = t.topic.clone();
-        let what = || format!("a change to {table} at {lsn} to topic {}", t.topic);
+        let what = || {
+            format!(
+                "a change to {} at {lsn} to topic {}",
+                t.rel.qualified_name(),
+                t.topic
+            )
+        };
         self.send_with(&topic, None, has_key, true, header, &what)
             .await?;
         if op == "d" && self.cfg.tombstones && has_key {
@@ -840,7 +851,7 @@ impl KafkaSink {
             let t = self.table(rel).await?;
             self.begin_if_needed().await?;
             let table = rel.qualified_name();
-            let block = self.count_event(&table);
+            let block = self.count_event(rel);
             let meta = self.txn.as_ref().map(|x| x.meta.clone());
             let ctx = EventContext {
                 meta: meta.as_ref(),
