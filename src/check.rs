@@ -90,6 +90,9 @@ pub async fn check(config: &Config) -> Vec<String> {
     }
     for sink in &config.sinks {
         match sink {
+            SinkConfig::Kafka(k) => {
+                problems.extend(crate::sink::kafka::check::preflight(k).await);
+            }
             SinkConfig::Postgres(p) => {
                 let client = match pg::connect(&p.url.info).await {
                     Ok(c) => c,
@@ -225,6 +228,9 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
                     },
                 };
                 lines.push(line);
+            }
+            SinkConfig::Kafka(k) => {
+                lines.push(crate::sink::kafka::check::status(k, config.pipeline_id()).await);
             }
         }
     }

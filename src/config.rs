@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::sink::kafka::KafkaSinkSection;
 use crate::source::ConnInfo;
 
 /// The whole file.
@@ -93,12 +94,14 @@ impl std::fmt::Debug for Url {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     Postgres(PostgresSinkSection),
+    Kafka(KafkaSinkSection),
 }
 
 impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Postgres(p) => &p.name,
+            SinkConfig::Kafka(k) => &k.name,
         }
     }
 
@@ -106,6 +109,7 @@ impl SinkConfig {
     pub fn tables(&self) -> &[String] {
         match self {
             SinkConfig::Postgres(p) => &p.tables,
+            SinkConfig::Kafka(k) => &k.tables,
         }
     }
 }
@@ -172,7 +176,7 @@ pub fn expand_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
-fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = String::deserialize(d)?;
     expand_env(&raw, |k| std::env::var(k).ok()).map_err(de::Error::custom)
 }
@@ -200,7 +204,7 @@ fn slot_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(s)
 }
 
-fn sink_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn sink_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty()
         || s.len() > 63
@@ -226,7 +230,7 @@ fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 }
 
 /// Normalises `table` to `public.table`; rejects empty parts.
-fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     v.into_iter()
         .map(|t| {
@@ -310,6 +314,12 @@ impl Config {
                 "source.status_interval_secs must be at least 1".into(),
             ));
         }
+        for s in &config.sinks {
+            if let SinkConfig::Kafka(k) = s {
+                k.validate()
+                    .map_err(|m| semantic(format!("sink {:?}: {m}", k.name)))?;
+            }
+        }
         if let Some(p) = config.source.proto_version {
             if !(1..=4).contains(&p) {
                 return Err(semantic(format!(
@@ -351,7 +361,9 @@ create_tables = true
         assert_eq!(c.source.snapshot, SnapshotMode::Initial);
         assert_eq!(c.sinks.len(), 1);
         assert_eq!(c.sinks[0].tables(), ["public.orders", "public.customers"]);
-        let SinkConfig::Postgres(p) = &c.sinks[0];
+        let SinkConfig::Postgres(p) = &c.sinks[0] else {
+            panic!("a postgres sink")
+        };
         assert!(p.create_tables);
         assert_eq!(p.url.info.dbname, "warehouse");
     }

@@ -2,6 +2,7 @@
 //! clusters started from the local binaries. See tests/harness.rs.
 
 mod harness;
+mod kafka;
 mod pgsink;
 mod pipeline;
 mod source;
@@ -16,6 +17,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(kafka::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

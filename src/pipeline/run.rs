@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use super::ack::Tracker;
 use super::fanout::{Fanout, Route};
 use crate::config::{Config, SinkConfig, SnapshotMode};
+use crate::sink::kafka::KafkaSink;
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::sink::{Sink, SinkError};
 use crate::snapshot::{self, SnapshotError, TableSpec, Target};
@@ -73,22 +74,30 @@ fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
                     c.batch_max_txns = p.batch_max_txns;
                     Ok(Box::new(PostgresSink::new(c)?))
                 }
+                SinkConfig::Kafka(k) => Ok(Box::new(KafkaSink::for_pipeline(k, config))),
             }
         })
         .collect()
 }
 
-fn targets(config: &Config) -> Vec<Target> {
+/// The sinks the initial copy writes to, with their index among all sinks.
+/// Kafka sinks receive the stream only (no initial copy yet).
+fn targets(config: &Config) -> Vec<(usize, Target)> {
     config
         .sinks
         .iter()
-        .map(|s| match s {
-            SinkConfig::Postgres(p) => Target {
-                sink: p.name.clone(),
-                info: p.url.info.clone(),
-                tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
-                create_tables: p.create_tables,
-            },
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            SinkConfig::Postgres(p) => Some((
+                i,
+                Target {
+                    sink: p.name.clone(),
+                    info: p.url.info.clone(),
+                    tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
+                    create_tables: p.create_tables,
+                },
+            )),
+            SinkConfig::Kafka(_) => None,
         })
         .collect()
 }
@@ -158,7 +167,7 @@ async fn attempt(
     let max = max_proto_version(conn.server_version_num());
     let proto = src.proto_version.unwrap_or(max).min(max);
 
-    let targets = targets(config);
+    let (sink_index, targets): (Vec<usize>, Vec<Target>) = targets(config).into_iter().unzip();
     let copy_only = src.snapshot == SnapshotMode::InitialOnly;
     let existing = conn.slot_info(&src.slot).await?;
     let mut created: Option<CreatedSlot> = None;
@@ -207,7 +216,8 @@ async fn attempt(
     if src.snapshot != SnapshotMode::Never {
         let tables = snapshot::published_tables(info, &src.publications).await?;
         let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
+        for (ti, t) in targets.iter().enumerate() {
+            let i = sink_index[ti];
             let mut done = snapshot::completed(t, pipeline).await?;
             // A copy holds the table up to its consistent point, the sink's
             // applied position covers it from there: if the stream starts
@@ -230,7 +240,7 @@ async fn attempt(
                 .collect();
             routes[i].table_start = done;
             if !missing.is_empty() {
-                todo.push((i, missing));
+                todo.push((ti, missing));
             }
         }
         if !todo.is_empty() {
@@ -248,9 +258,11 @@ async fn attempt(
             };
             let snapshot_name = snap.snapshot_name.clone().unwrap_or_default();
             let start = snap.consistent_point;
-            for (i, tables) in &todo {
+            for (ti, tables) in &todo {
                 for t in tables {
-                    routes[*i].table_start.insert(t.qualified_name(), start);
+                    routes[sink_index[*ti]]
+                        .table_start
+                        .insert(t.qualified_name(), start);
                 }
             }
             let stats = snapshot::copy(

@@ -25,6 +25,7 @@ use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
 use crate::Lsn;
 
+pub mod kafka;
 pub mod postgres;
 
 /// One item of a sink's queue.

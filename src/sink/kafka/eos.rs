@@ -1,0 +1,144 @@
+//! Exactly-once mode: the progress topic.
+//!
+//! With `exactly_once = true` the producer is transactional
+//! (`transactional.id` = `pgbridge-<pipeline>-<sink>` unless configured).
+//! Every Kafka transaction ends at a source commit and carries, besides the
+//! events of one or more whole source transactions, one record in the
+//! progress topic: key = the transactional id, value = `{"lsn": "X/Y", ...}`,
+//! the end LSN of the last source transaction in it. Events and position
+//! become visible to `read_committed` consumers together or not at all.
+//!
+//! On start, `init_transactions` fences any older producer with the same
+//! id and aborts its open transaction; then the progress topic is read
+//! (`read_committed`, to its end) and the last position is returned from
+//! `open()`: the pipeline does not send transactions that committed before
+//! it, so nothing is written twice. The topic is compacted (one record per
+//! sink survives) when pgbridge creates it.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use super::config::KafkaSinkSection;
+use crate::Lsn;
+
+/// The value of a progress record.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// End LSN of the last source transaction committed with this record.
+    pub lsn: String,
+    pub pipeline: String,
+    pub sink: String,
+    pub ts_ms: i64,
+}
+
+pub fn progress_value(lsn: Lsn, pipeline: &str, sink: &str) -> Vec<u8> {
+    serde_json::to_vec(&Progress {
+        lsn: lsn.to_string(),
+        pipeline: pipeline.to_string(),
+        sink: sink.to_string(),
+        ts_ms: crate::encode::json::now_ms(),
+    })
+    .unwrap_or_default()
+}
+
+/// Why the progress could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The topic does not exist (and was not created).
+    Missing,
+    Kafka(String),
+    /// A record for our id that is not a progress value: someone else
+    /// writes to the topic.
+    Corrupt(String),
+}
+
+/// Reads the progress topic to its end with `read_committed` and returns
+/// the highest position recorded under `key` (`Lsn::ZERO` when none).
+/// Blocking: call from a blocking thread.
+pub fn read_progress(
+    cfg: &KafkaSinkSection,
+    key: &str,
+    timeout: Duration,
+) -> Result<Lsn, ReadError> {
+    let topic = cfg.progress_topic.as_str();
+    let mut cc = cfg.client_config();
+    cc.set("group.id", format!("{key}-progress-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = cc.create().map_err(|e| ReadError::Kafka(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| ReadError::Kafka(format!("metadata of {topic}: {e}")))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Err(ReadError::Missing);
+    };
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Err(ReadError::Missing),
+        Some(code) => return Err(ReadError::Kafka(format!("metadata of {topic}: {code}"))),
+    }
+    let parts: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    if parts.is_empty() {
+        return Err(ReadError::Missing);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .map_err(|e| ReadError::Kafka(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| ReadError::Kafka(e.to_string()))?;
+    let mut at_end = std::collections::HashSet::new();
+    let mut best = Lsn::ZERO;
+    let deadline = Instant::now() + timeout;
+    while at_end.len() < parts.len() {
+        if Instant::now() > deadline {
+            return Err(ReadError::Kafka(format!(
+                "reading {topic} to its end took longer than {timeout:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(ReadError::Kafka(format!("reading {topic}: {e}"))),
+            Some(Ok(m)) => {
+                if m.key() != Some(key.as_bytes()) {
+                    continue;
+                }
+                let Some(payload) = m.payload() else {
+                    continue; // a tombstone: no position
+                };
+                let p: Progress = serde_json::from_slice(payload).map_err(|e| {
+                    ReadError::Corrupt(format!(
+                        "record at {topic}/{}@{}: {e}",
+                        m.partition(),
+                        m.offset()
+                    ))
+                })?;
+                let lsn = Lsn::from_str(&p.lsn).map_err(|e| {
+                    ReadError::Corrupt(format!(
+                        "record at {topic}/{}@{}: lsn {:?}: {e}",
+                        m.partition(),
+                        m.offset(),
+                        p.lsn
+                    ))
+                })?;
+                best = best.max(lsn);
+            }
+        }
+    }
+    Ok(best)
+}
