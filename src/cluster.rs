@@ -321,7 +321,7 @@ impl LocalCluster {
                 .arg("-p")
                 .arg(self.port.to_string())
                 .args(["-U", "postgres", "-d", db, "-c", sql]),
-            &format!("psql -c {sql:?}"),
+            &format!("psql -c {:?}", sql.chars().take(300).collect::<String>()),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use pgbridge::config::Config;
 use pgbridge::model::{JsonOptions, NumericMode, TemporalMode};
 use pgbridge::tail::{self, TailOptions};
 
@@ -67,6 +68,25 @@ enum Command {
     /// Start a throwaway source cluster on local binaries, run a small
     /// workload and print its decoded changes.
     Demo,
+    /// Run the pipeline of a config file until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Preflight a config file: one line per problem, exit 1 if any.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Slot and sink positions and lag of a config file's pipeline.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
 }
 
 fn init_logging() {
@@ -156,6 +176,36 @@ fn main() -> ExitCode {
             Command::Demo => pgbridge::demo::run(shutdown_signal())
                 .await
                 .map_err(|e| e.to_string()),
+            Command::Run { config } => {
+                let config = load(&config)?;
+                pgbridge::pipeline::run::run(config, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::Check { config } => {
+                let config = load(&config)?;
+                let problems = pgbridge::check::check(&config).await;
+                if problems.is_empty() {
+                    println!(
+                        "ok: source, slot, publications and {} sink(s) are ready",
+                        config.sinks.len()
+                    );
+                    Ok(())
+                } else {
+                    for p in &problems {
+                        println!("{p}");
+                    }
+                    Err(format!("{} problem(s) found", problems.len()))
+                }
+            }
+            Command::Status { config } => {
+                let config = load(&config)?;
+                let lines = pgbridge::check::status(&config).await?;
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
         }
     });
     match result {

@@ -2,27 +2,21 @@
 //! the snapshot copy and the Postgres sink: built from our [`ConnInfo`] so
 //! that every URL pgbridge accepts works the same everywhere.
 
-use crate::source::{ConnInfo, SslMode};
+use crate::source::ConnInfo;
 
-/// Why a client connection could not be made.
+/// Why a client connection could not be made (the message names the
+/// server and the fix).
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect to {target}: {source}")]
-    Connect {
-        target: String,
-        source: tokio_postgres::Error,
-    },
-    #[error("{target}: sslmode={mode} is not supported for this connection yet; use sslmode=disable or prefer")]
-    Tls { target: String, mode: String },
+#[error("{message}")]
+pub struct ClientError {
+    pub message: String,
+    transient: bool,
 }
 
 impl ClientError {
     /// Worth retrying later (the server may be down or starting).
     pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Connect { source, .. } => is_transient(source),
-            ClientError::Tls { .. } => false,
-        }
+        self.transient
     }
 }
 
@@ -43,43 +37,24 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-pub fn config(info: &ConnInfo) -> tokio_postgres::Config {
-    let mut c = tokio_postgres::Config::new();
-    c.host(&info.host)
-        .port(info.port)
-        .user(&info.user)
-        .dbname(&info.dbname)
-        .application_name(info.application_name.as_deref().unwrap_or("pgbridge"));
-    if let Some(p) = &info.password {
-        c.password(p);
-    }
-    if let Some(t) = info.connect_timeout {
-        c.connect_timeout(t);
-    }
-    c
-}
-
-/// Connects and drives the connection in a background task.
+/// Connects (TLS per `sslmode`, as libpq) with the session settings of
+/// [`crate::sink::postgres`] (synchronous commit, no statement or
+/// idle-in-transaction timeout), and drives the connection in a background
+/// task.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, ClientError> {
-    if !matches!(info.sslmode, SslMode::Disable | SslMode::Prefer) {
-        return Err(ClientError::Tls {
-            target: info.to_string(),
-            mode: format!("{:?}", info.sslmode).to_lowercase(),
-        });
-    }
-    let (client, conn) = config(info)
-        .connect(tokio_postgres::NoTls)
+    use crate::sink::postgres::error::ApplyError;
+    crate::sink::postgres::conn::connect(info)
         .await
-        .map_err(|source| ClientError::Connect {
-            target: info.to_string(),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "client connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(|e| match e {
+            ApplyError::Transient(message) => ClientError {
+                message,
+                transient: true,
+            },
+            ApplyError::Definite(message) => ClientError {
+                message,
+                transient: false,
+            },
+        })
 }
 
 /// `"name"` quoted as an SQL identifier.

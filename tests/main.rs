@@ -2,6 +2,8 @@
 //! clusters started from the local binaries. See tests/harness.rs.
 
 mod harness;
+mod pgsink;
+mod pipeline;
 mod source;
 mod tail;
 
@@ -12,6 +14,8 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(source::trials());
     trials.extend(tail::trials());
+    trials.extend(pgsink::trials());
+    trials.extend(pipeline::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -11,8 +11,9 @@
 //! not delivered and acknowledged.
 //!
 //! When every issued token has come back ([`Tracker::idle`]) and the source
-//! is between transactions, nothing received is in flight, and the caller
-//! may confirm a keepalive's position (so idle slots do not pin WAL).
+//! is between transactions, nothing received is in flight: the fan-out then
+//! sends a keepalive's position to every sink as an empty transaction, so
+//! that idle slots do not pin WAL and still only advance through acks.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -155,24 +156,6 @@ impl Tracker {
             .all(|s| s.acked_seq == s.issued_seq)
     }
 
-    /// Confirms `lsn` (a keepalive position) if nothing is in flight.
-    /// Returns whether it did. The caller must also know that the source is
-    /// between transactions.
-    pub fn confirm_if_idle(&self, lsn: Lsn) -> bool {
-        let mut st = self.lock();
-        if !st.sinks.iter().all(|s| s.acked_seq == s.issued_seq) {
-            return false;
-        }
-        for s in st.sinks.iter_mut() {
-            s.acked_lsn = s.acked_lsn.max(lsn);
-        }
-        if lsn > st.confirmed {
-            st.confirmed = lsn;
-            self.confirmed_tx.send_replace(lsn);
-        }
-        true
-    }
-
     /// The highest confirmed position.
     pub fn confirmed(&self) -> Lsn {
         self.lock().confirmed
@@ -205,12 +188,10 @@ mod tests {
         assert_eq!(*rx.borrow(), Lsn(0), "sink 1 has nothing yet");
         ackers[1].ack(b1);
         assert_eq!(*rx.borrow(), Lsn(10));
-        assert!(!t.idle());
-        assert!(!t.confirm_if_idle(Lsn(99)), "b2 in flight");
+        assert!(!t.idle(), "b2 in flight");
         ackers[1].ack(b2);
         assert_eq!(*rx.borrow(), Lsn(20));
-        assert!(t.confirm_if_idle(Lsn(30)));
-        assert_eq!(t.confirmed(), Lsn(30));
+        assert!(t.idle());
     }
 
     #[test]

@@ -66,7 +66,12 @@ pub struct Fanout {
     tracker: Tracker,
     /// Commit LSN of the open transaction.
     commit_lsn: Option<Lsn>,
+    /// When the last idle position went out (they cost each sink a write).
+    last_idle: Option<std::time::Instant>,
 }
+
+/// At most one idle position per this interval.
+const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Fanout {
     pub fn new(routes: Vec<(Route, mpsc::Sender<SinkItem>)>, tracker: Tracker) -> Self {
@@ -81,6 +86,7 @@ impl Fanout {
                 .collect(),
             tracker,
             commit_lsn: None,
+            last_idle: None,
         }
     }
 
@@ -186,9 +192,14 @@ impl Fanout {
     /// confirmed only once every sink has recorded it (a sink that stores
     /// its position keeps it in step with the slot).
     pub async fn advance_idle(&mut self, lsn: Lsn) -> Result<bool, SinkGone> {
-        if self.commit_lsn.is_some() || !self.tracker.idle() || lsn <= self.tracker.confirmed() {
+        if self.commit_lsn.is_some()
+            || !self.tracker.idle()
+            || lsn <= self.tracker.confirmed()
+            || self.last_idle.is_some_and(|t| t.elapsed() < IDLE_INTERVAL)
+        {
             return Ok(false);
         }
+        self.last_idle = Some(std::time::Instant::now());
         for i in 0..self.outs.len() {
             let token = self.tracker.issue(i, lsn);
             self.send(i, SinkItem::Commit(token)).await?;

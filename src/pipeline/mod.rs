@@ -3,4 +3,4 @@
 
 pub mod ack;
 pub mod fanout;
-// pub mod run; (waits for the Postgres sink)
+pub mod run;

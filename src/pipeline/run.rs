@@ -59,11 +59,11 @@ impl PipelineError {
 /// Events queued per sink before the fan-out waits for it.
 const QUEUE_CAPACITY: usize = 4096;
 
-fn build_sinks(config: &Config) -> Vec<Box<dyn Sink>> {
+fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     config
         .sinks
         .iter()
-        .map(|s| -> Box<dyn Sink> {
+        .map(|s| -> Result<Box<dyn Sink>, SinkError> {
             match s {
                 SinkConfig::Postgres(p) => {
                     let mut c = PostgresSinkConfig::new(&p.name, &p.url.raw, config.pipeline_id());
@@ -71,7 +71,7 @@ fn build_sinks(config: &Config) -> Vec<Box<dyn Sink>> {
                     c.batch_max_rows = p.batch_max_rows;
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
-                    Box::new(PostgresSink::new(c))
+                    Ok(Box::new(PostgresSink::new(c)?))
                 }
             }
         })
@@ -145,7 +145,7 @@ async fn attempt(
     let pipeline = config.pipeline_id();
 
     // 1. Sinks: what do they already have?
-    let mut sinks = build_sinks(config);
+    let mut sinks = build_sinks(config)?;
     let mut durable = Vec::new();
     for s in sinks.iter_mut() {
         durable.push(s.open().await?);
@@ -185,6 +185,12 @@ async fn attempt(
         }
         None => {}
     }
+    // Where streaming will start (none for a copy-only run).
+    let stream_start = match (&existing, &created) {
+        (Some(e), _) => Some(e.confirmed_flush),
+        (None, Some(c)) => Some(c.consistent_point),
+        (None, None) => None,
+    };
 
     // 3. The initial copy of whatever each sink still lacks.
     let mut routes: Vec<Route> = config
@@ -192,7 +198,8 @@ async fn attempt(
         .iter()
         .zip(&durable)
         .map(|(s, d)| Route {
-            tables: (!s.tables().is_empty()).then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            tables: (!s.tables().is_empty())
+                .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
             durable: *d,
             table_start: Default::default(),
         })
@@ -201,7 +208,21 @@ async fn attempt(
         let tables = snapshot::published_tables(info, &src.publications).await?;
         let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let done = snapshot::completed(t, pipeline).await?;
+            let mut done = snapshot::completed(t, pipeline).await?;
+            // A copy holds the table up to its consistent point, the sink's
+            // applied position covers it from there: if the stream starts
+            // past both (a new slot after an earlier copy), changes in
+            // between are missing, so that copy does not count.
+            if let Some(start) = stream_start {
+                done.retain(|table, copied_at| {
+                    let kept = (*copied_at).max(durable[i]) >= start;
+                    if !kept {
+                        tracing::warn!(sink = %t.sink, table = %table, copied_at = %copied_at, stream_start = %start,
+                            "earlier copy is older than the stream start; copying again");
+                    }
+                    kept
+                });
+            }
             let missing: Vec<TableSpec> = tables
                 .iter()
                 .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
@@ -242,7 +263,12 @@ async fn attempt(
                 src.snapshot_workers,
             )
             .await?;
-            tracing::info!(tables = stats.tables, rows = stats.rows, bytes = stats.bytes, "initial copy complete");
+            tracing::info!(
+                tables = stats.tables,
+                rows = stats.rows,
+                bytes = stats.bytes,
+                "initial copy complete"
+            );
             if let Some(c2) = snap_conn {
                 c2.close().await;
             }

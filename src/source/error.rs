@@ -68,7 +68,7 @@ pub enum SourceError {
     },
     #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; drop the slot and start again with a fresh snapshot")]
     SlotLost { slot: String },
-    #[error("replication slot {slot:?} was advanced by someone else to {now} while pgbridge resumed from {resumed}: changes in between may be lost; investigate, then drop the slot and start over")]
+    #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then start over with a fresh copy (drop the slot and the target's pgbridge schema)")]
     SlotMovedAhead {
         slot: String,
         resumed: crate::Lsn,

@@ -8,7 +8,7 @@ pub mod conn;
 pub mod conninfo;
 pub mod error;
 pub mod replication;
-mod tls;
+pub(crate) mod tls;
 
 pub use conn::{Connection, Mode, QueryResult};
 pub use conninfo::{ConnInfo, SslMode};

@@ -1,1 +1,79 @@
-//! The Postgres sink (in progress).
+//! The Postgres sink: source transactions applied to another PostgreSQL
+//! database, whole and in commit order, exactly once.
+//!
+//! # Guarantees
+//! - **Whole transactions, in commit order.** A target transaction holds one
+//!   or more complete source transactions. Several are grouped into one
+//!   target transaction while more are *already queued* and the batch limits
+//!   (`batch_max_rows`, `_bytes`, `_txns`) are not reached; the sink never
+//!   waits to fill a batch, so grouping costs no latency and buys throughput
+//!   under load (one COMMIT, one fsync, for many small transactions).
+//! - **Exactly once.** The progress row `pgbridge.progress (pipeline, sink)`
+//!   gets the end LSN of the batch's last source transaction inside the
+//!   same target transaction as its data. After a crash the target has
+//!   either both or neither, and [`Sink::open`](crate::sink::Sink::open)
+//!   returns the stored position, so the pipeline resends exactly what is
+//!   missing. Transactions that arrive anyway although they committed before
+//!   it are recognised by their Begin and skipped.
+//! - **Acknowledged only when durable.** The session runs with
+//!   `synchronous_commit = on`; the batch's last token goes to the acker
+//!   only after COMMIT returned. A failed target transaction is rolled back
+//!   and nothing of it is acknowledged.
+//! - **Memory bounded by chunks, not by transactions.** A 500k-row source
+//!   transaction streams into the open target transaction in COPY chunks
+//!   and statement pipelines of bounded size (see [`apply`]).
+//!
+//! # How changes are written
+//! Values are the source server's text output, passed to the target's input
+//! functions untouched (exact for every type, extension types included).
+//! Runs of inserts into one table go through `COPY ... FROM STDIN`; updates
+//! and deletes are prepared statements (cached per table and shape) sent in
+//! pipelines. An update sets every column except those whose value is the
+//! unchanged-TOAST marker: the target keeps what it has there. Rows are
+//! found by the replica identity key (from the old row when the source sent
+//! one — a key change or REPLICA IDENTITY FULL — else from the new row);
+//! under REPLICA IDENTITY FULL by the target's primary key when it has one,
+//! else by all old columns (IS NOT DISTINCT FROM), touching one row.
+//! Truncates run as sent, several tables in one statement. Logical decoding
+//! messages are ignored. Columns map by name; target tables may have more.
+//!
+//! With `create_tables`, missing tables (with a primary key on the replica
+//! identity columns) and columns are created from Relation messages, in the
+//! same target transaction as the data that follows; without it, a missing
+//! table or column stops the sink with an error naming both and the fix.
+//!
+//! # Errors
+//! Lost connections and SQLSTATEs 08xxx, 57Pxx, 53xxx, 40001 and 40P01 are
+//! [`SinkError::Transient`](crate::sink::SinkError::Transient); all other
+//! server errors are definite, with the table, column, source LSN and what
+//! to do in the message.
+//!
+//! # Insert path measurement
+//! 10k rows of 5 columns (int, text, numeric, timestamptz, jsonb) into a
+//! local PostgreSQL in one transaction, debug build, 2 shared cores
+//! (`cargo test --test main -- --ignored pgsink::insert_paths`), best of 3:
+//! COPY text format 61 ms, multi-row INSERT (1000 rows per statement)
+//! 106 ms, pipelined prepared single-row INSERTs 400 ms; the whole sink on
+//! the COPY path (events through the queue, progress, commit) 64 ms. COPY
+//! it is.
+//!
+//! # TLS
+//! `sslmode` as in libpq (disable, prefer, require, verify-ca, verify-full,
+//! `sslrootcert`), through rustls with the source connection's verifiers.
+
+pub mod apply;
+pub mod config;
+pub(crate) mod conn;
+pub mod error;
+mod progress;
+pub mod schema;
+pub mod sink;
+pub mod sql;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::PostgresSinkConfig;
+pub use error::ApplyError;
+pub use sink::PostgresSink;
+pub use sql::TextParam;

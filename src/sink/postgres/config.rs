@@ -1,0 +1,54 @@
+//! Settings of one Postgres sink. The TOML layer builds this struct; once
+//! built it is used as is.
+
+/// Settings of one Postgres sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresSinkConfig {
+    /// The sink's name from the configuration; also the `sink` column of
+    /// its progress row.
+    pub name: String,
+    /// The target, as a URL or key=value string (see
+    /// [`ConnInfo`](crate::source::ConnInfo)).
+    pub url: String,
+    /// The pipeline's id: the `pipeline` column of the progress row, so that
+    /// several pipelines can write into one target database.
+    pub pipeline: String,
+    /// Create missing target tables (and schemas) and add missing columns
+    /// when a Relation message names them. When false, a missing table or
+    /// column stops the sink with an error that says so.
+    pub create_tables: bool,
+    /// A target transaction that groups several source transactions is
+    /// committed once it holds this many row changes (checked between
+    /// source transactions: one source transaction is never split).
+    pub batch_max_rows: usize,
+    /// As `batch_max_rows`, for the bytes of column values.
+    pub batch_max_bytes: usize,
+    /// As `batch_max_rows`, for the number of source transactions.
+    pub batch_max_txns: usize,
+}
+
+impl PostgresSinkConfig {
+    /// Default for [`batch_max_rows`](Self::batch_max_rows).
+    pub const DEFAULT_BATCH_MAX_ROWS: usize = 10_000;
+    /// Default for [`batch_max_bytes`](Self::batch_max_bytes): 8 MiB.
+    pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 << 20;
+    /// Default for [`batch_max_txns`](Self::batch_max_txns).
+    pub const DEFAULT_BATCH_MAX_TXNS: usize = 1000;
+
+    /// A configuration with the default limits and `create_tables = false`.
+    pub fn new(
+        name: impl Into<String>,
+        url: impl Into<String>,
+        pipeline: impl Into<String>,
+    ) -> Self {
+        PostgresSinkConfig {
+            name: name.into(),
+            url: url.into(),
+            pipeline: pipeline.into(),
+            create_tables: false,
+            batch_max_rows: Self::DEFAULT_BATCH_MAX_ROWS,
+            batch_max_bytes: Self::DEFAULT_BATCH_MAX_BYTES,
+            batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
+        }
+    }
+}

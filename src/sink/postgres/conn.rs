@@ -1,0 +1,169 @@
+//! The target connection: a `tokio_postgres` client built from our
+//! [`ConnInfo`], with TLS through rustls (the same configuration as the
+//! source connection, so `sslmode` and `sslrootcert` mean the same on both
+//! sides), and the session settings the sink relies on.
+//!
+//! TLS is plugged into tokio-postgres with a small adapter over
+//! `tokio-rustls` instead of another crate: it reuses the source's verifier
+//! setup (libpq's prefer/require/verify-ca/verify-full) and adds no
+//! dependency. It offers no channel binding, so SCRAM runs without
+//! `-PLUS`, as it does with libpq when the server's certificate is unknown.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use tokio_postgres::Client;
+
+use super::error::{classify, ApplyError, Context as ErrCtx};
+use crate::source::{ConnInfo, SslMode};
+
+/// Connects to the target and applies the session settings:
+/// `synchronous_commit = on` (COMMIT returns only once durable, which is
+/// what an acknowledgement promises) and no idle-in-transaction timeout (a
+/// target transaction stays open while a long source transaction streams
+/// in).
+pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&info.host)
+        .port(info.port)
+        .user(&info.user)
+        .dbname(&info.dbname)
+        .application_name(info.application_name.as_deref().unwrap_or("pgbridge"))
+        .ssl_mode(match info.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+    if let Some(pw) = &info.password {
+        cfg.password(pw);
+    }
+    if let Some(t) = info.connect_timeout {
+        cfg.connect_timeout(t);
+    }
+    let tls = MakeRustls::new(info)?;
+    let ctx = ErrCtx::new("connecting to the target");
+    let (client, connection) = cfg.connect(tls).await.map_err(|e| {
+        let err = classify(&e, &ctx);
+        match err {
+            ApplyError::Transient(m) => ApplyError::Transient(format!("{m} ({info})")),
+            ApplyError::Definite(m) => ApplyError::Definite(format!("{m} ({info})")),
+        }
+    })?;
+    let target = info.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target_db = %target, error = %e, "target connection ended");
+        }
+    });
+    client
+        .batch_execute(
+            "SET synchronous_commit = on; \
+             SET idle_in_transaction_session_timeout = 0; \
+             SET statement_timeout = 0",
+        )
+        .await
+        .map_err(|e| classify(&e, &ErrCtx::new("setting up the target session")))?;
+    Ok(client)
+}
+
+/// Makes rustls connectors for tokio-postgres.
+#[derive(Clone)]
+pub struct MakeRustls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl MakeRustls {
+    /// The connector for `info.sslmode` (unused with `disable`).
+    pub fn new(info: &ConnInfo) -> Result<Self, ApplyError> {
+        let config = crate::source::tls::client_config(info)
+            .map_err(|why| ApplyError::Definite(format!("TLS setup for {info} failed: {why}")))?;
+        Ok(MakeRustls {
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl<S> MakeTlsConnect<S> for MakeRustls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
+        let name = crate::source::tls::server_name(domain).map_err(io::Error::other)?;
+        Ok(RustlsConnect {
+            config: self.config.clone(),
+            name,
+        })
+    }
+}
+
+/// One TLS handshake.
+pub struct RustlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let connector = tokio_rustls::TlsConnector::from(self.config);
+            let tls = connector.connect(self.name, stream).await?;
+            Ok(RustlsStream(tls))
+        })
+    }
+}
+
+/// A TLS session with the target.
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}

@@ -1,0 +1,288 @@
+//! [`PostgresSink`]: the queue loop, the grouping of source transactions
+//! into target transactions, and the acknowledgements.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+use super::apply::Target;
+use super::config::PostgresSinkConfig;
+use super::conn;
+use super::error::ApplyError;
+use super::progress;
+use crate::model::Event;
+use crate::pipeline::ack::{Acker, CommitToken};
+use crate::sink::{Sink, SinkError, SinkItem};
+use crate::source::ConnInfo;
+use crate::Lsn;
+
+/// Writes source transactions into a PostgreSQL database; see the module
+/// documentation of [`super`] for the guarantees.
+pub struct PostgresSink {
+    config: PostgresSinkConfig,
+    info: ConnInfo,
+    target: Option<Target>,
+    /// The end LSN in the target's progress row: what `open` read, then
+    /// each commit.
+    durable: Lsn,
+}
+
+/// Source transactions taken into the open target transaction.
+#[derive(Default)]
+struct Batch {
+    /// The token of the last complete source transaction; acknowledging it
+    /// covers the earlier ones of the batch.
+    token: Option<CommitToken>,
+    txns: usize,
+    /// Between a source transaction's first event and its Commit.
+    in_source_txn: bool,
+    /// The current source transaction is already in the target (a replay
+    /// of one that committed before the stored position).
+    replay: bool,
+    /// Commit time of the last source transaction that had events,
+    /// microseconds since 2000-01-01 (stored with the progress row).
+    commit_ts: Option<i64>,
+}
+
+impl PostgresSink {
+    /// A sink for `config`; connects only in [`Sink::open`]. Fails when the
+    /// URL cannot be parsed.
+    pub fn new(config: PostgresSinkConfig) -> Result<Self, SinkError> {
+        let info = ConnInfo::parse(&config.url).map_err(|e| SinkError::Definite {
+            sink: config.name.clone(),
+            message: format!("bad url: {e}"),
+        })?;
+        Ok(PostgresSink {
+            config,
+            info,
+            target: None,
+            durable: Lsn::ZERO,
+        })
+    }
+
+    pub fn config(&self) -> &PostgresSinkConfig {
+        &self.config
+    }
+
+    /// The target's connection parameters (no password in `Display`).
+    pub fn conninfo(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    /// The end LSN the target's progress row holds now, read over a new
+    /// connection (`Lsn::ZERO` when there is no row). For status and tests.
+    pub async fn stored_position(&self) -> Result<Lsn, SinkError> {
+        async {
+            let client = conn::connect(&self.info).await?;
+            let exists: bool = client
+                .query_one(
+                    "SELECT pg_catalog.to_regclass('pgbridge.progress') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| {
+                    super::error::classify(&e, &super::error::Context::new("reading progress"))
+                })?;
+            if !exists {
+                return Ok(Lsn::ZERO);
+            }
+            progress::read(&client, &self.config.pipeline, &self.config.name).await
+        }
+        .await
+        .map_err(|e: ApplyError| e.into_sink_error(&self.config.name))
+    }
+
+    async fn open_inner(&mut self) -> Result<Lsn, ApplyError> {
+        self.target = None;
+        let client = conn::connect(&self.info).await?;
+        progress::setup(&client).await?;
+        let lsn = progress::read(&client, &self.config.pipeline, &self.config.name).await?;
+        self.target = Some(Target::new(client, self.config.create_tables));
+        self.durable = lsn;
+        tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn, "postgres sink open");
+        Ok(lsn)
+    }
+
+    /// The open target. Never reconnects: a connection lost in the middle
+    /// of a batch must fail the run (its transaction is gone), not carry on
+    /// in a new session.
+    fn target(&mut self) -> Result<&mut Target, ApplyError> {
+        self.target
+            .as_mut()
+            .ok_or_else(|| ApplyError::Transient("target connection not open".into()))
+    }
+
+    async fn run_inner(
+        &mut self,
+        queue: &mut mpsc::Receiver<SinkItem>,
+        acker: &Acker,
+    ) -> Result<(), ApplyError> {
+        // Connect at the start of a run if open() was not called or the
+        // connection has died since.
+        let usable = self
+            .target
+            .as_ref()
+            .is_some_and(|t| !t.client().is_closed());
+        if !usable {
+            self.open_inner().await?;
+        }
+        let mut batch = Batch::default();
+        loop {
+            // Wait for the queue only when nothing complete is waiting to be
+            // committed, or in the middle of a source transaction; else take
+            // what is already queued and commit when there is none.
+            let may_wait = batch.in_source_txn || batch.token.is_none();
+            let item = if may_wait {
+                match queue.recv().await {
+                    Some(item) => item,
+                    None => return self.closed(batch, acker).await,
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(item) => item,
+                    Err(TryRecvError::Empty) => {
+                        self.finish(&mut batch, acker).await?;
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => return self.closed(batch, acker).await,
+                }
+            };
+            match item {
+                SinkItem::Event(ev) => self.event(&ev, &mut batch).await?,
+                SinkItem::Commit(token) => {
+                    batch.in_source_txn = false;
+                    batch.replay = false;
+                    batch.txns += 1;
+                    batch.token = Some(token); // covers the one it replaces
+                    if self.limits_reached(&batch) {
+                        self.finish(&mut batch, acker).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn limits_reached(&self, batch: &Batch) -> bool {
+        let c = &self.config;
+        let (rows, bytes) = self
+            .target
+            .as_ref()
+            .map(|t| (t.rows(), t.bytes()))
+            .unwrap_or((0, 0));
+        batch.txns >= c.batch_max_txns || rows >= c.batch_max_rows || bytes >= c.batch_max_bytes
+    }
+
+    async fn event(&mut self, ev: &Arc<Event>, batch: &mut Batch) -> Result<(), ApplyError> {
+        batch.in_source_txn = true;
+        match &**ev {
+            Event::Begin(meta) => {
+                // Begin carries the commit time too: the fan-out may not
+                // forward Commit events (the token ends a transaction).
+                batch.commit_ts = Some(meta.commit_ts);
+                // Commit records do not overlap: a transaction whose commit
+                // starts before the stored end is that one or an earlier one.
+                if !self.durable.is_zero() && meta.commit_lsn < self.durable {
+                    tracing::debug!(sink = %self.config.name, commit_lsn = %meta.commit_lsn, stored = %self.durable, "skipping a transaction the target already has");
+                    batch.replay = true;
+                }
+                Ok(())
+            }
+            Event::Commit { meta, .. } => {
+                batch.commit_ts = Some(meta.commit_ts);
+                Ok(())
+            }
+            _ if batch.replay => Ok(()),
+            Event::Relation(rel) => self.target()?.relation(rel).await,
+            Event::Change(ch) => self.target()?.change(ch).await,
+            Event::Truncate {
+                lsn,
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                self.target()?
+                    .truncate(*lsn, relations, *cascade, *restart_identity)
+                    .await
+            }
+            // Logical decoding messages are for other sinks.
+            Event::Message { .. } => Ok(()),
+        }
+    }
+
+    /// Commits the batch with its progress row, then acknowledges its last
+    /// token — never before the COMMIT returned.
+    async fn finish(&mut self, batch: &mut Batch, acker: &Acker) -> Result<(), ApplyError> {
+        let Some(token) = batch.token.take() else {
+            return Ok(());
+        };
+        let end = token.end_lsn();
+        // Every acknowledged position is stored, bare commits included: the
+        // pipeline checks at start that nobody moved the slot past what the
+        // target has, which needs the target to have every position the
+        // slot was confirmed to.
+        let idle_write_due = end > self.durable;
+        let (pipeline, name) = (self.config.pipeline.clone(), self.config.name.clone());
+        let stored = end.max(self.durable);
+        let target = self.target()?;
+        let txn_open = target.in_txn();
+        if txn_open || idle_write_due {
+            target
+                .commit_with_progress(&pipeline, &name, stored, batch.commit_ts)
+                .await?;
+            self.durable = stored;
+        }
+        tracing::debug!(sink = %name, end_lsn = %end, txns = batch.txns, wrote = txn_open, "acknowledged");
+        acker.ack(token);
+        *batch = Batch::default();
+        Ok(())
+    }
+
+    /// The queue closed: commit what is complete. A source transaction cut
+    /// off in the middle cannot be committed, and it shares the target
+    /// transaction with the rest of the batch, so the whole batch is rolled
+    /// back unacknowledged; it comes again after a restart.
+    async fn closed(&mut self, mut batch: Batch, acker: &Acker) -> Result<(), ApplyError> {
+        if batch.in_source_txn {
+            if let Some(t) = self.target.as_mut() {
+                t.rollback().await;
+            }
+            tracing::info!(sink = %self.config.name, "queue closed inside a transaction; rolled back the unacknowledged batch");
+            return Ok(());
+        }
+        self.finish(&mut batch, acker).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for PostgresSink {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Connects, creates `pgbridge.progress` when missing, and returns the
+    /// stored end LSN of this (pipeline, sink), or `Lsn::ZERO`.
+    async fn open(&mut self) -> Result<Lsn, SinkError> {
+        self.open_inner()
+            .await
+            .map_err(|e| e.into_sink_error(&self.config.name))
+    }
+
+    /// Applies the queue as described in the module documentation. On an
+    /// error the open target transaction is rolled back, nothing of it is
+    /// acknowledged, and the connection is dropped (`open` makes a new one).
+    async fn run(
+        &mut self,
+        mut queue: mpsc::Receiver<SinkItem>,
+        acker: Acker,
+    ) -> Result<(), SinkError> {
+        let result = self.run_inner(&mut queue, &acker).await;
+        if let Err(e) = &result {
+            tracing::warn!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");
+            if let Some(mut t) = self.target.take() {
+                t.rollback().await;
+            }
+        }
+        result.map_err(|e| e.into_sink_error(&self.config.name))
+    }
+}

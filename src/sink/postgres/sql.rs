@@ -1,0 +1,316 @@
+//! SQL text for the target: quoted identifiers, the COPY text format, and
+//! [`TextParam`], which hands a value's text form to the server unchanged.
+//!
+//! Values are never converted: the source server's text output goes to the
+//! target's input function of the column's type, which is exact for every
+//! type (numeric digits, timestamps, arrays, extension types) as long as both
+//! sides agree on the text form, as PostgreSQL versions do.
+
+use std::error::Error;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+
+use crate::model::RelationSchema;
+use crate::pgoutput::TupleValue;
+
+/// `"name"` with embedded double quotes doubled: always quoted, so that
+/// upper case, spaces and keywords survive.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+/// `"schema"."table"` of the source relation, used as the target's name.
+pub fn qualified(rel: &RelationSchema) -> String {
+    format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.name))
+}
+
+/// `'text'` as an SQL string literal (standard_conforming_strings).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A query parameter given as the server's text form (or NULL). Its type
+/// comes from the statement: the server parses the text with the column
+/// type's input function, so nothing is converted on the way.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TextParam(pub Option<Bytes>);
+
+impl TextParam {
+    /// A non-NULL parameter holding `s`.
+    pub fn text(s: impl Into<String>) -> TextParam {
+        TextParam(Some(Bytes::from(s.into())))
+    }
+}
+
+impl fmt::Debug for TextParam {
+    /// Shows the length only: values are user data and do not belong in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("NULL"),
+            Some(b) => write!(f, "<{} bytes of text>", b.len()),
+        }
+    }
+}
+
+impl ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// Appends `value` to a COPY text-format line: backslash, tab, newline and
+/// carriage return escaped, everything else as is.
+pub fn copy_escape_into(buf: &mut BytesMut, value: &[u8]) {
+    let mut rest = value;
+    while let Some(pos) = rest
+        .iter()
+        .position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        buf.put_slice(&rest[..pos]);
+        buf.put_slice(match rest[pos] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[pos + 1..];
+    }
+    buf.put_slice(rest);
+}
+
+/// Why a row cannot be written as COPY text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RowFormatError {
+    /// The value at this column index came in binary form.
+    Binary(usize),
+    /// The value at this column index is the unchanged-TOAST marker.
+    UnchangedToast(usize),
+}
+
+/// Appends one COPY text line for `row`; returns the bytes of values added.
+pub fn copy_row_into(buf: &mut BytesMut, row: &[TupleValue]) -> Result<usize, RowFormatError> {
+    let mut bytes = 0;
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(b'\t');
+        }
+        match v {
+            TupleValue::Null => buf.put_slice(b"\\N"),
+            TupleValue::Text(t) => {
+                bytes += t.len();
+                copy_escape_into(buf, t);
+            }
+            TupleValue::Binary(_) => return Err(RowFormatError::Binary(i)),
+            TupleValue::UnchangedToast => return Err(RowFormatError::UnchangedToast(i)),
+        }
+    }
+    buf.put_u8(b'\n');
+    Ok(bytes)
+}
+
+/// `COPY "s"."t" ("a", "b") FROM STDIN` for every column of `rel`.
+pub fn copy_statement(rel: &RelationSchema) -> String {
+    format!(
+        "COPY {} ({}) FROM STDIN",
+        qualified(rel),
+        column_list(rel.columns.iter().map(|c| c.name.as_str()))
+    )
+}
+
+/// `"a", "b"`.
+pub fn column_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.map(quote_ident).collect::<Vec<_>>().join(", ")
+}
+
+/// Builtin types without a usable `=` (json, xml, the geometric types, and
+/// arrays of them): a whole-row match compares their text forms instead.
+const NO_EQUALITY_OIDS: &[u32] = &[
+    114, 199, // json, _json
+    142, 143, // xml, _xml
+    600, 1017, // point, _point
+    601, 1018, // lseg, _lseg
+    602, 1019, // path, _path
+    603, 1020, // box, _box (= compares areas)
+    604, 1027, // polygon, _polygon
+    628, 629, // line, _line
+    718, 719, // circle, _circle (= compares areas)
+];
+
+/// How the target row of an UPDATE or DELETE is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowMatch {
+    /// `"k1" = $n AND "k2" = $m`: a key (source replica identity, or the
+    /// target's primary key under REPLICA IDENTITY FULL).
+    Key(Vec<usize>),
+    /// Every listed column with IS NOT DISTINCT FROM, and only one row
+    /// touched (REPLICA IDENTITY FULL without a key: duplicates are
+    /// possible, the source changed one of them).
+    AllColumns {
+        columns: Vec<usize>,
+        partitioned: bool,
+    },
+}
+
+/// Appends the WHERE condition for `m` to `sql`, numbering parameters from
+/// `*next` (their values come from [`match_params`], in the same order).
+fn where_clause(sql: &mut String, rel: &RelationSchema, m: &RowMatch, next: &mut usize) {
+    let target = qualified(rel);
+    match m {
+        RowMatch::Key(cols) => {
+            sql.push_str(" WHERE ");
+            for (n, &i) in cols.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(" AND ");
+                }
+                sql.push_str(&format!(
+                    "{} = ${}",
+                    quote_ident(&rel.columns[i].name),
+                    next
+                ));
+                *next += 1;
+            }
+        }
+        RowMatch::AllColumns {
+            columns,
+            partitioned,
+        } => {
+            let mut cond = String::new();
+            for (n, &i) in columns.iter().enumerate() {
+                if n > 0 {
+                    cond.push_str(" AND ");
+                }
+                let col = &rel.columns[i];
+                let name = quote_ident(&col.name);
+                if NO_EQUALITY_OIDS.contains(&col.type_info.oid()) {
+                    cond.push_str(&format!(
+                        "{name}::text IS NOT DISTINCT FROM ${}::text",
+                        next
+                    ));
+                } else {
+                    cond.push_str(&format!("{name} IS NOT DISTINCT FROM ${}", next));
+                }
+                *next += 1;
+            }
+            if columns.is_empty() {
+                cond.push_str("true");
+            }
+            // ctid is unique only within one table: a partitioned target
+            // needs the partition too.
+            if *partitioned {
+                sql.push_str(&format!(
+                    " WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM {target} WHERE {cond} LIMIT 1)"
+                ));
+            } else {
+                sql.push_str(&format!(
+                    " WHERE ctid = (SELECT ctid FROM {target} WHERE {cond} LIMIT 1)"
+                ));
+            }
+        }
+    }
+}
+
+fn match_columns(m: &RowMatch) -> &[usize] {
+    match m {
+        RowMatch::Key(c) => c,
+        RowMatch::AllColumns { columns, .. } => columns,
+    }
+}
+
+/// `UPDATE t SET "a" = $1, ... WHERE ...`; parameters: the `set` columns of
+/// the new row, then the match columns of the key row.
+pub fn update_statement(rel: &RelationSchema, set: &[usize], m: &RowMatch) -> String {
+    let mut sql = format!("UPDATE {} SET ", qualified(rel));
+    let mut next = 1;
+    for (n, &i) in set.iter().enumerate() {
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "{} = ${}",
+            quote_ident(&rel.columns[i].name),
+            next
+        ));
+        next += 1;
+    }
+    where_clause(&mut sql, rel, m, &mut next);
+    sql
+}
+
+/// `DELETE FROM t WHERE ...`; parameters: the match columns of the old row.
+pub fn delete_statement(rel: &RelationSchema, m: &RowMatch) -> String {
+    let mut sql = format!("DELETE FROM {}", qualified(rel));
+    let mut next = 1;
+    where_clause(&mut sql, rel, m, &mut next);
+    sql
+}
+
+/// The parameters for the match columns of `m`, taken from `row`.
+pub fn match_params(row: &[TupleValue], m: &RowMatch) -> Vec<TextParam> {
+    match_columns(m)
+        .iter()
+        .map(|&i| param(row.get(i)))
+        .collect()
+}
+
+/// A parameter from one tuple value (NULL for anything but text; callers
+/// rule out binary and unchanged-TOAST values beforehand).
+pub fn param(v: Option<&TupleValue>) -> TextParam {
+    match v {
+        Some(TupleValue::Text(t)) => TextParam(Some(t.clone())),
+        _ => TextParam(None),
+    }
+}
+
+/// `TRUNCATE "a"."b", "c"."d" [RESTART IDENTITY] [CASCADE]`.
+pub fn truncate_statement(
+    relations: &[std::sync::Arc<RelationSchema>],
+    cascade: bool,
+    restart_identity: bool,
+) -> String {
+    let mut sql = format!(
+        "TRUNCATE {}",
+        relations
+            .iter()
+            .map(|r| qualified(r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if restart_identity {
+        sql.push_str(" RESTART IDENTITY");
+    }
+    if cascade {
+        sql.push_str(" CASCADE");
+    }
+    sql
+}

@@ -1,0 +1,221 @@
+//! Unit tests of the SQL text the sink sends; the behaviour against a real
+//! server is in tests/pgsink.rs.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::error::is_transient_code;
+use super::sql::*;
+use super::PostgresSinkConfig;
+use crate::model::{ColumnSchema, RelationSchema, TypeInfo};
+use crate::pgoutput::{ReplicaIdentity, TupleValue};
+
+fn rel(ri: ReplicaIdentity, cols: &[(&str, u32, bool)]) -> RelationSchema {
+    RelationSchema {
+        rel_id: 1,
+        schema: "My Schema".into(),
+        name: "t\"x".into(),
+        replica_identity: ri,
+        columns: cols
+            .iter()
+            .map(|&(n, oid, key)| ColumnSchema {
+                name: n.into(),
+                type_info: TypeInfo::builtin(oid).unwrap_or_else(|| TypeInfo::other(oid, "x")),
+                type_modifier: -1,
+                is_key: key,
+            })
+            .collect(),
+    }
+}
+
+/// Reverses the COPY text escaping (what the server does).
+fn copy_unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 1 < s.len() {
+            out.push(match s[i + 1] {
+                b't' => b'\t',
+                b'n' => b'\n',
+                b'r' => b'\r',
+                c => c,
+            });
+            i += 2;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn config_defaults() {
+    let c = PostgresSinkConfig::new("a", "postgres://x/y", "p");
+    assert_eq!(c.batch_max_rows, 10_000);
+    assert_eq!(c.batch_max_bytes, 8 << 20);
+    assert_eq!(c.batch_max_txns, 1000);
+    assert!(!c.create_tables);
+}
+
+#[test]
+fn identifiers_are_always_quoted() {
+    assert_eq!(quote_ident("a"), "\"a\"");
+    assert_eq!(quote_ident("Foo Bar"), "\"Foo Bar\"");
+    assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    let r = rel(ReplicaIdentity::Default, &[("id", 23, true)]);
+    assert_eq!(qualified(&r), "\"My Schema\".\"t\"\"x\"");
+    assert_eq!(quote_literal("it's"), "'it''s'");
+}
+
+#[test]
+fn copy_rows_escape_specials_and_nulls() {
+    let mut buf = BytesMut::new();
+    let row = vec![
+        TupleValue::Text(Bytes::from_static(b"a\tb\nc\\d\re")),
+        TupleValue::Null,
+        TupleValue::Text(Bytes::from_static("ünï \"q\" 'x'".as_bytes())),
+        TupleValue::Text(Bytes::from_static(b"")),
+    ];
+    let n = copy_row_into(&mut buf, &row).unwrap();
+    assert_eq!(n, 9 + "ünï \"q\" 'x'".len());
+    assert_eq!(
+        &buf[..],
+        "a\\tb\\nc\\\\d\\re\t\\N\tünï \"q\" 'x'\t\n".as_bytes()
+    );
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        copy_row_into(&mut buf, &[TupleValue::UnchangedToast]),
+        Err(RowFormatError::UnchangedToast(0))
+    );
+    assert_eq!(
+        copy_row_into(
+            &mut buf,
+            &[TupleValue::Null, TupleValue::Binary(Bytes::new())]
+        ),
+        Err(RowFormatError::Binary(1))
+    );
+}
+
+proptest! {
+    /// Escaped values never contain a raw separator, and unescape back.
+    #[test]
+    fn copy_escape_round_trips(v in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let mut buf = BytesMut::new();
+        copy_escape_into(&mut buf, &v);
+        prop_assert!(!buf.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r')));
+        prop_assert_eq!(copy_unescape(&buf), v);
+    }
+}
+
+#[test]
+fn statements_by_key() {
+    let r = rel(
+        ReplicaIdentity::Default,
+        &[("id", 23, true), ("k2", 25, true), ("v", 25, false)],
+    );
+    assert_eq!(
+        copy_statement(&r),
+        "COPY \"My Schema\".\"t\"\"x\" (\"id\", \"k2\", \"v\") FROM STDIN"
+    );
+    let m = RowMatch::Key(vec![0, 1]);
+    assert_eq!(
+        update_statement(&r, &[2], &m),
+        "UPDATE \"My Schema\".\"t\"\"x\" SET \"v\" = $1 WHERE \"id\" = $2 AND \"k2\" = $3"
+    );
+    assert_eq!(
+        delete_statement(&r, &m),
+        "DELETE FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1 AND \"k2\" = $2"
+    );
+    let row = vec![
+        TupleValue::Text(Bytes::from_static(b"1")),
+        TupleValue::Text(Bytes::from_static(b"a")),
+        TupleValue::Null,
+    ];
+    assert_eq!(
+        match_params(&row, &m),
+        vec![TextParam::text("1"), TextParam::text("a")]
+    );
+}
+
+#[test]
+fn statements_matching_all_columns() {
+    let r = rel(
+        ReplicaIdentity::Full,
+        &[("a", 23, true), ("j", 114, true), ("b", 25, true)],
+    );
+    let m = RowMatch::AllColumns {
+        columns: vec![0, 1, 2],
+        partitioned: false,
+    };
+    let t = "\"My Schema\".\"t\"\"x\"";
+    assert_eq!(
+        update_statement(&r, &[2], &m),
+        format!(
+            "UPDATE {t} SET \"b\" = $1 WHERE ctid = (SELECT ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $2 \
+             AND \"j\"::text IS NOT DISTINCT FROM $3::text AND \"b\" IS NOT DISTINCT FROM $4 LIMIT 1)"
+        )
+    );
+    let m = RowMatch::AllColumns {
+        columns: vec![0],
+        partitioned: true,
+    };
+    assert_eq!(
+        delete_statement(&r, &m),
+        format!(
+            "DELETE FROM {t} WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $1 LIMIT 1)"
+        )
+    );
+}
+
+#[test]
+fn truncate_as_sent() {
+    let a = Arc::new(rel(ReplicaIdentity::Default, &[("id", 23, true)]));
+    let mut b = rel(ReplicaIdentity::Default, &[("id", 23, true)]);
+    b.schema = "public".into();
+    b.name = "b".into();
+    let b = Arc::new(b);
+    assert_eq!(
+        truncate_statement(&[a.clone(), b.clone()], false, false),
+        "TRUNCATE \"My Schema\".\"t\"\"x\", \"public\".\"b\""
+    );
+    assert_eq!(
+        truncate_statement(&[b], true, true),
+        "TRUNCATE \"public\".\"b\" RESTART IDENTITY CASCADE"
+    );
+}
+
+#[test]
+fn transient_sqlstates() {
+    for c in [
+        "08006", "08P01", "57P01", "57P03", "53100", "53300", "40001", "40P01",
+    ] {
+        assert!(is_transient_code(c), "{c}");
+    }
+    for c in [
+        "42703", "42P01", "22P02", "23505", "23502", "57014", "40002", "25P02",
+    ] {
+        assert!(!is_transient_code(c), "{c}");
+    }
+}
+
+#[test]
+fn text_params_are_text_and_accept_any_type() {
+    use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+    let p = TextParam::text("{1,2}");
+    assert!(matches!(p.encode_format(&Type::INT4_ARRAY), Format::Text));
+    assert!(<TextParam as ToSql>::accepts(&Type::JSONB));
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        p.to_sql_checked(&Type::INT4_ARRAY, &mut out).unwrap(),
+        IsNull::No
+    ));
+    assert_eq!(&out[..], b"{1,2}");
+    assert!(matches!(
+        TextParam(None).to_sql(&Type::TEXT, &mut out).unwrap(),
+        IsNull::Yes
+    ));
+    assert_eq!(format!("{p:?}"), "<5 bytes of text>");
+}

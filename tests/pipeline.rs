@@ -1,0 +1,632 @@
+//! `pgbridge run` end to end: real source, real targets, the real binary,
+//! killed with SIGKILL at random moments.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use pgbridge::source::{ConnInfo, Connection, Mode};
+
+use crate::harness::{self, psql};
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "pipeline::kill_and_restart_converges",
+            kill_and_restart_converges,
+        ),
+        trial(
+            "pipeline::stopped_target_holds_the_slot",
+            stopped_target_holds_the_slot,
+        ),
+        trial("pipeline::check_reports_problems", check_reports_problems),
+        trial("pipeline::definite_error_stops", definite_error_stops),
+        trial(
+            "pipeline::copy_only_filters_then_stream",
+            copy_only_filters_then_stream,
+        ),
+    ]
+}
+
+fn write_config(
+    path: &std::path::Path,
+    source: &str,
+    slot: &str,
+    sinks: &[(&str, String, &[&str])],
+) {
+    let mut s = format!(
+        "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot_workers = 2\n"
+    );
+    for (name, url, tables) in sinks {
+        let tables = tables
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        s.push_str(&format!(
+            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [{tables}]\ncreate_tables = true\n"
+        ));
+    }
+    std::fs::write(path, s).expect("write config");
+}
+
+fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("PGBRIDGE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn pgbridge run")
+}
+
+const SOURCE_DDL: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+CREATE TABLE t1 (
+  id bigint PRIMARY KEY, b bool, i2 int2, f4 real, f8 float8, n numeric, t text,
+  vc varchar(20), bp char(5), by bytea, u uuid, j json, jb jsonb, d date, tm time,
+  tmtz timetz, ts timestamp, tstz timestamptz, iv interval, ai int[], at text[],
+  m mood, dom posint, big text);
+ALTER TABLE t1 ALTER COLUMN big SET STORAGE EXTERNAL;
+CREATE TABLE t2 (k text PRIMARY KEY, v int, note text);
+CREATE TABLE t3 (id int PRIMARY KEY, secret text);
+CREATE PUBLICATION p FOR TABLE t1, t2;";
+
+fn t1_row(id: i64, r: u64) -> String {
+    let r = r % 10_000_000;
+    format!(
+        "({id}, {b}, {i2}, {f4}, {f8}, {n}, {t}, 'vc{r}', 'bp', '\\x{by:08x}', md5('{r}')::uuid, \
+         '{{\"r\": {r}, \"x\": [1, 2.50]}}', '{{\"r\": {r}}}', '2024-01-01'::date + {d}, '12:34:56.789', \
+         '10:00:00+05:30', '2024-02-29 01:02:03.456789', '2024-02-29 01:02:03+02', '{d} days 01:02:03', \
+         '{{{r},{d},NULL}}', ARRAY['a,b', 'c\"d'], '{m}', {dom}, {big})",
+        b = if r.is_multiple_of(2) { "true" } else { "NULL" },
+        i2 = (r % 30000) as i64 - 15000,
+        f4 = (r % 1000) as f64 / 8.0,
+        f8 = if r.is_multiple_of(17) { "'NaN'".to_string() } else { format!("{}.{}", r, r % 97) },
+        n = format_args!("{}.{:020}", r, r * 7919),
+        t = if r.is_multiple_of(11) { "NULL".to_string() } else { format!("E'line\\ttab\\nnew \\\\ {r} ünï'") },
+        by = r as u32,
+        d = r % 400,
+        m = ["sad", "ok", "happy"][(r % 3) as usize],
+        dom = r % 1000 + 1,
+        big = if r.is_multiple_of(5) {
+            format!("(SELECT string_agg(md5(g::text || '{r}'), '') FROM generate_series(1, 100) g)")
+        } else {
+            "'small'".into()
+        },
+    )
+}
+
+/// A random mixed workload on t1, t2, t3 until `stop`; one 200k-row
+/// transaction early on.
+fn workload(url: String, stop: Arc<AtomicBool>) -> u64 {
+    let rt = harness::runtime();
+    rt.block_on(async move {
+        let info = ConnInfo::parse(&url).expect("url");
+        let mut c = Connection::connect(&info, Mode::Normal).await.expect("connect");
+        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut next_id: i64 = 1_000_000;
+        let mut n = 0u64;
+        let mut big_done = false;
+        while !stop.load(Ordering::Relaxed) {
+            let r = next();
+            let sql = match r % 100 {
+                0..=39 => {
+                    let rows: Vec<String> = (0..(r % 5 + 1))
+                        .map(|k| {
+                            next_id += 1;
+                            t1_row(next_id, r.wrapping_add(k))
+                        })
+                        .collect();
+                    format!("INSERT INTO t1 VALUES {}", rows.join(","))
+                }
+                40..=54 => format!(
+                    "UPDATE t1 SET t = 'upd {r}', n = n + 1, ai = ai || {} WHERE id IN (SELECT id FROM t1 WHERE id < 10000000 ORDER BY id DESC OFFSET {} LIMIT 3)",
+                    r % 100,
+                    r % 50
+                ),
+                55..=59 => format!(
+                    "UPDATE t1 SET id = id + 5000000 WHERE id = (SELECT id FROM t1 WHERE id < 5000000 ORDER BY id DESC OFFSET {} LIMIT 1)",
+                    r % 20
+                ),
+                60..=67 => format!(
+                    "DELETE FROM t1 WHERE id IN (SELECT id FROM t1 WHERE id < 10000000 ORDER BY id DESC OFFSET {} LIMIT 2)",
+                    r % 40
+                ),
+                68..=84 => format!(
+                    "INSERT INTO t2 VALUES ('k{}', {}, repeat('n', {})) ON CONFLICT (k) DO UPDATE SET v = t2.v + 1, note = excluded.note",
+                    r % 500,
+                    r % 1000,
+                    r % 300
+                ),
+                85..=89 => format!("DELETE FROM t2 WHERE k = 'k{}'", r % 500),
+                90..=95 => format!("INSERT INTO t3 VALUES ({}, 'x') ON CONFLICT DO NOTHING", r % 10000),
+                96 if r.is_multiple_of(7) => "BEGIN; TRUNCATE t2; INSERT INTO t2 VALUES ('after-truncate', 1, 'a'); COMMIT".into(),
+                97 if !big_done && n > 50 => {
+                    big_done = true;
+                    "INSERT INTO t1 SELECT 10000000 + g, g % 2 = 0, 1, 1.5, g, g * 1.5, 'bulk ' || g, 'v', 'b', '\\x00', \
+                     md5(g::text)::uuid, '{}', '{}', '2024-01-01', '00:00', '00:00+00', '2024-01-01', '2024-01-01+00', \
+                     '1 day', '{1}', '{a}', 'ok', 1, 'x' FROM generate_series(1, 200000) g"
+                        .into()
+                }
+                _ => "BEGIN; INSERT INTO t2 VALUES ('rolled', 0, 'back') ON CONFLICT DO NOTHING; ROLLBACK".into(),
+            };
+            if let Err(e) = c.simple_query(&sql).await {
+                panic!("workload statement failed: {e}\n{sql}");
+            }
+            n += 1;
+            if r.is_multiple_of(10) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        n
+    })
+}
+
+/// Rows of `table` as text, sorted, from database `db` of the shared cluster.
+fn rows(db: &str, table: &str, key: &str) -> Vec<String> {
+    let out = psql(db, &format!("SELECT t::text FROM {table} t ORDER BY {key}"));
+    out.lines().map(str::to_string).collect()
+}
+
+fn assert_same(src: &str, dst: &str, table: &str, key: &str) {
+    let a = rows(src, table, key);
+    let b = rows(dst, table, key);
+    if a != b {
+        let first = a
+            .iter()
+            .zip(&b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        panic!(
+            "{dst}.{table} differs from the source: {} vs {} rows; first difference at #{first}:\n source: {:?}\n target: {:?}",
+            a.len(),
+            b.len(),
+            a.get(first),
+            b.get(first)
+        );
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn kill_and_restart_converges() {
+    let (port, src) = harness::fresh_db("pl_src");
+    let (_, dst_a) = harness::fresh_db("pl_dst_a");
+    let (_, dst_b) = harness::fresh_db("pl_dst_b");
+    psql(&src, SOURCE_DDL);
+    for db in [&dst_a, &dst_b] {
+        psql(db, "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); CREATE DOMAIN posint AS int CHECK (VALUE > 0);");
+    }
+    // Existing data: the initial snapshot copies it.
+    for chunk in 0..30 {
+        let rows_sql: Vec<String> = (1..=100)
+            .map(|i| chunk * 100 + i)
+            .map(|i| t1_row(i, i as u64 * 31))
+            .collect();
+        psql(
+            &src,
+            &format!("INSERT INTO t1 VALUES {}", rows_sql.join(",")),
+        );
+    }
+    psql(
+        &src,
+        "INSERT INTO t2 SELECT 'k' || g, g, 'init' FROM generate_series(1, 400) g",
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_config(
+        &config,
+        &harness::url(port, &src),
+        "pl_kill",
+        &[
+            ("a", harness::url(port, &dst_a), &["public.t1", "public.t2"]),
+            ("b", harness::url(port, &dst_b), &["public.t1"]),
+        ],
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let url = harness::url(port, &src);
+        std::thread::spawn(move || workload(url, stop))
+    };
+    let mut seed: u64 = 42;
+    let mut kills = 0;
+    for round in 0..12 {
+        let mut child = spawn_run(&config, &log);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ms = 300 + (seed >> 33) % 2500;
+        std::thread::sleep(Duration::from_millis(ms));
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "pgbridge run exited by itself in round {round} ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        kills += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let statements = load.join().expect("workload thread");
+    assert!(
+        statements > 100,
+        "workload ran only {statements} statements"
+    );
+    assert!(kills >= 10);
+
+    // Last run: catch up, then stop with SIGTERM.
+    psql(
+        &src,
+        "INSERT INTO t2 VALUES ('marker', 1, 'end') ON CONFLICT (k) DO UPDATE SET note = 'end'",
+    );
+    psql(
+        &src,
+        &format!("INSERT INTO t1 VALUES {}", t1_row(99_999_999, 7)),
+    );
+    let mut child = spawn_run(&config, &log);
+    wait_for("target a to catch up", 180, || {
+        psql(
+            &dst_a,
+            "SELECT count(*) FROM t2 WHERE k = 'marker' AND note = 'end'",
+        ) == "1"
+            && psql(&dst_a, "SELECT count(*) FROM t1 WHERE id = 99999999") == "1"
+    });
+    wait_for("target b to catch up", 60, || {
+        psql(&dst_b, "SELECT count(*) FROM t1 WHERE id = 99999999") == "1"
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "SIGTERM exit: {status}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    assert_same(&src, &dst_a, "t1", "id");
+    assert_same(&src, &dst_a, "t2", "k");
+    assert_same(&src, &dst_b, "t1", "id");
+    let tables = |db: &str| {
+        psql(db, "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'")
+    };
+    assert_eq!(tables(&dst_a), "t1,t2", "no extra tables in a");
+    assert_eq!(tables(&dst_b), "t1", "no extra tables in b");
+    let big = psql(
+        &dst_a,
+        "SELECT count(*) FROM t1 WHERE id > 10000000 AND id < 10200001",
+    );
+    assert_eq!(big, "200000", "the 200k-row transaction arrived whole");
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_kill')");
+}
+
+fn stopped_target_holds_the_slot() {
+    let (port, src) = harness::fresh_db("pl_hold_src");
+    psql(
+        &src,
+        "CREATE TABLE h (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE h;",
+    );
+    let mut target =
+        pgbridge::cluster::LocalCluster::start(&Default::default()).expect("target cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_config(
+        &config,
+        &harness::url(port, &src),
+        "pl_hold",
+        &[("t", target.url("postgres", "postgres"), &[])],
+    );
+    let mut child = spawn_run(&config, &log);
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_hold' AND active",
+        ) == "1"
+    });
+    psql(
+        &src,
+        "INSERT INTO h SELECT g, 'a' FROM generate_series(1, 100) g",
+    );
+    wait_for("first rows and their progress row", 60, || {
+        target
+            .psql("postgres", "SELECT count(*) FROM h")
+            .map(|c| c == "100")
+            .unwrap_or(false)
+            && target
+                .psql("postgres", "SELECT count(*) FROM pgbridge.progress")
+                .map(|c| c == "1")
+                .unwrap_or(false)
+    });
+    let applied = target
+        .psql("postgres", "SELECT end_lsn FROM pgbridge.progress")
+        .expect("progress");
+    target.stop().expect("stop target");
+    for i in 0..20 {
+        psql(&src, &format!("INSERT INTO h VALUES ({}, 'b')", 1000 + i));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let confirmed = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_hold'",
+    );
+    let ok = psql(
+        "postgres",
+        &format!("SELECT '{confirmed}'::pg_lsn <= '{applied}'::pg_lsn"),
+    );
+    assert_eq!(
+        ok, "t",
+        "slot confirmed {confirmed} past what the stopped target has ({applied})"
+    );
+    target.restart().expect("restart target");
+    wait_for("catch-up after the target returned", 120, || {
+        target
+            .psql("postgres", "SELECT count(*) FROM h")
+            .map(|c| c == "120")
+            .unwrap_or(false)
+    });
+    // The source connection dropping is transient too: reconnect, resume.
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pl_hold'",
+    );
+    psql(&src, "INSERT INTO h VALUES (5000, 'after reconnect')");
+    wait_for("catch-up after the source connection dropped", 120, || {
+        target
+            .psql("postgres", "SELECT count(*) FROM h")
+            .map(|c| c == "121")
+            .unwrap_or(false)
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "run exited on a transient error"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_hold')");
+}
+
+fn check_reports_problems() {
+    let (port, src) = harness::fresh_db("pl_check_src");
+    let (_, dst) = harness::fresh_db("pl_check_dst");
+    psql(
+        &src,
+        "CREATE TABLE keyed (id int PRIMARY KEY, v text);
+         CREATE TABLE nokey (v text);
+         CREATE PUBLICATION p FOR TABLE keyed, nokey;",
+    );
+    psql(&dst, "CREATE TABLE keyed (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_check\"\npublications = [\"p\", \"nope\"]\n\n[[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.keyed\"]\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("\"nope\""), "{stdout}");
+    assert!(
+        stdout.contains("public.nokey") && stdout.contains("REPLICA IDENTITY FULL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no column v"), "{stdout}");
+    // A config error names the line.
+    std::fs::write(&config, "[source]\nurl = \"postgres://x/y\"\nslot = \"s\"\npublications = [\"p\"]\nbogus = 1\n[[sink]]\nname = \"a\"\ntype = \"postgres\"\nurl = \"postgres://x/y\"\n").expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 5") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+}
+
+/// `snapshot = "initial_only"` copies (publication column list and row
+/// filter respected) and exits by itself, leaving no slot; a later streaming
+/// run with a new slot copies again, because the earlier copy is older than
+/// where its stream starts.
+fn copy_only_filters_then_stream() {
+    let (port, src) = harness::fresh_db("pl_copy_src");
+    let (_, dst) = harness::fresh_db("pl_copy_dst");
+    psql(
+        &src,
+        "CREATE TABLE f (id int PRIMARY KEY, v int, secret text);
+         INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(1, 1000) g;
+         CREATE PUBLICATION p FOR TABLE f (id, v) WHERE (id % 2 = 0);",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    let write = |mode: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"{}\"\nslot = \"pl_copy\"\npublications = [\"p\"]\nsnapshot = \"{mode}\"\n\n\
+                 [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+                harness::url(port, &src),
+                harness::url(port, &dst)
+            ),
+        )
+        .expect("config")
+    };
+    write("initial_only");
+    let mut child = spawn_run(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "initial_only did not exit by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(psql(&dst, "SELECT count(*), sum(v) FROM f"), "500|2505000");
+    assert_eq!(
+        psql(&dst, "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'f'"),
+        "id,v",
+        "only the published columns"
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pl_copy%'"
+        ),
+        "0",
+        "a copy-only run leaves no slot behind"
+    );
+
+    psql(
+        &src,
+        "INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(2000, 2010) g",
+    );
+    write("initial");
+    let mut child = spawn_run(&config, &log);
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_copy' AND active",
+        ) == "1"
+    });
+    psql(&src, "INSERT INTO f VALUES (3000, 1, 'x'), (3001, 1, 'x')");
+    wait_for("rows copied again and streamed", 60, || {
+        psql(&dst, "SELECT count(*) FROM f") == "507"
+    });
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM f WHERE id % 2 = 1"),
+        "0",
+        "row filter"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
+}
+
+/// A change the target rejects for good stops `run` with one line naming
+/// sink, table and column, and confirms nothing past it.
+fn definite_error_stops() {
+    let (port, src) = harness::fresh_db("pl_def_src");
+    let (_, dst) = harness::fresh_db("pl_def_dst");
+    psql(
+        &src,
+        "CREATE TABLE d (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE d;",
+    );
+    psql(&dst, "CREATE TABLE d (id int PRIMARY KEY, v varchar(3))");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_def\"\npublications = [\"p\"]\nsnapshot = \"never\"\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("config");
+    let mut child = spawn_run(&config, &log);
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_def' AND active",
+        ) == "1"
+    });
+    let before = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",
+    );
+    psql(&src, "INSERT INTO d VALUES (1, 'ok')");
+    psql(
+        &src,
+        "INSERT INTO d VALUES (2, 'much too long for varchar(3)')",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run kept going after a definite error"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("sink d") && line.contains("public.d"),
+        "{text}"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM d"),
+        "1",
+        "the good row before it arrived"
+    );
+    let ok = psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{before}' AND confirmed_flush_lsn < (SELECT pg_current_wal_lsn()) \
+             FROM pg_replication_slots WHERE slot_name = 'pl_def'"
+        ),
+    );
+    assert_eq!(ok, "t", "the slot kept the rejected change");
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_def')");
+}
