@@ -66,12 +66,15 @@ struct Args {
     timeout: Duration,
     native_streaming: bool,
     latency_rate: u32,
+    runs: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|all]... \
-[--scale F] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
 
   --scale F             multiply row counts (and the latency run's 30 s) by F (default 1)
+  --runs N              runs of every contender, taken in turns; times are medians (default 3);
+                        the latency part splits its 30 s into N alternating slices
   --snapshot-workers N  pgbridge's snapshot_workers in the copy part (default 2, like pgcopydb's 2 jobs)
   --timeout SECS        give up on one contender after SECS (default 900)
   --native-streaming    native subscriptions with streaming = on (PG15 default: off)
@@ -88,6 +91,7 @@ fn parse_args() -> R<Args> {
         timeout: Duration::from_secs(900),
         native_streaming: false,
         latency_rate: 2000,
+        runs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -127,6 +131,14 @@ fn parse_args() -> R<Args> {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("--rate {v}: expected transactions per second"))?;
+            }
+            "--runs" => {
+                let v = value("--runs")?;
+                a.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("--runs {v}: expected a positive integer"))?;
             }
             "--native-streaming" => a.native_streaming = true,
             "-h" | "--help" => {
@@ -690,11 +702,33 @@ struct Measured {
     note: String,
 }
 
+/// Every run of one contender; one failed run fails the line.
 struct Line {
     part: &'static str,
     shape: &'static str,
     contender: &'static str,
-    result: R<Measured>,
+    result: R<Vec<Measured>>,
+}
+
+impl Line {
+    /// The run with the median time (the lower middle one for an even count).
+    fn median(&self) -> Option<&Measured> {
+        let runs = self.result.as_ref().ok()?;
+        let mut v: Vec<&Measured> = runs.iter().collect();
+        v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        v.get(v.len().saturating_sub(1) / 2).copied()
+    }
+
+    fn range(&self) -> String {
+        match &self.result {
+            Ok(runs) if runs.len() > 1 => {
+                let min = runs.iter().map(|m| m.secs).fold(f64::INFINITY, f64::min);
+                let max = runs.iter().map(|m| m.secs).fold(0.0, f64::max);
+                format!("{min:.1}-{max:.1}")
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -716,19 +750,36 @@ impl Report {
             Ok(m) => eprintln!("  {part} {shape} {contender}: {:.2} s {}", m.secs, m.note),
             Err(e) => eprintln!("  {part} {shape} {contender}: FAILED: {e}"),
         }
-        self.lines.push(Line {
-            part,
-            shape,
-            contender,
-            result,
-        });
+        let i = match self
+            .lines
+            .iter()
+            .position(|l| l.part == part && l.shape == shape && l.contender == contender)
+        {
+            Some(i) => i,
+            None => {
+                self.lines.push(Line {
+                    part,
+                    shape,
+                    contender,
+                    result: Ok(Vec::new()),
+                });
+                self.lines.len() - 1
+            }
+        };
+        let line = &mut self.lines[i];
+        match (&mut line.result, result) {
+            (Ok(runs), Ok(m)) => runs.push(m),
+            (Ok(_), Err(e)) => line.result = Err(e),
+            (Err(_), _) => {}
+        }
     }
 
+    /// The median time of a contender's runs (None when it failed).
     fn secs(&self, part: &str, shape: &str, contender: &str) -> Option<f64> {
         self.lines
             .iter()
             .find(|l| l.part == part && l.shape == shape && l.contender == contender)
-            .and_then(|l| l.result.as_ref().ok())
+            .and_then(Line::median)
             .map(|m| m.secs)
     }
 }
@@ -810,41 +861,45 @@ fn print_report(r: &Report) {
     if !r.lines.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<8} {:<5} {:<15} {:>8}  {:>7} {:>7} {:>7}  result",
-            "part", "shape", "contender", "time s", "src CPU", "tool", "tgt CPU"
+            "\n{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  result",
+            "part", "shape", "contender", "time s", "range", "src CPU", "tool", "tgt CPU"
         );
-        let _ = writeln!(out, "{}", "-".repeat(78));
+        let _ = writeln!(out, "{}", "-".repeat(90));
         for l in &r.lines {
-            match &l.result {
-                Ok(m) => {
+            match (&l.result, l.median()) {
+                (Ok(runs), Some(m)) => {
                     let _ = writeln!(
                         out,
-                        "{:<8} {:<5} {:<15} {:>8.2}  {:>7.1} {:>7.1} {:>7.1}  ok {}",
+                        "{:<8} {:<5} {:<15} {:>8.2} {:>10}  {:>7.1} {:>7.1} {:>7.1}  ok x{} {}",
                         l.part,
                         l.shape,
                         l.contender,
                         m.secs,
+                        l.range(),
                         m.cpu.source,
                         m.cpu.tool,
                         m.cpu.target,
+                        runs.len(),
                         m.note
                     );
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     let first = e.lines().next().unwrap_or("");
                     let _ = writeln!(
                         out,
-                        "{:<8} {:<5} {:<15} {:>8}  {:>7} {:>7} {:>7}  FAILED: {first}",
-                        l.part, l.shape, l.contender, "-", "-", "-", "-"
+                        "{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  FAILED: {first}",
+                        l.part, l.shape, l.contender, "-", "", "-", "-", "-"
                     );
                 }
+                (Ok(_), None) => {}
             }
         }
         let _ = writeln!(
             out,
-            "(CPU seconds: src = backends of the source database (walsenders, COPY), \
-             tool = the client process tree, tgt = backends of the target database \
-             (native apply/tablesync workers, the tools' sessions))"
+            "(time: the median of the runs (range: fastest-slowest); CPU seconds of that run: \
+             src = backends of the source database (walsenders, COPY), tool = the client's \
+             process tree, tgt = backends of the target database (native apply/tablesync \
+             workers, the tools' sessions))"
         );
         let _ = writeln!(out, "\n{:<32} {:>7}  {:>7}", "ratio", "value", "target");
         let _ = writeln!(out, "{}", "-".repeat(50));
@@ -872,16 +927,17 @@ fn print_report(r: &Report) {
         for (who, l) in &r.latency {
             match l {
                 Ok(l) => {
+                    let p = l.pcts();
                     let _ = writeln!(
                         out,
                         "{:<10} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                         who,
-                        l.rows,
-                        l.tps,
-                        l.arrived.p50,
-                        l.arrived.p90,
-                        l.arrived.p99,
-                        l.arrived.max
+                        l.rows(),
+                        l.tps(),
+                        p.p50,
+                        p.p90,
+                        p.p99,
+                        p.max
                     );
                 }
                 Err(e) => {
@@ -913,7 +969,12 @@ fn ratio(r: &Report, q: &Ratio) -> Option<f64> {
     (d > 0.0).then_some(n / d)
 }
 
-fn line_result<'a>(r: &'a Report, part: &str, shape: &str, who: &str) -> Option<&'a R<Measured>> {
+fn line_result<'a>(
+    r: &'a Report,
+    part: &str,
+    shape: &str,
+    who: &str,
+) -> Option<&'a R<Vec<Measured>>> {
     r.lines
         .iter()
         .find(|l| l.part == part && l.shape == shape && l.contender == who)
@@ -948,13 +1009,14 @@ fn summary(r: &Report) -> Vec<String> {
         let get = |who: &str| r.latency.iter().find(|(w, _)| *w == who).map(|(_, l)| l);
         out.push(match (get("native"), get("pgbridge")) {
             (Some(Ok(n)), Some(Ok(p))) => {
-                let d = p.arrived.p99 - n.arrived.p99;
+                let (n, p) = (n.pcts(), p.pcts());
+                let d = p.p99 - n.p99;
                 format!(
                     "{}  latency p99 pgbridge - native = {d:+.2} ms \
                      ({:.2} vs {:.2}; target <= +2 ms)",
                     if d <= 2.0 { "PASS" } else { "FAIL" },
-                    p.arrived.p99,
-                    n.arrived.p99
+                    p.p99,
+                    n.p99
                 )
             }
             (n, p) => {
@@ -1037,13 +1099,17 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
     let src = Db::connect(&env.src_url("bsrc")).await?;
     src.exec(&format!("{BL_TABLE}; CREATE PUBLICATION p FOR TABLE bl;"))
         .await?;
-    // Native subscriptions need the pgoutput plugin; so does everyone else here.
-    let slots = ["recv", "native_a", "pgbridge_a", "native_b", "pgbridge_b"];
-    for slot in slots {
-        src.exec(&format!(
-            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-        ))
-        .await?;
+    // Every contender's slot of every run exists before the backlog is
+    // written, so each one replays all of it. Native subscriptions need the
+    // pgoutput plugin; so does everyone else here.
+    let runs = env.args.runs;
+    for run in 1..=runs {
+        for slot in ["recv", "native_a", "pgbridge_a", "native_b", "pgbridge_b"] {
+            src.exec(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}_{run}', 'pgoutput')"
+            ))
+            .await?;
+        }
     }
     let start: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     eprintln!(
@@ -1103,57 +1169,50 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
             .into(),
     );
 
-    let shapes: [(&'static str, &str); 2] = [("a", ""), ("b", BL_INDEXES)];
-    for (shape, _) in &shapes {
-        for who in ["native", "pgbridge"] {
-            let db = format!("{who}_{shape}");
-            env.tgt_admin.exec(&format!("CREATE DATABASE {db}")).await?;
+    // Contenders take turns, the order rotating from run to run.
+    let jobs = [
+        ("-", "pg_recvlogical"),
+        ("a", "native"),
+        ("a", "pgbridge"),
+        ("b", "native"),
+        ("b", "pgbridge"),
+    ];
+    for run in 1..=runs {
+        for k in 0..jobs.len() {
+            let (shape, who) = jobs[(k + run - 1) % jobs.len()];
+            settle(env).await?;
+            eprintln!("backlog run {run}/{runs}: {who} ({shape})");
+            let r = match who {
+                "pg_recvlogical" => drain(env, &format!("recv_{run}"), &end).await,
+                _ => {
+                    let db = format!("{who}_{shape}_{run}");
+                    let indexes = if shape == "b" { BL_INDEXES } else { "" };
+                    fresh_target(env, &db, &format!("{BL_TABLE}; {indexes}")).await?;
+                    let r = if who == "native" {
+                        native_backlog(env, &src, &db, &end).await
+                    } else {
+                        pgbridge_backlog(env, &src, &db, &end).await
+                    };
+                    env.tgt_admin
+                        .exec(&format!("DROP DATABASE {db} WITH (FORCE)"))
+                        .await?;
+                    r
+                }
+            };
+            report.add("backlog", shape, who, r);
         }
-    }
-    for (shape, indexes) in &shapes {
-        for who in ["native", "pgbridge"] {
-            let db = Db::connect(&env.tgt_url(&format!("{who}_{shape}"))).await?;
-            db.exec(&format!("{BL_TABLE}; {indexes}")).await?;
-        }
-    }
-    settle(env).await?;
-
-    // (i) the drain limit.
-    eprintln!("backlog: pg_recvlogical");
-    let r = drain(env, &end).await;
-    report.add("backlog", "-", "pg_recvlogical", r);
-    let _ = src.exec("SELECT pg_drop_replication_slot('recv')").await;
-
-    for (shape, _) in &shapes {
-        settle(env).await?;
-        eprintln!("backlog ({shape}): native");
-        let r = native_backlog(env, &src, shape, &end).await;
-        report.add("backlog", shape, "native", r);
-
-        settle(env).await?;
-        eprintln!("backlog ({shape}): pgbridge");
-        let r = pgbridge_backlog(env, &src, shape, &end).await;
-        let slot = format!("pgbridge_{shape}");
-        let _ = src
-            .exec(&format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = '{slot}' AND NOT active"
-            ))
-            .await;
-        report.add("backlog", shape, "pgbridge", r);
     }
     drop(src);
     env.src_admin
         .exec("DROP DATABASE bsrc WITH (FORCE)")
         .await?;
-    for (shape, _) in &shapes {
-        for who in ["native", "pgbridge"] {
-            env.tgt_admin
-                .exec(&format!("DROP DATABASE {who}_{shape} WITH (FORCE)"))
-                .await?;
-        }
-    }
     Ok(())
+}
+
+/// A new target database holding the tables of `ddl`.
+async fn fresh_target(env: &Env, db: &str, ddl: &str) -> R<()> {
+    env.tgt_admin.exec(&format!("CREATE DATABASE {db}")).await?;
+    Db::connect(&env.tgt_url(db)).await?.exec(ddl).await
 }
 
 /// Checkpoints both clusters so that no contender pays for the previous
@@ -1164,7 +1223,7 @@ async fn settle(env: &Env) -> R<()> {
     Ok(())
 }
 
-async fn drain(env: &Env, end: &str) -> R<Measured> {
+async fn drain(env: &Env, slot: &str, end: &str) -> R<Measured> {
     let log = env.tmp.path().join("pg_recvlogical.log");
     let mut watch = Watch::begin(env, "bsrc", None).await?;
     let t0 = Instant::now();
@@ -1181,7 +1240,7 @@ async fn drain(env: &Env, end: &str) -> R<Measured> {
             ])
             .arg("-p")
             .arg(env.src.port().to_string())
-            .args(["--slot", "recv", "--start", "--endpos", end])
+            .args(["--slot", slot, "--start", "--endpos", end])
             .args(["-o", "proto_version=1", "-o", "publication_names=p"])
             .args(["--plugin", "pgoutput", "-f", "/dev/null"]),
         &log,
@@ -1204,6 +1263,9 @@ async fn drain(env: &Env, end: &str) -> R<Measured> {
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
+    env.src_admin
+        .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .await?;
     Ok(Measured {
         secs,
         cpu,
@@ -1211,24 +1273,24 @@ async fn drain(env: &Env, end: &str) -> R<Measured> {
     })
 }
 
-async fn native_backlog(env: &Env, src: &Db, shape: &str, end: &str) -> R<Measured> {
-    let dbname = format!("native_{shape}");
-    let tgt = Db::connect(&env.tgt_url(&dbname)).await?;
-    let slot = format!("native_{shape}");
-    let mut watch = Watch::begin(env, "bsrc", Some(&dbname)).await?;
+/// Native replication into target database `name` from slot `name`.
+async fn native_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+    let tgt = Db::connect(&env.tgt_url(name)).await?;
+    let slot = name;
+    let mut watch = Watch::begin(env, "bsrc", Some(name)).await?;
     let t0 = Instant::now();
     tgt.exec(&format!(
-        "CREATE SUBSCRIPTION s_{shape} CONNECTION '{}' PUBLICATION p WITH (copy_data = false, \
+        "CREATE SUBSCRIPTION {name} CONNECTION '{}' PUBLICATION p WITH (copy_data = false, \
          create_slot = false, slot_name = '{slot}', enabled = true, streaming = {})",
         env.src_conninfo("bsrc"),
         env.args.native_streaming
     ))
     .await?;
-    let waited = wait_slot(env, src, &mut watch, &slot, end, None).await;
+    let waited = wait_slot(env, src, &mut watch, slot, end, None).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     // Drops the slot on the source too.
-    tgt.exec(&format!("DROP SUBSCRIPTION s_{shape}")).await?;
+    tgt.exec(&format!("DROP SUBSCRIPTION {name}")).await?;
     waited?;
     verify(src, &tgt, "bl").await?;
     Ok(Measured {
@@ -1238,20 +1300,26 @@ async fn native_backlog(env: &Env, src: &Db, shape: &str, end: &str) -> R<Measur
     })
 }
 
-async fn pgbridge_backlog(env: &Env, src: &Db, shape: &str, end: &str) -> R<Measured> {
-    let dbname = format!("pgbridge_{shape}");
-    let slot = format!("pgbridge_{shape}");
-    let config = pgbridge_config(env, "bsrc", &slot, "p", "never", &dbname, "bl", 1);
-    let tgt = Db::connect(&env.tgt_url(&dbname)).await?;
-    let mut watch = Watch::begin(env, "bsrc", Some(&dbname)).await?;
+/// `pgbridge run` into target database `name` from slot `name`.
+async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+    let slot = name;
+    let config = pgbridge_config(env, "bsrc", slot, "p", "never", name, "bl", 1);
+    let tgt = Db::connect(&env.tgt_url(name)).await?;
+    let mut watch = Watch::begin(env, "bsrc", Some(name)).await?;
     let t0 = Instant::now();
-    let (mut child, log) = spawn_pgbridge(env, &format!("backlog_{shape}"), &config)?;
+    let (mut child, log) = spawn_pgbridge(env, name, &config)?;
     watch.tool(child.id());
-    let waited = wait_slot(env, src, &mut watch, &slot, end, Some((&mut child, &log))).await;
+    let waited = wait_slot(env, src, &mut watch, slot, end, Some((&mut child, &log))).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     let rss = child.id().map(peak_rss_mb).unwrap_or_default();
     let stopped = terminate(&mut child, &log, "pgbridge").await;
+    let _ = src
+        .exec(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{slot}' AND NOT active"
+        ))
+        .await;
     waited?;
     stopped?;
     verify(src, &tgt, "bl").await?;
@@ -1309,27 +1377,26 @@ async fn copy(env: &Env, report: &mut Report) -> R<()> {
          pgbridge snapshot_workers = {}",
         env.args.snapshot_workers
     ));
-    for who in ["native", "pgcopydb", "pgbridge"] {
-        env.tgt_admin
-            .exec(&format!("CREATE DATABASE copy_{who}"))
-            .await?;
-        let db = Db::connect(&env.tgt_url(&format!("copy_{who}"))).await?;
-        db.exec(BIG_TABLE).await?;
-    }
-
-    for who in ["native", "pgcopydb", "pgbridge"] {
-        settle(env).await?;
-        eprintln!("copy: {who}");
-        let r = match who {
-            "native" => native_copy(env, &src).await,
-            "pgcopydb" => pgcopydb_copy(env, &src).await,
-            _ => pgbridge_copy(env, &src).await,
-        };
-        report.add("copy", "-", who, r);
-        // The copies are large: free the disk as we go.
-        env.tgt_admin
-            .exec(&format!("DROP DATABASE copy_{who} WITH (FORCE)"))
-            .await?;
+    let jobs = ["native", "pgcopydb", "pgbridge"];
+    let runs = env.args.runs;
+    for run in 1..=runs {
+        for k in 0..jobs.len() {
+            let who = jobs[(k + run - 1) % jobs.len()];
+            let name = format!("copy_{who}_{run}");
+            fresh_target(env, &name, BIG_TABLE).await?;
+            settle(env).await?;
+            eprintln!("copy run {run}/{runs}: {who}");
+            let r = match who {
+                "native" => native_copy(env, &src, &name).await,
+                "pgcopydb" => pgcopydb_copy(env, &src, &name).await,
+                _ => pgbridge_copy(env, &src, &name).await,
+            };
+            report.add("copy", "-", who, r);
+            // The copies are large: free the disk as we go.
+            env.tgt_admin
+                .exec(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await?;
+        }
     }
     drop(src);
     env.src_admin
@@ -1338,12 +1405,12 @@ async fn copy(env: &Env, report: &mut Report) -> R<()> {
     Ok(())
 }
 
-async fn native_copy(env: &Env, src: &Db) -> R<Measured> {
-    let tgt = Db::connect(&env.tgt_url("copy_native")).await?;
-    let mut watch = Watch::begin(env, "csrc", Some("copy_native")).await?;
+async fn native_copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
+    let tgt = Db::connect(&env.tgt_url(name)).await?;
+    let mut watch = Watch::begin(env, "csrc", Some(name)).await?;
     let t0 = Instant::now();
     tgt.exec(&format!(
-        "CREATE SUBSCRIPTION sc CONNECTION '{}' PUBLICATION pc WITH (copy_data = true)",
+        "CREATE SUBSCRIPTION {name} CONNECTION '{}' PUBLICATION pc WITH (copy_data = true)",
         env.src_conninfo("csrc")
     ))
     .await?;
@@ -1378,7 +1445,7 @@ async fn native_copy(env: &Env, src: &Db) -> R<Measured> {
     };
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
-    tgt.exec("DROP SUBSCRIPTION sc").await?;
+    tgt.exec(&format!("DROP SUBSCRIPTION {name}")).await?;
     waited?;
     verify(src, &tgt, "big").await?;
     Ok(Measured {
@@ -1393,12 +1460,12 @@ async fn native_copy(env: &Env, src: &Db) -> R<Measured> {
     })
 }
 
-async fn pgcopydb_copy(env: &Env, src: &Db) -> R<Measured> {
+async fn pgcopydb_copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let prog = env.pgcopydb.as_ref().map_err(|e| e.clone())?;
-    let tgt = Db::connect(&env.tgt_url("copy_pgcopydb")).await?;
-    let dir = env.tmp.path().join("pgcopydb");
-    let log = env.tmp.path().join("pgcopydb.log");
-    let mut watch = Watch::begin(env, "csrc", Some("copy_pgcopydb")).await?;
+    let tgt = Db::connect(&env.tgt_url(name)).await?;
+    let dir = env.tmp.path().join(name);
+    let log = env.tmp.path().join(format!("{name}.log"));
+    let mut watch = Watch::begin(env, "csrc", Some(name)).await?;
     let t0 = Instant::now();
     let mut child = spawn_logged(
         Command::new(prog)
@@ -1406,7 +1473,7 @@ async fn pgcopydb_copy(env: &Env, src: &Db) -> R<Measured> {
             .arg("--source")
             .arg(env.src_url("csrc"))
             .arg("--target")
-            .arg(env.tgt_url("copy_pgcopydb"))
+            .arg(env.tgt_url(name))
             .arg("--dir")
             .arg(&dir),
         &log,
@@ -1443,27 +1510,28 @@ async fn pgcopydb_copy(env: &Env, src: &Db) -> R<Measured> {
     })
 }
 
-async fn pgbridge_copy(env: &Env, src: &Db) -> R<Measured> {
+async fn pgbridge_copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let config = pgbridge_config(
         env,
         "csrc",
-        "pgbridge_copy",
+        name,
         "pc",
         "initial_only",
-        "copy_pgbridge",
+        name,
         "big",
         env.args.snapshot_workers,
     );
-    let tgt = Db::connect(&env.tgt_url("copy_pgbridge")).await?;
-    let mut watch = Watch::begin(env, "csrc", Some("copy_pgbridge")).await?;
+    let tgt = Db::connect(&env.tgt_url(name)).await?;
+    let mut watch = Watch::begin(env, "csrc", Some(name)).await?;
     let t0 = Instant::now();
-    let (mut child, log) = spawn_pgbridge(env, "copy", &config)?;
+    let (mut child, log) = spawn_pgbridge(env, name, &config)?;
     watch.tool(child.id());
     let deadline = t0 + env.args.timeout;
     let mut rss = String::new();
     loop {
-        if let Some(pid) = child.id() {
-            rss = peak_rss_mb(pid);
+        // A zombie has no VmHWM: keep the last value read from the live process.
+        if let Some(r) = child.id().map(peak_rss_mb).filter(|r| !r.is_empty()) {
+            rss = r;
         }
         if exited(&mut child, &log, "pgbridge")? {
             break;
@@ -1494,10 +1562,23 @@ struct Pcts {
     max: f64,
 }
 
+/// Commit-to-arrival times of one contender, pooled over its slices.
+#[derive(Default)]
 struct Latency {
-    rows: usize,
-    tps: f64,
-    arrived: Pcts,
+    ms: Vec<f64>,
+    tps: Vec<f64>,
+}
+
+impl Latency {
+    fn rows(&self) -> usize {
+        self.ms.len()
+    }
+    fn tps(&self) -> f64 {
+        self.tps.iter().sum::<f64>() / self.tps.len().max(1) as f64
+    }
+    fn pcts(&self) -> Pcts {
+        percentiles(self.ms.clone())
+    }
 }
 
 fn percentiles(mut v: Vec<f64>) -> Pcts {
@@ -1536,32 +1617,50 @@ async fn latency(env: &Env, report: &mut Report) -> R<()> {
             .exec(&table(t, arrived))
             .await?;
     }
+    // The 30 s per contender come in slices, native and pgbridge taking
+    // turns (never at the same time), so that a noisy moment on a shared
+    // machine lands on both rather than on one.
+    let runs = env.args.runs as u64;
+    let slice = (secs / runs).max(5);
     report.headers.push(format!(
-        "latency: pgbench -R {rate} -T {secs} -c 4 -j 2, one one-row INSERT per transaction; \
-         native and pgbridge one after the other, each on its own source table and publication"
+        "latency: pgbench -R {rate} -c 4 -j 2, one one-row INSERT per transaction, {runs} x {slice} s \
+         per contender, native and pgbridge alternating (never together), each on its own source \
+         table and publication and a new slot per slice; samples pooled"
     ));
-
-    settle(env).await?;
-    eprintln!("latency: native");
-    let r = native_latency(env, &src, secs, rate).await;
-    if let Err(e) = &r {
-        eprintln!("  latency native: FAILED: {e}");
+    let mut results: Vec<(&'static str, R<Latency>)> = vec![
+        ("native", Ok(Latency::default())),
+        ("pgbridge", Ok(Latency::default())),
+    ];
+    for run in 1..=runs {
+        let order = if run % 2 == 1 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let who = results[i].0;
+            settle(env).await?;
+            eprintln!("latency slice {run}/{runs}: {who}");
+            let r = if who == "native" {
+                native_latency(env, &src, run, slice, rate).await
+            } else {
+                pgbridge_latency(env, &src, run, slice, rate).await
+            };
+            match (&mut results[i].1, r) {
+                (Ok(acc), Ok((ms, tps))) => {
+                    let p = percentiles(ms.clone());
+                    eprintln!(
+                        "  latency {who}: p50 {:.2} ms, p99 {:.2} ms, {tps:.0} tps",
+                        p.p50, p.p99
+                    );
+                    acc.ms.extend(ms);
+                    acc.tps.push(tps);
+                }
+                (acc @ Ok(_), Err(e)) => {
+                    eprintln!("  latency {who}: FAILED: {e}");
+                    *acc = Err(e);
+                }
+                (Err(_), _) => {}
+            }
+        }
     }
-    report.latency.push(("native", r));
-
-    settle(env).await?;
-    eprintln!("latency: pgbridge");
-    let r = pgbridge_latency(env, &src, secs, rate).await;
-    if let Err(e) = &r {
-        eprintln!("  latency pgbridge: FAILED: {e}");
-    }
-    let _ = src
-        .exec(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = 'pgbridge_lat' AND NOT active",
-        )
-        .await;
-    report.latency.push(("pgbridge", r));
+    report.latency = results;
     drop(src);
     env.src_admin
         .exec("DROP DATABASE lsrc WITH (FORCE)")
@@ -1652,12 +1751,20 @@ async fn pgbench(env: &Env, table: &str, secs: u64, rate: u32) -> R<f64> {
         .ok_or_else(|| format!("no \"tps = \" line in pgbench's output:\n{text}"))
 }
 
-/// Waits until the target has every source row, then computes latencies.
-async fn measure_latency(src: &Db, tgt: &Db, table: &str, tps: f64) -> R<Latency> {
-    let want: u64 = src.number(&format!("SELECT count(*) FROM {table}")).await?;
+/// The highest id in `table` (0 when empty).
+async fn max_id(db: &Db, table: &str) -> R<i64> {
+    db.number(&format!("SELECT coalesce(max(id), 0) FROM {table}"))
+        .await
+}
+
+/// Waits until the target has every source row with an id above `after`,
+/// then returns their commit-to-arrival times in ms.
+async fn measure_latency(src: &Db, tgt: &Db, table: &str, after: i64) -> R<Vec<f64>> {
+    let count = format!("SELECT count(*) FROM {table} WHERE id > {after}");
+    let want: u64 = src.number(&count).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let have: u64 = tgt.number(&format!("SELECT count(*) FROM {table}")).await?;
+        let have: u64 = tgt.number(&count).await?;
         if have >= want {
             break;
         }
@@ -1678,7 +1785,7 @@ async fn measure_latency(src: &Db, tgt: &Db, table: &str, tps: f64) -> R<Latency
     let mut committed_at: HashMap<i64, i64> = HashMap::new();
     for r in src
         .rows(&format!(
-            "SELECT id, {} FROM {table}",
+            "SELECT id, {} FROM {table} WHERE id > {after}",
             micros("pg_xact_commit_timestamp(xmin)")
         ))
         .await?
@@ -1687,9 +1794,11 @@ async fn measure_latency(src: &Db, tgt: &Db, table: &str, tps: f64) -> R<Latency
         committed_at.insert(id, parse(&r[1], "source commit timestamp")?);
     }
     let mut arrived = Vec::new();
-    let mut count = 0usize;
     for r in tgt
-        .rows(&format!("SELECT id, {} FROM {table}", micros("arrived")))
+        .rows(&format!(
+            "SELECT id, {} FROM {table} WHERE id > {after}",
+            micros("arrived")
+        ))
         .await?
     {
         let id = parse(&r[0], "target id")?;
@@ -1697,7 +1806,6 @@ async fn measure_latency(src: &Db, tgt: &Db, table: &str, tps: f64) -> R<Latency
             .remove(&id)
             .ok_or_else(|| format!("target row id {id} is not on the source (or doubled)"))?;
         arrived.push((parse(&r[1], "arrived")? - src_ts) as f64 / 1000.0);
-        count += 1;
     }
     if !committed_at.is_empty() {
         return Err(format!(
@@ -1705,36 +1813,46 @@ async fn measure_latency(src: &Db, tgt: &Db, table: &str, tps: f64) -> R<Latency
             committed_at.len()
         ));
     }
-    Ok(Latency {
-        rows: count,
-        tps,
-        arrived: percentiles(arrived),
-    })
+    Ok(arrived)
 }
 
-async fn native_latency(env: &Env, src: &Db, secs: u64, rate: u32) -> R<Latency> {
+/// One slice of native replication: a new subscription (and slot), pgbench,
+/// the rows' latencies and pgbench's tps.
+async fn native_latency(env: &Env, src: &Db, run: u64, secs: u64, rate: u32) -> R<(Vec<f64>, f64)> {
     let tgt = Db::connect(&env.tgt_url("lat_native")).await?;
+    let name = format!("lat_native_{run}");
     tgt.exec(&format!(
-        "CREATE SUBSCRIPTION sl CONNECTION '{}' PUBLICATION pn WITH (copy_data = false, streaming = {})",
+        "CREATE SUBSCRIPTION {name} CONNECTION '{}' PUBLICATION pn \
+         WITH (copy_data = false, streaming = {})",
         env.src_conninfo("lsrc"),
         env.args.native_streaming
     ))
     .await?;
-    let result = async {
-        wait_active(src, "sl", None).await?;
+    let result: R<(Vec<f64>, f64)> = async {
+        wait_active(src, &name, None).await?;
+        let after = max_id(src, "lat_n").await?;
         let tps = pgbench(env, "lat_n", secs, rate).await?;
-        measure_latency(src, &tgt, "lat_n", tps).await
+        Ok((measure_latency(src, &tgt, "lat_n", after).await?, tps))
     }
     .await;
-    tgt.exec("DROP SUBSCRIPTION sl").await?;
+    tgt.exec(&format!("DROP SUBSCRIPTION {name}")).await?;
     result
 }
 
-async fn pgbridge_latency(env: &Env, src: &Db, secs: u64, rate: u32) -> R<Latency> {
+/// One slice of pgbridge: a new process and slot, pgbench, the rows'
+/// latencies and pgbench's tps.
+async fn pgbridge_latency(
+    env: &Env,
+    src: &Db,
+    run: u64,
+    secs: u64,
+    rate: u32,
+) -> R<(Vec<f64>, f64)> {
+    let name = format!("lat_pgbridge_{run}");
     let config = pgbridge_config(
         env,
         "lsrc",
-        "pgbridge_lat",
+        &name,
         "pp",
         "never",
         "lat_pgbridge",
@@ -1742,14 +1860,21 @@ async fn pgbridge_latency(env: &Env, src: &Db, secs: u64, rate: u32) -> R<Latenc
         1,
     );
     let tgt = Db::connect(&env.tgt_url("lat_pgbridge")).await?;
-    let (mut child, log) = spawn_pgbridge(env, "latency", &config)?;
-    let result = async {
-        wait_active(src, "pgbridge_lat", Some((&mut child, &log))).await?;
+    let (mut child, log) = spawn_pgbridge(env, &name, &config)?;
+    let result: R<(Vec<f64>, f64)> = async {
+        wait_active(src, &name, Some((&mut child, &log))).await?;
+        let after = max_id(src, "lat_p").await?;
         let tps = pgbench(env, "lat_p", secs, rate).await?;
-        measure_latency(src, &tgt, "lat_p", tps).await
+        Ok((measure_latency(src, &tgt, "lat_p", after).await?, tps))
     }
     .await;
     let stopped = terminate(&mut child, &log, "pgbridge").await;
+    let _ = src
+        .exec(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{name}' AND NOT active"
+        ))
+        .await;
     let l = result?;
     stopped?;
     Ok(l)
@@ -1760,11 +1885,12 @@ async fn pgbridge_latency(env: &Env, src: &Db, secs: u64, rate: u32) -> R<Latenc
 async fn bench(args: Args) -> R<Report> {
     let parts = args.parts.clone();
     let scale = args.scale;
+    let runs = args.runs;
     let env = start_env(args).await?;
     let mut report = Report::default();
     let version = env.src_admin.value("SHOW server_version").await?;
     report.headers.push(format!(
-        "scale {scale}; PostgreSQL {version} ({}), {} CPUs; source and target clusters on this machine \
+        "scale {scale}, {runs} runs per contender; PostgreSQL {version} ({}), {} CPUs; source and target clusters on this machine \
          (fsync off, shared_buffers 256MB, autovacuum off)",
         env.bin.display(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
