@@ -3,35 +3,42 @@
 //! comparable between runs, ratios between contenders of one run are).
 //!
 //! ```text
-//! cargo build --release
-//! cargo bench --bench pipeline -- [backlog|copy|latency|all]... [--scale F]
+//! cargo build --release            # the binary under test: target/release/pgbridge
+//! cargo bench --bench pipeline -- [backlog|copy|latency|all]... [--scale F] [--runs N]
 //! ```
+//! (or `scripts/bench.sh ...`, which installs what is missing and builds first).
 //!
 //! Two throwaway clusters on the local binaries (`LocalCluster`): a SOURCE
-//! and a TARGET. Every contender runs alone, one after the other.
+//! and a TARGET (fsync off on both, so the comparison is about the
+//! replication tools, not the disk). Contenders never run at the same
+//! time; each runs `--runs` times (default 3), in turns with the order
+//! rotating, and its median time is compared.
 //!
-//! * backlog: slots for every contender are created first, then the backlog
-//!   is written (100k one-row transactions, one 500k-row transaction, 60k
-//!   one-row UPDATE transactions, 30k one-row DELETE transactions, each as a
-//!   server-side loop that commits every row). Then each contender replays
-//!   the whole backlog from its own slot: `pg_recvlogical` to /dev/null (the
-//!   source's drain limit), native `CREATE SUBSCRIPTION` and `pgbridge run`
-//!   into (a) a target table with its primary key only and (b) the same
-//!   table with five secondary indexes. Timed until the slot's
-//!   `confirmed_flush_lsn` reaches the backlog's end (pg_recvlogical: until
-//!   it exits at `--endpos`).
-//! * copy: one 5M-row table copied by native tablesync, `pgcopydb copy
+//! * backlog: slots for every contender and run are created first, then the
+//!   backlog is written (100k one-row INSERT transactions, one 500k-row
+//!   transaction, 60k one-row UPDATE transactions, 30k one-row DELETE
+//!   transactions, each as a server-side loop that commits every row).
+//!   Then each contender replays the whole backlog from its own slot:
+//!   `pg_recvlogical` to /dev/null (the source's drain limit), native
+//!   `CREATE SUBSCRIPTION` and `pgbridge run` into (a) a target table with
+//!   its primary key only and (b) the same table with five secondary
+//!   indexes. Timed until the slot's `confirmed_flush_lsn` reaches the
+//!   backlog's end (pg_recvlogical: until it exits at `--endpos`).
+//! * copy: one 5M-row table (~630 MB) copied by native tablesync (until the
+//!   table's `pg_subscription_rel` state is `s` or `r`), `pgcopydb copy
 //!   table-data --table-jobs 2` and `pgbridge run` with `snapshot =
-//!   "initial_only"`, each into its own target database holding the same
-//!   empty table (with its primary key).
+//!   "initial_only"` (until it exits), each into a new target database
+//!   holding the same empty table with its primary key.
 //! * latency: a steady 2000 one-row transactions/s from pgbench, replicated
-//!   by native and then (one after the other, on separate tables and
-//!   publications) by pgbridge into a table whose extra column `arrived`
-//!   defaults to clock_timestamp(); commit-to-visible = arrived - source
-//!   commit timestamp.
+//!   by native and by pgbridge in alternating slices (never together, each
+//!   on its own source table and publication) into a table whose extra
+//!   column `arrived` defaults to clock_timestamp(); commit-to-visible =
+//!   arrived - the source row's commit timestamp (same machine clock).
 //!
 //! A contender whose target does not end equal to the source (row count and
-//! a checksum over every column) has failed, however fast it was.
+//! a checksum over every column) has failed, however fast it was. The
+//! summary ends with one PASS/FAIL line per target of issue 3; the exit
+//! status is 1 when any is FAIL.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -1224,7 +1231,7 @@ async fn settle(env: &Env) -> R<()> {
 }
 
 async fn drain(env: &Env, slot: &str, end: &str) -> R<Measured> {
-    let log = env.tmp.path().join("pg_recvlogical.log");
+    let log = env.tmp.path().join(format!("{slot}.log"));
     let mut watch = Watch::begin(env, "bsrc", None).await?;
     let t0 = Instant::now();
     let mut child = spawn_logged(
