@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark (benches/pipeline.rs): pgbridge against
+# pg_recvlogical, native logical replication and pgcopydb on two throwaway
+# local clusters, printed as times and ratios of one run.
+#
+#   scripts/bench.sh [backlog|copy|latency|all]... [--scale F] [--runs N]
+#                    [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+#
+# A full run (--scale 1, 3 runs per contender) takes about 11 minutes on 2
+# cores and needs about 4 GB of free disk in $TMPDIR; --scale 0.05 --runs 1
+# is a quick check of the harness. Exit status 1 when a target is missed.
+# PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+if ! command -v pgcopydb >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "bench: installing pgcopydb" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pgcopydb
+fi
+cargo build --release --locked
+exec cargo bench --locked --bench pipeline -- "$@"
