@@ -96,7 +96,8 @@ pub struct StartOptions {
     pub two_phase: bool,
     /// How often a status update is sent even without news.
     pub status_interval: Duration,
-    /// Events buffered between the connection task and the consumer.
+    /// Batches (of up to 1024 events, one per network read) buffered between
+    /// the connection task and the consumer.
     pub channel_capacity: usize,
 }
 
@@ -112,7 +113,7 @@ impl StartOptions {
             binary: false,
             two_phase: false,
             status_interval: Duration::from_secs(10),
-            channel_capacity: 1024,
+            channel_capacity: 16,
         }
     }
 
@@ -376,7 +377,9 @@ pub enum ReplEvent {
 /// without confirming anything more; [`ReplicationStream::shutdown`] sends a
 /// last status update first.
 pub struct ReplicationStream {
-    events: mpsc::Receiver<Result<ReplEvent, SourceError>>,
+    events: mpsc::Receiver<Result<Vec<ReplEvent>, SourceError>>,
+    /// The rest of the last batch received.
+    pending: std::collections::VecDeque<ReplEvent>,
     confirmed: watch::Sender<Lsn>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), SourceError>>>,
@@ -391,6 +394,7 @@ impl ReplicationStream {
         let task = tokio::spawn(run(conn, opts, initial, tx, confirmed_rx, stop_rx));
         ReplicationStream {
             events,
+            pending: Default::default(),
             confirmed,
             stop: Some(stop),
             task: Some(task),
@@ -400,7 +404,16 @@ impl ReplicationStream {
     /// The next event; `None` when the stream ended (after an error was
     /// returned, or the server finished).
     pub async fn recv(&mut self) -> Option<Result<ReplEvent, SourceError>> {
-        self.events.recv().await
+        if let Some(ev) = self.pending.pop_front() {
+            return Some(Ok(ev));
+        }
+        match self.events.recv().await? {
+            Ok(batch) => {
+                self.pending.extend(batch);
+                self.pending.pop_front().map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Tells the server that everything up to `lsn` is durable downstream.
@@ -497,11 +510,47 @@ fn parse_copy_data(conn: &Connection, mut data: Bytes) -> Result<Option<ReplEven
     }
 }
 
+/// Events handed to the consumer in one piece, at most.
+const MAX_BATCH: usize = 1024;
+
+/// One backend message of the CopyBoth stream: an event (and whether the
+/// server asked for a reply), nothing, or the end.
+fn incoming(conn: &Connection, m: Message) -> Result<Option<(ReplEvent, bool)>, SourceError> {
+    match m {
+        Message::CopyData(body) => {
+            let data = body.into_bytes();
+            let reply = data.first() == Some(&b'k') && data.last() == Some(&1);
+            Ok(parse_copy_data(conn, data)?.map(|ev| (ev, reply)))
+        }
+        Message::CopyDone => Err(SourceError::Closed {
+            target: conn.target().to_string(),
+        }),
+        Message::ErrorResponse(body) => {
+            let error = db_error(&body);
+            let target = conn.target().to_string();
+            Err(
+                if error.code == "42704" && error.message.contains("publication") {
+                    SourceError::PublicationMissing {
+                        missing: error.message.clone(),
+                        dbname: conn.info().dbname.clone(),
+                    }
+                } else {
+                    SourceError::Db {
+                        target,
+                        error: Box::new(error),
+                    }
+                },
+            )
+        }
+        _ => Ok(None),
+    }
+}
+
 async fn run(
     mut conn: Connection,
     opts: StartOptions,
     initial: Lsn,
-    tx: mpsc::Sender<Result<ReplEvent, SourceError>>,
+    tx: mpsc::Sender<Result<Vec<ReplEvent>, SourceError>>,
     mut confirmed_rx: watch::Receiver<Lsn>,
     mut stop_rx: oneshot::Receiver<()>,
 ) -> Result<(), SourceError> {
@@ -509,7 +558,7 @@ async fn run(
     let mut last_sent_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut permit: Option<mpsc::OwnedPermit<Result<ReplEvent, SourceError>>> = None;
+    let mut permit: Option<mpsc::OwnedPermit<Result<Vec<ReplEvent>, SourceError>>> = None;
 
     // Confirm the start position at once so the server knows where we are.
     conn.queue_copy_data(status_update(sent, false))?;
@@ -547,55 +596,55 @@ async fn run(
                 }
             }
             m = conn.read_message(), if permit.is_some() => {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => break Err(e),
-                };
-                match m {
-                    Message::CopyData(body) => {
-                        let data = body.into_bytes();
-                        let reply = data.first() == Some(&b'k') && data.last() == Some(&1);
-                        match parse_copy_data(&conn, data) {
-                            Ok(Some(ev)) => {
-                                if let Some(p) = permit.take() {
-                                    p.send(Ok(ev));
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => break Err(e),
+                // Take every complete message already buffered along with
+                // this one: one hand-over to the consumer per network read,
+                // not per message (thread wake-ups dominated otherwise).
+                let mut batch = Vec::new();
+                let mut reply = false;
+                let mut failed = None;
+                let mut next = Some(m);
+                while let Some(m) = next.take() {
+                    match m.and_then(|m| incoming(&conn, m)) {
+                        Ok(Some((ev, r))) => {
+                            reply |= r;
+                            batch.push(ev);
                         }
-                        if reply {
-                            // The server asked: answer now, whatever the tick says.
-                            let pos = (*confirmed_rx.borrow()).max(sent);
-                            sent = pos;
-                            conn.queue_copy_data(status_update(sent, false))?;
-                            conn.flush().await?;
-                            last_sent_at = Instant::now();
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
                         }
                     }
-                    Message::CopyDone => break Err(SourceError::Closed { target: conn.target().to_string() }),
-                    Message::ErrorResponse(body) => {
-                        let error = db_error(&body);
-                        let target = conn.target().to_string();
-                        break Err(if error.code == "42704" && error.message.contains("publication") {
-                            SourceError::PublicationMissing {
-                                missing: error.message.clone(),
-                                dbname: conn.info().dbname.clone(),
-                            }
-                        } else {
-                            SourceError::Db { target, error: Box::new(error) }
-                        });
+                    if batch.len() >= MAX_BATCH {
+                        break;
                     }
-                    _ => {}
+                    next = conn.try_parse().transpose();
+                }
+                if !batch.is_empty() {
+                    if let Some(p) = permit.take() {
+                        p.send(Ok(batch));
+                    }
+                }
+                if reply {
+                    // The server asked: answer now, whatever the tick says.
+                    let pos = (*confirmed_rx.borrow()).max(sent);
+                    sent = pos;
+                    conn.queue_copy_data(status_update(sent, false))?;
+                    conn.flush().await?;
+                    last_sent_at = Instant::now();
+                }
+                if let Some(e) = failed {
+                    break Err(e);
                 }
             }
         }
     };
     // The consumer learns about the end through the channel, in order after
     // every event already delivered.
-    let end = result.and(Err(SourceError::Closed {
-        target: conn.target().to_string(),
-    }));
+    let end: Result<Vec<ReplEvent>, SourceError> =
+        Err(result.err().unwrap_or(SourceError::Closed {
+            target: conn.target().to_string(),
+        }));
     match permit.take() {
         Some(p) => {
             p.send(end);
