@@ -116,21 +116,14 @@ pub async fn check(config: &Config) -> Vec<String> {
                     .iter()
                     .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
                 {
-                    let rows = match client
-                        .query(
-                            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
-                             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                            &[&format!("{}.{}", pg::ident(&t.schema), pg::ident(&t.name))],
-                        )
-                        .await
-                    {
+                    let have = match snapshot::target_columns(&client, t).await {
                         Ok(r) => r,
                         Err(e) => {
                             problems.push(format!("sink {}: {e}", p.name));
                             continue;
                         }
                     };
-                    if rows.is_empty() {
+                    if have.is_empty() {
                         if !p.create_tables {
                             problems.push(format!(
                                 "sink {}: target table {} does not exist; create it or set create_tables = true",
@@ -140,8 +133,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                         }
                         continue;
                     }
-                    let have: HashMap<String, String> =
-                        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+
                     for c in &t.columns {
                         match have.get(&c.name) {
                             None if !p.create_tables => problems.push(format!(

@@ -324,6 +324,22 @@ struct Job {
 /// Pages per chunk: about 64 MiB of heap.
 const CHUNK_PAGES: i64 = 8192;
 
+/// Column name -> type (as `format_type` prints it) of `t`'s table on a
+/// target; empty when the table does not exist.
+pub async fn target_columns(
+    client: &tokio_postgres::Client,
+    t: &TableSpec,
+) -> Result<HashMap<String, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&t.sql_name()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Prepares a target table: creates it when allowed, checks the columns,
 /// empties it; returns whether binary COPY fits (identical types).
 async fn prepare_table(
@@ -338,22 +354,16 @@ async fn prepare_table(
             .await
             .map_err(|e| SnapshotError::db(&what("creating"), e))?;
     }
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&t.sql_name()],
-        )
+    let have = target_columns(client, t)
         .await
         .map_err(|e| SnapshotError::db(&what("reading columns of"), e))?;
-    if rows.is_empty() {
+    if have.is_empty() {
         return Err(SnapshotError::Definite(format!(
             "sink {}: target table {} does not exist; create it or set create_tables = true",
             target.sink,
             t.qualified_name()
         )));
     }
-    let have: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut binary = true;
     for c in &t.columns {
         match have.get(&c.name) {
