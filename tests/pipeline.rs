@@ -204,6 +204,26 @@ fn assert_same(src: &str, dst: &str, table: &str, key: &str) {
     }
 }
 
+/// Waits until `slot` is active (a `run` is streaming from it).
+fn wait_streaming(slot: &str) {
+    wait_for("the slot to stream", 60, || {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+            ),
+        ) == "1"
+    });
+}
+
+/// SIGTERM to a `run` and its exit status.
+fn stop_run(mut child: Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().expect("wait for pgbridge run")
+}
+
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -291,7 +311,7 @@ fn kill_and_restart_converges() {
         &src,
         &format!("INSERT INTO t1 VALUES {}", t1_row(99_999_999, 7)),
     );
-    let mut child = spawn_run(&config, &log);
+    let child = spawn_run(&config, &log);
     wait_for("target a to catch up", 180, || {
         psql(
             &dst_a,
@@ -302,10 +322,7 @@ fn kill_and_restart_converges() {
     wait_for("target b to catch up", 60, || {
         psql(&dst_b, "SELECT count(*) FROM t1 WHERE id = 99999999") == "1"
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("wait");
+    let status = stop_run(child);
     assert!(
         status.success(),
         "SIGTERM exit: {status}\n{}",
@@ -346,12 +363,7 @@ fn stopped_target_holds_the_slot() {
         &[("t", target.url("postgres", "postgres"), &[])],
     );
     let mut child = spawn_run(&config, &log);
-    wait_for("the slot to stream", 60, || {
-        psql(
-            "postgres",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_hold' AND active",
-        ) == "1"
-    });
+    wait_streaming("pl_hold");
     psql(
         &src,
         "INSERT INTO h SELECT g, 'a' FROM generate_series(1, 100) g",
@@ -409,10 +421,8 @@ fn stopped_target_holds_the_slot() {
         child.try_wait().expect("try_wait").is_none(),
         "run exited on a transient error"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().expect("wait").success());
+    let status = stop_run(child);
+    assert!(status.success(), "SIGTERM exit: {status}");
     psql("postgres", "SELECT pg_drop_replication_slot('pl_hold')");
 }
 
@@ -531,13 +541,8 @@ fn copy_only_filters_then_stream() {
         "INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(2000, 2010) g",
     );
     write("initial");
-    let mut child = spawn_run(&config, &log);
-    wait_for("the slot to stream", 60, || {
-        psql(
-            "postgres",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_copy' AND active",
-        ) == "1"
-    });
+    let child = spawn_run(&config, &log);
+    wait_streaming("pl_copy");
     psql(&src, "INSERT INTO f VALUES (3000, 1, 'x'), (3001, 1, 'x')");
     wait_for("rows copied again and streamed", 60, || {
         psql(&dst, "SELECT count(*) FROM f") == "507"
@@ -547,10 +552,8 @@ fn copy_only_filters_then_stream() {
         "0",
         "row filter"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().expect("wait").success());
+    let status = stop_run(child);
+    assert!(status.success(), "SIGTERM exit: {status}");
     psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
 }
 
@@ -578,12 +581,7 @@ fn definite_error_stops() {
     )
     .expect("config");
     let mut child = spawn_run(&config, &log);
-    wait_for("the slot to stream", 60, || {
-        psql(
-            "postgres",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pl_def' AND active",
-        ) == "1"
-    });
+    wait_streaming("pl_def");
     let before = psql(
         "postgres",
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",

@@ -86,6 +86,13 @@ struct FixedIds {
     transaction: Option<(u32, u32)>,
 }
 
+/// Which fixed (not per-table) record kind.
+#[derive(Clone, Copy)]
+enum FixedKind {
+    Message,
+    Transaction,
+}
+
 /// The producer and its delivery bookkeeping.
 struct Out {
     producer: ThreadedProducer<Context>,
@@ -482,6 +489,40 @@ impl KafkaSink {
         })
     }
 
+    /// Registry ids (key, value) of a fixed record kind on `topic`,
+    /// registered on first use.
+    async fn fixed_schema_ids(
+        &mut self,
+        kind: FixedKind,
+        topic: &str,
+    ) -> Result<(u32, u32), SinkError> {
+        let known = match kind {
+            FixedKind::Message => self.fixed_ids.message,
+            FixedKind::Transaction => self.fixed_ids.transaction,
+        };
+        if let Some(ids) = known {
+            return Ok(ids);
+        }
+        let (k, v) = {
+            let f = self.fixed()?;
+            match kind {
+                FixedKind::Message => (f.message_key.json.clone(), f.message.json.clone()),
+                FixedKind::Transaction => {
+                    (f.transaction_key.json.clone(), f.transaction.json.clone())
+                }
+            }
+        };
+        let ids = (
+            self.register(&format!("{topic}-key"), &k).await?,
+            self.register(&format!("{topic}-value"), &v).await?,
+        );
+        match kind {
+            FixedKind::Message => self.fixed_ids.message = Some(ids),
+            FixedKind::Transaction => self.fixed_ids.transaction = Some(ids),
+        }
+        Ok(ids)
+    }
+
     fn fixed(&mut self) -> Result<&FixedSchemas, SinkError> {
         if self.fixed.is_none() {
             self.fixed = Some(FixedSchemas::load().map_err(|e| self.definite(e.to_string()))?);
@@ -552,21 +593,9 @@ impl KafkaSink {
                 .map_err(|e| self.definite(format!("encoding a transaction record: {e}")))?;
             }
             Format::Avro => {
-                let (kid, vid) = match self.fixed_ids.transaction {
-                    Some(ids) => ids,
-                    None => {
-                        let (k, v) = {
-                            let f = self.fixed()?;
-                            (f.transaction_key.json.clone(), f.transaction.json.clone())
-                        };
-                        let ids = (
-                            self.register(&format!("{topic}-key"), &k).await?,
-                            self.register(&format!("{topic}-value"), &v).await?,
-                        );
-                        self.fixed_ids.transaction = Some(ids);
-                        ids
-                    }
-                };
+                let (kid, vid) = self
+                    .fixed_schema_ids(FixedKind::Transaction, &topic)
+                    .await?;
                 let mut key = avro::wire(kid);
                 let mut value = avro::wire(vid);
                 let f = self.fixed()?;
@@ -947,21 +976,7 @@ impl KafkaSink {
                 .map_err(|e| self.definite(format!("encoding a message: {e}")))?;
             }
             Format::Avro => {
-                let (kid, vid) = match self.fixed_ids.message {
-                    Some(ids) => ids,
-                    None => {
-                        let (k, v) = {
-                            let f = self.fixed()?;
-                            (f.message_key.json.clone(), f.message.json.clone())
-                        };
-                        let ids = (
-                            self.register(&format!("{topic}-key"), &k).await?,
-                            self.register(&format!("{topic}-value"), &v).await?,
-                        );
-                        self.fixed_ids.message = Some(ids);
-                        ids
-                    }
-                };
+                let (kid, vid) = self.fixed_schema_ids(FixedKind::Message, &topic).await?;
                 let mut key = avro::wire(kid);
                 let mut value = avro::wire(vid);
                 let envelope = self.envelope.clone();
