@@ -126,6 +126,9 @@ pub struct PostgresSinkSection {
     pub tables: Vec<String>,
     #[serde(default)]
     pub create_tables: bool,
+    /// The initial copy drops a table's indexes and rebuilds them after.
+    #[serde(default = "default_true")]
+    pub defer_indexes: bool,
     #[serde(default = "default_batch_rows")]
     pub batch_max_rows: usize,
     #[serde(default = "default_batch_bytes")]
@@ -134,6 +137,9 @@ pub struct PostgresSinkSection {
     pub batch_max_txns: usize,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_batch_rows() -> usize {
     10_000
 }

@@ -28,6 +28,10 @@ pub fn trials() -> Vec<Trial> {
             "pipeline::copy_only_filters_then_stream",
             copy_only_filters_then_stream,
         ),
+        trial(
+            "pipeline::copy_defers_and_rebuilds_indexes",
+            copy_defers_and_rebuilds_indexes,
+        ),
     ]
 }
 
@@ -555,6 +559,137 @@ fn copy_only_filters_then_stream() {
     let status = stop_run(child);
     assert!(status.success(), "SIGTERM exit: {status}");
     psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
+}
+
+/// Runs `pgbridge run` on `config` until it exits by itself (a copy-only
+/// run); returns whether it succeeded.
+fn run_to_exit(config: &std::path::Path, log: &std::path::Path) -> bool {
+    let mut child = spawn_run(config, log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        assert!(Instant::now() < deadline, "a copy-only run did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The initial copy takes a target table's indexes off and rebuilds them
+/// (constraints, replica identity, CLUSTER ON included) when the table is
+/// complete; a table whose index has a comment keeps its indexes. A
+/// rebuild that fails (the target has a unique constraint the source
+/// breaks) stops the run naming the index, with the definitions kept in
+/// `pgbridge.snapshot_indexes`; the next copy of the table, after the
+/// source is fixed, restores them all.
+fn copy_defers_and_rebuilds_indexes() {
+    let (port, src) = harness::fresh_db("pl_idx_src");
+    let (_, dst) = harness::fresh_db("pl_idx_dst");
+    psql(
+        &src,
+        "CREATE TABLE ix (id int PRIMARY KEY, u int NOT NULL, v text, w int);
+         INSERT INTO ix SELECT g, -g, md5(g::text), g % 19999 FROM generate_series(1, 20000) g;
+         CREATE TABLE kept (id int PRIMARY KEY, v text);
+         INSERT INTO kept SELECT g, g::text FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR TABLE ix, kept;",
+    );
+    psql(
+        &dst,
+        "CREATE TABLE ix (id int PRIMARY KEY, u int NOT NULL, v text, w int);
+         CREATE UNIQUE INDEX ix_u ON ix (u);
+         ALTER TABLE ix REPLICA IDENTITY USING INDEX ix_u;
+         CREATE INDEX ix_v ON ix (v);
+         ALTER TABLE ix CLUSTER ON ix_v;
+         ALTER TABLE ix ADD CONSTRAINT ix_w UNIQUE (w);
+         CREATE TABLE kept (id int PRIMARY KEY, v text);
+         CREATE INDEX kept_v ON kept (v);
+         COMMENT ON INDEX kept_v IS 'mine';",
+    );
+    let shape =
+        "SELECT string_agg(format('%s %s %s %s', pg_get_indexdef(i.indexrelid), i.indisreplident, \
+                 i.indisclustered, coalesce(c.conname || ' ' || c.contype::text, '-')), '; ' ORDER BY pg_get_indexdef(i.indexrelid)) \
+                 FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid \
+                 WHERE i.indrelid IN ('ix'::regclass, 'kept'::regclass)";
+    let before = psql(&dst, shape);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_idx\"\npublications = [\"p\"]\nsnapshot = \"initial_only\"\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("config");
+
+    // w has one duplicate on the source (1 and 20000): ix_w cannot be rebuilt.
+    assert!(!run_to_exit(&config, &log), "the rebuild must fail");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("ix_w") && line.contains("pgbridge.snapshot_indexes"),
+        "{text}"
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM pgbridge.snapshot_indexes"
+        ),
+        "ix_pkey,ix_u,ix_v,ix_w",
+        "definitions kept while the table is incomplete"
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'ix'::regclass"
+        ),
+        "0"
+    );
+
+    psql(&src, "UPDATE ix SET w = id");
+    assert!(
+        run_to_exit(&config, &log),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        psql(&dst, "SELECT count(*), sum(w), sum(u) FROM ix"),
+        psql(&src, "SELECT count(*), sum(w), sum(u) FROM ix")
+    );
+    assert_eq!(psql(&dst, "SELECT count(*) FROM kept"), "100");
+    assert_eq!(psql(&dst, shape), before, "every index back as it was");
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT relreplident FROM pg_class WHERE oid = 'ix'::regclass"
+        ),
+        "i"
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT obj_description('kept_v'::regclass, 'pg_class')"
+        ),
+        "mine"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM pgbridge.snapshot_indexes"),
+        "0"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("indexes rebuilt"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("indexes dropped") && l.contains("public.kept")),
+        "kept keeps its indexes: {text}"
+    );
 }
 
 /// A change the target rejects for good stops `run` with one line naming

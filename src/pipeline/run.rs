@@ -95,6 +95,7 @@ fn targets(config: &Config) -> Vec<(usize, Target)> {
                     info: p.url.info.clone(),
                     tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
                     create_tables: p.create_tables,
+                    defer_indexes: p.defer_indexes,
                 },
             )),
             SinkConfig::Kafka(_) => None,

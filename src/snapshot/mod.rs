@@ -11,7 +11,8 @@
 //!
 //! Restarts: completion is recorded per (sink, table) in the target
 //! (`pgbridge.snapshot_tables`, with the consistent point the copy belongs
-//! to) in the transaction of the table's last chunk... after all chunks.
+//! to) once every chunk of it has committed, in the transaction that
+//! also rebuilds the indexes deferred for the copy (see `indexes`).
 //! A table that was not complete is truncated and copied again under a new
 //! exported snapshot (a temporary slot's), and the fan-out skips that
 //! table's changes committed before the new consistent point, so tables
@@ -30,6 +31,8 @@ use futures_util::{SinkExt, StreamExt};
 use crate::pg::{self, ident, literal, qualified};
 use crate::source::ConnInfo;
 use crate::Lsn;
+
+mod indexes;
 
 /// A published table and what of it is published.
 #[derive(Debug, Clone)]
@@ -109,6 +112,9 @@ pub struct Target {
     /// `schema.table`; `None` = every published table.
     pub tables: Option<HashSet<String>>,
     pub create_tables: bool,
+    /// Drop the table's indexes for the copy and rebuild them after it
+    /// (see `indexes`).
+    pub defer_indexes: bool,
 }
 
 impl Target {
@@ -169,7 +175,8 @@ pub async fn completed(
     pipeline: &str,
 ) -> Result<HashMap<String, Lsn>, SnapshotError> {
     let client = pg::connect(&target.info).await?;
-    client.batch_execute(STATE_DDL).await.map_err(|e| {
+    let ddl = format!("{STATE_DDL};\n{}", indexes::DDL);
+    client.batch_execute(&ddl).await.map_err(|e| {
         SnapshotError::db(
             &format!("sink {}: creating pgbridge.snapshot_tables", target.sink),
             e,
@@ -341,10 +348,12 @@ pub async fn target_columns(
 }
 
 /// Prepares a target table: creates it when allowed, checks the columns,
-/// empties it; returns whether binary COPY fits (identical types).
+/// empties it and (when allowed) takes its indexes off until the copy is
+/// complete; returns whether binary COPY fits (identical types).
 async fn prepare_table(
     client: &tokio_postgres::Client,
     target: &Target,
+    pipeline: &str,
     t: &TableSpec,
 ) -> Result<bool, SnapshotError> {
     let what = |s: &str| format!("sink {}: {s} {}", target.sink, t.qualified_name());
@@ -382,10 +391,30 @@ async fn prepare_table(
             Some(ty) => binary &= *ty == c.type_name,
         }
     }
-    client
-        .batch_execute(&format!("TRUNCATE {}", t.sql_name()))
-        .await
-        .map_err(|e| SnapshotError::db(&what("emptying"), e))?;
+    let empty = async {
+        client.batch_execute("BEGIN").await?;
+        let deferred = if target.defer_indexes {
+            indexes::defer(client, pipeline, &target.sink, t).await?
+        } else {
+            0
+        };
+        client
+            .batch_execute(&format!("TRUNCATE {}; COMMIT", t.sql_name()))
+            .await?;
+        Ok::<_, tokio_postgres::Error>(deferred)
+    };
+    match empty.await {
+        Ok(deferred) => {
+            if deferred > 0 {
+                tracing::info!(sink = %target.sink, table = %t.qualified_name(), indexes = deferred,
+                    "indexes dropped for the copy; rebuilt when it completes");
+            }
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(SnapshotError::db(&what("emptying"), e));
+        }
+    }
     Ok(binary)
 }
 
@@ -408,7 +437,7 @@ pub async fn copy(
         let target = &targets[ti];
         let client = pg::connect(&target.info).await?;
         for t in tables {
-            let binary = prepare_table(&client, target, &t).await?;
+            let binary = prepare_table(&client, target, pipeline, &t).await?;
             let table = Arc::new(t);
             total_bytes += table.bytes.max(0) as u64;
             ntables += 1;
@@ -587,30 +616,81 @@ async fn worker(
             .map_err(|e| SnapshotError::db(&what, e))?;
         job.rows.fetch_add(rows, Ordering::Relaxed);
         copied_rows.fetch_add(rows, Ordering::Relaxed);
-        let last = job.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
-        if last {
-            let total = job.rows.load(Ordering::Relaxed) as i64;
-            dst.execute(
-                "INSERT INTO pgbridge.snapshot_tables (pipeline, sink, table_name, start_lsn, rows) \
-                 VALUES ($1, $2, $3, $4::text::pg_lsn, $5) ON CONFLICT (pipeline, sink, table_name) \
-                 DO UPDATE SET start_lsn = excluded.start_lsn, rows = excluded.rows, completed_at = now()",
-                &[&pipeline, &target.sink, &t.qualified_name(), &start.to_string(), &total],
-            )
-            .await
-            .map_err(|e| SnapshotError::db(&what, e))?;
-        }
         dst.batch_execute("COMMIT")
             .await
             .map_err(|e| SnapshotError::db(&what, e))?;
-        if last {
-            progress.table_done(
-                &target.sink,
-                &t.qualified_name(),
-                job.rows.load(Ordering::Relaxed),
-            );
+        // The chunk that commits last completes the table, in a transaction
+        // of its own: every chunk is committed by then.
+        if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let total = job.rows.load(Ordering::Relaxed);
+            complete_table(dst, target, pipeline, t, start, total).await?;
+            progress.table_done(&target.sink, &t.qualified_name(), total);
         }
     }
     let _ = src.batch_execute("COMMIT").await;
+    Ok(())
+}
+
+/// Rebuilds the table's deferred indexes and records its copy as complete,
+/// in one transaction.
+async fn complete_table(
+    dst: &tokio_postgres::Client,
+    target: &Target,
+    pipeline: &str,
+    t: &TableSpec,
+    start: Lsn,
+    rows: u64,
+) -> Result<(), SnapshotError> {
+    let what = format!(
+        "sink {}: completing the copy of {}",
+        target.sink,
+        t.qualified_name()
+    );
+    dst.batch_execute("BEGIN")
+        .await
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let rebuilt = match indexes::restore(dst, pipeline, &target.sink, t).await {
+        Ok(n) => n,
+        Err((index, e)) => {
+            let _ = dst.batch_execute("ROLLBACK").await;
+            return Err(match index {
+                Some(index) => SnapshotError::db(
+                    &format!(
+                        "sink {sink}: rebuilding index {index} of {table} after its copy failed \
+                         (the target has a constraint the source's rows break: fix the rows on \
+                         the source, or give the index up with DELETE FROM \
+                         pgbridge.snapshot_indexes WHERE sink = {} AND table_name = {} AND \
+                         name = {})",
+                        literal(&target.sink),
+                        literal(&t.qualified_name()),
+                        literal(&index),
+                        sink = target.sink,
+                        table = t.qualified_name(),
+                    ),
+                    e,
+                ),
+                None => SnapshotError::db(&what, e),
+            });
+        }
+    };
+    let total = rows as i64;
+    let done = async {
+        dst.execute(
+            "INSERT INTO pgbridge.snapshot_tables (pipeline, sink, table_name, start_lsn, rows) \
+             VALUES ($1, $2, $3, $4::text::pg_lsn, $5) ON CONFLICT (pipeline, sink, table_name) \
+             DO UPDATE SET start_lsn = excluded.start_lsn, rows = excluded.rows, completed_at = now()",
+            &[&pipeline, &target.sink, &t.qualified_name(), &start.to_string(), &total],
+        )
+        .await?;
+        dst.batch_execute("COMMIT").await
+    };
+    if let Err(e) = done.await {
+        let _ = dst.batch_execute("ROLLBACK").await;
+        return Err(SnapshotError::db(&what, e));
+    }
+    if rebuilt > 0 {
+        tracing::info!(sink = %target.sink, table = %t.qualified_name(), indexes = rebuilt, "indexes rebuilt");
+    }
     Ok(())
 }
 
