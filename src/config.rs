@@ -21,6 +21,16 @@ pub struct Config {
     pub source: SourceConfig,
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkConfig>,
+    /// `/metrics`, `/healthz`, `/status` (off when absent).
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// What the initial snapshot does.
@@ -376,6 +386,23 @@ create_tables = true
 
     fn err(text: &str) -> String {
         Config::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn http_section() {
+        let c = Config::parse(
+            &format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:9187\"\n"),
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.http.map(|h| h.listen.to_string()),
+            Some("127.0.0.1:9187".to_string())
+        );
+        let e = err(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
+        assert!(e.contains("socket address"), "{e}");
+        let e = err(&format!("{GOOD}\n[http]\nport = 1\n"));
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod encode;
+pub mod http;
 pub mod lsn;
 pub mod model;
 pub mod pg;

@@ -32,6 +32,7 @@ pub fn trials() -> Vec<Trial> {
             "pipeline::copy_defers_and_rebuilds_indexes",
             copy_defers_and_rebuilds_indexes,
         ),
+        trial("pipeline::http_endpoints", http_endpoints),
     ]
 }
 
@@ -690,6 +691,127 @@ fn copy_defers_and_rebuilds_indexes() {
             .any(|l| l.contains("indexes dropped") && l.contains("public.kept")),
         "kept keeps its indexes: {text}"
     );
+}
+
+/// One HTTP/1.1 GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The value of one sample in a Prometheus exposition.
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{metrics}"))
+}
+
+/// `[http]`: /healthz answers 200 while streaming, /metrics counts the
+/// transactions and shows the positions, /status is JSON; a taken port
+/// stops `run` with one line naming `http.listen`.
+fn http_endpoints() {
+    let (port, src) = harness::fresh_db("pl_http_src");
+    let (_, dst) = harness::fresh_db("pl_http_dst");
+    psql(
+        &src,
+        "CREATE TABLE h (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE h;",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let http = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_http\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("config");
+    // The port is still taken by `listener`.
+    assert!(!run_to_exit(&config, &log));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("error:") && l.contains("http.listen")),
+        "{text}"
+    );
+    drop(listener);
+
+    let child = spawn_run(&config, &log);
+    wait_streaming("pl_http");
+    wait_for("/healthz to answer 200", 30, || {
+        http_get(http, "/healthz") == (200, "ok\n".to_string())
+    });
+    for i in 0..10 {
+        psql(&src, &format!("INSERT INTO h VALUES ({i}, 'x')"));
+    }
+    psql(&src, "UPDATE h SET v = 'y'");
+    wait_for("rows to arrive", 30, || {
+        psql(&dst, "SELECT count(*) FROM h WHERE v = 'y'") == "10"
+    });
+    let slot_lsn = |lsn: f64| {
+        psql(
+            "postgres",
+            &format!("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') >= {lsn} FROM pg_replication_slots WHERE slot_name = 'pl_http'"),
+        ) == "t"
+    };
+    wait_for("the metrics to show the confirmed position", 30, || {
+        let (code, m) = http_get(http, "/metrics");
+        code == 200
+            && sample(&m, "pgbridge_transactions_total{pipeline=\"pl_http\"}") >= 11.0
+            && sample(
+                &m,
+                "pgbridge_sink_acked_lsn_bytes{pipeline=\"pl_http\",sink=\"d\",type=\"postgres\"}",
+            ) > 0.0
+            && slot_lsn(sample(
+                &m,
+                "pgbridge_confirmed_lsn_bytes{pipeline=\"pl_http\"}",
+            ))
+    });
+    let (_, m) = http_get(http, "/metrics");
+    assert_eq!(
+        sample(&m, "pgbridge_changes_total{pipeline=\"pl_http\"}"),
+        20.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "pgbridge_phase{pipeline=\"pl_http\",phase=\"streaming\"}"
+        ),
+        1.0
+    );
+    let (code, status) = http_get(http, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
+    assert_eq!(status["phase"], "streaming", "{status}");
+    assert_eq!(status["slot"], "pl_http");
+    assert_eq!(status["sinks"][0]["name"], "d");
+    assert_eq!(status["sinks"][0]["type"], "postgres");
+    assert_eq!(http_get(http, "/nope").0, 404);
+    let status = stop_run(child);
+    assert!(status.success(), "SIGTERM exit: {status}");
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_http')");
 }
 
 /// A change the target rejects for good stops `run` with one line naming

@@ -4,3 +4,4 @@
 pub mod ack;
 pub mod fanout;
 pub mod run;
+pub mod stats;

@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,7 +20,9 @@ use tokio::task::JoinSet;
 
 use super::ack::Tracker;
 use super::fanout::{Fanout, Route};
+use super::stats::{Phase, Stats};
 use crate::config::{Config, SinkConfig, SnapshotMode};
+use crate::model::Event;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::sink::{Sink, SinkError};
@@ -106,11 +109,50 @@ fn targets(config: &Config) -> Vec<(usize, Target)> {
 /// Runs until `shutdown` resolves (then finishes in-flight work, confirms
 /// and returns `Ok`) or a definite error.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
+    let stats = Arc::new(Stats::new(
+        config.pipeline_id(),
+        &config.source.slot,
+        config
+            .sinks
+            .iter()
+            .map(|s| {
+                let kind = match s {
+                    SinkConfig::Postgres(_) => "postgres",
+                    SinkConfig::Kafka(_) => "kafka",
+                };
+                (s.name().to_string(), kind)
+            })
+            .collect(),
+    ));
+    let server = match &config.http {
+        Some(h) => {
+            let listener = crate::http::bind(h.listen)
+                .await
+                .map_err(PipelineError::Other)?;
+            tracing::info!(listen = %h.listen, "serving /metrics, /healthz, /status");
+            Some(tokio::spawn(crate::http::serve(listener, stats.clone())))
+        }
+        None => None,
+    };
+    let result = run_with(&config, shutdown, &stats).await;
+    stats.stopped(result.as_ref().err().map(|e| e.to_string()));
+    if let Some(server) = server {
+        server.abort();
+    }
+    result
+}
+
+/// [`run`] reporting into `stats`.
+pub async fn run_with(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+    stats: &Stats,
+) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(500);
     loop {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let attempt = attempt(&config, stop_rx);
+        let attempt = attempt(config, stop_rx, stats);
         tokio::pin!(attempt);
         let result = tokio::select! {
             r = &mut attempt => r,
@@ -124,6 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Ok(Outcome::Progressed) => backoff = Duration::from_millis(500),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "pipeline interrupted; retrying");
+                stats.retrying(e.to_string());
             }
             Err(e) => return Err(e),
         }
@@ -149,7 +192,9 @@ enum Outcome {
 async fn attempt(
     config: &Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    stats: &Stats,
 ) -> Result<Outcome, PipelineError> {
+    stats.set_phase(Phase::Starting);
     let src = &config.source;
     let info = &src.url.info;
     let pipeline = config.pipeline_id();
@@ -266,7 +311,8 @@ async fn attempt(
                         .insert(t.qualified_name(), start);
                 }
             }
-            let stats = snapshot::copy(
+            stats.set_phase(Phase::Copying);
+            let copied = snapshot::copy(
                 info,
                 &snapshot_name,
                 start,
@@ -276,10 +322,11 @@ async fn attempt(
                 src.snapshot_workers,
             )
             .await?;
+            stats.copied(copied.rows);
             tracing::info!(
-                tables = stats.tables,
-                rows = stats.rows,
-                bytes = stats.bytes,
+                tables = copied.tables,
+                rows = copied.rows,
+                bytes = copied.bytes,
                 "initial copy complete"
             );
             if let Some(c2) = snap_conn {
@@ -321,11 +368,15 @@ async fn attempt(
     let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
     let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();
     let mut outs = Vec::new();
+    let mut queues = Vec::new();
     for (i, ((mut sink, acker), route)) in sinks.drain(..).zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        queues.push((tx.downgrade(), QUEUE_CAPACITY));
         outs.push((route, tx));
         tasks.spawn(async move { (i, sink.run(rx, acker).await) });
     }
+    stats.streaming(tracker.clone(), queues);
+    stats.confirmed(start);
     let mut fanout = Fanout::new(outs, tracker.clone());
     let spill = src
         .spill_dir
@@ -345,7 +396,9 @@ async fn attempt(
                 });
             }
             Ok(()) = confirmed_rx.changed() => {
-                stream.confirm(*confirmed_rx.borrow());
+                let lsn = *confirmed_rx.borrow();
+                stream.confirm(lsn);
+                stats.confirmed(lsn);
             }
             ev = stream.recv() => {
                 let ev = match ev {
@@ -354,7 +407,8 @@ async fn attempt(
                     None => break Err(SourceError::Closed { target: info.to_string() }.into()),
                 };
                 match ev {
-                    ReplEvent::XLogData { wal_start, data, .. } => {
+                    ReplEvent::XLogData { wal_start, wal_end, data } => {
+                        stats.source_message(Some(wal_start), wal_end);
                         if let Err(e) = changes.push(wal_start, data).await {
                             break Err(e.into());
                         }
@@ -362,6 +416,11 @@ async fn attempt(
                         loop {
                             match changes.next_event() {
                                 Ok(Some(ev)) => {
+                                    match &ev {
+                                        Event::Commit { .. } => stats.transaction(),
+                                        Event::Change(_) => stats.change(),
+                                        _ => {}
+                                    }
                                     if fanout.dispatch(ev).await.is_err() {
                                         break; // the sink's task reports why
                                     }
@@ -375,6 +434,7 @@ async fn attempt(
                         }
                     }
                     ReplEvent::Keepalive { wal_end } => {
+                        stats.source_message(None, wal_end);
                         if !changes.in_transaction() {
                             let _ = fanout.advance_idle(wal_end).await;
                         }
@@ -394,6 +454,7 @@ async fn attempt(
         }
     }
     stream.confirm(tracker.confirmed());
+    stats.confirmed(tracker.confirmed());
     let _ = stream.shutdown().await;
     match (result, sink_err) {
         (Err(e), _) => Err(e),

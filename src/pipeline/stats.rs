@@ -1,0 +1,358 @@
+//! What a running pipeline reports about itself: its phase, positions,
+//! queues and counters. The pipeline writes, `crate::http` reads and
+//! renders `/metrics`, `/healthz` and `/status`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc::WeakSender;
+
+use super::ack::Tracker;
+use crate::sink::SinkItem;
+use crate::Lsn;
+
+/// Where the pipeline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Opening sinks and the source.
+    Starting,
+    /// The initial copy.
+    Copying,
+    /// Streaming from the slot.
+    Streaming,
+    /// Waiting to retry after a transient error.
+    Retrying,
+    /// Stopped (signal, copy-only run finished, or a definite error).
+    Stopped,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Copying,
+        Phase::Streaming,
+        Phase::Retrying,
+        Phase::Stopped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Copying => "copying",
+            Phase::Streaming => "streaming",
+            Phase::Retrying => "retrying",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// A sink as the pipeline's report shows it.
+struct SinkEntry {
+    name: String,
+    kind: &'static str,
+    /// The sink's queue (weak: the report must not keep it open).
+    queue: Option<WeakSender<SinkItem>>,
+    queue_capacity: usize,
+}
+
+struct Inner {
+    phase: Phase,
+    phase_since: Instant,
+    last_error: Option<String>,
+    tracker: Option<Tracker>,
+    sinks: Vec<SinkEntry>,
+    last_source_message: Option<Instant>,
+}
+
+/// Shared between the pipeline (writer) and the HTTP endpoints (readers).
+pub struct Stats {
+    pub pipeline: String,
+    pub slot: String,
+    started: Instant,
+    started_at: SystemTime,
+    inner: Mutex<Inner>,
+    transactions: AtomicU64,
+    changes: AtomicU64,
+    restarts: AtomicU64,
+    copied_rows: AtomicU64,
+    received_lsn: AtomicU64,
+    server_wal_end: AtomicU64,
+    confirmed_lsn: AtomicU64,
+}
+
+/// A point-in-time copy of everything, for rendering.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub pipeline: String,
+    pub slot: String,
+    pub phase: Phase,
+    pub phase_seconds: f64,
+    pub last_error: Option<String>,
+    pub uptime_seconds: f64,
+    pub started_at_unix: u64,
+    /// What the slot was last told it may release.
+    pub confirmed_lsn: String,
+    /// The end of the last message received from the source.
+    pub received_lsn: String,
+    /// The server's WAL end as of its last message.
+    pub server_wal_end: String,
+    /// server_wal_end - confirmed_lsn: WAL the slot holds for pgbridge.
+    pub lag_bytes: u64,
+    pub last_source_message_seconds: Option<f64>,
+    pub transactions: u64,
+    pub changes: u64,
+    pub restarts: u64,
+    pub copied_rows: u64,
+    pub sinks: Vec<SinkSnapshot>,
+    #[serde(skip)]
+    pub confirmed: Lsn,
+    #[serde(skip)]
+    pub received: Lsn,
+    #[serde(skip)]
+    pub wal_end: Lsn,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SinkSnapshot {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The end of the last transaction the sink made durable (empty
+    /// before streaming starts).
+    pub acked_lsn: Option<String>,
+    #[serde(skip)]
+    pub acked: Option<Lsn>,
+    pub queue_items: usize,
+    pub queue_capacity: usize,
+}
+
+/// How long the source may stay silent while streaming before `/healthz`
+/// fails: servers send keepalives at least every wal_sender_timeout / 2
+/// (30 s by default).
+const SOURCE_SILENCE: Duration = Duration::from_secs(90);
+
+impl Stats {
+    /// Stats for a pipeline whose sinks are `(name, type)`.
+    pub fn new(pipeline: &str, slot: &str, sinks: Vec<(String, &'static str)>) -> Stats {
+        Stats {
+            pipeline: pipeline.to_string(),
+            slot: slot.to_string(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            inner: Mutex::new(Inner {
+                phase: Phase::Starting,
+                phase_since: Instant::now(),
+                last_error: None,
+                tracker: None,
+                sinks: sinks
+                    .into_iter()
+                    .map(|(name, kind)| SinkEntry {
+                        name,
+                        kind,
+                        queue: None,
+                        queue_capacity: 0,
+                    })
+                    .collect(),
+                last_source_message: None,
+            }),
+            transactions: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            copied_rows: AtomicU64::new(0),
+            received_lsn: AtomicU64::new(0),
+            server_wal_end: AtomicU64::new(0),
+            confirmed_lsn: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The data stays consistent field by field; a panic elsewhere must
+        // not take the report down with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        let mut g = self.lock();
+        if g.phase != phase {
+            g.phase = phase;
+            g.phase_since = Instant::now();
+        }
+        if phase == Phase::Streaming {
+            g.last_error = None;
+        }
+    }
+
+    /// A transient error ended an attempt; the next one follows.
+    pub fn retrying(&self, error: String) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.set_phase(Phase::Retrying);
+        self.lock().last_error = Some(error);
+    }
+
+    pub fn stopped(&self, error: Option<String>) {
+        self.set_phase(Phase::Stopped);
+        if error.is_some() {
+            self.lock().last_error = error;
+        }
+    }
+
+    /// Streaming started: the attempt's tracker and sink queues.
+    pub fn streaming(&self, tracker: Tracker, queues: Vec<(WeakSender<SinkItem>, usize)>) {
+        let mut g = self.lock();
+        g.tracker = Some(tracker);
+        for (entry, (queue, capacity)) in g.sinks.iter_mut().zip(queues) {
+            entry.queue = Some(queue);
+            entry.queue_capacity = capacity;
+        }
+        drop(g);
+        self.set_phase(Phase::Streaming);
+    }
+
+    /// A message from the source (data up to `received`, the server's WAL
+    /// at `wal_end`).
+    pub fn source_message(&self, received: Option<Lsn>, wal_end: Lsn) {
+        if let Some(r) = received {
+            self.received_lsn.fetch_max(r.0, Ordering::Relaxed);
+        }
+        self.server_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
+        self.lock().last_source_message = Some(Instant::now());
+    }
+
+    pub fn confirmed(&self, lsn: Lsn) {
+        self.confirmed_lsn.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    pub fn transaction(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn change(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn copied(&self, rows: u64) {
+        self.copied_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Whether the pipeline works: copying, or streaming with the source
+    /// heard from recently. The reason when not.
+    pub fn health(&self) -> Result<(), String> {
+        let g = self.lock();
+        match g.phase {
+            Phase::Copying => Ok(()),
+            Phase::Streaming => match g.last_source_message {
+                Some(t) if t.elapsed() > SOURCE_SILENCE => Err(format!(
+                    "no message from the source for {} s",
+                    t.elapsed().as_secs()
+                )),
+                _ => Ok(()),
+            },
+            Phase::Starting => Err("starting".into()),
+            Phase::Retrying => Err(format!(
+                "retrying after: {}",
+                g.last_error.as_deref().unwrap_or("an error")
+            )),
+            Phase::Stopped => Err(match &g.last_error {
+                Some(e) => format!("stopped: {e}"),
+                None => "stopped".into(),
+            }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let g = self.lock();
+        let confirmed = Lsn(self.confirmed_lsn.load(Ordering::Relaxed));
+        let received = Lsn(self.received_lsn.load(Ordering::Relaxed));
+        let wal_end = Lsn(self.server_wal_end.load(Ordering::Relaxed));
+        let sinks = g
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let acked = g.tracker.as_ref().map(|t| t.sink_position(i));
+                let queue_items = s
+                    .queue
+                    .as_ref()
+                    .and_then(|q| q.upgrade())
+                    .map(|q| q.max_capacity() - q.capacity())
+                    .unwrap_or(0);
+                SinkSnapshot {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    acked_lsn: acked.map(|l| l.to_string()),
+                    acked,
+                    queue_items,
+                    queue_capacity: s.queue_capacity,
+                }
+            })
+            .collect();
+        Snapshot {
+            pipeline: self.pipeline.clone(),
+            slot: self.slot.clone(),
+            phase: g.phase,
+            phase_seconds: g.phase_since.elapsed().as_secs_f64(),
+            last_error: g.last_error.clone(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            started_at_unix: self
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            confirmed_lsn: confirmed.to_string(),
+            received_lsn: received.to_string(),
+            server_wal_end: wal_end.to_string(),
+            lag_bytes: wal_end.0.saturating_sub(confirmed.0),
+            last_source_message_seconds: g.last_source_message.map(|t| t.elapsed().as_secs_f64()),
+            transactions: self.transactions.load(Ordering::Relaxed),
+            changes: self.changes.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            copied_rows: self.copied_rows.load(Ordering::Relaxed),
+            sinks,
+            confirmed,
+            received,
+            wal_end,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_the_phase() {
+        let s = Stats::new("p", "slot", vec![("a".into(), "postgres")]);
+        assert_eq!(s.health(), Err("starting".into()));
+        s.set_phase(Phase::Copying);
+        assert!(s.health().is_ok());
+        s.retrying("connection refused".into());
+        assert!(s.health().unwrap_err().contains("connection refused"));
+        let (tracker, _ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
+        s.streaming(tracker, Vec::new());
+        assert!(s.health().is_ok());
+        let snap = s.snapshot();
+        assert_eq!(snap.restarts, 1);
+        assert_eq!(snap.last_error, None, "cleared once streaming again");
+        assert_eq!(snap.sinks[0].acked, Some(Lsn(5)));
+        s.stopped(Some("sink a: column x missing".into()));
+        assert!(s.health().unwrap_err().contains("column x"));
+    }
+
+    #[test]
+    fn positions_never_go_back() {
+        let s = Stats::new("p", "slot", Vec::new());
+        s.source_message(Some(Lsn(100)), Lsn(200));
+        s.source_message(Some(Lsn(50)), Lsn(150));
+        s.confirmed(Lsn(80));
+        let snap = s.snapshot();
+        assert_eq!(
+            (snap.received, snap.wal_end, snap.confirmed),
+            (Lsn(100), Lsn(200), Lsn(80))
+        );
+        assert_eq!(snap.lag_bytes, 120);
+        assert_eq!(snap.received_lsn, "0/64");
+    }
+}
