@@ -844,6 +844,10 @@ fn definite_error_stops() {
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",
     );
     psql(&src, "INSERT INTO d VALUES (1, 'ok')");
+    // Separately: in one batch with the bad one it would be rolled back too.
+    wait_for("the good row", 30, || {
+        psql(&dst, "SELECT count(*) FROM d") == "1"
+    });
     psql(
         &src,
         "INSERT INTO d VALUES (2, 'much too long for varchar(3)')",
