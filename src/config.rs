@@ -388,6 +388,26 @@ create_tables = true
         Config::parse(text, "x.toml").unwrap_err().to_string()
     }
 
+    /// Every example in deploy/examples parses (variables set to "x").
+    #[test]
+    fn deploy_examples_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).expect("deploy/examples") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read example");
+            let text = expand_env(&text, |_| Some("x".into())).expect("variables");
+            let c = Config::parse(&text, &path.display().to_string())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(c.http.is_some(), "{}: examples show [http]", path.display());
+            n += 1;
+        }
+        assert!(n >= 3, "{n} examples");
+    }
+
     #[test]
     fn http_section() {
         let c = Config::parse(
