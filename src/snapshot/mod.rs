@@ -31,6 +31,8 @@ use crate::pg::{self, ident, literal, qualified};
 use crate::source::ConnInfo;
 use crate::Lsn;
 
+pub mod kafka;
+
 /// A published table and what of it is published.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
