@@ -85,6 +85,10 @@ pub fn trials() -> Vec<Trial> {
             "kafka::initial_copy_exactly_once_mock_cluster",
             initial_copy_exactly_once,
         ),
+        trial(
+            "kafka::initial_copy_avro_and_connect",
+            initial_copy_avro_and_connect,
+        ),
         // Run alone: cargo test --test main -- --ignored kafka::memory
         trial(
             "kafka::memory_one_large_transaction",
@@ -2494,4 +2498,144 @@ fn initial_copy_exactly_once() {
             .is_some_and(|v| v["complete"] != json!(false))),
         "exactly-once writes no start records"
     );
+}
+
+/// The copy into two Kafka sinks at once: Avro with the registry, and
+/// Kafka Connect JSON; the reads use the same schemas and conversions as
+/// streamed events.
+fn initial_copy_avro_and_connect() {
+    use apache_avro::types::Value as A;
+    use pgbridge::snapshot::kafka::{copy, KafkaJob};
+    use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction};
+    use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, SrSettings};
+    let (port, db) = crate::harness::fresh_db("kafka_copy_avro");
+    let url = crate::harness::url(port, &db);
+    crate::harness::psql(
+        &db,
+        "CREATE TABLE ka (id int PRIMARY KEY, name text, price numeric(24,2), added timestamptz, tags int[]); \
+         INSERT INTO ka VALUES (1, 'pen', 1.50, '2024-01-02 03:04:05.5+00', '{1,2}'), \
+           (2, NULL, 99999999999999999999.99, NULL, NULL), (3, E'tab\\there', 0, '2024-01-01 00:00:00+00', '{}'); \
+         CREATE PUBLICATION kap FOR TABLE ka;",
+    );
+    let broker = Tansu::start();
+    let rt = runtime();
+    let state = Arc::new(Mutex::new(RegistryState::default()));
+    let registry_url = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(serve_registry(l, state.clone()));
+        url
+    });
+    let mut avro = base_cfg(&broker.addr);
+    avro.name = "avro".into();
+    avro.topic = "ka_avro.{table}".into();
+    avro.format = Format::Avro;
+    avro.schema_registry = Some(SchemaRegistrySection {
+        url: registry_url.clone(),
+        username: None,
+        password: None,
+        timeout_secs: 10,
+    });
+    avro.validate().expect("valid");
+    let mut connect = base_cfg(&broker.addr);
+    connect.name = "connect".into();
+    connect.topic = "ka_connect.{table}".into();
+    connect.json_schemas = true;
+    connect.validate().expect("valid");
+    let info = ConnInfo::parse(&url).expect("url");
+    rt.block_on(async {
+        let mut conn = Connection::connect(&info, Mode::Replication)
+            .await
+            .expect("connect");
+        let snap = conn
+            .create_slot("kafka_copy_avro_tmp", true, SnapshotAction::Export)
+            .await
+            .expect("slot");
+        let tables = pgbridge::snapshot::published_tables(&info, &["kap".to_string()])
+            .await
+            .expect("tables");
+        let mut a = KafkaSink::new(avro, "avroslot", &info.dbname).with_source(info.clone());
+        let mut c = KafkaSink::new(connect, "avroslot", &info.dbname).with_source(info.clone());
+        for s in [&mut a, &mut c] {
+            s.open().await.expect("open");
+            assert!(s.snapshot_completed().await.expect("state").is_empty());
+        }
+        let stats = copy(
+            &info,
+            snap.snapshot_name.as_deref().expect("exported"),
+            snap.consistent_point,
+            vec![
+                KafkaJob {
+                    sink: &mut a,
+                    tables: tables.clone(),
+                },
+                KafkaJob {
+                    sink: &mut c,
+                    tables,
+                },
+            ],
+        )
+        .await
+        .expect("copy");
+        assert_eq!((stats.tables, stats.rows), (2, 6));
+        conn.close().await;
+    });
+    // Avro: registered key and value schemas, decoded reads.
+    let recs = consume(&broker.addr, "ka_avro.ka", false);
+    assert_eq!(recs.len(), 3);
+    let settings = SrSettings::new(registry_url);
+    let fetch = |bytes: &[u8]| -> apache_avro::types::Value {
+        assert_eq!(bytes[0], 0, "magic byte");
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let schema = rt
+            .block_on(get_schema_by_id(id, &settings))
+            .expect("GET /schemas/ids/{id}")
+            .schema;
+        avro_decode(&schema, &bytes[5..])
+    };
+    let mut marks = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        let k = fetch(r.raw_key.as_ref().expect("key"));
+        assert_eq!(avro_field(&k, "id"), A::Int(i as i32 + 1));
+        let v = fetch(r.raw_value.as_ref().expect("value"));
+        assert_eq!(avro_field(&v, "op"), A::String("r".into()));
+        let src = avro_field(&v, "source");
+        marks.push(avro_field(&src, "snapshot"));
+        if i == 0 {
+            let after = avro_field(&v, "after");
+            assert_eq!(avro_field(&after, "price"), A::String("1.50".into()));
+            assert_eq!(
+                avro_field(&after, "added"),
+                A::String("2024-01-02T03:04:05.5Z".into())
+            );
+            assert_eq!(
+                avro_field(&after, "tags"),
+                A::Array(vec![
+                    A::Union(1, Box::new(A::Int(1))),
+                    A::Union(1, Box::new(A::Int(2)))
+                ])
+            );
+        }
+    }
+    assert_eq!(
+        marks,
+        ["first", "true", "last"].map(|m| A::String(m.into()))
+    );
+    // Kafka Connect JSON: schema + payload around the same envelope.
+    let recs = consume(&broker.addr, "ka_connect.ka", false);
+    assert_eq!(recs.len(), 3);
+    let v = recs[2].value.as_ref().expect("value");
+    assert_eq!(v["payload"]["op"], "r");
+    assert_eq!(v["payload"]["after"]["name"], "tab\there");
+    assert_eq!(v["payload"]["source"]["snapshot"], "last");
+    assert!(v["schema"]["fields"].is_array(), "{v}");
+    assert_eq!(
+        recs[2].key.as_ref().map(|k| k["payload"].clone()),
+        Some(json!({"id": 3}))
+    );
+    let v = recs[1].value.as_ref().expect("value");
+    assert_eq!(v["payload"]["after"]["price"], "99999999999999999999.99");
+    assert_eq!(v["payload"]["after"]["added"], Json::Null);
 }
