@@ -1172,13 +1172,10 @@ fn avro_field(v: &apache_avro::types::Value, name: &str) -> apache_avro::types::
     }
 }
 
-fn avro_with_registry() {
-    use apache_avro::types::Value as A;
-    use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, SrSettings};
-    let broker = Tansu::start();
-    let rt = runtime();
+/// The registry stand-in on a free port of `rt`: its URL and state.
+fn start_registry(rt: &tokio::runtime::Runtime) -> (String, Arc<Mutex<RegistryState>>) {
     let state = Arc::new(Mutex::new(RegistryState::default()));
-    let registry_url = rt.block_on(async {
+    let url = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1186,16 +1183,46 @@ fn avro_with_registry() {
         tokio::spawn(serve_registry(l, state.clone()));
         url
     });
+    (url, state)
+}
+
+fn registry_section(url: &str) -> SchemaRegistrySection {
+    SchemaRegistrySection {
+        url: url.to_string(),
+        username: None,
+        password: None,
+        timeout_secs: 10,
+    }
+}
+
+/// The schema id of a Confluent wire-format datum and the schema the
+/// registry returns for it.
+fn registry_schema(
+    rt: &tokio::runtime::Runtime,
+    settings: &schema_registry_converter::async_impl::schema_registry::SrSettings,
+    bytes: &[u8],
+) -> (u32, String) {
+    use schema_registry_converter::async_impl::schema_registry::get_schema_by_id;
+    assert_eq!(bytes[0], 0, "magic byte");
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let schema = rt
+        .block_on(get_schema_by_id(id, settings))
+        .expect("GET /schemas/ids/{id}")
+        .schema;
+    (id, schema)
+}
+
+fn avro_with_registry() {
+    use apache_avro::types::Value as A;
+    use schema_registry_converter::async_impl::schema_registry::SrSettings;
+    let broker = Tansu::start();
+    let rt = runtime();
+    let (registry_url, state) = start_registry(&rt);
     let mut cfg = base_cfg(&broker.addr);
     cfg.topic = "avro.{schema}.{table}".into();
     cfg.format = Format::Avro;
     cfg.message_topic = Some("avro.messages".into());
-    cfg.schema_registry = Some(SchemaRegistrySection {
-        url: registry_url.clone(),
-        username: None,
-        password: None,
-        timeout_secs: 10,
-    });
+    cfg.schema_registry = Some(registry_section(&registry_url));
     cfg.validate().expect("valid");
     let v1 = relation(
         20000,
@@ -1287,15 +1314,7 @@ fn avro_with_registry() {
     let settings = SrSettings::new(registry_url);
     let mut decoded = Vec::new();
     for r in &recs {
-        let fetch = |bytes: &[u8]| -> (u32, String) {
-            assert_eq!(bytes[0], 0, "magic byte");
-            let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-            let schema = rt
-                .block_on(get_schema_by_id(id, &settings))
-                .expect("GET /schemas/ids/{id}")
-                .schema;
-            (id, schema)
-        };
+        let fetch = |bytes: &[u8]| registry_schema(&rt, &settings, bytes);
         let key = r.raw_key.as_ref().expect("a key");
         let (_, ks) = fetch(key);
         let k = avro_decode(&ks, &key[5..]);
@@ -1340,18 +1359,30 @@ fn avro_with_registry() {
 // ---------------------------------------------------------------------------
 // Exactly once, on librdkafka's mock cluster (it implements transactions).
 
-fn exactly_once() {
-    use rdkafka::mocking::MockCluster;
-    let mock = MockCluster::new(3).expect("mock cluster");
-    let brokers = mock.bootstrap_servers();
-    let items = items_rel();
-    for (t, p) in [("eos.items", 2), ("_pgbridge_progress", 1)] {
+/// librdkafka's mock cluster (3 brokers) with `topic` (2 partitions) and
+/// the progress topic, and an exactly-once sink writing `<prefix>.{table}`.
+fn eos_mock(
+    prefix: &str,
+    topic: &str,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    KafkaSinkSection,
+) {
+    let mock = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+    for (t, p) in [(topic, 2), ("_pgbridge_progress", 1)] {
         mock.create_topic(t, p, 3).expect("create topic");
     }
-    let mut cfg = KafkaSinkSection::new("cdc", &brokers);
-    cfg.topic = "eos.{table}".into();
+    let mut cfg = KafkaSinkSection::new("cdc", &mock.bootstrap_servers());
+    cfg.topic = format!("{prefix}.{{table}}");
     cfg.exactly_once = true;
     cfg.validate().expect("valid");
+    (mock, cfg)
+}
+
+fn exactly_once() {
+    let (mock, cfg) = eos_mock("eos", "eos.items");
+    let brokers = mock.bootstrap_servers();
+    let items = items_rel();
     let rows = 10u32;
     let rt = runtime();
     // Run 1: transactions 1..=5, committed.
@@ -2406,14 +2437,54 @@ fn copy_killed_and_resumed() {
     psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
 
+/// Opens `sinks` (none has copied anything yet) and copies every table of
+/// `publication` into each under a temporary slot's exported snapshot, as
+/// `pgbridge run` does; returns the snapshot's consistent point.
+async fn copy_directly(
+    info: &pgbridge::source::ConnInfo,
+    slot: &str,
+    publication: &str,
+    sinks: Vec<&mut KafkaSink>,
+) -> (Lsn, pgbridge::snapshot::CopyStats) {
+    use pgbridge::snapshot::kafka::{copy, KafkaJob};
+    use pgbridge::source::{Connection, Mode, SnapshotAction};
+    let mut conn = Connection::connect(info, Mode::Replication)
+        .await
+        .expect("connect");
+    let snap = conn
+        .create_slot(slot, true, SnapshotAction::Export)
+        .await
+        .expect("slot");
+    let tables = pgbridge::snapshot::published_tables(info, &[publication.to_string()])
+        .await
+        .expect("tables");
+    let mut jobs = Vec::new();
+    for sink in sinks {
+        sink.open().await.expect("open");
+        assert!(sink.snapshot_completed().await.expect("state").is_empty());
+        jobs.push(KafkaJob {
+            sink,
+            tables: tables.clone(),
+        });
+    }
+    let stats = copy(
+        info,
+        snap.snapshot_name.as_deref().expect("exported"),
+        snap.consistent_point,
+        jobs,
+    )
+    .await
+    .expect("copy");
+    conn.close().await;
+    (snap.consistent_point, stats)
+}
+
 /// Exactly-once: a table's reads and its completion record are one Kafka
 /// transaction (librdkafka's mock cluster; tansu has no transactions).
 /// The mock shows aborted records to read_committed consumers, so this
 /// checks the transactional path end to end, not the hiding of aborts.
 fn initial_copy_exactly_once() {
-    use pgbridge::snapshot::kafka::{copy, KafkaJob};
-    use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction};
-    use rdkafka::mocking::MockCluster;
+    use pgbridge::source::ConnInfo;
     let (port, db) = crate::harness::fresh_db("kafka_copy_eos");
     let url = crate::harness::url(port, &db);
     crate::harness::psql(
@@ -2422,49 +2493,20 @@ fn initial_copy_exactly_once() {
          INSERT INTO ke SELECT g, 'v' || g FROM generate_series(1, 500) g; \
          CREATE PUBLICATION kep FOR TABLE ke;",
     );
-    let mock = MockCluster::new(3).expect("mock cluster");
+    let (mock, cfg) = eos_mock("eosc", "eosc.ke");
     let brokers = mock.bootstrap_servers();
-    for (t, p) in [("eosc.ke", 2), ("_pgbridge_progress", 1)] {
-        mock.create_topic(t, p, 3).expect("create topic");
-    }
-    let mut cfg = KafkaSinkSection::new("cdc", &brokers);
-    cfg.topic = "eosc.{table}".into();
-    cfg.exactly_once = true;
-    cfg.validate().expect("valid");
     let info = ConnInfo::parse(&url).expect("url");
     let rt = runtime();
     let (start, stats) = rt.block_on(async {
-        let mut conn = Connection::connect(&info, Mode::Replication)
-            .await
-            .expect("connect");
-        let snap = conn
-            .create_slot("kafka_copy_eos_tmp", true, SnapshotAction::Export)
-            .await
-            .expect("slot");
-        let tables = pgbridge::snapshot::published_tables(&info, &["kep".to_string()])
-            .await
-            .expect("tables");
         let mut sink = KafkaSink::new(cfg.clone(), "eosslot", &info.dbname);
-        sink.open().await.expect("open");
-        assert!(sink.snapshot_completed().await.expect("state").is_empty());
-        let stats = copy(
-            &info,
-            snap.snapshot_name.as_deref().expect("exported"),
-            snap.consistent_point,
-            vec![KafkaJob {
-                sink: &mut sink,
-                tables,
-            }],
-        )
-        .await
-        .expect("copy");
-        conn.close().await;
+        let (start, stats) =
+            copy_directly(&info, "kafka_copy_eos_tmp", "kep", vec![&mut sink]).await;
         // A new instance fences the old one and finds the table complete.
         let mut again = KafkaSink::new(cfg.clone(), "eosslot", &info.dbname);
         again.open().await.expect("open");
         let done = again.snapshot_completed().await.expect("state");
-        assert_eq!(done.get("public.ke"), Some(&snap.consistent_point));
-        (snap.consistent_point, stats)
+        assert_eq!(done.get("public.ke"), Some(&start));
+        (start, stats)
     });
     assert_eq!((stats.tables, stats.rows), (1, 500));
     let recs = consume(&brokers, "eosc.ke", true);
@@ -2505,9 +2547,8 @@ fn initial_copy_exactly_once() {
 /// streamed events.
 fn initial_copy_avro_and_connect() {
     use apache_avro::types::Value as A;
-    use pgbridge::snapshot::kafka::{copy, KafkaJob};
-    use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction};
-    use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, SrSettings};
+    use pgbridge::source::ConnInfo;
+    use schema_registry_converter::async_impl::schema_registry::SrSettings;
     let (port, db) = crate::harness::fresh_db("kafka_copy_avro");
     let url = crate::harness::url(port, &db);
     crate::harness::psql(
@@ -2519,25 +2560,12 @@ fn initial_copy_avro_and_connect() {
     );
     let broker = Tansu::start();
     let rt = runtime();
-    let state = Arc::new(Mutex::new(RegistryState::default()));
-    let registry_url = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", l.local_addr().expect("addr"));
-        tokio::spawn(serve_registry(l, state.clone()));
-        url
-    });
+    let (registry_url, _) = start_registry(&rt);
     let mut avro = base_cfg(&broker.addr);
     avro.name = "avro".into();
     avro.topic = "ka_avro.{table}".into();
     avro.format = Format::Avro;
-    avro.schema_registry = Some(SchemaRegistrySection {
-        url: registry_url.clone(),
-        username: None,
-        password: None,
-        timeout_secs: 10,
-    });
+    avro.schema_registry = Some(registry_section(&registry_url));
     avro.validate().expect("valid");
     let mut connect = base_cfg(&broker.addr);
     connect.name = "connect".into();
@@ -2546,53 +2574,18 @@ fn initial_copy_avro_and_connect() {
     connect.validate().expect("valid");
     let info = ConnInfo::parse(&url).expect("url");
     rt.block_on(async {
-        let mut conn = Connection::connect(&info, Mode::Replication)
-            .await
-            .expect("connect");
-        let snap = conn
-            .create_slot("kafka_copy_avro_tmp", true, SnapshotAction::Export)
-            .await
-            .expect("slot");
-        let tables = pgbridge::snapshot::published_tables(&info, &["kap".to_string()])
-            .await
-            .expect("tables");
         let mut a = KafkaSink::new(avro, "avroslot", &info.dbname).with_source(info.clone());
         let mut c = KafkaSink::new(connect, "avroslot", &info.dbname).with_source(info.clone());
-        for s in [&mut a, &mut c] {
-            s.open().await.expect("open");
-            assert!(s.snapshot_completed().await.expect("state").is_empty());
-        }
-        let stats = copy(
-            &info,
-            snap.snapshot_name.as_deref().expect("exported"),
-            snap.consistent_point,
-            vec![
-                KafkaJob {
-                    sink: &mut a,
-                    tables: tables.clone(),
-                },
-                KafkaJob {
-                    sink: &mut c,
-                    tables,
-                },
-            ],
-        )
-        .await
-        .expect("copy");
+        let (_, stats) =
+            copy_directly(&info, "kafka_copy_avro_tmp", "kap", vec![&mut a, &mut c]).await;
         assert_eq!((stats.tables, stats.rows), (2, 6));
-        conn.close().await;
     });
     // Avro: registered key and value schemas, decoded reads.
     let recs = consume(&broker.addr, "ka_avro.ka", false);
     assert_eq!(recs.len(), 3);
     let settings = SrSettings::new(registry_url);
-    let fetch = |bytes: &[u8]| -> apache_avro::types::Value {
-        assert_eq!(bytes[0], 0, "magic byte");
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let schema = rt
-            .block_on(get_schema_by_id(id, &settings))
-            .expect("GET /schemas/ids/{id}")
-            .schema;
+    let fetch = |bytes: &[u8]| {
+        let (_, schema) = registry_schema(&rt, &settings, bytes);
         avro_decode(&schema, &bytes[5..])
     };
     let mut marks = Vec::new();

@@ -29,6 +29,7 @@ use crate::source::{
     max_proto_version, Connection, CreatedSlot, Mode, ReplEvent, SnapshotAction, SourceError,
     StartOptions,
 };
+use crate::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -110,10 +111,10 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
 /// the stream starts past both (a new slot after an earlier copy), changes
 /// in between are missing, so that copy does not count.
 fn drop_stale_copies(
-    done: &mut std::collections::HashMap<String, crate::Lsn>,
+    done: &mut HashMap<String, Lsn>,
     sink: &str,
-    durable: crate::Lsn,
-    stream_start: Option<crate::Lsn>,
+    durable: Lsn,
+    stream_start: Option<Lsn>,
 ) {
     let Some(start) = stream_start else {
         return;

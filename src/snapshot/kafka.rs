@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use super::{CopyStats, SnapshotError, TableSpec};
 use crate::encode::json::SnapshotMarker;
 use crate::model::{decode_value, ColumnSchema, RelationSchema, TypeRegistry, Value};
-use crate::pg::{self, ident, literal, qualified};
+use crate::pg::{ident, qualified};
 use crate::pgoutput::{ReplicaIdentity, TupleValue};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::SinkError;
@@ -96,18 +96,7 @@ async fn copy_into(
 ) -> Result<CopyStats, SnapshotError> {
     use crate::sink::Sink;
     let name = sink.name().to_string();
-    let src = pg::connect(source).await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        literal(snapshot)
-    ))
-    .await
-    .map_err(|e| {
-        SnapshotError::db(
-            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
-            e,
-        )
-    })?;
+    let src = super::import_snapshot(source, snapshot).await?;
     let mut resolver = TypeResolver::new(source.clone());
     let mut registry = TypeRegistry::default();
     let mut stats = CopyStats::default();

@@ -504,18 +504,7 @@ async fn worker(
     copied_bytes: &AtomicU64,
     copied_rows: &AtomicU64,
 ) -> Result<(), SnapshotError> {
-    let src = pg::connect(source).await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        literal(snapshot)
-    ))
-    .await
-    .map_err(|e| {
-        SnapshotError::db(
-            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
-            e,
-        )
-    })?;
+    let src = import_snapshot(source, snapshot).await?;
     let mut clients: HashMap<usize, tokio_postgres::Client> = HashMap::new();
     loop {
         let job = match jobs.lock() {
@@ -614,6 +603,27 @@ async fn worker(
     }
     let _ = src.batch_execute("COMMIT").await;
     Ok(())
+}
+
+/// A source connection inside a read-only transaction that sees exactly
+/// what the exported `snapshot` sees.
+async fn import_snapshot(
+    source: &ConnInfo,
+    snapshot: &str,
+) -> Result<tokio_postgres::Client, SnapshotError> {
+    let src = pg::connect(source).await?;
+    src.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        literal(snapshot)
+    ))
+    .await
+    .map_err(|e| {
+        SnapshotError::db(
+            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
+            e,
+        )
+    })?;
+    Ok(src)
 }
 
 /// A progress bar on a terminal, log lines otherwise.
