@@ -2103,6 +2103,7 @@ fn copy_config(
     pubs: &[&str],
     brokers: &str,
     topic: &str,
+    extra: &str,
 ) {
     let pubs = pubs
         .iter()
@@ -2115,7 +2116,7 @@ fn copy_config(
             "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublications = [{pubs}]\n\
              snapshot = \"initial\"\nstatus_interval_secs = 1\n\n\
              [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-             topic = \"{topic}\"\ncreate_topics = true\n"
+             topic = \"{topic}\"\ncreate_topics = true\n{extra}"
         ),
     )
     .expect("write config");
@@ -2235,6 +2236,12 @@ fn initial_copy_then_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("run.log");
+    // A Postgres sink next to it: one snapshot for both.
+    let (_, dst) = crate::harness::fresh_db("kafka_copy_dst");
+    let pg_sink = format!(
+        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+        crate::harness::url(port, &dst)
+    );
     copy_config(
         &config,
         &url,
@@ -2242,6 +2249,7 @@ fn initial_copy_then_stream() {
         &["kcp", "kcf"],
         &broker.addr,
         "kc.{table}",
+        &pg_sink,
     );
 
     // Changes while the copy runs (and after): updates and deletes of
@@ -2329,6 +2337,16 @@ fn initial_copy_then_stream() {
         kf.len()
     );
     assert!(crate::pipeline::stop_run(child).success());
+    assert_eq!(
+        json_rows(&dst, KC_JSON),
+        json_rows(&db, KC_JSON),
+        "the Postgres sink"
+    );
+    assert_eq!(
+        json_rows(&dst, "SELECT id, name, region FROM kf"),
+        kf_want(),
+        "the Postgres sink"
+    );
 
     // A second run: nothing is copied again, the stream continues.
     let child = crate::pipeline::spawn_run(&config, &log);
@@ -2346,7 +2364,10 @@ fn initial_copy_then_stream() {
         .unwrap_or_default()
         .matches("table copied")
         .count();
-    assert_eq!(copied, 2, "tables copied over both runs");
+    assert_eq!(
+        copied, 4,
+        "tables copied over both runs, Kafka and Postgres"
+    );
     psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
 }
 
@@ -2367,7 +2388,15 @@ fn copy_killed_and_resumed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("run.log");
-    copy_config(&config, &url, slot, &["kbp"], &broker.addr, "kb.{table}");
+    copy_config(
+        &config,
+        &url,
+        slot,
+        &["kbp"],
+        &broker.addr,
+        "kb.{table}",
+        "",
+    );
     let watermark = |topic: &str| -> i64 {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &broker.addr)
