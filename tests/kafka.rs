@@ -6,7 +6,9 @@
 //! Events are built by hand and dispatched through the real fan-out and ack
 //! tracker, as the pipeline does; what the tracker confirmed is compared
 //! with what a consumer finds in the topics. One test streams from a real
-//! PostgreSQL slot with the pipeline's loop.
+//! PostgreSQL slot with the pipeline's loop. The initial-copy tests run
+//! `pgbridge run` itself (SIGKILL included), or drive the copy directly
+//! (exactly-once on the mock cluster, Avro and Kafka Connect JSON).
 //!
 //! Where the brokers differ from Apache Kafka (worked around here, never in
 //! the product):
