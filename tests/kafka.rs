@@ -1613,7 +1613,12 @@ fn replica_identity_full() {
 // peak RSS bounded by the queues, not by the transaction.
 
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_kib("self", field)
+}
+
+/// A `/proc/<pid>/status` field in KiB (0 when unreadable).
+fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -2441,7 +2446,12 @@ fn copy_killed_and_resumed() {
         || json_rows(&db, "SELECT id, v FROM ks"),
         30,
     );
+    let peak = proc_status_kib(&child.id().to_string(), "VmHWM:");
     assert!(crate::pipeline::stop_run(child).success());
+    eprintln!(
+        "peak RSS of the run that copied {N} rows: {} MiB",
+        peak / 1024
+    );
     let reads = snapshot_reads(&recs);
     let distinct: std::collections::BTreeSet<String> =
         reads.iter().map(|r| format!("{:?}", r.key)).collect();
