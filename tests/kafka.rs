@@ -2129,6 +2129,41 @@ fn copy_config(
     .expect("write config");
 }
 
+/// A `pgbridge run` child, SIGKILLed if the test panics before stopping it.
+struct Run(Option<Child>);
+
+impl Run {
+    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Run {
+        Run(Some(crate::pipeline::spawn_run(config, log)))
+    }
+
+    fn pid(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        crate::pipeline::stop_run(self.0.take().expect("running"))
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `sql`'s single JSON array result as rows keyed by `{"id": ...}`.
 fn json_rows(db: &str, sql: &str) -> BTreeMap<String, Json> {
     let out = crate::harness::psql(
@@ -2261,7 +2296,7 @@ fn initial_copy_then_stream() {
 
     // Changes while the copy runs (and after): updates and deletes of
     // copied rows, new rows; kf's new rows pass the row filter or not.
-    let child = crate::pipeline::spawn_run(&config, &log);
+    let child = Run::spawn(&config, &log);
     let t0 = Instant::now();
     for i in 0..15i64 {
         psql(&format!(
@@ -2343,7 +2378,7 @@ fn initial_copy_then_stream() {
         kc.len(),
         kf.len()
     );
-    assert!(crate::pipeline::stop_run(child).success());
+    assert!(child.stop().success());
     assert_eq!(
         json_rows(&dst, KC_JSON),
         json_rows(&db, KC_JSON),
@@ -2356,12 +2391,12 @@ fn initial_copy_then_stream() {
     );
 
     // A second run: nothing is copied again, the stream continues.
-    let child = crate::pipeline::spawn_run(&config, &log);
+    let child = Run::spawn(&config, &log);
     crate::pipeline::wait_streaming(slot);
     psql("UPDATE kc SET t = 'second run' WHERE id = 2; INSERT INTO kf VALUES (3000, 'second', 'x', 'eu');");
     let kc2 = wait_topic_equals(&broker.addr, "kc.kc", || json_rows(&db, KC_JSON), 30);
     wait_topic_equals(&broker.addr, "kc.kf", kf_want, 30);
-    assert!(crate::pipeline::stop_run(child).success());
+    assert!(child.stop().success());
     assert_eq!(
         snapshot_reads(&kc2).len(),
         kc_reads.len(),
@@ -2414,10 +2449,9 @@ fn copy_killed_and_resumed() {
             .unwrap_or(0)
     };
     let t0 = Instant::now();
-    let mut child = crate::pipeline::spawn_run(&config, &log);
+    let mut child = Run::spawn(&config, &log);
     crate::pipeline::wait_for("part of the copy", 60, || watermark("kb.kb") >= N / 10);
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+    child.kill(); // SIGKILL
     let at_kill = watermark("kb.kb");
     let done = completions(&broker.addr, slot);
     assert!(
@@ -2433,7 +2467,7 @@ fn copy_killed_and_resumed() {
         "UPDATE kb SET v = 'changed' WHERE id <= 100; DELETE FROM kb WHERE id BETWEEN 101 AND 200;",
     );
 
-    let child = crate::pipeline::spawn_run(&config, &log);
+    let child = Run::spawn(&config, &log);
     crate::pipeline::wait_for("the copy to complete", 60, || {
         completions(&broker.addr, slot).len() == 2
     });
@@ -2446,8 +2480,8 @@ fn copy_killed_and_resumed() {
         || json_rows(&db, "SELECT id, v FROM ks"),
         30,
     );
-    let peak = proc_status_kib(&child.id().to_string(), "VmHWM:");
-    assert!(crate::pipeline::stop_run(child).success());
+    let peak = proc_status_kib(&child.pid(), "VmHWM:");
+    assert!(child.stop().success());
     eprintln!(
         "peak RSS of the run that copied {N} rows: {} MiB",
         peak / 1024
