@@ -91,7 +91,8 @@ pub async fn check(config: &Config) -> Vec<String> {
     for sink in &config.sinks {
         match sink {
             SinkConfig::Kafka(k) => {
-                problems.extend(crate::sink::kafka::check::preflight(k).await);
+                let copies = config.source.snapshot != crate::config::SnapshotMode::Never;
+                problems.extend(crate::sink::kafka::check::preflight(k, copies).await);
             }
             SinkConfig::Postgres(p) => {
                 let client = match pg::connect(&p.url.info).await {

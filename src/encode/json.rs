@@ -23,8 +23,10 @@
 //! - Messages: `{"op": "m", "message": {"prefix", "content" (base64),
 //!   "transactional"}, "source": {...}}`; non-transactional messages have no
 //!   `txId`.
-//! - Snapshot reads (`op` `r`) carry `source.snapshot` `"true"` (`"last"` for
-//!   the last row of a table's copy); streamed changes `"false"`.
+//! - Snapshot reads (`op` `r`, `before` null) carry `source.snapshot` as
+//!   Debezium: `"first"` on the first read of a copy, `"first_in_data_collection"`
+//!   / `"last_in_data_collection"` on a table's first / last, `"last"` on the
+//!   copy's last, `"true"` otherwise; streamed changes `"false"`.
 //! - With transaction metadata on (the Kafka sink's `transaction_topic`),
 //!   change events carry Debezium's `transaction` block: `{"id":
 //!   "<txId>:<commit LSN as a number>", "total_order": n,
@@ -49,15 +51,22 @@ use crate::model::{Change, JsonOptions, RelationSchema, TxnMeta, Value};
 use crate::source::replication::PG_EPOCH_OFFSET_MICROS;
 use crate::Lsn;
 
-/// `source.snapshot`: whether an event comes from the initial copy.
+/// `source.snapshot`: whether an event comes from the initial copy, with
+/// Debezium's (2.x) values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SnapshotMarker {
     /// A streamed change (`"false"`).
     #[default]
     False,
-    /// A snapshot read (`"true"`).
+    /// A snapshot read that is none of the below (`"true"`).
     True,
-    /// The last snapshot read of a table (`"last"`).
+    /// The first read of a sink's copy (`"first"`).
+    First,
+    /// The first read of a table (`"first_in_data_collection"`).
+    FirstInDataCollection,
+    /// The last read of a table (`"last_in_data_collection"`).
+    LastInDataCollection,
+    /// The last read of a sink's copy (`"last"`).
     Last,
 }
 
@@ -66,6 +75,9 @@ impl SnapshotMarker {
         match self {
             SnapshotMarker::False => "false",
             SnapshotMarker::True => "true",
+            SnapshotMarker::First => "first",
+            SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
+            SnapshotMarker::LastInDataCollection => "last_in_data_collection",
             SnapshotMarker::Last => "last",
         }
     }

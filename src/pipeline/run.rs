@@ -10,7 +10,7 @@
 //! message naming what to fix. Nothing past the positions all sinks have
 //! made durable is ever confirmed (see `ack`), so every outcome is safe.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ use crate::source::{
     max_proto_version, Connection, CreatedSlot, Mode, ReplEvent, SnapshotAction, SourceError,
     StartOptions,
 };
+use crate::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -63,11 +64,33 @@ impl PipelineError {
 /// Events queued per sink before the fan-out waits for it.
 const QUEUE_CAPACITY: usize = 4096;
 
-fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+/// A built sink: Kafka sinks stay typed until the initial copy has used them.
+enum Built {
+    Other(Box<dyn Sink>),
+    Kafka(Box<KafkaSink>),
+}
+
+impl Built {
+    fn sink(&mut self) -> &mut dyn Sink {
+        match self {
+            Built::Other(s) => s.as_mut(),
+            Built::Kafka(k) => k.as_mut(),
+        }
+    }
+
+    fn into_sink(self) -> Box<dyn Sink> {
+        match self {
+            Built::Other(s) => s,
+            Built::Kafka(k) => k,
+        }
+    }
+}
+
+fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
     config
         .sinks
         .iter()
-        .map(|s| -> Result<Box<dyn Sink>, SinkError> {
+        .map(|s| -> Result<Built, SinkError> {
             match s {
                 SinkConfig::Postgres(p) => {
                     let mut c = PostgresSinkConfig::new(&p.name, &p.url.raw, config.pipeline_id());
@@ -75,16 +98,42 @@ fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
                     c.batch_max_rows = p.batch_max_rows;
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
-                    Ok(Box::new(PostgresSink::new(c)?))
+                    Ok(Built::Other(Box::new(PostgresSink::new(c)?)))
                 }
-                SinkConfig::Kafka(k) => Ok(Box::new(KafkaSink::for_pipeline(k, config))),
+                SinkConfig::Kafka(k) => {
+                    Ok(Built::Kafka(Box::new(KafkaSink::for_pipeline(k, config))))
+                }
             }
         })
         .collect()
 }
 
-/// The sinks the initial copy writes to, with their index among all sinks.
-/// Kafka sinks receive the stream only (no initial copy yet).
+/// Drops from `done` (table -> consistent point of its copy) the copies
+/// older than where the stream starts: a copy holds the table up to its
+/// consistent point, the sink's durable position covers it from there; if
+/// the stream starts past both (a new slot after an earlier copy), changes
+/// in between are missing, so that copy does not count.
+fn drop_stale_copies(
+    done: &mut HashMap<String, Lsn>,
+    sink: &str,
+    durable: Lsn,
+    stream_start: Option<Lsn>,
+) {
+    let Some(start) = stream_start else {
+        return;
+    };
+    done.retain(|table, copied_at| {
+        let kept = (*copied_at).max(durable) >= start;
+        if !kept {
+            tracing::warn!(sink = %sink, table = %table, copied_at = %copied_at, stream_start = %start,
+                "earlier copy is older than the stream start; copying again");
+        }
+        kept
+    });
+}
+
+/// The Postgres sinks the initial copy writes to, with their index among
+/// all sinks (Kafka sinks are copied by `snapshot::kafka`).
 fn targets(config: &Config) -> Vec<(usize, Target)> {
     config
         .sinks
@@ -203,7 +252,7 @@ async fn attempt(
     let mut sinks = build_sinks(config)?;
     let mut durable = Vec::new();
     for s in sinks.iter_mut() {
-        durable.push(s.open().await?);
+        durable.push(s.sink().open().await?);
     }
 
     // 2. Source.
@@ -265,20 +314,7 @@ async fn attempt(
         for (ti, t) in targets.iter().enumerate() {
             let i = sink_index[ti];
             let mut done = snapshot::completed(t, pipeline).await?;
-            // A copy holds the table up to its consistent point, the sink's
-            // applied position covers it from there: if the stream starts
-            // past both (a new slot after an earlier copy), changes in
-            // between are missing, so that copy does not count.
-            if let Some(start) = stream_start {
-                done.retain(|table, copied_at| {
-                    let kept = (*copied_at).max(durable[i]) >= start;
-                    if !kept {
-                        tracing::warn!(sink = %t.sink, table = %table, copied_at = %copied_at, stream_start = %start,
-                            "earlier copy is older than the stream start; copying again");
-                    }
-                    kept
-                });
-            }
+            drop_stale_copies(&mut done, &t.sink, durable[i], stream_start);
             let missing: Vec<TableSpec> = tables
                 .iter()
                 .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
@@ -289,10 +325,41 @@ async fn attempt(
                 todo.push((ti, missing));
             }
         }
-        if !todo.is_empty() {
+        // Kafka sinks: completion records in the progress topic. An
+        // at-least-once sink keeps no position of its own: the slot cannot
+        // pass what it has not delivered, so a slot that already existed
+        // stands for its position.
+        let mut kafka_todo: HashMap<usize, Vec<TableSpec>> = HashMap::new();
+        for (i, s) in sinks.iter_mut().enumerate() {
+            let Built::Kafka(k) = s else {
+                continue;
+            };
+            let mut done = k.snapshot_completed().await?;
+            let own = match (durable[i].is_zero(), &existing) {
+                (true, Some(e)) => e.confirmed_flush,
+                _ => durable[i],
+            };
+            drop_stale_copies(&mut done, config.sinks[i].name(), own, stream_start);
+            let wants = routes[i].tables.clone();
+            let missing: Vec<TableSpec> = tables
+                .iter()
+                .filter(|spec| {
+                    wants
+                        .as_ref()
+                        .is_none_or(|w| w.contains(&spec.qualified_name()))
+                        && !done.contains_key(&spec.qualified_name())
+                })
+                .cloned()
+                .collect();
+            routes[i].table_start = done;
+            if !missing.is_empty() {
+                kafka_todo.insert(i, missing);
+            }
+        }
+        if !todo.is_empty() || !kafka_todo.is_empty() {
             // The new slot's own snapshot, or a temporary slot's for a
             // resumed or copy-only run; its consistent point is where the
-            // copied tables' changes start.
+            // copied tables' changes start. One snapshot for every sink.
             let (snap_conn, snap) = match created.take() {
                 Some(c) if c.snapshot_name.is_some() => (None, c),
                 _ => {
@@ -311,22 +378,44 @@ async fn attempt(
                         .insert(t.qualified_name(), start);
                 }
             }
+            for (i, tables) in &kafka_todo {
+                for t in tables {
+                    routes[*i].table_start.insert(t.qualified_name(), start);
+                }
+            }
+            let kafka_jobs: Vec<snapshot::kafka::KafkaJob<'_>> = sinks
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Built::Kafka(k) => {
+                        kafka_todo
+                            .remove(&i)
+                            .map(|tables| snapshot::kafka::KafkaJob {
+                                sink: k.as_mut(),
+                                tables,
+                            })
+                    }
+                    Built::Other(_) => None,
+                })
+                .collect();
             stats.set_phase(Phase::Copying);
-            let copied = snapshot::copy(
-                info,
-                &snapshot_name,
-                start,
-                todo,
-                &targets,
-                pipeline,
-                src.snapshot_workers,
-            )
-            .await?;
-            stats.copied(copied.rows);
+            let (copied, kcopied) = tokio::try_join!(
+                snapshot::copy(
+                    info,
+                    &snapshot_name,
+                    start,
+                    todo,
+                    &targets,
+                    pipeline,
+                    src.snapshot_workers,
+                ),
+                snapshot::kafka::copy(info, &snapshot_name, start, kafka_jobs),
+            )?;
+            stats.copied(copied.rows + kcopied.rows);
             tracing::info!(
-                tables = copied.tables,
-                rows = copied.rows,
-                bytes = copied.bytes,
+                tables = copied.tables + kcopied.tables,
+                rows = copied.rows + kcopied.rows,
+                bytes = copied.bytes + kcopied.bytes,
                 "initial copy complete"
             );
             if let Some(c2) = snap_conn {
@@ -369,7 +458,8 @@ async fn attempt(
     let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();
     let mut outs = Vec::new();
     let mut queues = Vec::new();
-    for (i, ((mut sink, acker), route)) in sinks.drain(..).zip(ackers).zip(routes).enumerate() {
+    let sinks = sinks.into_iter().map(Built::into_sink);
+    for (i, ((mut sink, acker), route)) in sinks.zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         queues.push((tx.downgrade(), QUEUE_CAPACITY));
         outs.push((route, tx));

@@ -33,6 +33,7 @@ use crate::source::ConnInfo;
 use crate::Lsn;
 
 mod indexes;
+pub mod kafka;
 
 /// A published table and what of it is published.
 #[derive(Debug, Clone)]
@@ -531,18 +532,7 @@ async fn worker(
     copied_bytes: &AtomicU64,
     copied_rows: &AtomicU64,
 ) -> Result<(), SnapshotError> {
-    let src = pg::connect(source).await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        literal(snapshot)
-    ))
-    .await
-    .map_err(|e| {
-        SnapshotError::db(
-            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
-            e,
-        )
-    })?;
+    let src = import_snapshot(source, snapshot).await?;
     let mut clients: HashMap<usize, tokio_postgres::Client> = HashMap::new();
     loop {
         let job = match jobs.lock() {
@@ -692,6 +682,27 @@ async fn complete_table(
         tracing::info!(sink = %target.sink, table = %t.qualified_name(), indexes = rebuilt, "indexes rebuilt");
     }
     Ok(())
+}
+
+/// A source connection inside a read-only transaction that sees exactly
+/// what the exported `snapshot` sees.
+async fn import_snapshot(
+    source: &ConnInfo,
+    snapshot: &str,
+) -> Result<tokio_postgres::Client, SnapshotError> {
+    let src = pg::connect(source).await?;
+    src.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        literal(snapshot)
+    ))
+    .await
+    .map_err(|e| {
+        SnapshotError::db(
+            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
+            e,
+        )
+    })?;
+    Ok(src)
 }
 
 /// A progress bar on a terminal, log lines otherwise.

@@ -11,9 +11,10 @@ use super::registry::Registry;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One line per problem: the brokers answer, the topics of
-/// `message_topic` / `transaction_topic` / the progress topic exist or
-/// will be created, the schema registry answers.
-pub async fn preflight(cfg: &KafkaSinkSection) -> Vec<String> {
+/// `message_topic` / `transaction_topic` / the progress topic (used by
+/// exactly-once and, with `copies`, by the initial copy's completion
+/// records) exist or will be created, the schema registry answers.
+pub async fn preflight(cfg: &KafkaSinkSection, copies: bool) -> Vec<String> {
     let mut problems = Vec::new();
     let name = cfg.name.clone();
     let c = cfg.clone();
@@ -31,7 +32,7 @@ pub async fn preflight(cfg: &KafkaSinkSection) -> Vec<String> {
         Ok(topics) if !cfg.create_topics => {
             let mut wanted: Vec<&str> = cfg.message_topic.iter().map(String::as_str).collect();
             wanted.extend(cfg.transaction_topic.iter().map(String::as_str));
-            if cfg.exactly_once {
+            if cfg.exactly_once || copies {
                 wanted.push(&cfg.progress_topic);
             }
             for t in wanted {

@@ -28,6 +28,12 @@
 //!   waits for delivery reports, and the pipeline's queue backs up to the
 //!   source. A transaction's size does not matter.
 //!
+//! - **Initial copy** (`crate::snapshot::kafka` drives the sink between
+//!   `open()` and `run()`): snapshot reads (`op` `r`) through the same
+//!   encoders; per-table progress records in the progress topic
+//!   ([`eos::SnapshotRecord`]), a table's completion written only after
+//!   every read of it has a successful delivery report.
+//!
 //! Events: key = the replica identity columns (or `key_columns`) as a JSON
 //! object or Avro record; value = the envelope of [`crate::encode::json`] /
 //! [`crate::encode::avro`]. See docs/kafka.md for every setting.

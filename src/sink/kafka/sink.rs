@@ -1,7 +1,7 @@
 //! [`KafkaSink`]: events in, records out, acknowledgements back. See the
 //! module documentation of [`super`] for the guarantees.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(30);
 const EOS_MAX_TXN_AGE: Duration = Duration::from_millis(200);
 const EOS_MAX_TXN_RECORDS: u64 = 50_000;
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+const STREAMED: SnapshotMarker = SnapshotMarker::False;
 
 /// Writes `payload` into `out`, inside Connect's `{"schema", "payload"}`
 /// wrapper when `schema` is given.
@@ -130,6 +131,9 @@ pub struct KafkaSink {
     /// The source database, for primary keys of REPLICA IDENTITY FULL tables.
     source: Option<ConnInfo>,
     catalog: Option<Connection>,
+    /// Tables with initial-copy records in the progress topic (some of
+    /// their reads may be in their topic already).
+    snapshot_started: HashSet<String>,
 }
 
 impl KafkaSink {
@@ -158,6 +162,7 @@ impl KafkaSink {
             value: Vec::with_capacity(4096),
             source: None,
             catalog: None,
+            snapshot_started: HashSet::new(),
         }
     }
 
@@ -666,6 +671,7 @@ impl KafkaSink {
         after: Option<&[Value]>,
         key_values: &[Value],
         header: Option<(&'static str, &[u8])>,
+        snapshot: SnapshotMarker,
     ) -> Result<(), SinkError> {
         self.begin_if_needed().await?;
         let block = self.count_event(&t.rel);
@@ -673,7 +679,7 @@ impl KafkaSink {
         self.value.clear();
         let ctx = EventContext {
             meta: self.txn.as_ref().map(|x| &x.meta),
-            snapshot: SnapshotMarker::False,
+            snapshot,
             transaction: block,
         };
         let r = match &t.avro {
@@ -737,7 +743,10 @@ impl KafkaSink {
             key_only: c.old_key_only,
         });
         match (c.op, &after) {
-            (Op::Insert, Some(new)) => self.emit(&t, c.lsn, "c", None, Some(new), new, None).await,
+            (Op::Insert, Some(new)) => {
+                self.emit(&t, c.lsn, "c", None, Some(new), new, None, STREAMED)
+                    .await
+            }
             (Op::Update, Some(new)) => {
                 // With REPLICA IDENTITY FULL the old row holds the real
                 // value of a column the new row leaves unchanged (TOAST):
@@ -798,6 +807,7 @@ impl KafkaSink {
                         None,
                         b,
                         Some(("__debezium.newkey", &new_key_bytes)),
+                        STREAMED,
                     )
                     .await?;
                     self.emit(
@@ -808,16 +818,18 @@ impl KafkaSink {
                         Some(new),
                         new_key,
                         Some(("__debezium.oldkey", &old_key_bytes)),
+                        STREAMED,
                     )
                     .await
                 } else {
-                    self.emit(&t, c.lsn, "u", old, Some(new), new_key, None)
+                    self.emit(&t, c.lsn, "u", old, Some(new), new_key, None, STREAMED)
                         .await
                 }
             }
             (Op::Delete, None) => {
                 let b = before.as_deref().unwrap_or(&[]);
-                self.emit(&t, c.lsn, "d", old, None, b, None).await
+                self.emit(&t, c.lsn, "d", old, None, b, None, STREAMED)
+                    .await
             }
             _ => Err(self.definite(format!(
                 "change to {} at {} has no {} row",
@@ -1132,6 +1144,171 @@ impl KafkaSink {
         }
     }
 
+    /// Creates the progress topic when `create_topics` (1 partition,
+    /// compacted: one record per key survives).
+    async fn ensure_progress_topic(&mut self) -> Result<(), SinkError> {
+        let progress = self.cfg.progress_topic.clone();
+        if let Some(tm) = self.topics.as_mut() {
+            let config = [("cleanup.policy".to_string(), "compact".to_string())];
+            tm.ensure_with(&progress, 1, &config).await?;
+        }
+        Ok(())
+    }
+
+    // -- The initial copy (driven by `crate::snapshot::kafka`, after
+    // `open()` and before `run()`). Snapshot reads go through the same
+    // table state, encoders and producer as streamed changes.
+
+    /// Tables whose initial copy into this sink is complete, with the
+    /// consistent point of each copy, from the progress topic (created
+    /// first when `create_topics`).
+    pub async fn snapshot_completed(&mut self) -> Result<HashMap<String, Lsn>, SinkError> {
+        self.ensure_progress_topic().await?;
+        let progress = self.cfg.progress_topic.clone();
+        let cfg = self.cfg.clone();
+        let pipeline = self.pipeline.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            eos::read_snapshot_progress(&cfg, &pipeline, KAFKA_CALL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| self.transient(format!("progress task: {e}")))?;
+        match r {
+            Ok(state) => {
+                self.snapshot_started = state.started;
+                Ok(state.complete)
+            }
+            Err(ReadError::Missing) => Err(self.definite(format!(
+                "the progress topic {progress} does not exist (it records which tables the \
+                 initial copy completed): create it (1 partition, cleanup.policy=compact) or \
+                 set create_topics = true"
+            ))),
+            Err(ReadError::Kafka(m)) => {
+                Err(self.transient(format!("reading the progress topic: {m}")))
+            }
+            Err(ReadError::Corrupt(m)) => Err(self.definite(format!(
+                "the progress topic {progress} holds a record pgbridge did not write under a \
+                 snapshot key of this sink: {m}; give this sink its own progress_topic"
+            ))),
+        }
+    }
+
+    /// Before the first read of `rel`'s copy (consistent point `lsn`).
+    /// When reads of an earlier copy may be in the topic (one interrupted
+    /// at least-once, or one too old for the stream), a truncate event
+    /// comes first, so that a consumer rebuilding the table drops rows
+    /// that no longer exist. At least once: an "incomplete" record goes to
+    /// the progress topic (and is delivered) before any read, so a later
+    /// run knows that reads may be in the topic.
+    pub async fn snapshot_table_start(
+        &mut self,
+        rel: &Arc<RelationSchema>,
+        lsn: Lsn,
+    ) -> Result<(), SinkError> {
+        let table = rel.qualified_name();
+        if self.snapshot_started.contains(&table) {
+            tracing::info!(sink = %self.cfg.name, table = %table, "reads of an earlier copy may be in the topic: a truncate event precedes the new copy");
+            self.on_truncate(lsn, std::slice::from_ref(rel)).await?;
+        }
+        if self.cfg.exactly_once {
+            return Ok(()); // the reads are one Kafka transaction
+        }
+        let progress = self.cfg.progress_topic.clone();
+        self.key = eos::snapshot_key(&self.pipeline, &self.cfg.name, &table).into_bytes();
+        self.value = eos::snapshot_value(&table, lsn, false, 0, &self.pipeline, &self.cfg.name);
+        self.send(&progress, None, true, true, &|| {
+            format!("the start record of the copy of {table} to {progress}")
+        })
+        .await?;
+        self.wait_delivered().await?;
+        self.snapshot_started.insert(table);
+        Ok(())
+    }
+
+    /// Produces one snapshot read (`op` `r`) of `rel`'s row `values` (in
+    /// the relation's column order), read under the snapshot of consistent
+    /// point `lsn`. Waits for room in the producer queue.
+    pub async fn snapshot_read(
+        &mut self,
+        rel: &Arc<RelationSchema>,
+        lsn: Lsn,
+        values: &[Value],
+        marker: SnapshotMarker,
+    ) -> Result<(), SinkError> {
+        self.check_failure()?;
+        let t = self.table(rel).await?;
+        self.emit(&t, lsn, "r", None, Some(values), values, None, marker)
+            .await
+    }
+
+    /// After the last read of `table`: waits until every record produced
+    /// so far has a successful delivery report, then writes the table's
+    /// completion record to the progress topic and waits for it too.
+    /// Exactly-once: the reads and the completion record are one Kafka
+    /// transaction, committed here.
+    pub async fn snapshot_table_done(
+        &mut self,
+        table: &str,
+        lsn: Lsn,
+        rows: u64,
+    ) -> Result<(), SinkError> {
+        let progress = self.cfg.progress_topic.clone();
+        if !self.cfg.exactly_once {
+            self.wait_delivered().await?;
+        }
+        self.key = eos::snapshot_key(&self.pipeline, &self.cfg.name, table).into_bytes();
+        self.value = eos::snapshot_value(table, lsn, true, rows, &self.pipeline, &self.cfg.name);
+        self.send(&progress, None, true, true, &|| {
+            format!("the completion record of the copy of {table} to {progress}")
+        })
+        .await?;
+        if self.cfg.exactly_once {
+            let p = self.out()?.producer.clone();
+            let r = tokio::task::spawn_blocking(move || p.commit_transaction(KAFKA_CALL_TIMEOUT))
+                .await
+                .map_err(|e| self.transient(format!("commit task: {e}")))?;
+            self.ktxn = KafkaTxn::default();
+            if let Err(e) = r {
+                self.snapshot_abort().await;
+                return Err(self.kafka_error(
+                    &e,
+                    &format!("committing the Kafka transaction of the copy of {table}"),
+                ));
+            }
+            return self.check_failure();
+        }
+        self.wait_delivered().await
+    }
+
+    /// A copy failed: exactly-once aborts the open Kafka transaction (its
+    /// reads never become visible to `read_committed` consumers).
+    pub async fn snapshot_abort(&mut self) {
+        if !(self.cfg.exactly_once && self.ktxn.open) {
+            return;
+        }
+        self.ktxn = KafkaTxn::default();
+        if let Ok(out) = self.out() {
+            let p = out.producer.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || p.abort_transaction(KAFKA_CALL_TIMEOUT)).await;
+        }
+    }
+
+    /// Waits until no produced record lacks its delivery report; fails on
+    /// the first failed delivery.
+    async fn wait_delivered(&self) -> Result<(), SinkError> {
+        let out = self.out()?;
+        loop {
+            self.check_failure()?;
+            if out.shared.in_flight() == 0 {
+                return Ok(());
+            }
+            out.shared.want_wake(true);
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), out.shared.wake.notified()).await;
+            out.shared.want_wake(false);
+        }
+    }
+
     /// The queue closed: make durable and acknowledge what is whole.
     async fn finish(&mut self, acker: Option<&Acker>) -> Result<(), SinkError> {
         if let Some(acker) = acker {
@@ -1212,10 +1389,7 @@ impl Sink for KafkaSink {
                 .map_err(|e| self.transient(format!("init task: {e}")))?
                 .map_err(|e| self.kafka_error(&e, "initialising transactions"))?;
             let progress = self.cfg.progress_topic.clone();
-            if let Some(tm) = self.topics.as_mut() {
-                let config = [("cleanup.policy".to_string(), "compact".to_string())];
-                tm.ensure_with(&progress, 1, &config).await?;
-            }
+            self.ensure_progress_topic().await?;
             let cfg = self.cfg.clone();
             let tid = self.cfg.transactional_id(&self.pipeline);
             let r = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,423 @@
+//! The initial copy into Kafka sinks: every selected table's rows, read
+//! under the same exported snapshot as the Postgres copy, produced as
+//! Debezium read events (`op` `r`) through the sink's own table state,
+//! encoders and producer (see `KafkaSink::snapshot_read`), so keys, topics,
+//! formats and value conversions are those of streamed changes.
+//!
+//! Rows arrive as text COPY of the published columns (column list and row
+//! filter respected) and are decoded with the column types of a
+//! [`RelationSchema`] built from the catalog under the snapshot, as the
+//! stream's Relation message would describe the table. Memory does not grow
+//! with table size: the COPY stream is read as the producer takes records
+//! (the producer queue is bounded and the sink waits for delivery reports
+//! when it is full), and one row is held back to know which is a table's
+//! last (its `source.snapshot` marker).
+//!
+//! Progress: before a table's first read an "incomplete" record, and once
+//! every record of the table has a successful delivery report a
+//! "complete" one (key `<pipeline>/<sink>/snapshot/<schema.table>`, value
+//! with the consistent point and the row count) go to the sink's progress
+//! topic; the pipeline reads them on start and copies only what is not
+//! complete. A table interrupted in the middle is copied again from its
+//! first row under a new snapshot (at least once: its earlier reads stay
+//! in the topic), after a truncate event, so that a consumer rebuilding
+//! the table drops rows deleted in between. In exactly-once mode a table's
+//! reads and its completion record are one Kafka transaction: an
+//! interrupted table leaves nothing visible to `read_committed` consumers.
+//!
+//! Each Kafka sink copies its tables one after the other on one source
+//! connection (the sink encodes and produces on one task); several Kafka
+//! sinks copy concurrently, next to the Postgres copy.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::{CopyStats, SnapshotError, TableSpec};
+use crate::encode::json::SnapshotMarker;
+use crate::model::{decode_value, ColumnSchema, RelationSchema, TypeRegistry, Value};
+use crate::pg::{ident, qualified};
+use crate::pgoutput::{ReplicaIdentity, TupleValue};
+use crate::sink::kafka::KafkaSink;
+use crate::sink::SinkError;
+use crate::source::catalog::TypeResolver;
+use crate::source::ConnInfo;
+use crate::Lsn;
+
+/// One Kafka sink and the tables it still needs.
+pub struct KafkaJob<'a> {
+    pub sink: &'a mut KafkaSink,
+    pub tables: Vec<TableSpec>,
+}
+
+impl From<SinkError> for SnapshotError {
+    fn from(e: SinkError) -> Self {
+        if e.is_transient() {
+            SnapshotError::Transient(e.to_string())
+        } else {
+            SnapshotError::Definite(e.to_string())
+        }
+    }
+}
+
+/// Copies each job's tables into its sink under `snapshot` (consistent
+/// point `start`); the sinks are open and not running yet.
+pub async fn copy(
+    source: &ConnInfo,
+    snapshot: &str,
+    start: Lsn,
+    jobs: Vec<KafkaJob<'_>>,
+) -> Result<CopyStats, SnapshotError> {
+    let runs = jobs.into_iter().map(|job| async move {
+        let r = copy_into(source, snapshot, start, &mut *job.sink, &job.tables).await;
+        if r.is_err() {
+            job.sink.snapshot_abort().await;
+        }
+        r
+    });
+    let mut stats = CopyStats::default();
+    for r in futures_util::future::join_all(runs).await {
+        let s = r?;
+        stats.tables += s.tables;
+        stats.rows += s.rows;
+        stats.bytes += s.bytes;
+    }
+    Ok(stats)
+}
+
+async fn copy_into(
+    source: &ConnInfo,
+    snapshot: &str,
+    start: Lsn,
+    sink: &mut KafkaSink,
+    tables: &[TableSpec],
+) -> Result<CopyStats, SnapshotError> {
+    use crate::sink::Sink;
+    let name = sink.name().to_string();
+    let src = super::import_snapshot(source, snapshot).await?;
+    let mut resolver = TypeResolver::new(source.clone());
+    let mut registry = TypeRegistry::default();
+    let mut stats = CopyStats::default();
+    let mut first_of_copy = true;
+    for (n, spec) in tables.iter().enumerate() {
+        let last_table = n + 1 == tables.len();
+        let table = spec.qualified_name();
+        let what = format!("sink {name}: copying {table}");
+        let rel = Arc::new(relation(&src, spec, &mut resolver, &mut registry).await?);
+        let columns = rel
+            .columns
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = spec
+            .row_filter
+            .as_ref()
+            .map(|f| format!(" WHERE {f}"))
+            .unwrap_or_default();
+        let sql = format!(
+            "COPY (SELECT {columns} FROM ONLY {}{filter}) TO STDOUT (FORMAT text)",
+            qualified(&spec.schema, &spec.name)
+        );
+        sink.snapshot_table_start(&rel, start).await?;
+        let stream = src
+            .copy_out(sql.as_str())
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        futures_util::pin_mut!(stream);
+        let mut lines = Lines::default();
+        // The row read before the current one, and whether it is the
+        // table's first: it is produced once the next row (or the end)
+        // says which marker it gets.
+        let mut held: Option<(Vec<Value>, bool)> = None;
+        let mut rows = 0u64;
+        loop {
+            let chunk = match stream.next().await {
+                Some(c) => c.map_err(|e| SnapshotError::db(&what, e))?,
+                None => break,
+            };
+            stats.bytes += chunk.len() as u64;
+            lines.push(&chunk);
+            while let Some(line) = lines.next_line() {
+                let values = decode_row(&rel, &line)?;
+                rows += 1;
+                if let Some((prev, prev_first)) = held.take() {
+                    let marker = if first_of_copy {
+                        first_of_copy = false;
+                        SnapshotMarker::First
+                    } else if prev_first {
+                        SnapshotMarker::FirstInDataCollection
+                    } else {
+                        SnapshotMarker::True
+                    };
+                    sink.snapshot_read(&rel, start, &prev, marker).await?;
+                }
+                held = Some((values, rows == 1));
+            }
+        }
+        if !lines.is_empty() {
+            return Err(SnapshotError::Definite(format!(
+                "{what}: the COPY output ended in the middle of a row"
+            )));
+        }
+        if let Some((prev, _)) = held.take() {
+            let marker = if last_table {
+                SnapshotMarker::Last
+            } else {
+                SnapshotMarker::LastInDataCollection
+            };
+            first_of_copy = false;
+            sink.snapshot_read(&rel, start, &prev, marker).await?;
+        }
+        sink.snapshot_table_done(&table, start, rows).await?;
+        stats.tables += 1;
+        stats.rows += rows;
+        tracing::info!(sink = %name, table = %table, rows, lsn = %start, "table copied");
+    }
+    let _ = src.batch_execute("COMMIT").await;
+    Ok(stats)
+}
+
+/// `spec`'s table as pgoutput's Relation message would describe it (only
+/// the published columns, in column order; key flags from the replica
+/// identity), read under the snapshot.
+async fn relation(
+    src: &tokio_postgres::Client,
+    spec: &TableSpec,
+    resolver: &mut TypeResolver,
+    registry: &mut TypeRegistry,
+) -> Result<RelationSchema, SnapshotError> {
+    let table = spec.qualified_name();
+    let what = format!("reading the columns of {table}");
+    let r = src
+        .query_one(
+            "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&spec.schema, &spec.name],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let oid: u32 = r.get(0);
+    let ident_kind: String = r.get(1);
+    let replica_identity = ident_kind
+        .bytes()
+        .next()
+        .and_then(ReplicaIdentity::from_byte)
+        .unwrap_or(ReplicaIdentity::Default);
+    // pgoutput flags a column as key when it is in the replica identity
+    // index (the primary key for DEFAULT), and every column for FULL.
+    let rows = src
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, \
+             $2 = 'f' OR coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
+               WHERE i.indrelid = a.attrelid AND CASE $2 WHEN 'd' THEN i.indisprimary \
+               WHEN 'i' THEN i.indisreplident ELSE false END), false) \
+             FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&oid, &ident_kind],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let published: HashSet<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+    let cols: Vec<(String, u32, i32, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .filter(|c: &(String, u32, i32, bool)| published.contains(c.0.as_str()))
+        .collect();
+    let mut oids: Vec<u32> = cols.iter().map(|c| c.1).collect();
+    oids.sort_unstable();
+    oids.dedup();
+    resolver
+        .resolve(registry, &oids)
+        .await
+        .map_err(|e| SnapshotError::Transient(format!("{what}: looking up column types: {e}")))?;
+    let mut columns = Vec::with_capacity(cols.len());
+    for (name, type_oid, type_modifier, is_key) in cols {
+        let type_info = registry.get(type_oid).ok_or_else(|| {
+            SnapshotError::Definite(format!(
+                "{what}: the type (oid {type_oid}) of column {name:?} is unknown"
+            ))
+        })?;
+        columns.push(ColumnSchema {
+            name,
+            type_info,
+            type_modifier,
+            is_key,
+        });
+    }
+    Ok(RelationSchema {
+        rel_id: oid,
+        schema: spec.schema.clone(),
+        name: spec.name.clone(),
+        replica_identity,
+        columns,
+    })
+}
+
+/// One line of text COPY output into typed values, in `rel`'s column order.
+fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, SnapshotError> {
+    let fields = split_fields(line);
+    if fields.len() != rel.columns.len() {
+        return Err(SnapshotError::Definite(format!(
+            "copying {}: a COPY row has {} fields, the table {} published columns",
+            rel.qualified_name(),
+            fields.len(),
+            rel.columns.len()
+        )));
+    }
+    fields
+        .iter()
+        .zip(&rel.columns)
+        .map(|(v, col)| {
+            decode_value(&col.type_info, v).map_err(|e| {
+                SnapshotError::Definite(format!(
+                    "copying {}: column {:?} ({}): {e}",
+                    rel.qualified_name(),
+                    col.name,
+                    col.type_info.name()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Splits a line of text COPY output (without its newline) into values:
+/// tab-separated, `\N` is NULL, backslash escapes undone. Fields without
+/// escapes share the line's buffer.
+fn split_fields(line: &Bytes) -> Vec<TupleValue> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = line[start..]
+            .iter()
+            .position(|&b| b == b'\t')
+            .map_or(line.len(), |p| start + p);
+        let field = &line[start..end];
+        out.push(if field == b"\\N" {
+            TupleValue::Null
+        } else if field.contains(&b'\\') {
+            TupleValue::Text(Bytes::from(unescape(field)))
+        } else {
+            TupleValue::Text(line.slice(start..end))
+        });
+        if end == line.len() {
+            return out;
+        }
+        start = end + 1;
+    }
+}
+
+/// Undoes COPY's text escapes: `\b \f \n \r \t \v \\`, octal `\NNN`, hex
+/// `\xHH`; any other escaped character stands for itself.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        i += 1;
+        if b != b'\\' || i >= s.len() {
+            out.push(b);
+            continue;
+        }
+        let c = s[i];
+        i += 1;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut n = 1;
+                while n < 3 && i < s.len() && (b'0'..=b'7').contains(&s[i]) {
+                    v = v * 8 + u32::from(s[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if i < s.len() && s[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < s.len() && s[i].is_ascii_hexdigit() {
+                    v = v * 16 + char::from(s[i]).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Reassembles COPY output chunks into lines (a raw newline always ends a
+/// row in text COPY: newlines in values are escaped).
+#[derive(Default)]
+struct Lines {
+    buf: BytesMut,
+}
+
+impl Lines {
+    fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    fn next_line(&mut self) -> Option<Bytes> {
+        let p = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line = self.buf.split_to(p + 1);
+        line.truncate(p);
+        Some(line.freeze())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: &[TupleValue]) -> Vec<Option<Vec<u8>>> {
+        v.iter()
+            .map(|t| match t {
+                TupleValue::Text(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fields_nulls_and_escapes() {
+        let line = Bytes::from_static(b"1\t\\N\ta\\tb\\nc\\\\d\t\\101\\x42z\t");
+        assert_eq!(
+            texts(&split_fields(&line)),
+            vec![
+                Some(b"1".to_vec()),
+                None,
+                Some(b"a\tb\nc\\d".to_vec()),
+                Some(b"ABz".to_vec()),
+                Some(b"".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_across_chunks() {
+        let mut l = Lines::default();
+        l.push(b"1\tx\n2\t");
+        assert_eq!(l.next_line().as_deref(), Some(&b"1\tx"[..]));
+        assert_eq!(l.next_line(), None);
+        l.push(b"y\n");
+        assert_eq!(l.next_line().as_deref(), Some(&b"2\ty"[..]));
+        assert!(l.is_empty());
+    }
+}
