@@ -53,7 +53,7 @@ fn write_config(
     std::fs::write(path, s).expect("write config");
 }
 
-fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Child {
+pub(crate) fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -205,7 +205,7 @@ fn assert_same(src: &str, dst: &str, table: &str, key: &str) {
 }
 
 /// Waits until `slot` is active (a `run` is streaming from it).
-fn wait_streaming(slot: &str) {
+pub(crate) fn wait_streaming(slot: &str) {
     wait_for("the slot to stream", 60, || {
         psql(
             "postgres",
@@ -217,14 +217,14 @@ fn wait_streaming(slot: &str) {
 }
 
 /// SIGTERM to a `run` and its exit status.
-fn stop_run(mut child: Child) -> std::process::ExitStatus {
+pub(crate) fn stop_run(mut child: Child) -> std::process::ExitStatus {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     child.wait().expect("wait for pgbridge run")
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
