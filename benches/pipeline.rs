@@ -64,6 +64,8 @@ enum Part {
     Backlog,
     Copy,
     Latency,
+    Kafka,
+    Memory,
 }
 
 struct Args {
@@ -76,8 +78,11 @@ struct Args {
     runs: usize,
 }
 
-const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|all]... \
+const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|kafka|memory|all]... \
 [--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+
+  all = backlog copy latency; kafka and memory need a tansu broker (TANSU, ~/.cargo/bin/tansu),
+  kafka also wal2json and a python with confluent-kafka (PGBRIDGE_BENCH_PYTHON, made by scripts/bench.sh)
 
   --scale F             multiply row counts (and the latency run's 30 s) by F (default 1)
   --runs N              runs of every contender, taken in turns; times are medians (default 3);
@@ -87,6 +92,8 @@ const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latenc
   --native-streaming    native subscriptions with streaming = on (PG15 default: off)
   --rate TPS            latency part's pgbench rate (default 2000)
 environment: PGBRIDGE_BIN (default: target/release/pgbridge next to this bench),
+             PGBRIDGE_BENCH_SOURCE_CONF, PGBRIDGE_BENCH_KAFKA_CONF, PGBRIDGE_BENCH_PG_CONF: extra
+             config lines (`;`-separated) for pgbridge's source and sinks (experiments),
              PG_BIN (server binaries), PGCOPYDB (default: pgcopydb on PATH),
              PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs)";
 
@@ -109,6 +116,8 @@ fn parse_args() -> R<Args> {
             "backlog" => a.parts.push(Part::Backlog),
             "copy" => a.parts.push(Part::Copy),
             "latency" => a.parts.push(Part::Latency),
+            "kafka" => a.parts.push(Part::Kafka),
+            "memory" => a.parts.push(Part::Memory),
             "all" => a.parts.extend([Part::Backlog, Part::Copy, Part::Latency]),
             "--scale" => {
                 let v = value("--scale")?;
@@ -670,16 +679,18 @@ publications = ["{publication}"]
 snapshot = "{snapshot}"
 snapshot_workers = {workers}
 status_interval_secs = 1
-
+{source_extra}
 [[sink]]
 type = "postgres"
 name = "bench"
 url = "{tgt}"
 tables = ["public.{table}"]
 create_tables = false
-"#,
+{pg_extra}"#,
         src = env.src_url(src_db),
         tgt = env.tgt_url(tgt_db),
+        source_extra = extra("PGBRIDGE_BENCH_SOURCE_CONF"),
+        pg_extra = extra("PGBRIDGE_BENCH_PG_CONF"),
     )
 }
 
@@ -743,6 +754,8 @@ struct Report {
     lines: Vec<Line>,
     latency: Vec<(&'static str, R<Latency>)>,
     headers: Vec<String>,
+    /// The memory part: pgbridge's peak RSS in MiB.
+    memory: Option<R<f64>>,
 }
 
 impl Report {
@@ -835,6 +848,27 @@ const RATIOS: &[Ratio] = &[
         num: ("b", "pgbridge"),
         den: ("b", "native"),
         limit: Some(0.6),
+    },
+    Ratio {
+        label: "kafka pgbridge / drain",
+        part: "kafka",
+        num: ("-", "pgbridge"),
+        den: ("-", "pg_recvlogical"),
+        limit: Some(1.1),
+    },
+    Ratio {
+        label: "kafka wal2json+python / drain",
+        part: "kafka",
+        num: ("-", "wal2json+python"),
+        den: ("-", "pg_recvlogical"),
+        limit: None,
+    },
+    Ratio {
+        label: "kafka pgbridge / wal2json+python",
+        part: "kafka",
+        num: ("-", "pgbridge"),
+        den: ("-", "wal2json+python"),
+        limit: None,
     },
     Ratio {
         label: "copy pgbridge / native",
@@ -1012,6 +1046,17 @@ fn summary(r: &Report) -> Vec<String> {
             None => format!("FAIL  {}: {}", q.label, failed.join("; ")),
         });
     }
+    if let Some(m) = &r.memory {
+        out.push(match m {
+            Ok(mib) if *mib <= MEMORY_LIMIT_MIB => {
+                format!("PASS  memory: peak RSS {mib:.1} MiB (target <= {MEMORY_LIMIT_MIB} MiB)")
+            }
+            Ok(mib) => {
+                format!("FAIL  memory: peak RSS {mib:.1} MiB (target <= {MEMORY_LIMIT_MIB} MiB)")
+            }
+            Err(e) => format!("FAIL  memory: {}", e.lines().next().unwrap_or("")),
+        });
+    }
     if !r.latency.is_empty() {
         let get = |who: &str| r.latency.iter().find(|(w, _)| *w == who).map(|(_, l)| l);
         out.push(match (get("native"), get("pgbridge")) {
@@ -1094,30 +1139,45 @@ async fn wait_slot(
     }
 }
 
-async fn backlog(env: &Env, report: &mut Report) -> R<()> {
-    let s = env.args.scale;
+/// The backlog as written: its shape, end LSN, WAL size and rows left.
+struct Written {
+    singles: u64,
+    big: u64,
+    updates: u64,
+    deletes: u64,
+    end: String,
+    wal: f64,
+    rows: u64,
+}
+
+impl Written {
+    /// Changes in the backlog (inserts, updates, deletes).
+    fn changes(&self) -> u64 {
+        self.singles + self.big + self.updates + self.deletes
+    }
+
+    fn header(&self) -> String {
+        format!(
+            "{} one-row INSERT txns, 1 txn of {} rows, {} one-row UPDATE txns, \
+             {} one-row DELETE txns = {} txns, {:.0} MB WAL; {} rows remain",
+            self.singles,
+            self.big,
+            self.updates,
+            self.deletes,
+            self.singles + 1 + self.updates + self.deletes,
+            self.wal / 1e6,
+            self.rows
+        )
+    }
+}
+
+/// Writes the backlog into table `bl` of `src` (its slots exist already).
+async fn write_backlog(src: &Db, s: f64) -> R<Written> {
     let singles = scaled(100_000, s);
     let big = scaled(500_000, s);
     let total = singles + big;
     let updates = total / 10;
     let deletes = total / 20;
-
-    env.src_admin.exec("CREATE DATABASE bsrc").await?;
-    let src = Db::connect(&env.src_url("bsrc")).await?;
-    src.exec(&format!("{BL_TABLE}; CREATE PUBLICATION p FOR TABLE bl;"))
-        .await?;
-    // Every contender's slot of every run exists before the backlog is
-    // written, so each one replays all of it. Native subscriptions need the
-    // pgoutput plugin; so does everyone else here.
-    let runs = env.args.runs;
-    for run in 1..=runs {
-        for slot in ["recv", "native_a", "pgbridge_a", "native_b", "pgbridge_b"] {
-            src.exec(&format!(
-                "SELECT pg_create_logical_replication_slot('{slot}_{run}', 'pgoutput')"
-            ))
-            .await?;
-        }
-    }
     let start: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     eprintln!(
         "backlog: {singles} one-row inserts, one {big}-row insert, \
@@ -1159,12 +1219,38 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
         t0.elapsed().as_secs_f64(),
         wal / 1e6
     );
-    report.headers.push(format!(
-        "backlog: {singles} one-row INSERT txns, 1 txn of {big} rows, {updates} one-row UPDATE txns, \
-         {deletes} one-row DELETE txns = {} txns, {:.0} MB WAL; {rows} rows remain",
-        singles + 1 + updates + deletes,
-        wal / 1e6
-    ));
+    Ok(Written {
+        singles,
+        big,
+        updates,
+        deletes,
+        end,
+        wal,
+        rows,
+    })
+}
+
+async fn backlog(env: &Env, report: &mut Report) -> R<()> {
+    let s = env.args.scale;
+    env.src_admin.exec("CREATE DATABASE bsrc").await?;
+    let src = Db::connect(&env.src_url("bsrc")).await?;
+    src.exec(&format!("{BL_TABLE}; CREATE PUBLICATION p FOR TABLE bl;"))
+        .await?;
+    // Every contender's slot of every run exists before the backlog is
+    // written, so each one replays all of it. Native subscriptions need the
+    // pgoutput plugin; so does everyone else here.
+    let runs = env.args.runs;
+    for run in 1..=runs {
+        for slot in ["recv", "native_a", "pgbridge_a", "native_b", "pgbridge_b"] {
+            src.exec(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}_{run}', 'pgoutput')"
+            ))
+            .await?;
+        }
+    }
+    let w = write_backlog(&src, s).await?;
+    let end = w.end.clone();
+    report.headers.push(format!("backlog: {}", w.header()));
     report.headers.push(format!(
         "  pg_recvlogical: proto_version 1 to /dev/null; native: CREATE SUBSCRIPTION streaming = {}; \
          pgbridge: its defaults (highest proto, streaming)",
@@ -1190,7 +1276,7 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
             settle(env).await?;
             eprintln!("backlog run {run}/{runs}: {who} ({shape})");
             let r = match who {
-                "pg_recvlogical" => drain(env, &format!("recv_{run}"), &end).await,
+                "pg_recvlogical" => drain(env, "bsrc", &format!("recv_{run}"), &end).await,
                 _ => {
                     let db = format!("{who}_{shape}_{run}");
                     let indexes = if shape == "b" { BL_INDEXES } else { "" };
@@ -1230,21 +1316,13 @@ async fn settle(env: &Env) -> R<()> {
     Ok(())
 }
 
-async fn drain(env: &Env, slot: &str, end: &str) -> R<Measured> {
+async fn drain(env: &Env, db: &str, slot: &str, end: &str) -> R<Measured> {
     let log = env.tmp.path().join(format!("{slot}.log"));
-    let mut watch = Watch::begin(env, "bsrc", None).await?;
+    let mut watch = Watch::begin(env, db, None).await?;
     let t0 = Instant::now();
     let mut child = spawn_logged(
         Command::new(env.tool("pg_recvlogical"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "bsrc",
-                "--no-loop",
-            ])
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "--no-loop"])
             .arg("-p")
             .arg(env.src.port().to_string())
             .args(["--slot", slot, "--start", "--endpos", end])
@@ -1338,16 +1416,479 @@ async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measu
 }
 
 fn peak_rss_mb(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| format!("(peak RSS {:.0} MB)", kb / 1024.0))
+    vm_hwm_mib(pid)
+        .map(|mib| format!("(peak RSS {mib:.0} MiB)"))
         .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- kafka
+
+/// pgbridge's peak RSS target in the memory part.
+const MEMORY_LIMIT_MIB: f64 = 64.0;
+
+fn tansu_bin() -> String {
+    if let Ok(p) = std::env::var("TANSU") {
+        return p;
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        let p = format!("{home}/.cargo/bin/tansu");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    "tansu".into()
+}
+
+/// The Python with confluent-kafka for the wal2json peer.
+fn bench_python() -> String {
+    std::env::var("PGBRIDGE_BENCH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// A tansu broker with its in-memory store on a free loopback port, one per
+/// measured run (it forgets everything when killed on drop).
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    async fn start(env: &Env, name: &str) -> R<Broker> {
+        let port = pgbridge::cluster::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = env.tmp.path().join(format!("{name}.tansu.log"));
+        let child = spawn_logged(
+            Command::new(tansu_bin())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .env("RUST_LOG", "warn"),
+            &log,
+            "tansu (cargo install tansu --locked --features dynostore)",
+        )?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "tansu did not listen on {addr}: {}",
+                    log_tail(&log, 10)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Broker { child, addr })
+    }
+
+    /// CPU seconds the broker used so far.
+    fn cpu(&self, ticks: f64) -> f64 {
+        self.child
+            .id()
+            .and_then(proc_stat)
+            .map(|(_, t)| t as f64 / ticks)
+            .unwrap_or(0.0)
+    }
+
+    async fn create_topic(&self, topic: &str) -> R<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .map_err(|e| format!("admin client: {e}"))?;
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(-1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .map_err(|e| format!("creating topic {topic}: {e}"))?;
+        for t in r {
+            t.map_err(|(name, e)| format!("creating topic {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Records in `topic` as the watermarks say; when that is not `want`,
+    /// again a few seconds later, then by reading every record. (tansu
+    /// 0.6's ListOffsets answers a high watermark some hundred records
+    /// short of the log end after large produce runs, and stays there;
+    /// reading finds every record. Apache Kafka's is exact.)
+    async fn count_checked(&self, topic: &str, want: u64) -> R<u64> {
+        let n = self.count(topic).await?;
+        if n == want {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let again = self.count(topic).await?;
+        let read = self.read_all(topic).await?;
+        eprintln!("  {topic}: watermarks say {n}, 3 s later {again}, reading finds {read}; expected {want}");
+        Ok(read)
+    }
+
+    /// Records in `topic`, by reading all of them.
+    async fn read_all(&self, topic: &str) -> R<u64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::error::KafkaError;
+        use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+        let (addr, topic) = (self.addr.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || -> R<u64> {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("group.id", "pgbridge-bench-read")
+                .set("enable.partition.eof", "true")
+                .create()
+                .map_err(|e| format!("consumer: {e}"))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+            c.assign(&tpl).map_err(|e| e.to_string())?;
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                match c.poll(Duration::from_secs(5)) {
+                    Some(Ok(_)) => n += 1,
+                    Some(Err(KafkaError::PartitionEOF(_))) => return Ok(n),
+                    Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+                    None => {}
+                }
+            }
+            Err(format!("reading {topic}: no end after {n} records"))
+        })
+        .await
+        .map_err(|e| format!("read task: {e}"))?
+    }
+
+    /// Records in `topic`: the high minus the low watermark of every partition.
+    async fn count(&self, topic: &str) -> R<u64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let (addr, topic) = (self.addr.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || -> R<u64> {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("group.id", "pgbridge-bench")
+                .create()
+                .map_err(|e| format!("consumer: {e}"))?;
+            let timeout = Duration::from_secs(30);
+            let md = c
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| format!("metadata of {topic}: {e}"))?;
+            let parts: Vec<i32> = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            if parts.is_empty() {
+                return Err(format!("topic {topic} does not exist"));
+            }
+            let mut n = 0;
+            for p in parts {
+                let (lo, hi) = c
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
+                n += (hi - lo).max(0) as u64;
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| format!("count task: {e}"))?
+    }
+}
+
+/// Drops the slots left in database `db` (by a failed contender).
+async fn drop_slots(env: &Env, db: &str) -> R<()> {
+    env.src_admin
+        .exec(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = '{db}' AND NOT active"
+        ))
+        .await
+}
+
+async fn kafka(env: &Env, report: &mut Report) -> R<()> {
+    env.src_admin.exec("CREATE DATABASE ksrc").await?;
+    let src = Db::connect(&env.src_url("ksrc")).await?;
+    src.exec(&format!("{BL_TABLE}; CREATE PUBLICATION p FOR TABLE bl;"))
+        .await?;
+    let runs = env.args.runs;
+    for run in 1..=runs {
+        for (slot, plugin) in [
+            ("krecv", "pgoutput"),
+            ("kw2j", "wal2json"),
+            ("kpgbridge", "pgoutput"),
+        ] {
+            src.exec(&format!(
+                "SELECT pg_create_logical_replication_slot('{slot}_{run}', '{plugin}')"
+            ))
+            .await?;
+        }
+    }
+    let w = write_backlog(&src, env.args.scale).await?;
+    report
+        .headers
+        .push(format!("kafka: the backlog again: {}", w.header()));
+    report.headers.push(
+        "  to a tansu broker on this machine (memory store, a fresh one per run, 1 partition); \
+         pg_recvlogical: pgoutput to /dev/null (the limit); wal2json+python: pg_recvlogical \
+         --plugin wal2json (format-version 2) | a confluent-kafka producer (acks=all, idempotent, \
+         lz4, linger 10 ms) line by line, until both exit; pgbridge: run with one Kafka sink \
+         (its defaults: JSON, lz4), until the slot confirms the end (every record acknowledged)"
+            .into(),
+    );
+    let jobs = ["pg_recvlogical", "wal2json+python", "pgbridge"];
+    for run in 1..=runs {
+        for k in 0..jobs.len() {
+            let who = jobs[(k + run - 1) % jobs.len()];
+            settle(env).await?;
+            eprintln!("kafka run {run}/{runs}: {who}");
+            let r = match who {
+                "pg_recvlogical" => drain(env, "ksrc", &format!("krecv_{run}"), &w.end).await,
+                "wal2json+python" => w2j_kafka(env, &format!("kw2j_{run}"), &w).await,
+                _ => pgbridge_kafka(env, &src, &format!("kpgbridge_{run}"), &w).await,
+            };
+            report.add("kafka", "-", who, r);
+        }
+    }
+    drop(src);
+    drop_slots(env, "ksrc").await?;
+    env.src_admin
+        .exec("DROP DATABASE ksrc WITH (FORCE)")
+        .await?;
+    Ok(())
+}
+
+/// pg_recvlogical with wal2json piped into the Python producer.
+async fn w2j_kafka(env: &Env, slot: &str, w: &Written) -> R<Measured> {
+    let broker = Broker::start(env, slot).await?;
+    let topic = "w2j.bl";
+    broker.create_topic(topic).await?;
+    let log = env.tmp.path().join(format!("{slot}.log"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/wal2json_kafka.py");
+    let cmd = format!(
+        "set -o pipefail; '{recv}' -h 127.0.0.1 -p {port} -U postgres -d ksrc --no-loop \
+         --slot {slot} --start --endpos {end} -o format-version=2 -o include-pk=1 -f - \
+         | '{py}' '{script}' {addr} {topic}",
+        recv = env.tool("pg_recvlogical").display(),
+        port = env.src.port(),
+        end = w.end,
+        py = bench_python(),
+        script = script.display(),
+        addr = broker.addr,
+    );
+    let mut watch = Watch::begin(env, "ksrc", None).await?;
+    let broker_cpu = broker.cpu(env.ticks);
+    let t0 = Instant::now();
+    let mut child = spawn_logged(
+        Command::new("bash").arg("-c").arg(&cmd),
+        &log,
+        "pg_recvlogical | python",
+    )?;
+    watch.tool(child.id());
+    let deadline = t0 + env.args.timeout;
+    loop {
+        if exited(&mut child, &log, "pg_recvlogical | python")? {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {:?}", env.args.timeout));
+        }
+        watch.tick(env).await?;
+        tokio::time::sleep(POLL).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = watch.finish(env).await?;
+    let broker_cpu = broker.cpu(env.ticks) - broker_cpu;
+    env.src_admin
+        .exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .await?;
+    let n = broker.count_checked(topic, w.changes()).await?;
+    if n != w.changes() {
+        return Err(format!(
+            "{topic} holds {n} records, the backlog has {} changes",
+            w.changes()
+        ));
+    }
+    Ok(Measured {
+        secs,
+        cpu,
+        note: format!("({n} records; broker CPU {broker_cpu:.1} s)"),
+    })
+}
+
+/// A `run` config streaming `slot` of `db` into a Kafka sink at `brokers`,
+/// and into target database `pg` when given.
+fn kafka_config(env: &Env, db: &str, slot: &str, brokers: &str, pg: Option<&str>) -> String {
+    let mut c = format!(
+        r#"# written by benches/pipeline.rs
+[source]
+url = "{src}"
+slot = "{slot}"
+publications = ["p"]
+snapshot = "never"
+status_interval_secs = 1
+{source_extra}
+[[sink]]
+type = "kafka"
+name = "cdc"
+brokers = "{brokers}"
+topic = "pgb.{{table}}"
+create_topics = true
+{kafka_extra}"#,
+        src = env.src_url(db),
+        source_extra = extra("PGBRIDGE_BENCH_SOURCE_CONF"),
+        kafka_extra = extra("PGBRIDGE_BENCH_KAFKA_CONF"),
+    );
+    if let Some(t) = pg {
+        let _ = write!(
+            c,
+            "\n[[sink]]\ntype = \"postgres\"\nname = \"pg\"\nurl = \"{}\"\n{}",
+            env.tgt_url(t),
+            extra("PGBRIDGE_BENCH_PG_CONF")
+        );
+    }
+    c
+}
+
+/// Extra config lines for experiments (`;` separates lines), from `var`.
+fn extra(var: &str) -> String {
+    std::env::var(var)
+        .map(|v| v.split(';').map(|l| format!("{}\n", l.trim())).collect())
+        .unwrap_or_default()
+}
+
+/// `pgbridge run` with one Kafka sink from slot `slot`.
+async fn pgbridge_kafka(env: &Env, src: &Db, slot: &str, w: &Written) -> R<Measured> {
+    let broker = Broker::start(env, slot).await?;
+    let config = kafka_config(env, "ksrc", slot, &broker.addr, None);
+    let mut watch = Watch::begin(env, "ksrc", None).await?;
+    let broker_cpu = broker.cpu(env.ticks);
+    let t0 = Instant::now();
+    let (mut child, log) = spawn_pgbridge(env, slot, &config)?;
+    watch.tool(child.id());
+    let waited = wait_slot(env, src, &mut watch, slot, &w.end, Some((&mut child, &log))).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = watch.finish(env).await?;
+    let broker_cpu = broker.cpu(env.ticks) - broker_cpu;
+    let rss = child.id().and_then(vm_hwm_mib);
+    let stopped = terminate(&mut child, &log, "pgbridge").await;
+    let _ = src
+        .exec(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{slot}' AND NOT active"
+        ))
+        .await;
+    waited?;
+    stopped?;
+    // Every change, and a tombstone after each delete.
+    let want = w.changes() + w.deletes;
+    let n = broker.count_checked("pgb.bl", want).await?;
+    if n < want {
+        return Err(format!("pgb.bl holds {n} records, expected {want}"));
+    }
+    Ok(Measured {
+        secs,
+        cpu,
+        note: format!(
+            "({n} records{}; broker CPU {broker_cpu:.1} s; peak RSS {:.0} MiB)",
+            if n > want { ", some repeated" } else { "" },
+            rss.unwrap_or(0.0)
+        ),
+    })
+}
+
+/// One large transaction from one slot into a Postgres and a Kafka sink
+/// together; pgbridge's peak RSS.
+async fn memory(env: &Env, report: &mut Report) -> R<()> {
+    let rows = scaled(3_000_000, env.args.scale);
+    env.src_admin.exec("CREATE DATABASE msrc").await?;
+    let src = Db::connect(&env.src_url("msrc")).await?;
+    src.exec(&format!("{BL_TABLE}; CREATE PUBLICATION p FOR TABLE bl;"))
+        .await?;
+    src.exec("SELECT pg_create_logical_replication_slot('mem', 'pgoutput')")
+        .await?;
+    let start: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
+    eprintln!("memory: one transaction of {rows} rows");
+    src.exec(&format!(
+        "INSERT INTO bl (a, b, c, d) SELECT g, md5(g::text) || md5((g + 1)::text), now(), g / 7.0 \
+         FROM generate_series(1, {rows}) g"
+    ))
+    .await?;
+    let end: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
+    let wal: f64 = src
+        .number(&format!("SELECT pg_wal_lsn_diff('{end}', '{start}')"))
+        .await?;
+    report.headers.push(format!(
+        "memory: one transaction of {rows} rows ({:.0} MB WAL) from one slot to a Postgres sink \
+         and a Kafka sink (tansu) together, pgbridge's defaults; peak RSS = VmHWM of the process",
+        wal / 1e6
+    ));
+    fresh_target(env, "mtgt", BL_TABLE).await?;
+    let broker = Broker::start(env, "memory").await?;
+    let result = async {
+        let config = kafka_config(env, "msrc", "mem", &broker.addr, Some("mtgt"));
+        let mut watch = Watch::begin(env, "msrc", Some("mtgt")).await?;
+        let t0 = Instant::now();
+        let (mut child, log) = spawn_pgbridge(env, "memory", &config)?;
+        watch.tool(child.id());
+        let waited = wait_slot(env, &src, &mut watch, "mem", &end, Some((&mut child, &log))).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = watch.finish(env).await?;
+        let peak = child.id().and_then(vm_hwm_mib);
+        let stopped = terminate(&mut child, &log, "pgbridge").await;
+        waited?;
+        stopped?;
+        let peak = peak.ok_or("no VmHWM of pgbridge")?;
+        let tgt = Db::connect(&env.tgt_url("mtgt")).await?;
+        verify(&src, &tgt, "bl").await?;
+        let n = broker.count_checked("pgb.bl", rows).await?;
+        if n < rows {
+            return Err(format!("pgb.bl holds {n} records, expected {rows}"));
+        }
+        Ok((
+            Measured {
+                secs,
+                cpu,
+                note: format!("(peak RSS {peak:.1} MiB; {n} records)"),
+            },
+            peak,
+        ))
+    }
+    .await;
+    drop(src);
+    drop_slots(env, "msrc").await?;
+    env.src_admin
+        .exec("DROP DATABASE msrc WITH (FORCE)")
+        .await?;
+    env.tgt_admin
+        .exec("DROP DATABASE mtgt WITH (FORCE)")
+        .await?;
+    match result {
+        Ok((m, peak)) => {
+            report.memory = Some(Ok(peak));
+            report.add("memory", "-", "pgbridge", Ok(m));
+        }
+        Err(e) => {
+            report.memory = Some(Err(e.clone()));
+            report.add("memory", "-", "pgbridge", Err(e));
+        }
+    }
+    Ok(())
+}
+
+/// The process's peak resident set (VmHWM) in MiB.
+fn vm_hwm_mib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
 }
 
 // ---------------------------------------------------------------- copy
@@ -1917,6 +2458,8 @@ async fn bench(args: Args) -> R<Report> {
             Part::Backlog => backlog(&env, &mut report).await,
             Part::Copy => copy(&env, &mut report).await,
             Part::Latency => latency(&env, &mut report).await,
+            Part::Kafka => kafka(&env, &mut report).await,
+            Part::Memory => memory(&env, &mut report).await,
         };
         if let Err(e) = r {
             report.headers.push(format!("{part:?} part aborted: {e}"));

@@ -77,7 +77,9 @@ pub struct SourceConfig {
 }
 
 fn default_memory_limit_mb() -> usize {
-    64
+    // With the sinks' queues this keeps a pipeline within 64 MiB of RSS
+    // however large its transactions (benches/pipeline.rs, part memory).
+    8
 }
 fn default_snapshot_workers() -> usize {
     4

@@ -123,7 +123,7 @@ fn tansu_bin() -> String {
     "tansu".into()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -405,10 +405,12 @@ async fn stop(r: Running) -> Result<(), SinkError> {
 // Consuming
 
 #[derive(Debug, Clone)]
-struct Rec {
-    partition: i32,
-    key: Option<Json>,
-    value: Option<Json>,
+pub(crate) struct Rec {
+    pub(crate) partition: i32,
+    /// The record's timestamp (CreateTime: when the producer made it), ms.
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) key: Option<Json>,
+    pub(crate) value: Option<Json>,
     raw_key: Option<Vec<u8>>,
     raw_value: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
@@ -425,7 +427,7 @@ impl Rec {
 }
 
 /// Every record of `topic` (all partitions, from the beginning, to the end).
-fn consume(brokers: &str, topic: &str, committed_only: bool) -> Vec<Rec> {
+pub(crate) fn consume(brokers: &str, topic: &str, committed_only: bool) -> Vec<Rec> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "pgbridge-test-reader")
@@ -475,6 +477,7 @@ fn consume(brokers: &str, topic: &str, committed_only: bool) -> Vec<Rec> {
                 let parse = |b: Option<&[u8]>| b.and_then(|b| serde_json::from_slice(b).ok());
                 out.push(Rec {
                     partition: m.partition(),
+                    timestamp: m.timestamp().to_millis(),
                     key: parse(m.key()),
                     value: parse(m.payload()),
                     raw_key: m.key().map(|k| k.to_vec()),
@@ -495,7 +498,7 @@ fn consume(brokers: &str, topic: &str, committed_only: bool) -> Vec<Rec> {
 }
 
 /// Replays change events per partition, as a consumer keeping a table would.
-fn reconstruct(recs: &[Rec]) -> BTreeMap<String, Json> {
+pub(crate) fn reconstruct(recs: &[Rec]) -> BTreeMap<String, Json> {
     let mut parts: BTreeMap<i32, BTreeMap<String, Json>> = BTreeMap::new();
     for r in recs {
         let state = parts.entry(r.partition).or_default();
@@ -1901,7 +1904,7 @@ async fn mini_start(url: &str, slot: &str, cfg: &KafkaSinkSection) -> Mini {
     }
 }
 
-fn slot_confirmed(db: &str, slot: &str) -> Lsn {
+pub(crate) fn slot_confirmed(db: &str, slot: &str) -> Lsn {
     crate::harness::psql(
         db,
         &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),

@@ -3,6 +3,7 @@
 
 mod harness;
 mod kafka;
+mod kafka_pipeline;
 mod pgsink;
 mod pipeline;
 mod source;
@@ -18,6 +19,7 @@ fn main() {
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
     trials.extend(kafka::trials());
+    trials.extend(kafka_pipeline::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();
