@@ -74,10 +74,12 @@ struct Args {
     native_streaming: bool,
     latency_rate: u32,
     runs: usize,
+    /// pgbridge's apply_workers (None: the sink's default).
+    apply_workers: Option<usize>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|all]... \
-[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS] [--apply-workers N]
 
   --scale F             multiply row counts (and the latency run's 30 s) by F (default 1)
   --runs N              runs of every contender, taken in turns; times are medians (default 3);
@@ -86,6 +88,7 @@ const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latenc
   --timeout SECS        give up on one contender after SECS (default 900)
   --native-streaming    native subscriptions with streaming = on (PG15 default: off)
   --rate TPS            latency part's pgbench rate (default 2000)
+  --apply-workers N     pgbridge's apply_workers on its Postgres sink (default: pgbridge's default)
 environment: PGBRIDGE_BIN (default: target/release/pgbridge next to this bench),
              PG_BIN (server binaries), PGCOPYDB (default: pgcopydb on PATH),
              PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs)";
@@ -99,6 +102,7 @@ fn parse_args() -> R<Args> {
         native_streaming: false,
         latency_rate: 2000,
         runs: 3,
+        apply_workers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -146,6 +150,17 @@ fn parse_args() -> R<Args> {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("--runs {v}: expected a positive integer"))?;
+            }
+            "--apply-workers" => {
+                let v = value("--apply-workers")?;
+                a.apply_workers = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| {
+                            format!("--apply-workers {v}: expected an integer in 1-64")
+                        })?,
+                );
             }
             "--native-streaming" => a.native_streaming = true,
             "-h" | "--help" => {
@@ -677,9 +692,14 @@ name = "bench"
 url = "{tgt}"
 tables = ["public.{table}"]
 create_tables = false
-"#,
+{apply}"#,
         src = env.src_url(src_db),
         tgt = env.tgt_url(tgt_db),
+        apply = env
+            .args
+            .apply_workers
+            .map(|n| format!("apply_workers = {n}\n"))
+            .unwrap_or_default(),
     )
 }
 
@@ -1052,16 +1072,38 @@ const BL_INDEXES: &str = "CREATE INDEX ON bl (a); CREATE INDEX ON bl (b); CREATE
                           CREATE INDEX ON bl (d); CREATE INDEX ON bl (a, c);";
 
 /// Polls the slot until its confirmed_flush_lsn reaches `end`.
-async fn wait_slot(
+/// Waits until `slot` has confirmed `end`. `phases` are earlier positions
+/// (name, LSN) whose passing times are returned, as text.
+async fn wait_slot_phases(
     env: &Env,
     src: &Db,
     watch: &mut Watch,
     slot: &str,
     end: &str,
     mut child: Option<(&mut Child, &Path)>,
-) -> R<()> {
+    phases: &[(&str, String)],
+) -> R<String> {
+    let t0 = Instant::now();
+    let mut passed: Vec<f64> = Vec::new();
     let deadline = Instant::now() + env.args.timeout;
     loop {
+        while let Some((_, lsn)) = phases.get(passed.len()) {
+            let row = src
+                .rows(&format!(
+                    "SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn FROM pg_replication_slots \
+                     WHERE slot_name = '{slot}'"
+                ))
+                .await?;
+            if row
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .as_deref()
+                != Some("t")
+            {
+                break;
+            }
+            passed.push(t0.elapsed().as_secs_f64());
+        }
         let row = src
             .rows(&format!(
                 "SELECT confirmed_flush_lsn >= '{end}'::pg_lsn, confirmed_flush_lsn::text \
@@ -1076,7 +1118,20 @@ async fn wait_slot(
             None => return Err(format!("slot {slot} disappeared")),
         };
         if done {
-            return Ok(());
+            let total = t0.elapsed().as_secs_f64();
+            passed.resize(phases.len(), total);
+            let mut prev = 0.0;
+            let mut split: Vec<String> = Vec::new();
+            for ((name, _), t) in phases.iter().zip(&passed) {
+                split.push(format!("{name} {:.1}", t - prev));
+                prev = *t;
+            }
+            split.push(format!("rest {:.1}", total - prev));
+            return Ok(if phases.is_empty() {
+                String::new()
+            } else {
+                format!("phases: {}", split.join(", "))
+            });
         }
         if let Some((c, log)) = child.as_mut() {
             if exited(c, log, "pgbridge")? {
@@ -1132,17 +1187,25 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
            COMMIT; END LOOP; END $$"
     ))
     .await?;
+    let after_singles: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     src.exec(&format!(
         "INSERT INTO bl (a, b, c, d) SELECT g, md5(g::text) || md5((g + 1)::text), now(), g / 7.0 \
          FROM generate_series(1, {big}) g"
     ))
     .await?;
+    let after_big: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     src.exec(&format!(
         "DO $$ BEGIN FOR i IN 1..{updates} LOOP \
            UPDATE bl SET a = a + 1, b = b || 'u', d = d * 2 WHERE id = i * 10; \
            COMMIT; END LOOP; END $$"
     ))
     .await?;
+    let after_updates: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
+    let phases = [
+        ("inserts", after_singles),
+        ("big", after_big),
+        ("updates", after_updates),
+    ];
     src.exec(&format!(
         "DO $$ BEGIN FOR i IN 1..{deletes} LOOP \
            DELETE FROM bl WHERE id = i * 20 - 5; \
@@ -1196,9 +1259,9 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
                     let indexes = if shape == "b" { BL_INDEXES } else { "" };
                     fresh_target(env, &db, &format!("{BL_TABLE}; {indexes}")).await?;
                     let r = if who == "native" {
-                        native_backlog(env, &src, &db, &end).await
+                        native_backlog(env, &src, &db, &end, &phases).await
                     } else {
-                        pgbridge_backlog(env, &src, &db, &end).await
+                        pgbridge_backlog(env, &src, &db, &end, &phases).await
                     };
                     env.tgt_admin
                         .exec(&format!("DROP DATABASE {db} WITH (FORCE)"))
@@ -1281,7 +1344,13 @@ async fn drain(env: &Env, slot: &str, end: &str) -> R<Measured> {
 }
 
 /// Native replication into target database `name` from slot `name`.
-async fn native_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+async fn native_backlog(
+    env: &Env,
+    src: &Db,
+    name: &str,
+    end: &str,
+    phases: &[(&str, String)],
+) -> R<Measured> {
     let tgt = Db::connect(&env.tgt_url(name)).await?;
     let slot = name;
     let mut watch = Watch::begin(env, "bsrc", Some(name)).await?;
@@ -1293,22 +1362,24 @@ async fn native_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measure
         env.args.native_streaming
     ))
     .await?;
-    let waited = wait_slot(env, src, &mut watch, slot, end, None).await;
+    let waited = wait_slot_phases(env, src, &mut watch, slot, end, None, phases).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     // Drops the slot on the source too.
     tgt.exec(&format!("DROP SUBSCRIPTION {name}")).await?;
-    waited?;
+    let note = waited?;
     verify(src, &tgt, "bl").await?;
-    Ok(Measured {
-        secs,
-        cpu,
-        note: String::new(),
-    })
+    Ok(Measured { secs, cpu, note })
 }
 
 /// `pgbridge run` into target database `name` from slot `name`.
-async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+async fn pgbridge_backlog(
+    env: &Env,
+    src: &Db,
+    name: &str,
+    end: &str,
+    phases: &[(&str, String)],
+) -> R<Measured> {
     let slot = name;
     let config = pgbridge_config(env, "bsrc", slot, "p", "never", name, "bl", 1);
     let tgt = Db::connect(&env.tgt_url(name)).await?;
@@ -1316,7 +1387,16 @@ async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measu
     let t0 = Instant::now();
     let (mut child, log) = spawn_pgbridge(env, name, &config)?;
     watch.tool(child.id());
-    let waited = wait_slot(env, src, &mut watch, slot, end, Some((&mut child, &log))).await;
+    let waited = wait_slot_phases(
+        env,
+        src,
+        &mut watch,
+        slot,
+        end,
+        Some((&mut child, &log)),
+        phases,
+    )
+    .await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     let rss = child.id().map(peak_rss_mb).unwrap_or_default();
@@ -1327,13 +1407,13 @@ async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measu
              WHERE slot_name = '{slot}' AND NOT active"
         ))
         .await;
-    waited?;
+    let phases = waited?;
     stopped?;
     verify(src, &tgt, "bl").await?;
     Ok(Measured {
         secs,
         cpu,
-        note: rss,
+        note: format!("{rss} {phases}"),
     })
 }
 

@@ -132,6 +132,13 @@ pub struct PostgresSinkSection {
     pub batch_max_bytes: usize,
     #[serde(default = "default_batch_txns")]
     pub batch_max_txns: usize,
+    /// Target connections the apply is spread over (1-64).
+    #[serde(default = "default_apply_workers")]
+    pub apply_workers: usize,
+}
+
+fn default_apply_workers() -> usize {
+    crate::sink::postgres::PostgresSinkConfig::DEFAULT_APPLY_WORKERS
 }
 
 fn default_batch_rows() -> usize {
@@ -318,6 +325,14 @@ impl Config {
             if let SinkConfig::Kafka(k) = s {
                 k.validate()
                     .map_err(|m| semantic(format!("sink {:?}: {m}", k.name)))?;
+            }
+            if let SinkConfig::Postgres(p) = s {
+                if p.apply_workers == 0 || p.apply_workers > 64 {
+                    return Err(semantic(format!(
+                        "sink {:?}: apply_workers = {} is out of range 1-64",
+                        p.name, p.apply_workers
+                    )));
+                }
             }
         }
         if let Some(p) = config.source.proto_version {

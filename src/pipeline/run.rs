@@ -72,6 +72,7 @@ fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, SinkError> {
                     c.batch_max_rows = p.batch_max_rows;
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
+                    c.apply_workers = p.apply_workers;
                     Ok(Box::new(PostgresSink::new(c)?))
                 }
                 SinkConfig::Kafka(k) => Ok(Box::new(KafkaSink::for_pipeline(k, config))),

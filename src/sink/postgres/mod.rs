@@ -65,6 +65,7 @@ pub mod apply;
 pub mod config;
 pub(crate) mod conn;
 pub mod error;
+pub mod parallel;
 mod progress;
 pub mod schema;
 pub mod sink;
