@@ -381,6 +381,21 @@ create_tables = true
         };
         assert!(p.create_tables);
         assert_eq!(p.url.info.dbname, "warehouse");
+        assert_eq!(p.apply_workers, 1);
+    }
+
+    #[test]
+    fn apply_workers_range() {
+        let with = |n: &str| GOOD.replace("create_tables = true", &format!("apply_workers = {n}"));
+        let c = Config::parse(&with("4"), "x.toml").unwrap();
+        let SinkConfig::Postgres(p) = &c.sinks[0] else {
+            panic!("a postgres sink")
+        };
+        assert_eq!(p.apply_workers, 4);
+        for bad in ["0", "65"] {
+            let e = err(&with(bad));
+            assert!(e.contains("apply_workers") && e.contains("1-64"), "{e}");
+        }
     }
 
     fn err(text: &str) -> String {
