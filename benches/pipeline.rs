@@ -76,10 +76,12 @@ struct Args {
     runs: usize,
     /// pgbridge's apply_workers (None: the sink's default).
     apply_workers: Option<usize>,
+    /// pgbridge's source.proto_version (None: its default, the highest).
+    proto: Option<u32>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|all]... \
-[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS] [--apply-workers N]
+[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS] [--apply-workers N] [--pgbridge-proto N]
 
   --scale F             multiply row counts (and the latency run's 30 s) by F (default 1)
   --runs N              runs of every contender, taken in turns; times are medians (default 3);
@@ -89,6 +91,7 @@ const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latenc
   --native-streaming    native subscriptions with streaming = on (PG15 default: off)
   --rate TPS            latency part's pgbench rate (default 2000)
   --apply-workers N     pgbridge's apply_workers on its Postgres sink (default: pgbridge's default)
+  --pgbridge-proto N    pgbridge's source.proto_version (default: the highest; 1 = no streaming)
 environment: PGBRIDGE_BIN (default: target/release/pgbridge next to this bench),
              PG_BIN (server binaries), PGCOPYDB (default: pgcopydb on PATH),
              PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs)";
@@ -103,6 +106,7 @@ fn parse_args() -> R<Args> {
         latency_rate: 2000,
         runs: 3,
         apply_workers: None,
+        proto: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -160,6 +164,15 @@ fn parse_args() -> R<Args> {
                         .ok_or_else(|| {
                             format!("--apply-workers {v}: expected an integer in 1-64")
                         })?,
+                );
+            }
+            "--pgbridge-proto" => {
+                let v = value("--pgbridge-proto")?;
+                a.proto = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=4).contains(n))
+                        .ok_or_else(|| format!("--pgbridge-proto {v}: expected 1-4"))?,
                 );
             }
             "--native-streaming" => a.native_streaming = true,
@@ -685,7 +698,7 @@ publications = ["{publication}"]
 snapshot = "{snapshot}"
 snapshot_workers = {workers}
 status_interval_secs = 1
-
+{proto}
 [[sink]]
 type = "postgres"
 name = "bench"
@@ -695,6 +708,11 @@ create_tables = false
 {apply}"#,
         src = env.src_url(src_db),
         tgt = env.tgt_url(tgt_db),
+        proto = env
+            .args
+            .proto
+            .map(|n| format!("proto_version = {n}\n"))
+            .unwrap_or_default(),
         apply = env
             .args
             .apply_workers
