@@ -44,6 +44,10 @@ pub fn trials() -> Vec<Trial> {
             parallel_collision_falls_back,
         ),
         trial(
+            "pgsink::parallel_barrier_in_large_transaction",
+            parallel_barrier_in_large_transaction,
+        ),
+        trial(
             "pgsink::definite_errors_name_table_and_column",
             definite_errors_name_table_and_column,
         ),
@@ -1006,6 +1010,91 @@ fn parallel_collision_falls_back() {
         assert_eq!(
             psql(&db, "SELECT count(*) FROM pgbridge.apply_progress WHERE sink = 'collide'"),
             "0"
+        );
+    });
+}
+
+/// A key change deep inside a transaction whose parallel apply has begun
+/// cannot wait for a batch boundary: the run stops with a transient error
+/// and the retry applies that transaction serially; small transactions
+/// with a key change or truncate are serial from the start. The target
+/// ends as the source.
+fn parallel_barrier_in_large_transaction() {
+    let (port, db) = harness::fresh_db("pgsink_barrier");
+    runtime().block_on(async {
+        let rel = relation(
+            16600,
+            "b",
+            ReplicaIdentity::Default,
+            &[("id", INT4, true), ("v", TEXT, false)],
+        );
+        let steps = || {
+            let mut v = txn(
+                1,
+                vec![
+                    Event::Relation(rel.clone()),
+                    insert(&rel, 0x900, &[Some("1"), Some("one")]),
+                ],
+            );
+            let mut big: Vec<Event> = (100..3100)
+                .map(|i| insert(&rel, 0x1900, &[Some(&i.to_string()), Some("bulk")]))
+                .collect();
+            // id 1 becomes id 2 after 3000 inserts.
+            big.push(update(
+                &rel,
+                0x1a00,
+                Some((row(&[Some("1"), None]), true)),
+                row(&[Some("2"), Some("moved")]),
+            ));
+            big.push(insert(&rel, 0x1b00, &[Some("1"), Some("new one")]));
+            v.extend(txn(2, big));
+            // A small transaction with a key change: serial from its start.
+            v.extend(txn(
+                3,
+                vec![
+                    update(
+                        &rel,
+                        0x2900,
+                        Some((row(&[Some("2"), None]), true)),
+                        row(&[Some("3"), Some("moved again")]),
+                    ),
+                    insert(&rel, 0x2a00, &[Some("4"), Some("four")]),
+                ],
+            ));
+            v.extend(txn(4, vec![insert(&rel, 0x3900, &[Some("5"), Some("five")])]));
+            v
+        };
+        let mut cfg = config("barrier", &db, port, true);
+        cfg.apply_workers = 3;
+        let mut restarts = Vec::new();
+        let mut confirmed = Lsn::ZERO;
+        for _ in 0..3 {
+            let (mut sink, pos) = open(cfg.clone()).await;
+            let (r, c) = feed(&mut sink, pos, steps()).await;
+            confirmed = c;
+            match r {
+                Ok(()) => break,
+                Err(SinkError::Transient { message, .. }) => restarts.push(message),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(restarts.len(), 1, "{restarts:?}");
+        assert!(restarts[0].contains("applied again serially"), "{restarts:?}");
+        assert_eq!(confirmed, end(4));
+        assert_eq!(
+            psql(&db, "SELECT count(*) FROM b WHERE v = 'bulk'"),
+            "3000"
+        );
+        assert_eq!(
+            psql(
+                &db,
+                "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM b WHERE v <> 'bulk'"
+            ),
+            "1:new one,3:moved again,4:four,5:five"
+        );
+        assert_eq!(
+            psql(&db, "SELECT string_agg(DISTINCT end_lsn::text, ',') FROM pgbridge.apply_progress WHERE sink = 'barrier'"),
+            end(4).to_string()
         );
     });
 }
