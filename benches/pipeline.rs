@@ -76,10 +76,14 @@ struct Args {
     native_streaming: bool,
     latency_rate: u32,
     runs: usize,
+    /// pgbridge's apply_workers (None: the sink's default).
+    apply_workers: Option<usize>,
+    /// pgbridge's source.proto_version (None: its default, the highest).
+    proto: Option<u32>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latency|kafka|memory|all]... \
-[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+[--scale F] [--runs N] [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS] [--apply-workers N] [--pgbridge-proto N]
 
   all = backlog copy latency; kafka and memory need a tansu broker (TANSU, ~/.cargo/bin/tansu),
   kafka also wal2json and a python with confluent-kafka (PGBRIDGE_BENCH_PYTHON, made by scripts/bench.sh)
@@ -91,6 +95,8 @@ const USAGE: &str = "usage: cargo bench --bench pipeline -- [backlog|copy|latenc
   --timeout SECS        give up on one contender after SECS (default 900)
   --native-streaming    native subscriptions with streaming = on (PG15 default: off)
   --rate TPS            latency part's pgbench rate (default 2000)
+  --apply-workers N     pgbridge's apply_workers on its Postgres sink (default: pgbridge's default)
+  --pgbridge-proto N    pgbridge's source.proto_version (default: the highest; 1 = no streaming)
 environment: PGBRIDGE_BIN (default: target/release/pgbridge next to this bench),
              PGBRIDGE_BENCH_SOURCE_CONF, PGBRIDGE_BENCH_KAFKA_CONF, PGBRIDGE_BENCH_PG_CONF: extra
              config lines (`;`-separated) for pgbridge's source and sinks (experiments),
@@ -106,6 +112,8 @@ fn parse_args() -> R<Args> {
         native_streaming: false,
         latency_rate: 2000,
         runs: 3,
+        apply_workers: None,
+        proto: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -155,6 +163,26 @@ fn parse_args() -> R<Args> {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("--runs {v}: expected a positive integer"))?;
+            }
+            "--apply-workers" => {
+                let v = value("--apply-workers")?;
+                a.apply_workers = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| {
+                            format!("--apply-workers {v}: expected an integer in 1-64")
+                        })?,
+                );
+            }
+            "--pgbridge-proto" => {
+                let v = value("--pgbridge-proto")?;
+                a.proto = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=4).contains(n))
+                        .ok_or_else(|| format!("--pgbridge-proto {v}: expected 1-4"))?,
+                );
             }
             "--native-streaming" => a.native_streaming = true,
             "-h" | "--help" => {
@@ -680,17 +708,29 @@ snapshot = "{snapshot}"
 snapshot_workers = {workers}
 status_interval_secs = 1
 {source_extra}
+{proto}
 [[sink]]
 type = "postgres"
 name = "bench"
 url = "{tgt}"
 tables = ["public.{table}"]
 create_tables = false
-{pg_extra}"#,
+{pg_extra}
+{apply}"#,
         src = env.src_url(src_db),
         tgt = env.tgt_url(tgt_db),
         source_extra = extra("PGBRIDGE_BENCH_SOURCE_CONF"),
         pg_extra = extra("PGBRIDGE_BENCH_PG_CONF"),
+        proto = env
+            .args
+            .proto
+            .map(|n| format!("proto_version = {n}\n"))
+            .unwrap_or_default(),
+        apply = env
+            .args
+            .apply_workers
+            .map(|n| format!("apply_workers = {n}\n"))
+            .unwrap_or_default(),
     )
 }
 
@@ -1103,10 +1143,45 @@ async fn wait_slot(
     watch: &mut Watch,
     slot: &str,
     end: &str,
-    mut child: Option<(&mut Child, &Path)>,
+    child: Option<(&mut Child, &Path)>,
 ) -> R<()> {
+    wait_slot_phases(env, src, watch, slot, end, child, &[])
+        .await
+        .map(|_| ())
+}
+
+/// Waits until `slot` has confirmed `end`. `phases` are earlier positions
+/// (name, LSN) whose passing times are returned, as text.
+async fn wait_slot_phases(
+    env: &Env,
+    src: &Db,
+    watch: &mut Watch,
+    slot: &str,
+    end: &str,
+    mut child: Option<(&mut Child, &Path)>,
+    phases: &[(&str, String)],
+) -> R<String> {
+    let t0 = Instant::now();
+    let mut passed: Vec<f64> = Vec::new();
     let deadline = Instant::now() + env.args.timeout;
     loop {
+        while let Some((_, lsn)) = phases.get(passed.len()) {
+            let row = src
+                .rows(&format!(
+                    "SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn FROM pg_replication_slots \
+                     WHERE slot_name = '{slot}'"
+                ))
+                .await?;
+            if row
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .as_deref()
+                != Some("t")
+            {
+                break;
+            }
+            passed.push(t0.elapsed().as_secs_f64());
+        }
         let row = src
             .rows(&format!(
                 "SELECT confirmed_flush_lsn >= '{end}'::pg_lsn, confirmed_flush_lsn::text \
@@ -1121,7 +1196,20 @@ async fn wait_slot(
             None => return Err(format!("slot {slot} disappeared")),
         };
         if done {
-            return Ok(());
+            let total = t0.elapsed().as_secs_f64();
+            passed.resize(phases.len(), total);
+            let mut prev = 0.0;
+            let mut split: Vec<String> = Vec::new();
+            for ((name, _), t) in phases.iter().zip(&passed) {
+                split.push(format!("{name} {:.1}", t - prev));
+                prev = *t;
+            }
+            split.push(format!("rest {:.1}", total - prev));
+            return Ok(if phases.is_empty() {
+                String::new()
+            } else {
+                format!("phases: {}", split.join(", "))
+            });
         }
         if let Some((c, log)) = child.as_mut() {
             if exited(c, log, "pgbridge")? {
@@ -1148,6 +1236,8 @@ struct Written {
     end: String,
     wal: f64,
     rows: u64,
+    /// Positions after the singles, the big transaction and the updates.
+    phases: Vec<(&'static str, String)>,
 }
 
 impl Written {
@@ -1192,17 +1282,25 @@ async fn write_backlog(src: &Db, s: f64) -> R<Written> {
            COMMIT; END LOOP; END $$"
     ))
     .await?;
+    let after_singles: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     src.exec(&format!(
         "INSERT INTO bl (a, b, c, d) SELECT g, md5(g::text) || md5((g + 1)::text), now(), g / 7.0 \
          FROM generate_series(1, {big}) g"
     ))
     .await?;
+    let after_big: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     src.exec(&format!(
         "DO $$ BEGIN FOR i IN 1..{updates} LOOP \
            UPDATE bl SET a = a + 1, b = b || 'u', d = d * 2 WHERE id = i * 10; \
            COMMIT; END LOOP; END $$"
     ))
     .await?;
+    let after_updates: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
+    let phases = vec![
+        ("inserts", after_singles),
+        ("big", after_big),
+        ("updates", after_updates),
+    ];
     src.exec(&format!(
         "DO $$ BEGIN FOR i IN 1..{deletes} LOOP \
            DELETE FROM bl WHERE id = i * 20 - 5; \
@@ -1227,6 +1325,7 @@ async fn write_backlog(src: &Db, s: f64) -> R<Written> {
         end,
         wal,
         rows,
+        phases,
     })
 }
 
@@ -1250,6 +1349,7 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
     }
     let w = write_backlog(&src, s).await?;
     let end = w.end.clone();
+    let phases = w.phases.clone();
     report.headers.push(format!("backlog: {}", w.header()));
     report.headers.push(format!(
         "  pg_recvlogical: proto_version 1 to /dev/null; native: CREATE SUBSCRIPTION streaming = {}; \
@@ -1282,9 +1382,9 @@ async fn backlog(env: &Env, report: &mut Report) -> R<()> {
                     let indexes = if shape == "b" { BL_INDEXES } else { "" };
                     fresh_target(env, &db, &format!("{BL_TABLE}; {indexes}")).await?;
                     let r = if who == "native" {
-                        native_backlog(env, &src, &db, &end).await
+                        native_backlog(env, &src, &db, &end, &phases).await
                     } else {
-                        pgbridge_backlog(env, &src, &db, &end).await
+                        pgbridge_backlog(env, &src, &db, &end, &phases).await
                     };
                     env.tgt_admin
                         .exec(&format!("DROP DATABASE {db} WITH (FORCE)"))
@@ -1359,7 +1459,13 @@ async fn drain(env: &Env, db: &str, slot: &str, end: &str) -> R<Measured> {
 }
 
 /// Native replication into target database `name` from slot `name`.
-async fn native_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+async fn native_backlog(
+    env: &Env,
+    src: &Db,
+    name: &str,
+    end: &str,
+    phases: &[(&str, String)],
+) -> R<Measured> {
     let tgt = Db::connect(&env.tgt_url(name)).await?;
     let slot = name;
     let mut watch = Watch::begin(env, "bsrc", Some(name)).await?;
@@ -1371,22 +1477,24 @@ async fn native_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measure
         env.args.native_streaming
     ))
     .await?;
-    let waited = wait_slot(env, src, &mut watch, slot, end, None).await;
+    let waited = wait_slot_phases(env, src, &mut watch, slot, end, None, phases).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     // Drops the slot on the source too.
     tgt.exec(&format!("DROP SUBSCRIPTION {name}")).await?;
-    waited?;
+    let note = waited?;
     verify(src, &tgt, "bl").await?;
-    Ok(Measured {
-        secs,
-        cpu,
-        note: String::new(),
-    })
+    Ok(Measured { secs, cpu, note })
 }
 
 /// `pgbridge run` into target database `name` from slot `name`.
-async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measured> {
+async fn pgbridge_backlog(
+    env: &Env,
+    src: &Db,
+    name: &str,
+    end: &str,
+    phases: &[(&str, String)],
+) -> R<Measured> {
     let slot = name;
     let config = pgbridge_config(env, "bsrc", slot, "p", "never", name, "bl", 1);
     let tgt = Db::connect(&env.tgt_url(name)).await?;
@@ -1394,7 +1502,16 @@ async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measu
     let t0 = Instant::now();
     let (mut child, log) = spawn_pgbridge(env, name, &config)?;
     watch.tool(child.id());
-    let waited = wait_slot(env, src, &mut watch, slot, end, Some((&mut child, &log))).await;
+    let waited = wait_slot_phases(
+        env,
+        src,
+        &mut watch,
+        slot,
+        end,
+        Some((&mut child, &log)),
+        phases,
+    )
+    .await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     let rss = child.id().map(peak_rss_mb).unwrap_or_default();
@@ -1405,13 +1522,13 @@ async fn pgbridge_backlog(env: &Env, src: &Db, name: &str, end: &str) -> R<Measu
              WHERE slot_name = '{slot}' AND NOT active"
         ))
         .await;
-    waited?;
+    let phases = waited?;
     stopped?;
     verify(src, &tgt, "bl").await?;
     Ok(Measured {
         secs,
         cpu,
-        note: rss,
+        note: format!("{rss} {phases}"),
     })
 }
 

@@ -208,8 +208,23 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
                         .await
                     {
                         Ok(Some(row)) => {
-                            let lsn: String = row.get(0);
-                            let at: String = row.get(1);
+                            let mut lsn: String = row.get(0);
+                            let mut at: String = row.get(1);
+                            // Parallel apply: the lowest worker position
+                            // is what the target surely has.
+                            if let Ok(Some(w)) = client
+                                .query_opt(
+                                    "SELECT min(end_lsn)::text, max(updated_at)::text FROM pgbridge.apply_progress \
+                                     WHERE pipeline = $1 AND sink = $2 HAVING count(*) > 0",
+                                    &[&config.pipeline_id(), &p.name],
+                                )
+                                .await
+                            {
+                                if let (Ok(l), Ok(a)) = (w.try_get::<_, String>(0), w.try_get::<_, String>(1)) {
+                                    lsn = l;
+                                    at = a;
+                                }
+                            }
                             let lag = lsn
                                 .parse::<Lsn>()
                                 .map(|l| server_lsn.bytes_since(l).to_string())

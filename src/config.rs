@@ -147,6 +147,13 @@ pub struct PostgresSinkSection {
     pub batch_max_bytes: usize,
     #[serde(default = "default_batch_txns")]
     pub batch_max_txns: usize,
+    /// Target connections the apply is spread over (1-64).
+    #[serde(default = "default_apply_workers")]
+    pub apply_workers: usize,
+}
+
+fn default_apply_workers() -> usize {
+    crate::sink::postgres::PostgresSinkConfig::DEFAULT_APPLY_WORKERS
 }
 
 fn default_true() -> bool {
@@ -337,6 +344,14 @@ impl Config {
                 k.validate()
                     .map_err(|m| semantic(format!("sink {:?}: {m}", k.name)))?;
             }
+            if let SinkConfig::Postgres(p) = s {
+                if p.apply_workers == 0 || p.apply_workers > 64 {
+                    return Err(semantic(format!(
+                        "sink {:?}: apply_workers = {} is out of range 1-64",
+                        p.name, p.apply_workers
+                    )));
+                }
+            }
         }
         if let Some(p) = config.source.proto_version {
             if !(1..=4).contains(&p) {
@@ -384,6 +399,21 @@ create_tables = true
         };
         assert!(p.create_tables);
         assert_eq!(p.url.info.dbname, "warehouse");
+        assert_eq!(p.apply_workers, 1);
+    }
+
+    #[test]
+    fn apply_workers_range() {
+        let with = |n: &str| GOOD.replace("create_tables = true", &format!("apply_workers = {n}"));
+        let c = Config::parse(&with("4"), "x.toml").unwrap();
+        let SinkConfig::Postgres(p) = &c.sinks[0] else {
+            panic!("a postgres sink")
+        };
+        assert_eq!(p.apply_workers, 4);
+        for bad in ["0", "65"] {
+            let e = err(&with(bad));
+            assert!(e.contains("apply_workers") && e.contains("1-64"), "{e}");
+        }
     }
 
     fn err(text: &str) -> String {

@@ -124,8 +124,12 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: pgbridge's own work is light next to the servers', and
+    // on the backlog benchmark the multi-thread runtime spent most of it
+    // waking threads (perf: ~40% in the scheduler's context switches);
+    // pgbridge's CPU fell 2-4x with this (scale 0.3, 2 cores). Blocking
+    // calls go through spawn_blocking.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -40,6 +40,14 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("pgsink::exactly_once_restart", exactly_once_restart),
         trial(
+            "pgsink::parallel_collision_falls_back",
+            parallel_collision_falls_back,
+        ),
+        trial(
+            "pgsink::parallel_barrier_in_large_transaction",
+            parallel_barrier_in_large_transaction,
+        ),
+        trial(
             "pgsink::definite_errors_name_table_and_column",
             definite_errors_name_table_and_column,
         ),
@@ -896,6 +904,198 @@ fn exactly_once_restart() {
         // Another sink name has its own row.
         let (_, pos) = open(config("other", &db, port, true)).await;
         assert_eq!(pos, Lsn::ZERO);
+    });
+}
+
+/// Two workers collide on a unique secondary index: the row whose
+/// unique value moves away is updated on one worker while another worker
+/// inserts a row taking that value. The run stops with a transient error,
+/// and the retry applies the batch serially; the target ends exactly as
+/// the source, nothing doubled or lost.
+fn parallel_collision_falls_back() {
+    use pgbridge::sink::postgres::parallel::route;
+    let (port, db) = harness::fresh_db("pgsink_collide");
+    psql(
+        &db,
+        "CREATE TABLE u (id int PRIMARY KEY, v int UNIQUE, pad text); INSERT INTO u VALUES (1, 5, 'a')",
+    );
+    runtime().block_on(async {
+        let rel = relation(
+            16500,
+            "u",
+            ReplicaIdentity::Default,
+            &[("id", INT4, true), ("v", INT4, false), ("pad", TEXT, false)],
+        );
+        let worker_of = |id: i64| {
+            let Event::Change(ch) = insert(&rel, 1, &[Some(&id.to_string()), None, None]) else {
+                unreachable!()
+            };
+            route(&ch, 2)
+        };
+        let wa = worker_of(1);
+        // Work that keeps A's worker busy, then A's update, then on the
+        // other worker a row taking A's old value.
+        let bulk: Vec<i64> = (1000..).filter(|i| worker_of(*i) == wa).take(5000).collect();
+        let c = (2..).find(|i| worker_of(*i) != wa).unwrap_or(2);
+        let steps = || {
+            let mut v = txn(
+                1,
+                vec![
+                    Event::Relation(rel.clone()),
+                    insert(&rel, 0x900, &[Some("900"), Some("900"), None]),
+                ],
+            );
+            v.extend(txn(
+                2,
+                bulk.iter()
+                    .map(|i| {
+                        let s = i.to_string();
+                        insert(&rel, 0x1900, &[Some(&s), Some(&s), Some("bulk")])
+                    })
+                    .collect(),
+            ));
+            v.extend(txn(
+                3,
+                vec![update(
+                    &rel,
+                    0x2900,
+                    None,
+                    row(&[Some("1"), Some("6"), Some("a")]),
+                )],
+            ));
+            v.extend(txn(
+                4,
+                vec![insert(&rel, 0x3900, &[Some(&c.to_string()), Some("5"), Some("c")])],
+            ));
+            v
+        };
+        let mut cfg = config("collide", &db, port, false);
+        cfg.apply_workers = 2;
+        let mut fallbacks = 0;
+        let mut confirmed = Lsn::ZERO;
+        for attempt in 0..3 {
+            let (mut sink, pos) = open(cfg.clone()).await;
+            let (r, c) = feed(&mut sink, pos, steps()).await;
+            confirmed = c;
+            match r {
+                Ok(()) => break,
+                Err(SinkError::Transient { message, .. }) => {
+                    assert!(message.contains("collided"), "attempt {attempt}: {message}");
+                    fallbacks += 1;
+                }
+                Err(e) => panic!("attempt {attempt}: {e}"),
+            }
+        }
+        assert_eq!(fallbacks, 1, "one collision, then a serial re-apply");
+        assert_eq!(confirmed, end(4));
+        assert_eq!(
+            psql(&db, "SELECT count(*), count(DISTINCT id) FROM u"),
+            "5003|5003"
+        );
+        assert_eq!(
+            psql(&db, &format!("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM u WHERE id IN (1, {c})")),
+            format!("1:6,{c}:5")
+        );
+        // Every worker's row is at the end: the next run starts there.
+        assert_eq!(
+            psql(&db, "SELECT string_agg(DISTINCT end_lsn::text, ',') FROM pgbridge.apply_progress WHERE sink = 'collide'"),
+            end(4).to_string()
+        );
+        let (_, pos) = open(cfg.clone()).await;
+        assert_eq!(pos, end(4));
+        // One connection again: the worker rows fold into the main row.
+        cfg.apply_workers = 1;
+        let (_, pos) = open(cfg).await;
+        assert_eq!(pos, end(4));
+        assert_eq!(
+            psql(&db, "SELECT count(*) FROM pgbridge.apply_progress WHERE sink = 'collide'"),
+            "0"
+        );
+    });
+}
+
+/// A key change deep inside a transaction whose parallel apply has begun
+/// cannot wait for a batch boundary: the run stops with a transient error
+/// and the retry applies that transaction serially; small transactions
+/// with a key change or truncate are serial from the start. The target
+/// ends as the source.
+fn parallel_barrier_in_large_transaction() {
+    let (port, db) = harness::fresh_db("pgsink_barrier");
+    runtime().block_on(async {
+        let rel = relation(
+            16600,
+            "b",
+            ReplicaIdentity::Default,
+            &[("id", INT4, true), ("v", TEXT, false)],
+        );
+        let steps = || {
+            let mut v = txn(
+                1,
+                vec![
+                    Event::Relation(rel.clone()),
+                    insert(&rel, 0x900, &[Some("1"), Some("one")]),
+                ],
+            );
+            let mut big: Vec<Event> = (100..3100)
+                .map(|i| insert(&rel, 0x1900, &[Some(&i.to_string()), Some("bulk")]))
+                .collect();
+            // id 1 becomes id 2 after 3000 inserts.
+            big.push(update(
+                &rel,
+                0x1a00,
+                Some((row(&[Some("1"), None]), true)),
+                row(&[Some("2"), Some("moved")]),
+            ));
+            big.push(insert(&rel, 0x1b00, &[Some("1"), Some("new one")]));
+            v.extend(txn(2, big));
+            // A small transaction with a key change: serial from its start.
+            v.extend(txn(
+                3,
+                vec![
+                    update(
+                        &rel,
+                        0x2900,
+                        Some((row(&[Some("2"), None]), true)),
+                        row(&[Some("3"), Some("moved again")]),
+                    ),
+                    insert(&rel, 0x2a00, &[Some("4"), Some("four")]),
+                ],
+            ));
+            v.extend(txn(4, vec![insert(&rel, 0x3900, &[Some("5"), Some("five")])]));
+            v
+        };
+        let mut cfg = config("barrier", &db, port, true);
+        cfg.apply_workers = 3;
+        let mut restarts = Vec::new();
+        let mut confirmed = Lsn::ZERO;
+        for _ in 0..3 {
+            let (mut sink, pos) = open(cfg.clone()).await;
+            let (r, c) = feed(&mut sink, pos, steps()).await;
+            confirmed = c;
+            match r {
+                Ok(()) => break,
+                Err(SinkError::Transient { message, .. }) => restarts.push(message),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(restarts.len(), 1, "{restarts:?}");
+        assert!(restarts[0].contains("applied again serially"), "{restarts:?}");
+        assert_eq!(confirmed, end(4));
+        assert_eq!(
+            psql(&db, "SELECT count(*) FROM b WHERE v = 'bulk'"),
+            "3000"
+        );
+        assert_eq!(
+            psql(
+                &db,
+                "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM b WHERE v <> 'bulk'"
+            ),
+            "1:new one,3:moved again,4:four,5:five"
+        );
+        assert_eq!(
+            psql(&db, "SELECT string_agg(DISTINCT end_lsn::text, ',') FROM pgbridge.apply_progress WHERE sink = 'barrier'"),
+            end(4).to_string()
+        );
     });
 }
 

@@ -42,17 +42,29 @@ fn write_config(
     slot: &str,
     sinks: &[(&str, String, &[&str])],
 ) {
+    write_config_with(path, source, slot, sinks, &[]);
+}
+
+/// As [`write_config`], with `extra[i]` appended to sink `i`'s section.
+fn write_config_with(
+    path: &std::path::Path,
+    source: &str,
+    slot: &str,
+    sinks: &[(&str, String, &[&str])],
+    extra: &[&str],
+) {
     let mut s = format!(
         "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot_workers = 2\n"
     );
-    for (name, url, tables) in sinks {
+    for (i, (name, url, tables)) in sinks.iter().enumerate() {
         let tables = tables
             .iter()
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
         s.push_str(&format!(
-            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [{tables}]\ncreate_tables = true\n"
+            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [{tables}]\ncreate_tables = true\n{}\n",
+            extra.get(i).copied().unwrap_or("")
         ));
     }
     std::fs::write(path, s).expect("write config");
@@ -264,15 +276,22 @@ fn kill_and_restart_converges() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    write_config(
-        &config,
-        &harness::url(port, &src),
-        "pl_kill",
-        &[
-            ("a", harness::url(port, &dst_a), &["public.t1", "public.t2"]),
-            ("b", harness::url(port, &dst_b), &["public.t1"]),
-        ],
-    );
+    // Sink a applies over several connections, their number changing
+    // between some rounds (a run cut off in a parallel batch recovers with
+    // the stored count, then switches); b over one.
+    let configure = |workers: usize| {
+        write_config_with(
+            &config,
+            &harness::url(port, &src),
+            "pl_kill",
+            &[
+                ("a", harness::url(port, &dst_a), &["public.t1", "public.t2"]),
+                ("b", harness::url(port, &dst_b), &["public.t1"]),
+            ],
+            &[&format!("apply_workers = {workers}"), ""],
+        )
+    };
+    configure(3);
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
@@ -283,6 +302,7 @@ fn kill_and_restart_converges() {
     let mut seed: u64 = 42;
     let mut kills = 0;
     for round in 0..12 {
+        configure([3, 3, 3, 2, 2, 3, 1, 3, 3, 4, 3, 3][round]);
         let mut child = spawn_run(&config, &log);
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -316,6 +336,7 @@ fn kill_and_restart_converges() {
         &src,
         &format!("INSERT INTO t1 VALUES {}", t1_row(99_999_999, 7)),
     );
+    configure(3);
     let child = spawn_run(&config, &log);
     wait_for("target a to catch up", 180, || {
         psql(
@@ -347,6 +368,14 @@ fn kill_and_restart_converges() {
         "SELECT count(*) FROM t1 WHERE id > 10000000 AND id < 10200001",
     );
     assert_eq!(big, "200000", "the 200k-row transaction arrived whole");
+    assert_eq!(
+        psql(
+            &dst_a,
+            "SELECT count(*) FROM pgbridge.apply_progress WHERE sink = 'a'"
+        ),
+        "3",
+        "sink a ran with 3 apply workers"
+    );
     psql("postgres", "SELECT pg_drop_replication_slot('pl_kill')");
 }
 

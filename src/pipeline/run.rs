@@ -98,6 +98,7 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
                     c.batch_max_rows = p.batch_max_rows;
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
+                    c.apply_workers = p.apply_workers;
                     Ok(Built::Other(Box::new(PostgresSink::new(c)?)))
                 }
                 SinkConfig::Kafka(k) => {

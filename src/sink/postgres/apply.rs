@@ -86,6 +86,8 @@ pub struct Target {
     rows: usize,
     /// Bytes of values applied in the open target transaction.
     bytes: usize,
+    /// `lock_timeout` of the target transactions (None: the server's).
+    lock_timeout: Option<&'static str>,
 }
 
 impl Target {
@@ -99,7 +101,14 @@ impl Target {
             pending: Pending::Empty,
             rows: 0,
             bytes: 0,
+            lock_timeout: None,
         }
+    }
+
+    /// Sets `lock_timeout` (e.g. `"5s"`) for the target transactions opened
+    /// from now on; `None` waits as long as the server's setting says.
+    pub fn set_lock_timeout(&mut self, timeout: Option<&'static str>) {
+        self.lock_timeout = timeout;
     }
 
     /// The connection, for reads outside the apply path.
@@ -124,8 +133,12 @@ impl Target {
 
     async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
+            let sql = match self.lock_timeout {
+                Some(t) => format!("BEGIN; SET LOCAL lock_timeout = '{t}'"),
+                None => "BEGIN".to_string(),
+            };
             self.client
-                .batch_execute("BEGIN")
+                .batch_execute(&sql)
                 .await
                 .map_err(|e| classify(&e, &Context::new("opening a target transaction")))?;
             self.in_txn = true;
@@ -491,6 +504,36 @@ impl Target {
             .await
             .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
         self.in_txn = false;
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Flushes, upserts the rows of `workers` in `pgbridge.apply_progress`
+    /// to `end_lsn` and commits; without an open transaction (nothing
+    /// applied) the rows are upserted on their own.
+    pub async fn commit_with_workers(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        workers: &[i32],
+        end_lsn: Lsn,
+    ) -> Result<(), ApplyError> {
+        self.flush().await?;
+        let upsert = self
+            .prepare(
+                progress::UPSERT_WORKERS,
+                &Context::new("preparing the worker progress update"),
+            )
+            .await?;
+        progress::write_workers(&self.client, &upsert, pipeline, sink, workers, end_lsn).await?;
+        if self.in_txn {
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
+            self.in_txn = false;
+        }
         self.rows = 0;
         self.bytes = 0;
         Ok(())

@@ -25,6 +25,10 @@ pub struct PostgresSinkConfig {
     pub batch_max_bytes: usize,
     /// As `batch_max_rows`, for the number of source transactions.
     pub batch_max_txns: usize,
+    /// Target connections the changes are spread over (1: one connection
+    /// that keeps source transaction boundaries exactly; see
+    /// [`parallel`](super::parallel)).
+    pub apply_workers: usize,
 }
 
 impl PostgresSinkConfig {
@@ -34,6 +38,8 @@ impl PostgresSinkConfig {
     pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 << 20;
     /// Default for [`batch_max_txns`](Self::batch_max_txns).
     pub const DEFAULT_BATCH_MAX_TXNS: usize = 1000;
+    /// Default for [`apply_workers`](Self::apply_workers).
+    pub const DEFAULT_APPLY_WORKERS: usize = 1;
 
     /// A configuration with the default limits and `create_tables = false`.
     pub fn new(
@@ -49,6 +55,7 @@ impl PostgresSinkConfig {
             batch_max_rows: Self::DEFAULT_BATCH_MAX_ROWS,
             batch_max_bytes: Self::DEFAULT_BATCH_MAX_BYTES,
             batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
+            apply_workers: Self::DEFAULT_APPLY_WORKERS,
         }
     }
 }

@@ -23,6 +23,13 @@
 //!   transaction streams into the open target transaction in COPY chunks
 //!   and statement pipelines of bounded size (see [`apply`]).
 //!
+//! # Parallel apply
+//! With `apply_workers > 1` the first guarantee is traded for throughput:
+//! a batch is spread over several target connections by replica identity
+//! key, per-row order kept, each connection committing its part with its
+//! own position; exactly once and acknowledgements as above. See
+//! [`parallel`].
+//!
 //! # How changes are written
 //! Values are the source server's text output, passed to the target's input
 //! functions untouched (exact for every type, extension types included).
@@ -65,6 +72,7 @@ pub mod apply;
 pub mod config;
 pub(crate) mod conn;
 pub mod error;
+pub mod parallel;
 mod progress;
 pub mod schema;
 pub mod sink;

@@ -114,3 +114,192 @@ pub async fn write(
         .map_err(|e| classify(&e, &Context::new("updating pgbridge.progress")))?;
     Ok(())
 }
+
+/// Per-worker positions of a sink with `apply_workers > 1`: row `worker`
+/// holds the end LSN up to which every change routed to that worker (by
+/// the hash of its replica identity key over as many workers as there are
+/// rows) is committed. Written in the worker's own target transaction,
+/// together with its part of the data.
+const CREATE_WORKERS: &str = "CREATE TABLE IF NOT EXISTS pgbridge.apply_progress (
+    pipeline text,
+    sink text,
+    worker int,
+    end_lsn pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, sink, worker)
+)";
+
+/// Upserts the rows of the workers in `$3` (an int[]) to `$4`, never
+/// backwards: a row that a worker moved further in a later transaction
+/// keeps its value.
+pub const UPSERT_WORKERS: &str = "INSERT INTO pgbridge.apply_progress AS p \
+        (pipeline, sink, worker, end_lsn, updated_at) \
+    SELECT $1, $2, w, $4::pg_lsn, clock_timestamp() FROM unnest($3::int[]) w \
+    ON CONFLICT (pipeline, sink, worker) DO UPDATE \
+    SET end_lsn = EXCLUDED.end_lsn, updated_at = EXCLUDED.updated_at \
+    WHERE p.end_lsn <= EXCLUDED.end_lsn";
+
+/// Whether `pgbridge.apply_progress` exists.
+pub async fn workers_table_exists(client: &Client) -> Result<bool, ApplyError> {
+    let ctx = Context::new("looking for pgbridge.apply_progress");
+    client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.apply_progress') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| classify(&e, &ctx))
+}
+
+/// Creates `pgbridge.apply_progress` when missing (`pgbridge.progress`
+/// exists: [`setup`] ran).
+pub async fn setup_workers(client: &Client) -> Result<(), ApplyError> {
+    if workers_table_exists(client).await? {
+        return Ok(());
+    }
+    match client.batch_execute(CREATE_WORKERS).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Ok(()),
+        Err(e) => Err(match classify(
+            &e,
+            &Context::new("creating pgbridge.apply_progress on the target"),
+        ) {
+            ApplyError::Definite(m) => ApplyError::Definite(format!(
+                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and grant it to the sink's user"
+            )),
+            t => t,
+        }),
+    }
+}
+
+/// The stored worker positions of (`pipeline`, `sink`), indexed by worker
+/// (empty when there are none). Rows must be numbered 0..n.
+pub async fn read_workers(
+    client: &Client,
+    pipeline: &str,
+    sink: &str,
+) -> Result<Vec<Lsn>, ApplyError> {
+    if !workers_table_exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let ctx = Context::new("reading pgbridge.apply_progress");
+    let rows = client
+        .query(
+            "SELECT worker, end_lsn::text FROM pgbridge.apply_progress \
+             WHERE pipeline = $1 AND sink = $2 ORDER BY worker",
+            &[&pipeline, &sink],
+        )
+        .await
+        .map_err(|e| classify(&e, &ctx))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let w: i32 = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+        let text: String = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
+        if w != i as i32 {
+            return Err(ApplyError::Definite(format!(
+                "pgbridge.apply_progress for pipeline {pipeline:?}, sink {sink:?} has no row for worker {i} (found worker {w}); the rows must be numbered from 0 without gaps — do not edit them by hand"
+            )));
+        }
+        out.push(text.parse().map_err(|e| {
+            ApplyError::Definite(format!(
+                "pgbridge.apply_progress holds {text:?} for pipeline {pipeline:?}, sink {sink:?}, worker {w}: {e}"
+            ))
+        })?);
+    }
+    Ok(out)
+}
+
+/// Replaces the worker rows of (`pipeline`, `sink`) in one transaction:
+/// `workers` rows at `at` (none when `workers` is 0 or 1), and the main
+/// row at `at` too (so that a single-connection sink resumes from it).
+/// Only for positions every worker has reached.
+pub async fn reset_workers(
+    client: &Client,
+    pipeline: &str,
+    sink: &str,
+    workers: usize,
+    at: Lsn,
+) -> Result<(), ApplyError> {
+    let ctx = Context::new("resetting pgbridge.apply_progress");
+    let at_text = at.to_string();
+    let ids: Vec<i32> = if workers > 1 {
+        (0..workers as i32).collect()
+    } else {
+        Vec::new()
+    };
+    let ids_text = format!(
+        "{{{}}}",
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let run = async {
+        client.batch_execute("BEGIN").await?;
+        client
+            .execute(
+                "DELETE FROM pgbridge.apply_progress WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &sink],
+            )
+            .await?;
+        if !ids.is_empty() {
+            client
+                .execute(
+                    "INSERT INTO pgbridge.apply_progress (pipeline, sink, worker, end_lsn) \
+                     SELECT $1, $2, w, $4::text::pg_lsn FROM unnest($3::text::int[]) w",
+                    &[&pipeline, &sink, &ids_text, &at_text],
+                )
+                .await?;
+        }
+        client
+            .execute(
+                "INSERT INTO pgbridge.progress AS p (pipeline, sink, end_lsn) \
+                 VALUES ($1, $2, $3::text::pg_lsn) \
+                 ON CONFLICT (pipeline, sink) DO UPDATE SET end_lsn = EXCLUDED.end_lsn, \
+                 updated_at = clock_timestamp() WHERE p.end_lsn <= EXCLUDED.end_lsn",
+                &[&pipeline, &sink, &at_text],
+            )
+            .await?;
+        client.batch_execute("COMMIT").await
+    };
+    match run.await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(classify(&e, &ctx))
+        }
+    }
+}
+
+/// Upserts the rows of `workers` to `end_lsn` ([`UPSERT_WORKERS`],
+/// prepared as `upsert`), inside whatever transaction is open (or on its
+/// own).
+pub async fn write_workers(
+    client: &Client,
+    upsert: &Statement,
+    pipeline: &str,
+    sink: &str,
+    workers: &[i32],
+    end_lsn: Lsn,
+) -> Result<(), ApplyError> {
+    let ids = format!(
+        "{{{}}}",
+        workers
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let params = [
+        TextParam::text(pipeline),
+        TextParam::text(sink),
+        TextParam::text(ids),
+        TextParam::text(end_lsn.to_string()),
+    ];
+    client
+        .execute_raw(upsert, params.iter())
+        .await
+        .map_err(|e| classify(&e, &Context::new("updating pgbridge.apply_progress")))?;
+    Ok(())
+}

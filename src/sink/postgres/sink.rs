@@ -9,6 +9,7 @@ use super::apply::Target;
 use super::config::PostgresSinkConfig;
 use super::conn;
 use super::error::ApplyError;
+use super::parallel::{Dispatcher, Plan};
 use super::progress;
 use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
@@ -25,6 +26,9 @@ pub struct PostgresSink {
     /// The end LSN in the target's progress row: what `open` read, then
     /// each commit.
     durable: Lsn,
+    /// Set by `open` when this run applies over several connections (or
+    /// recovers from a parallel run that was cut off).
+    plan: Option<Plan>,
 }
 
 /// Source transactions taken into the open target transaction.
@@ -57,6 +61,7 @@ impl PostgresSink {
             info,
             target: None,
             durable: Lsn::ZERO,
+            plan: None,
         })
     }
 
@@ -87,7 +92,10 @@ impl PostgresSink {
             if !exists {
                 return Ok(Lsn::ZERO);
             }
-            progress::read(&client, &self.config.pipeline, &self.config.name).await
+            let main = progress::read(&client, &self.config.pipeline, &self.config.name).await?;
+            let rows =
+                progress::read_workers(&client, &self.config.pipeline, &self.config.name).await?;
+            Ok(rows.iter().copied().min().map_or(main, |m| m.max(main)))
         }
         .await
         .map_err(|e: ApplyError| e.into_sink_error(&self.config.name))
@@ -97,10 +105,51 @@ impl PostgresSink {
         self.target = None;
         let client = conn::connect(&self.info).await?;
         progress::setup(&client).await?;
-        let lsn = progress::read(&client, &self.config.pipeline, &self.config.name).await?;
+        let (pipeline, name) = (&self.config.pipeline, &self.config.name);
+        let main = progress::read(&client, pipeline, name).await?;
+        let rows = progress::read_workers(&client, pipeline, name).await?;
+        let n = self.config.apply_workers.max(1);
+        let min = rows.iter().copied().min();
+        let max = rows.iter().copied().max();
+        let (lsn, plan) = match (min, max) {
+            (None, _) if n == 1 => (main, None),
+            // Every worker is at the same position: (re)write the rows for
+            // the configured count (none for one connection).
+            (None, _) => {
+                progress::setup_workers(&client).await?;
+                progress::reset_workers(&client, pipeline, name, n, main).await?;
+                (main, Some(vec![main; n]))
+            }
+            (Some(lo), Some(hi)) if lo == hi => {
+                let at = lo.max(main);
+                if rows.len() != n || at != lo {
+                    progress::reset_workers(&client, pipeline, name, n, at).await?;
+                }
+                (at, (n > 1).then(|| vec![at; n]))
+            }
+            // A parallel run was cut off in the middle of a batch: recover
+            // with the stored worker count (see `parallel`).
+            (Some(lo), hi) => {
+                let resize = (rows.len() != n).then_some(hi).flatten();
+                self.plan = Some(Plan {
+                    pos: rows.clone(),
+                    resize_after: resize,
+                });
+                (lo, None)
+            }
+        };
+        if let Some(pos) = plan {
+            self.plan = Some(Plan {
+                pos,
+                resize_after: None,
+            });
+        } else if min.is_none() || min == max {
+            self.plan = None;
+        }
         self.target = Some(Target::new(client, self.config.create_tables));
         self.durable = lsn;
-        tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn, "postgres sink open");
+        tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn,
+            workers = self.plan.as_ref().map_or(1, |p| p.pos.len()), "postgres sink open");
         Ok(lsn)
     }
 
@@ -124,8 +173,14 @@ impl PostgresSink {
             .target
             .as_ref()
             .is_some_and(|t| !t.client().is_closed());
-        if !usable {
+        if !usable && self.plan.is_none() {
             self.open_inner().await?;
+        }
+        if let Some(plan) = self.plan.clone() {
+            // The workers make their own connections.
+            self.target = None;
+            let dispatcher = Dispatcher::start(&self.config, &self.info, &plan).await?;
+            return dispatcher.run(queue, acker).await;
         }
         let mut batch = Batch::default();
         loop {
