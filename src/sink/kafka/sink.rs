@@ -36,6 +36,8 @@ const EOS_MAX_TXN_AGE: Duration = Duration::from_millis(200);
 const EOS_MAX_TXN_RECORDS: u64 = 50_000;
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const STREAMED: SnapshotMarker = SnapshotMarker::False;
+/// Times `run` yields to find its queue non-empty before it parks.
+const SPIN_YIELDS: usize = 8;
 
 /// Writes `payload` into `out`, inside Connect's `{"schema", "payload"}`
 /// wrapper when `schema` is given.
@@ -1438,13 +1440,30 @@ impl Sink for KafkaSink {
             None
         };
         loop {
-            let item = tokio::select! {
-                biased;
-                _ = shared.wake.notified() => {
-                    self.check_failure()?;
-                    continue;
+            // An event takes this task microseconds, so it would park after
+            // each one and be woken (a futex and a context switch) for the
+            // next. A few yields first let the fan-out queue more.
+            let mut item = None;
+            for _ in 0..SPIN_YIELDS {
+                match queue.try_recv() {
+                    Ok(i) => {
+                        item = Some(i);
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
-                item = queue.recv() => item,
+            }
+            let item = match item {
+                Some(i) => Some(i),
+                None => tokio::select! {
+                    biased;
+                    _ = shared.wake.notified() => {
+                        self.check_failure()?;
+                        continue;
+                    }
+                    item = queue.recv() => item,
+                },
             };
             match item {
                 None => break,
