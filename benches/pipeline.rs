@@ -651,6 +651,29 @@ fn spawn_logged(cmd: &mut Command, log: &Path, what: &str) -> R<Child> {
 }
 
 /// Whether the child has exited; an exit other than 0 is an error.
+/// Waits (ticking `watch`) until `child` exits successfully, or fails
+/// when it fails or outlives the timeout counted from `t0`.
+async fn wait_exit(
+    env: &Env,
+    watch: &mut Watch,
+    child: &mut Child,
+    log: &Path,
+    what: &str,
+    t0: Instant,
+) -> R<()> {
+    let deadline = t0 + env.args.timeout;
+    loop {
+        if exited(child, log, what)? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} timed out after {:?}", env.args.timeout));
+        }
+        watch.tick(env).await?;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn exited(child: &mut Child, log: &Path, what: &str) -> R<bool> {
     match child.try_wait() {
         Ok(None) => Ok(false),
@@ -1432,20 +1455,7 @@ async fn drain(env: &Env, db: &str, slot: &str, end: &str) -> R<Measured> {
         "pg_recvlogical",
     )?;
     watch.tool(child.id());
-    let deadline = t0 + env.args.timeout;
-    loop {
-        if exited(&mut child, &log, "pg_recvlogical")? {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "pg_recvlogical timed out after {:?}",
-                env.args.timeout
-            ));
-        }
-        watch.tick(env).await?;
-        tokio::time::sleep(POLL).await;
-    }
+    wait_exit(env, &mut watch, &mut child, &log, "pg_recvlogical", t0).await?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     env.src_admin
@@ -1806,17 +1816,15 @@ async fn w2j_kafka(env: &Env, slot: &str, w: &Written) -> R<Measured> {
         "pg_recvlogical | python",
     )?;
     watch.tool(child.id());
-    let deadline = t0 + env.args.timeout;
-    loop {
-        if exited(&mut child, &log, "pg_recvlogical | python")? {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {:?}", env.args.timeout));
-        }
-        watch.tick(env).await?;
-        tokio::time::sleep(POLL).await;
-    }
+    wait_exit(
+        env,
+        &mut watch,
+        &mut child,
+        &log,
+        "pg_recvlogical | python",
+        t0,
+    )
+    .await?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     let broker_cpu = broker.cpu(env.ticks) - broker_cpu;
@@ -2145,17 +2153,7 @@ async fn pgcopydb_copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
         "pgcopydb",
     )?;
     watch.tool(child.id());
-    let deadline = t0 + env.args.timeout;
-    loop {
-        if exited(&mut child, &log, "pgcopydb")? {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("pgcopydb timed out after {:?}", env.args.timeout));
-        }
-        watch.tick(env).await?;
-        tokio::time::sleep(POLL).await;
-    }
+    wait_exit(env, &mut watch, &mut child, &log, "pgcopydb", t0).await?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     verify(src, &tgt, "big").await?;

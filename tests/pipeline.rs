@@ -86,6 +86,27 @@ pub(crate) fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Chil
         .expect("spawn pgbridge run")
 }
 
+/// Writes a config with one source (slot `slot`, publication `p`,
+/// `snapshot` mode) and one Postgres sink named `d`; `extra` is appended
+/// (sink keys first, then further sections).
+fn write_single(
+    path: &std::path::Path,
+    src_url: &str,
+    slot: &str,
+    snapshot: &str,
+    dst_url: &str,
+    extra: &str,
+) {
+    std::fs::write(
+        path,
+        format!(
+            "[source]\nurl = \"{src_url}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot = \"{snapshot}\"\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{dst_url}\"\n{extra}"
+        ),
+    )
+    .expect("write config");
+}
+
 const SOURCE_DDL: &str = "
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS int CHECK (VALUE > 0);
@@ -526,16 +547,14 @@ fn copy_only_filters_then_stream() {
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
     let write = |mode: &str| {
-        std::fs::write(
+        write_single(
             &config,
-            format!(
-                "[source]\nurl = \"{}\"\nslot = \"pl_copy\"\npublications = [\"p\"]\nsnapshot = \"{mode}\"\n\n\
-                 [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
-                harness::url(port, &src),
-                harness::url(port, &dst)
-            ),
+            &harness::url(port, &src),
+            "pl_copy",
+            mode,
+            &harness::url(port, &dst),
+            "create_tables = true\n",
         )
-        .expect("config")
     };
     write("initial_only");
     let mut child = spawn_run(&config, &log);
@@ -644,16 +663,14 @@ fn copy_defers_and_rebuilds_indexes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    std::fs::write(
+    write_single(
         &config,
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"pl_idx\"\npublications = [\"p\"]\nsnapshot = \"initial_only\"\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\n",
-            harness::url(port, &src),
-            harness::url(port, &dst)
-        ),
-    )
-    .expect("config");
+        &harness::url(port, &src),
+        "pl_idx",
+        "initial_only",
+        &harness::url(port, &dst),
+        "",
+    );
 
     // w has one duplicate on the source (1 and 20000): ix_w cannot be rebuilt.
     assert!(!run_to_exit(&config, &log), "the rebuild must fail");
@@ -765,17 +782,14 @@ fn http_endpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    std::fs::write(
+    write_single(
         &config,
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"pl_http\"\npublications = [\"p\"]\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n",
-            harness::url(port, &src),
-            harness::url(port, &dst)
-        ),
-    )
-    .expect("config");
+        &harness::url(port, &src),
+        "pl_http",
+        "initial",
+        &harness::url(port, &dst),
+        &format!("create_tables = true\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+    );
     // The port is still taken by `listener`.
     assert!(!run_to_exit(&config, &log));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -856,16 +870,14 @@ fn definite_error_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    std::fs::write(
+    write_single(
         &config,
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"pl_def\"\npublications = [\"p\"]\nsnapshot = \"never\"\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\n",
-            harness::url(port, &src),
-            harness::url(port, &dst)
-        ),
-    )
-    .expect("config");
+        &harness::url(port, &src),
+        "pl_def",
+        "never",
+        &harness::url(port, &dst),
+        "",
+    );
     let mut child = spawn_run(&config, &log);
     wait_streaming("pl_def");
     let before = psql(
