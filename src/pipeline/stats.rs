@@ -94,11 +94,14 @@ pub struct Snapshot {
     pub uptime_seconds: f64,
     pub started_at_unix: u64,
     /// What the slot was last told it may release.
-    pub confirmed_lsn: String,
+    #[serde(rename = "confirmed_lsn", serialize_with = "lsn_text")]
+    pub confirmed: Lsn,
     /// The end of the last message received from the source.
-    pub received_lsn: String,
+    #[serde(rename = "received_lsn", serialize_with = "lsn_text")]
+    pub received: Lsn,
     /// The server's WAL end as of its last message.
-    pub server_wal_end: String,
+    #[serde(rename = "server_wal_end", serialize_with = "lsn_text")]
+    pub wal_end: Lsn,
     /// server_wal_end - confirmed_lsn: WAL the slot holds for pgbridge.
     pub lag_bytes: u64,
     pub last_source_message_seconds: Option<f64>,
@@ -107,12 +110,6 @@ pub struct Snapshot {
     pub restarts: u64,
     pub copied_rows: u64,
     pub sinks: Vec<SinkSnapshot>,
-    #[serde(skip)]
-    pub confirmed: Lsn,
-    #[serde(skip)]
-    pub received: Lsn,
-    #[serde(skip)]
-    pub wal_end: Lsn,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,13 +117,24 @@ pub struct SinkSnapshot {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// The end of the last transaction the sink made durable (empty
+    /// The end of the last transaction the sink made durable (null
     /// before streaming starts).
-    pub acked_lsn: Option<String>,
-    #[serde(skip)]
+    #[serde(rename = "acked_lsn", serialize_with = "opt_lsn_text")]
     pub acked: Option<Lsn>,
     pub queue_items: usize,
     pub queue_capacity: usize,
+}
+
+/// LSNs appear in `/status` in their text form, `X/Y`.
+fn lsn_text<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(l)
+}
+
+fn opt_lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Some(l) => s.collect_str(l),
+        None => s.serialize_none(),
+    }
 }
 
 /// How long the source may stay silent while streaming before `/healthz`
@@ -282,7 +290,6 @@ impl Stats {
                 SinkSnapshot {
                     name: s.name.clone(),
                     kind: s.kind,
-                    acked_lsn: acked.map(|l| l.to_string()),
                     acked,
                     queue_items,
                     queue_capacity: s.queue_capacity,
@@ -301,9 +308,9 @@ impl Stats {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            confirmed_lsn: confirmed.to_string(),
-            received_lsn: received.to_string(),
-            server_wal_end: wal_end.to_string(),
+            confirmed,
+            received,
+            wal_end,
             lag_bytes: wal_end.0.saturating_sub(confirmed.0),
             last_source_message_seconds: g.last_source_message.map(|t| t.elapsed().as_secs_f64()),
             transactions: self.transactions.load(Ordering::Relaxed),
@@ -311,9 +318,6 @@ impl Stats {
             restarts: self.restarts.load(Ordering::Relaxed),
             copied_rows: self.copied_rows.load(Ordering::Relaxed),
             sinks,
-            confirmed,
-            received,
-            wal_end,
         }
     }
 }
@@ -353,6 +357,8 @@ mod tests {
             (Lsn(100), Lsn(200), Lsn(80))
         );
         assert_eq!(snap.lag_bytes, 120);
-        assert_eq!(snap.received_lsn, "0/64");
+        let json = serde_json::to_value(&snap).expect("json");
+        assert_eq!(json["received_lsn"], "0/64");
+        assert_eq!(json["confirmed_lsn"], "0/50");
     }
 }

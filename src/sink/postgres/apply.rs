@@ -496,14 +496,22 @@ impl Target {
             )
             .await?;
         progress::write(&self.client, &upsert, pipeline, sink, end_lsn, commit_ts).await?;
+        self.commit().await
+    }
+
+    /// Commits the open transaction (if any) and starts counting afresh.
+    async fn commit(&mut self) -> Result<(), ApplyError> {
         // A COMMIT in a failed transaction answers ROLLBACK without an
-        // error; every statement's result was checked above, so this one is
-        // a real COMMIT, and a deferred constraint failing here is an error.
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
-        self.in_txn = false;
+        // error; every statement's result was checked before, so this one
+        // is a real COMMIT, and a deferred constraint failing here is an
+        // error.
+        if self.in_txn {
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
+            self.in_txn = false;
+        }
         self.rows = 0;
         self.bytes = 0;
         Ok(())
@@ -527,16 +535,7 @@ impl Target {
             )
             .await?;
         progress::write_workers(&self.client, &upsert, pipeline, sink, workers, end_lsn).await?;
-        if self.in_txn {
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
-            self.in_txn = false;
-        }
-        self.rows = 0;
-        self.bytes = 0;
-        Ok(())
+        self.commit().await
     }
 
     /// Drops what is buffered and rolls the open transaction back. Table
