@@ -101,7 +101,8 @@ environment: PGBRIDGE_BIN (default: target/release/pgbridge next to this bench),
              PGBRIDGE_BENCH_SOURCE_CONF, PGBRIDGE_BENCH_KAFKA_CONF, PGBRIDGE_BENCH_PG_CONF: extra
              config lines (`;`-separated) for pgbridge's source and sinks (experiments),
              PG_BIN (server binaries), PGCOPYDB (default: pgcopydb on PATH),
-             PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs)";
+             PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs);
+             PGBRIDGE_BENCH_LOG sets pgbridge's PGBRIDGE_LOG (default info)";
 
 fn parse_args() -> R<Args> {
     let mut a = Args {
@@ -763,11 +764,10 @@ fn spawn_pgbridge(env: &Env, name: &str, config: &str) -> R<(Child, PathBuf)> {
     std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
     let log = env.tmp.path().join(format!("{name}.log"));
     let child = spawn_logged(
-        Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .env("PGBRIDGE_LOG", "info"),
+        Command::new(bin).arg("run").arg("--config").arg(&cfg).env(
+            "PGBRIDGE_LOG",
+            std::env::var("PGBRIDGE_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        ),
         &log,
         "pgbridge run",
     )?;

@@ -16,6 +16,7 @@ pub fn trials() -> Vec<Trial> {
         trial("source::tls_modes", tls_modes),
         trial("source::bad_credentials", bad_credentials),
         trial("source::replication_commands", replication_commands),
+        trial("source::raw_copy_out", raw_copy_out),
         trial(
             "source::every_message_kind_decodes",
             every_message_kind_decodes,
@@ -230,6 +231,74 @@ fn replication_commands() {
             .await
             .expect_err("missing publication");
         assert!(err.to_string().contains("\"nope\""), "{err}");
+    });
+}
+
+/// The copy's COPY OUT reader: the bytes it coalesces equal the server's
+/// rows exactly (a 3 MB row spans many socket reads), a server error in the
+/// middle of the COPY is returned and leaves the connection usable.
+fn raw_copy_out() {
+    let (port, db) = harness::fresh_db("raw_copy_out");
+    runtime().block_on(async {
+        let url = harness::url(port, &db);
+        let mut c = connect(&url, Mode::Normal).await.expect("connect");
+        let sql = "COPY (SELECT g, CASE WHEN g = 700 THEN repeat('y', 3000000) \
+                   ELSE repeat('x', g % 50) END FROM generate_series(1, 2000) g) TO STDOUT";
+        let mut expected = String::new();
+        for g in 1..=2000 {
+            let v = if g == 700 {
+                "y".repeat(3_000_000)
+            } else {
+                "x".repeat(g % 50)
+            };
+            expected.push_str(&format!("{g}\t{v}\n"));
+        }
+        for min in [1, 1000, 64 * 1024, 16 << 20] {
+            c.start_copy_out(sql).await.expect("start copy");
+            let mut all = Vec::new();
+            let mut buf = bytes::BytesMut::new();
+            let mut reads = 0;
+            loop {
+                let more = c.read_copy_out(&mut buf, min).await.expect("read copy");
+                reads += 1;
+                assert!(
+                    !more || buf.len() >= min,
+                    "returned early with {} bytes",
+                    buf.len()
+                );
+                all.extend_from_slice(&buf.split());
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(all.len(), expected.len(), "min {min}");
+            assert!(all == expected.as_bytes(), "min {min}: bytes differ");
+            assert!(reads >= 1);
+        }
+        c.start_copy_out("COPY (SELECT 1 / (1000 - g) FROM generate_series(1, 2000) g) TO STDOUT")
+            .await
+            .expect("start failing copy");
+        let mut buf = bytes::BytesMut::new();
+        let err = loop {
+            match c.read_copy_out(&mut buf, 1).await {
+                Ok(true) => buf.clear(),
+                Ok(false) => panic!("the failing COPY ended without an error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.code(), Some("22012"), "{err}");
+        let err = c.start_copy_out("SELECT 1").await.expect_err("not a COPY");
+        assert!(err.to_string().contains("COPY TO STDOUT"), "{err}");
+        let err = c
+            .start_copy_out("COPY nope TO STDOUT")
+            .await
+            .expect_err("missing table");
+        assert_eq!(err.code(), Some("42P01"), "{err}");
+        let r = c
+            .query_one("SELECT 41 + 1 AS x")
+            .await
+            .expect("usable after errors");
+        assert_eq!(r.get(0, "x"), Some("42"));
     });
 }
 

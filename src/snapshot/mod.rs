@@ -26,10 +26,10 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 
 use crate::pg::{self, ident, literal, qualified};
-use crate::source::ConnInfo;
+use crate::source::{ConnInfo, Connection, Mode, SourceError};
 use crate::Lsn;
 
 mod indexes;
@@ -148,6 +148,14 @@ impl SnapshotError {
             SnapshotError::Transient(format!("{what}: {detail}"))
         } else {
             SnapshotError::Definite(format!("{what}: {detail}"))
+        }
+    }
+
+    fn source(what: &str, e: SourceError) -> Self {
+        if e.is_transient() {
+            SnapshotError::Transient(format!("{what}: {e}"))
+        } else {
+            SnapshotError::Definite(format!("{what}: {e}"))
         }
     }
 }
@@ -330,7 +338,10 @@ struct Job {
 }
 
 /// Pages per chunk: about 64 MiB of heap.
-const CHUNK_PAGES: i64 = 8192;
+const CHUNK_PAGES: i64 = 2048;
+
+/// The size of the CopyData messages the copy sends to a target.
+const COPY_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// Column name -> type (as `format_type` prints it) of `t`'s table on a
 /// target; empty when the table does not exist.
@@ -532,7 +543,7 @@ async fn worker(
     copied_bytes: &AtomicU64,
     copied_rows: &AtomicU64,
 ) -> Result<(), SnapshotError> {
-    let src = import_snapshot(source, snapshot).await?;
+    let mut src = import_snapshot_raw(source, snapshot).await?;
     let mut clients: HashMap<usize, tokio_postgres::Client> = HashMap::new();
     loop {
         let job = match jobs.lock() {
@@ -577,10 +588,9 @@ async fn worker(
             t.column_list()
         );
         let what = format!("sink {}: copying {}", target.sink, t.qualified_name());
-        let stream = src
-            .copy_out(out_sql.as_str())
+        src.start_copy_out(&out_sql)
             .await
-            .map_err(|e| SnapshotError::db(&what, e))?;
+            .map_err(|e| SnapshotError::source(&what, e))?;
         dst.batch_execute("BEGIN")
             .await
             .map_err(|e| SnapshotError::db(&what, e))?;
@@ -588,16 +598,27 @@ async fn worker(
             .copy_in::<_, bytes::Bytes>(in_sql.as_str())
             .await
             .map_err(|e| SnapshotError::db(&what, e))?;
-        futures_util::pin_mut!(stream);
         futures_util::pin_mut!(sink);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| SnapshotError::db(&what, e))?;
-            let n = chunk.len() as u64;
-            sink.feed(chunk)
+        // The source sends one CopyData message per row; they are read
+        // straight off the socket and sent on coalesced into large
+        // messages, which saves the per-row message handling on both ends.
+        let mut buf = bytes::BytesMut::with_capacity(COPY_MESSAGE_BYTES * 2);
+        loop {
+            let more = src
+                .read_copy_out(&mut buf, COPY_MESSAGE_BYTES)
                 .await
-                .map_err(|e| SnapshotError::db(&what, e))?;
-            copied_bytes.fetch_add(n, Ordering::Relaxed);
-            progress.add(n);
+                .map_err(|e| SnapshotError::source(&what, e))?;
+            if !buf.is_empty() {
+                let n = buf.len() as u64;
+                sink.feed(buf.split().freeze())
+                    .await
+                    .map_err(|e| SnapshotError::db(&what, e))?;
+                copied_bytes.fetch_add(n, Ordering::Relaxed);
+                progress.add(n);
+            }
+            if !more {
+                break;
+            }
         }
         let rows = sink
             .as_mut()
@@ -617,7 +638,8 @@ async fn worker(
             progress.table_done(&target.sink, &t.qualified_name(), total);
         }
     }
-    let _ = src.batch_execute("COMMIT").await;
+    let _ = src.simple_query("COMMIT").await;
+    src.close().await;
     Ok(())
 }
 
@@ -639,6 +661,7 @@ async fn complete_table(
     dst.batch_execute("BEGIN")
         .await
         .map_err(|e| SnapshotError::db(&what, e))?;
+    tracing::debug!(sink = %target.sink, table = %t.qualified_name(), "every chunk copied; completing the table");
     let rebuilt = match indexes::restore(dst, pipeline, &target.sink, t).await {
         Ok(n) => n,
         Err((index, e)) => {
@@ -702,6 +725,26 @@ async fn import_snapshot(
             e,
         )
     })?;
+    Ok(src)
+}
+
+/// [`import_snapshot`] on pgbridge's own connection, whose COPY OUT rows
+/// are read without a message per row.
+async fn import_snapshot_raw(
+    source: &ConnInfo,
+    snapshot: &str,
+) -> Result<Connection, SnapshotError> {
+    let what =
+        format!("importing snapshot {snapshot} (the exporting connection must still be open)");
+    let mut src = Connection::connect(source, Mode::Normal)
+        .await
+        .map_err(|e| SnapshotError::source("connecting to the source for the copy", e))?;
+    src.simple_query(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        literal(snapshot)
+    ))
+    .await
+    .map_err(|e| SnapshotError::source(&what, e))?;
     Ok(src)
 }
 

@@ -581,6 +581,133 @@ impl Connection {
         }
     }
 
+    /// Sends `sql` (a `COPY ... TO STDOUT`) and waits for the
+    /// CopyOutResponse; the rows then come from [`Connection::read_copy_out`].
+    pub async fn start_copy_out(&mut self, sql: &str) -> Result<(), SourceError> {
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.protocol(e.to_string()))?;
+        self.flush().await?;
+        // Anything but a CopyOutResponse is drained up to ReadyForQuery, so
+        // the connection stays usable after the error.
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                Message::CopyOutResponse(_) if error.is_none() => return Ok(()),
+                Message::ErrorResponse(body) => error = Some(db_error(&body)),
+                Message::ReadyForQuery(_) => {
+                    return Err(match error {
+                        Some(error) => SourceError::Db {
+                            target: self.target.clone(),
+                            error: Box::new(error),
+                        },
+                        None => self.protocol(format!("{sql:?} is not a COPY TO STDOUT")),
+                    })
+                }
+                Message::CopyInResponse(_) => {
+                    frontend::copy_fail("pgbridge expected COPY TO STDOUT", &mut self.write_buf)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    self.flush().await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Appends the payloads of the buffered-or-arriving CopyData messages of
+    /// a running COPY OUT to `out` until it holds at least `min` bytes.
+    /// Returns false once the COPY is over (the server's CopyDone,
+    /// CommandComplete and ReadyForQuery are consumed; `out` may still hold
+    /// the last rows). The frames are scanned in place: no per-row message,
+    /// allocation or copy beyond the one into `out`.
+    pub async fn read_copy_out(
+        &mut self,
+        out: &mut BytesMut,
+        min: usize,
+    ) -> Result<bool, SourceError> {
+        loop {
+            // Every complete frame in the buffer.
+            loop {
+                let buf = &self.read_buf[..];
+                if buf.len() < 5 {
+                    break;
+                }
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len < 4 {
+                    return Err(self.protocol(format!("message length {len} in COPY OUT")));
+                }
+                if buf.len() < 1 + len {
+                    self.read_buf.reserve(1 + len);
+                    break;
+                }
+                match buf[0] {
+                    b'd' => {
+                        out.extend_from_slice(&buf[5..1 + len]);
+                        let _ = self.read_buf.split_to(1 + len);
+                        if out.len() >= min {
+                            return Ok(true);
+                        }
+                    }
+                    b'c' => {
+                        let _ = self.read_buf.split_to(1 + len);
+                        self.finish_copy_out().await?;
+                        return Ok(false);
+                    }
+                    // Errors, notices, parameter changes: the general path.
+                    _ => match self.read_message().await? {
+                        Message::ErrorResponse(body) => {
+                            let error = db_error(&body);
+                            loop {
+                                if let Message::ReadyForQuery(_) = self.read_message().await? {
+                                    break;
+                                }
+                            }
+                            return Err(SourceError::Db {
+                                target: self.target.clone(),
+                                error: Box::new(error),
+                            });
+                        }
+                        Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
+                        _ => return Err(self.protocol("unexpected message in COPY OUT".into())),
+                    },
+                }
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
+                self.read_buf.reserve(64 * 1024);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|source| SourceError::Io {
+                    target: self.target.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(SourceError::Closed {
+                    target: self.target.clone(),
+                });
+            }
+        }
+    }
+
+    /// After the server's CopyDone: its CommandComplete and ReadyForQuery.
+    async fn finish_copy_out(&mut self) -> Result<(), SourceError> {
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => error = Some(db_error(&body)),
+                _ => {}
+            }
+        }
+        match error {
+            Some(error) => Err(SourceError::Db {
+                target: self.target.clone(),
+                error: Box::new(error),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Says goodbye politely; errors are irrelevant at this point.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.write_buf);
