@@ -356,6 +356,7 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
     let durable = sink.open().await.expect("open the sink");
     let (tracker, mut ackers, _rx) = Tracker::new(&[durable], durable);
     let (tx, rx) = mpsc::channel(4096);
+    let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
     let fanout = Fanout::new(
         vec![(
             Route {
@@ -364,12 +365,15 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
                 table_start: Default::default(),
             },
             tx,
+            bytes.clone(),
         )],
         tracker.clone(),
     );
     let acker = ackers.remove(0);
     let task = tokio::spawn(async move {
-        let r = sink.run(rx, acker).await;
+        let r = sink
+            .run(pgbridge::sink::SinkQueue::new(rx, bytes), acker)
+            .await;
         (sink, r)
     });
     (
@@ -1556,6 +1560,7 @@ fn replica_identity_full() {
         let durable = sink.open().await.expect("open");
         let (tracker, mut ackers, _rx) = Tracker::new(&[durable], durable);
         let (tx, rx) = mpsc::channel(64);
+        let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
         let mut fanout = Fanout::new(
             vec![(
                 Route {
@@ -1564,11 +1569,15 @@ fn replica_identity_full() {
                     table_start: Default::default(),
                 },
                 tx,
+                bytes.clone(),
             )],
             tracker.clone(),
         );
         let acker = ackers.remove(0);
-        let task = tokio::spawn(async move { sink.run(rx, acker).await });
+        let task = tokio::spawn(async move {
+            sink.run(pgbridge::sink::SinkQueue::new(rx, bytes), acker)
+                .await
+        });
         feed(
             &mut fanout,
             &tracker,
@@ -1814,6 +1823,7 @@ async fn mini_pipeline(
     let (tracker, mut ackers, mut confirmed_rx) = Tracker::new(&[durable], start);
     let _ = tracker_out.send(tracker.clone());
     let (tx, rx) = mpsc::channel(4096);
+    let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
     let mut fanout = Fanout::new(
         vec![(
             Route {
@@ -1822,11 +1832,12 @@ async fn mini_pipeline(
                 table_start: Default::default(),
             },
             tx,
+            bytes.clone(),
         )],
         tracker.clone(),
     );
     let acker = ackers.remove(0);
-    let sink_run = sink.run(rx, acker);
+    let sink_run = sink.run(pgbridge::sink::SinkQueue::new(rx, bytes), acker);
     tokio::pin!(sink_run);
     let mut changes = ChangeStream::new(
         info.clone(),

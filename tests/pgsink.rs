@@ -197,7 +197,7 @@ async fn feed(
         tx.try_send(item).expect("queue has room");
     }
     drop(tx);
-    let r = sink.run(rx, acker).await;
+    let r = sink.run(rx.into(), acker).await;
     (r, tracker.confirmed())
 }
 
@@ -803,7 +803,7 @@ fn large_transaction_streams() {
         let acker = ackers.remove(0);
         let (tx, rx) = mpsc::channel(1024);
         let run = tokio::spawn(async move {
-            let r = sink.run(rx, acker).await;
+            let r = sink.run(rx.into(), acker).await;
             (sink, r)
         });
         let start_rss = vm_rss_kib();
@@ -1268,7 +1268,7 @@ fn lost_connection_is_transient() {
         let (tracker, mut ackers, _rx) = Tracker::new(&[Lsn::ZERO], Lsn::ZERO);
         let acker = ackers.remove(0);
         let (tx, rx) = mpsc::channel(16);
-        let run = tokio::spawn(async move { sink.run(rx, acker).await });
+        let run = tokio::spawn(async move { sink.run(rx.into(), acker).await });
         let meta = TxnMeta { xid: 1, commit_lsn: Lsn(0x1000), commit_ts: 0, origin: None };
         for e in [Event::Begin(meta.clone()), Event::Relation(rel.clone()), insert(&rel, 0x900, &[Some("1")])] {
             tx.send(SinkItem::Event(Arc::new(e))).await.expect("send");

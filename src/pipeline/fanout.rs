@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::ack::Tracker;
 use crate::model::{Event, RelationSchema};
-use crate::sink::SinkItem;
+use crate::sink::{QueueBytes, SinkItem};
 use crate::Lsn;
 
 /// What one sink wants and already has.
@@ -51,6 +51,7 @@ impl Route {
 struct Out {
     route: Route,
     queue: mpsc::Sender<SinkItem>,
+    bytes: Arc<QueueBytes>,
     /// The current transaction is skipped for this sink.
     skipping: bool,
 }
@@ -74,13 +75,17 @@ pub struct Fanout {
 const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Fanout {
-    pub fn new(routes: Vec<(Route, mpsc::Sender<SinkItem>)>, tracker: Tracker) -> Self {
+    pub fn new(
+        routes: Vec<(Route, mpsc::Sender<SinkItem>, Arc<QueueBytes>)>,
+        tracker: Tracker,
+    ) -> Self {
         Fanout {
             outs: routes
                 .into_iter()
-                .map(|(route, queue)| Out {
+                .map(|(route, queue, bytes)| Out {
                     route,
                     queue,
+                    bytes,
                     skipping: false,
                 })
                 .collect(),
@@ -90,8 +95,14 @@ impl Fanout {
         }
     }
 
+    /// Queues `item` for sink i once its queue has room for it, in items
+    /// and in bytes.
     async fn send(&self, i: usize, item: SinkItem) -> Result<(), SinkGone> {
-        self.outs[i].queue.send(item).await.map_err(|_| SinkGone(i))
+        let o = &self.outs[i];
+        if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
+            return Err(SinkGone(i));
+        }
+        o.queue.send(item).await.map_err(|_| SinkGone(i))
     }
 
     /// Dispatches one event to every sink that wants it.
@@ -210,5 +221,61 @@ impl Fanout {
     /// True between a Begin and its Commit.
     pub fn in_transaction(&self) -> bool {
         self.commit_lsn.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sink::SinkQueue;
+
+    fn message(mib: usize) -> Event {
+        Event::Message {
+            lsn: Lsn(1),
+            transactional: false,
+            prefix: "p".into(),
+            content: bytes::Bytes::from(vec![b'x'; mib << 20]),
+        }
+    }
+
+    /// Large events fill a queue's byte budget long before its item count:
+    /// the fan-out waits until the sink takes some, an event larger than the
+    /// whole budget still goes alone, and a sink that goes away ends the
+    /// wait with `SinkGone` instead of a hang.
+    #[tokio::test]
+    async fn byte_budget_bounds_the_queue() {
+        let (tracker, _ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
+        let (tx, rx) = mpsc::channel(4096);
+        let bytes = QueueBytes::new(8 << 20);
+        let mut fanout = Fanout::new(vec![(Route::default(), tx, bytes.clone())], tracker);
+        let mut queue = SinkQueue::new(rx, bytes.clone());
+
+        fanout.dispatch(message(3)).await.expect("first fits");
+        fanout.dispatch(message(3)).await.expect("second fits");
+        assert!(bytes.queued() > 6 << 20);
+        let third = tokio::time::timeout(Duration::from_millis(200), fanout.dispatch(message(3)));
+        assert!(third.await.is_err(), "9 MiB queued against an 8 MiB budget");
+
+        assert!(queue.recv().await.is_some());
+        fanout
+            .dispatch(message(3))
+            .await
+            .expect("room again after a recv");
+        while queue.try_recv().is_ok() {}
+        assert_eq!(bytes.queued(), 0, "every byte released on receipt");
+
+        fanout
+            .dispatch(message(20))
+            .await
+            .expect("oversized goes alone");
+        let blocked = tokio::time::timeout(Duration::from_millis(200), fanout.dispatch(message(1)));
+        assert!(blocked.await.is_err(), "nothing joins an oversized event");
+        drop(queue);
+        let gone = tokio::time::timeout(Duration::from_secs(5), fanout.dispatch(message(1)))
+            .await
+            .expect("no hang once the sink is gone");
+        assert!(matches!(gone, Err(SinkGone(0))));
     }
 }

@@ -25,7 +25,7 @@ use crate::config::{Config, SinkConfig, SnapshotMode};
 use crate::model::Event;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{QueueBytes, Sink, SinkError, SinkQueue};
 use crate::snapshot::{self, SnapshotError, TableSpec, Target};
 use crate::source::changes::{ChangeError, ChangeStream};
 use crate::source::{
@@ -63,6 +63,11 @@ impl PipelineError {
 
 /// Events queued per sink before the fan-out waits for it.
 const QUEUE_CAPACITY: usize = 4096;
+
+/// Bytes of row data queued per sink before the fan-out waits for it (an
+/// event larger than this still goes, alone): with large rows the queue
+/// holds fewer than [`QUEUE_CAPACITY`] events.
+const QUEUE_BYTES: usize = 8 << 20;
 
 /// A built sink: Kafka sinks stay typed until the initial copy has used them.
 enum Built {
@@ -462,8 +467,10 @@ async fn attempt(
     let sinks = sinks.into_iter().map(Built::into_sink);
     for (i, ((mut sink, acker), route)) in sinks.zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let bytes = QueueBytes::new(QUEUE_BYTES);
         queues.push((tx.downgrade(), QUEUE_CAPACITY));
-        outs.push((route, tx));
+        outs.push((route, tx, bytes.clone()));
+        let rx = SinkQueue::new(rx, bytes);
         tasks.spawn(async move { (i, sink.run(rx, acker).await) });
     }
     stats.streaming(tracker.clone(), queues);

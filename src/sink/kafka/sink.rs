@@ -24,7 +24,7 @@ use crate::encode::json::{
 use crate::model::{BuildError, Change, Event, Op, RelationSchema, TxnMeta, Value};
 use crate::pgoutput::{RelId, ReplicaIdentity};
 use crate::pipeline::ack::{Acker, CommitToken};
-use crate::sink::{Sink, SinkError, SinkItem};
+use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
 use crate::source::{ConnInfo, Connection, Mode};
 use crate::Lsn;
 
@@ -1065,7 +1065,7 @@ impl KafkaSink {
     async fn on_commit(
         &mut self,
         token: CommitToken,
-        queue: &mpsc::Receiver<SinkItem>,
+        queue: &SinkQueue,
         acker: Option<&Acker>,
     ) -> Result<(), SinkError> {
         if self.txn.as_ref().is_some_and(|t| t.begun) {
@@ -1427,11 +1427,7 @@ impl Sink for KafkaSink {
         Ok(durable)
     }
 
-    async fn run(
-        &mut self,
-        mut queue: mpsc::Receiver<SinkItem>,
-        acker: Acker,
-    ) -> Result<(), SinkError> {
+    async fn run(&mut self, mut queue: SinkQueue, acker: Acker) -> Result<(), SinkError> {
         let shared = self.out()?.shared.clone();
         let acker = if self.cfg.exactly_once {
             Some(acker)

@@ -72,7 +72,7 @@ use super::progress;
 use crate::model::{Change, Event, Op, RelationSchema};
 use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
 use crate::pipeline::ack::{Acker, CommitToken};
-use crate::sink::SinkItem;
+use crate::sink::{SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
 
@@ -392,11 +392,7 @@ impl<'a> Dispatcher<'a> {
 
     /// Consumes the queue; see the module documentation. Always stops the
     /// workers before returning.
-    pub async fn run(
-        mut self,
-        queue: &mut mpsc::Receiver<SinkItem>,
-        acker: &Acker,
-    ) -> Result<(), ApplyError> {
+    pub async fn run(mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
         let result = self.run_inner(queue, acker).await;
         let result = match result {
             Err(e) if self.parallel_used && is_collision(&e) => {
@@ -420,11 +416,7 @@ impl<'a> Dispatcher<'a> {
         result
     }
 
-    async fn run_inner(
-        &mut self,
-        queue: &mut mpsc::Receiver<SinkItem>,
-        acker: &Acker,
-    ) -> Result<(), ApplyError> {
+    async fn run_inner(&mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
         loop {
             self.poll_reports(acker)?;
             let in_txn = self.state != TxnState::None;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::apply::Target;
 use super::config::PostgresSinkConfig;
@@ -13,7 +13,7 @@ use super::parallel::{Dispatcher, Plan};
 use super::progress;
 use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
-use crate::sink::{Sink, SinkError, SinkItem};
+use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
 
@@ -162,11 +162,7 @@ impl PostgresSink {
             .ok_or_else(|| ApplyError::Transient("target connection not open".into()))
     }
 
-    async fn run_inner(
-        &mut self,
-        queue: &mut mpsc::Receiver<SinkItem>,
-        acker: &Acker,
-    ) -> Result<(), ApplyError> {
+    async fn run_inner(&mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
         // Connect at the start of a run if open() was not called or the
         // connection has died since.
         let usable = self
@@ -326,11 +322,7 @@ impl Sink for PostgresSink {
     /// Applies the queue as described in the module documentation. On an
     /// error the open target transaction is rolled back, nothing of it is
     /// acknowledged, and the connection is dropped (`open` makes a new one).
-    async fn run(
-        &mut self,
-        mut queue: mpsc::Receiver<SinkItem>,
-        acker: Acker,
-    ) -> Result<(), SinkError> {
+    async fn run(&mut self, mut queue: SinkQueue, acker: Acker) -> Result<(), SinkError> {
         let result = self.run_inner(&mut queue, &acker).await;
         if let Err(e) = &result {
             tracing::warn!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");
