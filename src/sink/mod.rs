@@ -134,6 +134,12 @@ impl QueueBytes {
         if n == 0 {
             return true;
         }
+        // The common case, without registering for a wake-up.
+        let q = self.queued();
+        if q == 0 || q + n <= self.limit {
+            self.queued.fetch_add(n, Ordering::AcqRel);
+            return true;
+        }
         tokio::pin!(closed);
         loop {
             let freed = self.freed.notified();

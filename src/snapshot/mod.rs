@@ -337,7 +337,8 @@ struct Job {
     rows: Arc<AtomicU64>,
 }
 
-/// Pages per chunk: about 64 MiB of heap.
+/// Pages per chunk: 16 MiB of heap, small enough that the workers finish
+/// a large table at about the same time.
 const CHUNK_PAGES: i64 = 2048;
 
 /// The size of the CopyData messages the copy sends to a target.
@@ -714,17 +715,9 @@ async fn import_snapshot(
     snapshot: &str,
 ) -> Result<tokio_postgres::Client, SnapshotError> {
     let src = pg::connect(source).await?;
-    src.batch_execute(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        literal(snapshot)
-    ))
-    .await
-    .map_err(|e| {
-        SnapshotError::db(
-            &format!("importing snapshot {snapshot} (the exporting connection must still be open)"),
-            e,
-        )
-    })?;
+    src.batch_execute(&import_sql(snapshot))
+        .await
+        .map_err(|e| SnapshotError::db(&import_what(snapshot), e))?;
     Ok(src)
 }
 
@@ -734,18 +727,24 @@ async fn import_snapshot_raw(
     source: &ConnInfo,
     snapshot: &str,
 ) -> Result<Connection, SnapshotError> {
-    let what =
-        format!("importing snapshot {snapshot} (the exporting connection must still be open)");
     let mut src = Connection::connect(source, Mode::Normal)
         .await
         .map_err(|e| SnapshotError::source("connecting to the source for the copy", e))?;
-    src.simple_query(&format!(
+    src.simple_query(&import_sql(snapshot))
+        .await
+        .map_err(|e| SnapshotError::source(&import_what(snapshot), e))?;
+    Ok(src)
+}
+
+fn import_sql(snapshot: &str) -> String {
+    format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         literal(snapshot)
-    ))
-    .await
-    .map_err(|e| SnapshotError::source(&what, e))?;
-    Ok(src)
+    )
+}
+
+fn import_what(snapshot: &str) -> String {
+    format!("importing snapshot {snapshot} (the exporting connection must still be open)")
 }
 
 /// A progress bar on a terminal, log lines otherwise.
