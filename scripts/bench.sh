@@ -7,7 +7,8 @@
 #                    [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
 #
 # A full run (--scale 1, 3 runs per contender) takes about 11 minutes on 2
-# cores and needs about 4 GB of free disk in $TMPDIR; --scale 0.05 --runs 1
+# cores and needs about 10 GB of free disk in $TMPDIR (3 GB of WAL segments
+# made up front in each cluster); --scale 0.05 --runs 1
 # is a quick check of the harness. Exit status 1 when a target is missed.
 # PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory (configs, tool logs).
 set -euo pipefail

@@ -1837,8 +1837,12 @@ async fn mini_pipeline(
         tracker.clone(),
     );
     let acker = ackers.remove(0);
-    let sink_run = sink.run(pgbridge::sink::SinkQueue::new(rx, bytes), acker);
-    tokio::pin!(sink_run);
+    // Its own task, as in `run`: the fan-out below awaits room in the
+    // queue inside a select! arm, which would never come if the sink were
+    // only polled by that same select!.
+    let queue = pgbridge::sink::SinkQueue::new(rx, bytes);
+    let mut sink_task = tokio::spawn(async move { sink.run(queue, acker).await });
+    let mut sink_done = None;
     let mut changes = ChangeStream::new(
         info.clone(),
         16 << 20,
@@ -1848,7 +1852,11 @@ async fn mini_pipeline(
         tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
-            r = &mut sink_run => break Err(format!("sink stopped: {r:?}")),
+            r = &mut sink_task => {
+                let why = format!("sink stopped: {r:?}");
+                sink_done = Some(r);
+                break Err(why);
+            }
             Ok(()) = confirmed_rx.changed() => {
                 let c = *confirmed_rx.borrow();
                 stream.confirm(c);
@@ -1881,11 +1889,16 @@ async fn mini_pipeline(
         }
     };
     drop(fanout);
-    let sink_result = sink_run.await;
+    let sink_result = match sink_done {
+        Some(r) => r,
+        None => sink_task.await,
+    };
     stream.confirm(tracker.confirmed());
     let _ = stream.shutdown().await;
     result?;
-    sink_result.map_err(|e| e.to_string())
+    sink_result
+        .map_err(|e| format!("sink task: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 struct Mini {

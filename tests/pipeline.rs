@@ -33,6 +33,10 @@ pub fn trials() -> Vec<Trial> {
             copy_defers_and_rebuilds_indexes,
         ),
         trial("pipeline::http_endpoints", http_endpoints),
+        trial(
+            "pipeline::copy_ignores_source_timeouts",
+            copy_ignores_source_timeouts,
+        ),
     ]
 }
 
@@ -608,6 +612,68 @@ fn copy_only_filters_then_stream() {
     let status = stop_run(child);
     assert!(status.success(), "SIGTERM exit: {status}");
     psql("postgres", "SELECT pg_drop_replication_slot('pl_copy')");
+}
+
+/// A source database whose sessions get short `statement_timeout` and
+/// `idle_in_transaction_session_timeout` (settings meant for applications)
+/// does not cut the initial copy: each chunk's COPY runs longer than the
+/// statement timeout, and the exporting replication connection and the
+/// copy connections sit idle in their snapshot transactions far longer
+/// than the idle timeout. Before pgbridge's source connections turned both
+/// off, the first stopped the copy with a definite error (57014) and the
+/// second killed the sessions holding the snapshot.
+fn copy_ignores_source_timeouts() {
+    let (port, src) = harness::fresh_db("pl_tmo_src");
+    let (_, dst) = harness::fresh_db("pl_tmo_dst");
+    // About 40 MB of heap: three chunks, each COPY well over 20 ms.
+    psql(
+        &src,
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
+         CREATE TABLE small (id int PRIMARY KEY, v int);
+         INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;
+         ANALYZE big;
+         CREATE PUBLICATION p FOR TABLE big, small;",
+    );
+    psql(
+        &src,
+        &format!(
+            "ALTER DATABASE {src} SET statement_timeout = '20ms';
+             ALTER DATABASE {src} SET idle_in_transaction_session_timeout = '20ms';"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"pl_tmo\"\npublications = [\"p\"]\nsnapshot_workers = 1\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+            harness::url(port, &src),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("write config");
+    let child = spawn_run(&config, &log);
+    wait_streaming("pl_tmo");
+    psql(&src, "INSERT INTO small VALUES (1000, 1)");
+    wait_for("the copy and a streamed row", 60, || {
+        psql(&dst, "SELECT count(*) FROM small") == "101"
+    });
+    let status = stop_run(child);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "SIGTERM exit: {status}\n{text}");
+    assert_eq!(
+        psql(&dst, "SELECT count(*), sum(length(pad)) FROM big"),
+        "300000|28800000",
+        "{text}"
+    );
+    assert!(
+        !text.contains("retrying"),
+        "the copy was interrupted:\n{text}"
+    );
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_tmo')");
 }
 
 /// Runs `pgbridge run` on `config` until it exits by itself (a copy-only

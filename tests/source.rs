@@ -235,8 +235,11 @@ fn replication_commands() {
 }
 
 /// The copy's COPY OUT reader: the bytes it coalesces equal the server's
-/// rows exactly (a 3 MB row spans many socket reads), a server error in the
-/// middle of the COPY is returned and leaves the connection usable.
+/// rows exactly (a 3 MB row spans many socket reads), what it returns at a
+/// time is whole rows within the limit or one larger row alone (so a
+/// forwarded message never exceeds a row the server could send), a server
+/// error in the middle of the COPY is returned and leaves the connection
+/// usable.
 fn raw_copy_out() {
     let (port, db) = harness::fresh_db("raw_copy_out");
     runtime().block_on(async {
@@ -253,27 +256,44 @@ fn raw_copy_out() {
             };
             expected.push_str(&format!("{g}\t{v}\n"));
         }
-        for min in [1, 1000, 64 * 1024, 16 << 20] {
+        for max in [1, 1000, 64 * 1024, 16 << 20] {
             c.start_copy_out(sql).await.expect("start copy");
             let mut all = Vec::new();
             let mut buf = bytes::BytesMut::new();
             let mut reads = 0;
+            let mut largest = 0;
             loop {
-                let more = c.read_copy_out(&mut buf, min).await.expect("read copy");
+                let more = c.read_copy_out(&mut buf, max).await.expect("read copy");
                 reads += 1;
+                let rows = buf.iter().filter(|&&b| b == b'\n').count();
                 assert!(
-                    !more || buf.len() >= min,
-                    "returned early with {} bytes",
+                    buf.ends_with(b"\n") || buf.is_empty(),
+                    "max {max}: a row was cut"
+                );
+                assert!(
+                    buf.len() <= max || rows == 1,
+                    "max {max}: {} bytes in {rows} rows",
                     buf.len()
                 );
+                assert!(
+                    !more || !buf.is_empty(),
+                    "max {max}: more, but nothing read"
+                );
+                largest = largest.max(buf.len());
                 all.extend_from_slice(&buf.split());
                 if !more {
                     break;
                 }
             }
-            assert_eq!(all.len(), expected.len(), "min {min}");
-            assert!(all == expected.as_bytes(), "min {min}: bytes differ");
-            assert!(reads >= 1);
+            assert_eq!(all.len(), expected.len(), "max {max}");
+            assert!(all == expected.as_bytes(), "max {max}: bytes differ");
+            assert!(largest > 3_000_000, "the 3 MB row came whole");
+            if max == 64 * 1024 {
+                assert!(
+                    reads < 2000,
+                    "max {max}: rows were coalesced ({reads} reads)"
+                );
+            }
         }
         c.start_copy_out("COPY (SELECT 1 / (1000 - g) FROM generate_series(1, 2000) g) TO STDOUT")
             .await

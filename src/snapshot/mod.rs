@@ -44,6 +44,10 @@ pub struct TableSpec {
     pub columns: Vec<ColumnSpec>,
     /// Publication row filter (PostgreSQL 15+), as SQL.
     pub row_filter: Option<String>,
+    /// Heap pages, for splitting the copy into TID ranges; 0 when the
+    /// source cannot scan a TID range (before PostgreSQL 14 a ctid range
+    /// is a full scan with a filter: every chunk would read the whole
+    /// table), so the table is copied in one piece.
     pub pages: i64,
     pub bytes: i64,
 }
@@ -218,6 +222,13 @@ pub async fn published_tables(
         .await
         .map_err(|e| SnapshotError::db("reading server_version_num", e))?
         .get(0);
+    // The file's size, not relpages: that is an estimate of the last
+    // VACUUM or ANALYZE, 0 on a table loaded since (no split at all).
+    let pages = if version >= 140000 {
+        "pg_relation_size(c.oid) / current_setting('block_size')::bigint"
+    } else {
+        "0::bigint"
+    };
     let (attnames, rowfilter) = if version >= 150000 {
         ("pt.attnames::text[]", "pt.rowfilter")
     } else {
@@ -227,7 +238,7 @@ pub async fn published_tables(
         .query(
             &format!(
                 "SELECT c.oid, pt.schemaname::text, pt.tablename::text, {attnames}, {rowfilter}, \
-                 greatest(c.relpages, 0)::bigint, pg_relation_size(c.oid) \
+                 {pages}, pg_relation_size(c.oid) \
                  FROM pg_catalog.pg_publication_tables pt \
                  JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
                  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -341,7 +352,9 @@ struct Job {
 /// a large table at about the same time.
 const CHUNK_PAGES: i64 = 2048;
 
-/// The size of the CopyData messages the copy sends to a target.
+/// The size of the CopyData messages the copy sends to a target: whole
+/// rows up to this, a larger row alone (never above the server's 1 GB
+/// message limit, which a merged message near a 1 GB row could pass).
 const COPY_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// Column name -> type (as `format_type` prints it) of `t`'s table on a

@@ -232,6 +232,14 @@ impl Connection {
             ("DateStyle", "ISO"),
             ("IntervalStyle", "postgres"),
             ("extra_float_digits", "3"),
+            // A role's or database's timeouts are meant for applications:
+            // the initial copy keeps the exporting replication connection
+            // and its copy connections idle inside their snapshot
+            // transactions while targets load and rebuild indexes, and one
+            // chunk's COPY can outlast any statement timeout. Either cut
+            // would lose the snapshot (and restart the copy) or stop it.
+            ("statement_timeout", "0"),
+            ("idle_in_transaction_session_timeout", "0"),
         ];
         if mode == Mode::Replication {
             params.push(("replication", "database"));
@@ -613,15 +621,20 @@ impl Connection {
     }
 
     /// Appends the payloads of the buffered-or-arriving CopyData messages of
-    /// a running COPY OUT to `out` until it holds at least `min` bytes.
-    /// Returns false once the COPY is over (the server's CopyDone,
-    /// CommandComplete and ReadyForQuery are consumed; `out` may still hold
-    /// the last rows). The frames are scanned in place: no per-row message,
-    /// allocation or copy beyond the one into `out`.
+    /// a running COPY OUT (one per row) to `out`, whole, while they fit in
+    /// `max` bytes; a row larger than `max` comes alone. Returns true when
+    /// `out` is full (the next row would not fit, or `max` is reached),
+    /// false once the COPY is over (the server's CopyDone, CommandComplete
+    /// and ReadyForQuery are consumed; `out` may still hold the last rows).
+    /// So what the caller sends on in one message is never larger than
+    /// `max` or one source row, which keeps it below the server's message
+    /// limit (1 GB) for any row the source could send. The frames are
+    /// scanned in place: no per-row message, allocation or copy beyond the
+    /// one into `out`.
     pub async fn read_copy_out(
         &mut self,
         out: &mut BytesMut,
-        min: usize,
+        max: usize,
     ) -> Result<bool, SourceError> {
         loop {
             // Every complete frame in the buffer.
@@ -634,15 +647,20 @@ impl Connection {
                 if len < 4 {
                     return Err(self.protocol(format!("message length {len} in COPY OUT")));
                 }
+                if buf[0] == b'd' && !out.is_empty() && out.len() + (len - 4) > max {
+                    return Ok(true);
+                }
                 if buf.len() < 1 + len {
-                    self.read_buf.reserve(1 + len);
+                    // Room for the rest of the frame (reserve counts from len()).
+                    let have = buf.len();
+                    self.read_buf.reserve(1 + len - have);
                     break;
                 }
                 match buf[0] {
                     b'd' => {
                         out.extend_from_slice(&buf[5..1 + len]);
                         let _ = self.read_buf.split_to(1 + len);
-                        if out.len() >= min {
+                        if out.len() >= max {
                             return Ok(true);
                         }
                     }
