@@ -1230,6 +1230,32 @@ fn definite_errors_name_table_and_column() {
         assert_eq!(progress(&db), end(1).to_string());
         assert_eq!(psql(&db, "SELECT count(*) FROM nums"), "1");
 
+        // The same deep inside a run of inserts long enough that the COPY
+        // is open and taking rows when the bad one comes: the server's
+        // answer comes at the COPY's end and still names the row.
+        let (mut sink, pos) = open(config("an", &db, port, false)).await;
+        let bad = 0x10_0000 + 20_000;
+        let events = (0..30_000u64)
+            .map(|k| {
+                let id = (100 + k).to_string();
+                let n = if k == 20_000 {
+                    "six".to_string()
+                } else {
+                    k.to_string()
+                };
+                insert(&nums, 0x10_0000 + k, &[Some(&id), Some(&n)])
+            })
+            .collect();
+        let (r, confirmed) = feed(&mut sink, pos, txn(0x200, events)).await;
+        let err = r.expect_err("bad value deep in a COPY");
+        assert!(!err.is_transient(), "{err}");
+        let msg = err.to_string();
+        for needle in ["public.nums", "column n", &Lsn(bad).to_string(), "22P02"] {
+            assert!(msg.contains(needle), "{needle:?} not in {msg}");
+        }
+        assert_eq!(confirmed, end(1));
+        assert_eq!(psql(&db, "SELECT count(*) FROM nums"), "1");
+
         // An update that violates a constraint: pipelined statements, the
         // first failing one is named.
         let (mut sink, pos) = open(config("an", &db, port, false)).await;

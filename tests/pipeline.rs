@@ -656,9 +656,11 @@ fn copy_ignores_source_timeouts() {
     )
     .expect("write config");
     let child = spawn_run(&config, &log);
-    wait_streaming("pl_tmo");
+    wait_for("the initial copy", 90, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("initial copy complete"))
+    });
     psql(&src, "INSERT INTO small VALUES (1000, 1)");
-    wait_for("the copy and a streamed row", 60, || {
+    wait_for("a streamed row", 60, || {
         psql(&dst, "SELECT count(*) FROM small") == "101"
     });
     let status = stop_run(child);

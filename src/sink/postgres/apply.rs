@@ -3,8 +3,14 @@
 //!
 //! Changes are buffered only until one of these is flushed, in source order:
 //! - a COPY chunk: a run of inserts into one table, written with
-//!   `COPY ... FROM STDIN` (text format) once it holds [`COPY_CHUNK_ROWS`]
-//!   rows or [`COPY_CHUNK_BYTES`] bytes, or when anything else comes;
+//!   `COPY ... FROM STDIN` (text format). The COPY opens once the run holds
+//!   [`COPY_SEND_BYTES`] and from then on takes the rows as they come, in
+//!   messages of that size, so the target parses and inserts one part
+//!   while the next is built (before, the chunk was built whole and then
+//!   sent, and the target and pgbridge waited for each other in turn). It
+//!   ends at [`COPY_CHUNK_ROWS`] rows or [`COPY_CHUNK_BYTES`] bytes, or when
+//!   anything else comes. While it is open the connection is in COPY mode:
+//!   everything else on it first ends the COPY ([`Target::flush`]);
 //! - a pipeline of prepared UPDATE/DELETE statements (any tables), sent all
 //!   at once and then awaited in order, flushed at [`PIPELINE_MAX_STMTS`]
 //!   statements or [`PIPELINE_MAX_BYTES`] bytes, or when anything else
@@ -22,7 +28,7 @@ use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, CopyInSink, Statement};
 
 use super::error::{classify, copy_line, ApplyError, Context};
 use super::progress;
@@ -37,9 +43,11 @@ use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
 use crate::Lsn;
 
 /// Rows per COPY statement.
-pub const COPY_CHUNK_ROWS: usize = 10_000;
+pub const COPY_CHUNK_ROWS: usize = 50_000;
 /// Bytes of COPY data per COPY statement.
-pub const COPY_CHUNK_BYTES: usize = 4 << 20;
+pub const COPY_CHUNK_BYTES: usize = 32 << 20;
+/// COPY data buffered before it goes to the target (opening the COPY).
+pub const COPY_SEND_BYTES: usize = 64 << 10;
 /// Statements sent before their results are awaited.
 pub const PIPELINE_MAX_STMTS: usize = 1_000;
 /// Bytes of parameters sent before their results are awaited.
@@ -56,13 +64,18 @@ struct PendingStmt {
     op: Op,
 }
 
-/// Inserts waiting to be copied.
+/// Inserts being copied: rows not sent yet in `buf`, the COPY once open.
 struct CopyChunk {
     table: Arc<TableState>,
     stmt: Statement,
     buf: BytesMut,
-    /// Source position of each row, to name the one the server rejects.
+    /// Source position of each row, sent or not, to name the one the server
+    /// rejects.
     lsns: Vec<Lsn>,
+    /// The running COPY (dropping it unfinished aborts it).
+    open: Option<Pin<Box<CopyInSink<Bytes>>>>,
+    /// Bytes of COPY data in this COPY, sent or not.
+    sent: usize,
 }
 
 enum Pending {
@@ -150,6 +163,11 @@ impl Target {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
+        // A Parse behind a running COPY would wait for the COPY's end,
+        // which only comes after this returns.
+        if matches!(&self.pending, Pending::Copy(c) if c.open.is_some()) {
+            self.flush().await?;
+        }
         if self.statements.len() >= MAX_CACHED_STATEMENTS {
             self.statements.clear();
         }
@@ -230,8 +248,10 @@ impl Target {
             self.pending = Pending::Copy(CopyChunk {
                 table: table.clone(),
                 stmt,
-                buf: BytesMut::with_capacity(64 * 1024),
+                buf: BytesMut::with_capacity(COPY_SEND_BYTES * 2),
                 lsns: Vec::new(),
+                open: None,
+                sent: 0,
             });
         }
         let Pending::Copy(chunk) = &mut self.pending else {
@@ -246,10 +266,18 @@ impl Target {
             }
         };
         chunk.lsns.push(ch.lsn);
+        chunk.sent += chunk.buf.len() - before;
         self.rows += 1;
         self.bytes += bytes;
-        if chunk.lsns.len() >= COPY_CHUNK_ROWS || chunk.buf.len() >= COPY_CHUNK_BYTES {
-            self.flush().await?;
+        if chunk.lsns.len() >= COPY_CHUNK_ROWS || chunk.sent >= COPY_CHUNK_BYTES {
+            return self.flush().await;
+        }
+        if chunk.buf.len() >= COPY_SEND_BYTES {
+            if let Err(e) = send_copy(&self.client, chunk).await {
+                let err = copy_error(chunk, e).await;
+                self.pending = Pending::Empty;
+                return Err(err);
+            }
         }
         Ok(())
     }
@@ -396,52 +424,26 @@ impl Target {
         }
     }
 
-    async fn flush_copy(&mut self, chunk: CopyChunk) -> Result<(), ApplyError> {
-        let CopyChunk {
-            table,
-            stmt,
-            buf,
-            lsns,
-        } = chunk;
-        if lsns.is_empty() {
+    async fn flush_copy(&mut self, mut chunk: CopyChunk) -> Result<(), ApplyError> {
+        if chunk.lsns.is_empty() {
             return Ok(());
         }
         let result = async {
-            let sink = self.client.copy_in::<_, Bytes>(&stmt).await?;
-            futures_util::pin_mut!(sink);
-            sink.send(buf.freeze()).await?;
-            sink.as_mut().finish().await
+            send_copy(&self.client, &mut chunk).await?;
+            match chunk.open.as_mut() {
+                Some(sink) => sink.as_mut().finish().await,
+                None => Ok(0),
+            }
         }
         .await;
         match result {
             Ok(n) => {
-                if n != lsns.len() as u64 {
-                    tracing::warn!(table = %table.display, sent = lsns.len(), copied = n, "COPY reported a different row count");
+                if n != chunk.lsns.len() as u64 {
+                    tracing::warn!(table = %chunk.table.display, sent = chunk.lsns.len(), copied = n, "COPY reported a different row count");
                 }
                 Ok(())
             }
-            Err(e) => {
-                // The server names the line; that is the row's index.
-                let at = e
-                    .as_db_error()
-                    .and_then(copy_line)
-                    .and_then(|line| lsns.get(line.wrapping_sub(1)))
-                    .copied();
-                let first = lsns.first().copied().unwrap_or(Lsn::ZERO);
-                let last = lsns.last().copied().unwrap_or(Lsn::ZERO);
-                let action = match at {
-                    Some(_) => "applying an insert (COPY)".to_string(),
-                    None => format!(
-                        "applying {} inserts (COPY of the source changes {first} to {last})",
-                        lsns.len()
-                    ),
-                };
-                let mut ctx = Context::new(&action).table(&table.display);
-                if let Some(at) = at {
-                    ctx = ctx.lsn(at);
-                }
-                Err(classify(&e, &ctx))
-            }
+            Err(e) => Err(copy_error(&mut chunk, e).await),
         }
     }
 
@@ -555,6 +557,60 @@ impl Target {
             }
         }
     }
+}
+
+/// Opens the chunk's COPY when it is not open yet and hands it the rows
+/// buffered so far.
+async fn send_copy(client: &Client, chunk: &mut CopyChunk) -> Result<(), tokio_postgres::Error> {
+    if chunk.open.is_none() {
+        chunk.open = Some(Box::pin(client.copy_in::<_, Bytes>(&chunk.stmt).await?));
+    }
+    if !chunk.buf.is_empty() {
+        if let Some(sink) = chunk.open.as_mut() {
+            sink.feed(chunk.buf.split().freeze()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The error of a failed COPY, naming the row the server rejected. A row
+/// the server rejects while more are being sent shows only when the COPY
+/// ends: a failed send (the COPY or the connection gone) asks for that
+/// answer first, so that a rejected row is not mistaken for a lost
+/// connection (which would be retried for ever).
+async fn copy_error(chunk: &mut CopyChunk, e: tokio_postgres::Error) -> ApplyError {
+    let e = match (e.as_db_error(), chunk.open.as_mut()) {
+        (None, Some(sink)) => {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), sink.as_mut().finish())
+                .await
+            {
+                Ok(Err(db)) if db.as_db_error().is_some() => db,
+                _ => e,
+            }
+        }
+        _ => e,
+    };
+    let lsns = &chunk.lsns;
+    // The server names the line; that is the row's index.
+    let at = e
+        .as_db_error()
+        .and_then(copy_line)
+        .and_then(|line| lsns.get(line.wrapping_sub(1)))
+        .copied();
+    let first = lsns.first().copied().unwrap_or(Lsn::ZERO);
+    let last = lsns.last().copied().unwrap_or(Lsn::ZERO);
+    let action = match at {
+        Some(_) => "applying an insert (COPY)".to_string(),
+        None => format!(
+            "applying {} inserts (COPY of the source changes {first} to {last})",
+            lsns.len()
+        ),
+    };
+    let mut ctx = Context::new(&action).table(&chunk.table.display);
+    if let Some(at) = at {
+        ctx = ctx.lsn(at);
+    }
+    classify(&e, &ctx)
 }
 
 /// Sends every statement before awaiting any answer (tokio-postgres
