@@ -1283,6 +1283,35 @@ fn definite_errors_name_table_and_column() {
             assert!(msg.contains(needle), "{needle:?} not in {msg}");
         }
         assert_eq!(psql(&db, "SELECT n FROM nums WHERE id = 1"), "1");
+
+        // The same far into a long run of updates: the failing statement's
+        // pipeline is answered only after the next one was sent, and the
+        // error still names it (not a later statement, which fails only
+        // because the transaction is aborted).
+        let (mut sink, pos) = open(config("an", &db, port, false)).await;
+        let bad = 0x20_0000 + 100;
+        let events = (0..600u64)
+            .map(|k| {
+                if k == 100 {
+                    update(
+                        &nums,
+                        bad,
+                        Some((row(&[Some("1"), None]), true)),
+                        row(&[Some("2"), Some("10")]),
+                    )
+                } else {
+                    let n = k.to_string();
+                    update(&nums, 0x20_0000 + k, None, row(&[Some("1"), Some(&n)]))
+                }
+            })
+            .collect();
+        let (r, confirmed) = feed(&mut sink, pos, txn(0x300, events)).await;
+        let msg = r.expect_err("duplicate key deep in the run").to_string();
+        for needle in ["public.nums", &Lsn(bad).to_string(), "23505"] {
+            assert!(msg.contains(needle), "{needle:?} not in {msg}");
+        }
+        assert_eq!(confirmed, end(1), "nothing acknowledged");
+        assert_eq!(psql(&db, "SELECT n FROM nums WHERE id = 1"), "1");
     });
 }
 

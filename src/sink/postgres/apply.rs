@@ -12,15 +12,17 @@
 //!   anything else comes. While it is open the connection is in COPY mode:
 //!   everything else on it first ends the COPY ([`Target::flush`]);
 //! - a pipeline of prepared UPDATE/DELETE statements (any tables), sent all
-//!   at once and then awaited in order, flushed at [`PIPELINE_MAX_STMTS`]
-//!   statements or [`PIPELINE_MAX_BYTES`] bytes, or when anything else
-//!   comes.
+//!   at once at [`PIPELINE_MAX_STMTS`] statements or [`PIPELINE_MAX_BYTES`]
+//!   bytes, or when anything else comes. A full pipeline's answers are
+//!   awaited only once the next one is full (so the target executes one
+//!   while the next is built); anything else first awaits every answer, in
+//!   order, and the first failed statement is the error.
 //!
 //! COPY won the measurement against multi-row INSERT and pipelined prepared
 //! INSERTs (`pgsink::insert_paths` in tests/pgsink.rs; the numbers are in
 //! the module documentation of [`super`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,12 +50,22 @@ pub const COPY_CHUNK_ROWS: usize = 50_000;
 pub const COPY_CHUNK_BYTES: usize = 32 << 20;
 /// COPY data buffered before it goes to the target (opening the COPY).
 pub const COPY_SEND_BYTES: usize = 64 << 10;
-/// Statements sent before their results are awaited.
-pub const PIPELINE_MAX_STMTS: usize = 1_000;
-/// Bytes of parameters sent before their results are awaited.
-pub const PIPELINE_MAX_BYTES: usize = 4 << 20;
+/// Statements sent together.
+pub const PIPELINE_MAX_STMTS: usize = 250;
+/// Bytes of parameters sent together.
+pub const PIPELINE_MAX_BYTES: usize = 1 << 20;
 /// Prepared statements kept per connection before the cache is emptied.
 const MAX_CACHED_STATEMENTS: usize = 1_000;
+
+/// A statement sent, its answer not yet checked.
+struct Sent {
+    answer: Answer,
+    table: Arc<TableState>,
+    lsn: Lsn,
+    op: Op,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
 /// A change waiting in the pipeline.
 struct PendingStmt {
@@ -89,12 +101,14 @@ enum Pending {
 
 /// One target connection and what is open on it.
 pub struct Target {
-    client: Client,
+    client: Arc<Client>,
     create_tables: bool,
     in_txn: bool,
     tables: HashMap<RelId, Arc<TableState>>,
     statements: HashMap<String, Statement>,
     pending: Pending,
+    /// Statements sent whose answers are not checked yet, in order.
+    sent: VecDeque<Sent>,
     /// Row changes applied in the open target transaction.
     rows: usize,
     /// Bytes of values applied in the open target transaction.
@@ -106,12 +120,13 @@ pub struct Target {
 impl Target {
     pub fn new(client: Client, create_tables: bool) -> Self {
         Target {
-            client,
+            client: Arc::new(client),
             create_tables,
             in_txn: false,
             tables: HashMap::new(),
             statements: HashMap::new(),
             pending: Pending::Empty,
+            sent: VecDeque::new(),
             rows: 0,
             bytes: 0,
             lock_timeout: None,
@@ -164,10 +179,12 @@ impl Target {
             return Ok(s.clone());
         }
         // A Parse behind a running COPY would wait for the COPY's end,
-        // which only comes after this returns.
+        // which only comes after this returns; behind a failed statement it
+        // would fail and hide that statement's error.
         if matches!(&self.pending, Pending::Copy(c) if c.open.is_some()) {
             self.flush().await?;
         }
+        self.settle(0).await?;
         if self.statements.len() >= MAX_CACHED_STATEMENTS {
             self.statements.clear();
         }
@@ -377,7 +394,17 @@ impl Target {
             _ => false,
         };
         if full {
-            self.flush().await?;
+            if let Pending::Stmts { stmts, .. } = std::mem::replace(
+                &mut self.pending,
+                Pending::Stmts {
+                    stmts: Vec::new(),
+                    bytes: 0,
+                },
+            ) {
+                let before = self.sent.len();
+                self.send_stmts(stmts);
+                self.settle(self.sent.len() - before).await?;
+            }
         }
         Ok(())
     }
@@ -415,12 +442,19 @@ impl Target {
         Ok(())
     }
 
-    /// Writes everything buffered to the target (still uncommitted).
+    /// Writes everything buffered to the target (still uncommitted) and
+    /// checks every answer.
     pub async fn flush(&mut self) -> Result<(), ApplyError> {
         match std::mem::replace(&mut self.pending, Pending::Empty) {
-            Pending::Empty => Ok(()),
-            Pending::Copy(chunk) => self.flush_copy(chunk).await,
-            Pending::Stmts { stmts, .. } => self.flush_stmts(stmts).await,
+            Pending::Empty => self.settle(0).await,
+            Pending::Copy(chunk) => {
+                self.settle(0).await?;
+                self.flush_copy(chunk).await
+            }
+            Pending::Stmts { stmts, .. } => {
+                self.send_stmts(stmts);
+                self.settle(0).await
+            }
         }
     }
 
@@ -447,10 +481,49 @@ impl Target {
         }
     }
 
-    async fn flush_stmts(&mut self, stmts: Vec<PendingStmt>) -> Result<(), ApplyError> {
-        let results = pipelined(&self.client, &stmts).await;
-        for (p, r) in stmts.iter().zip(results) {
-            let action = match p.op {
+    /// Sends `stmts` (each request is queued on the connection, in order,
+    /// before this returns); their answers join [`Target::sent`].
+    fn send_stmts(&mut self, stmts: Vec<PendingStmt>) {
+        let first = self.sent.len();
+        for p in stmts {
+            let client = self.client.clone();
+            let PendingStmt {
+                stmt,
+                params,
+                table,
+                lsn,
+                op,
+            } = p;
+            let answer: Answer =
+                Box::pin(async move { client.execute_raw(&stmt, params.iter()).await });
+            self.sent.push_back(Sent {
+                answer,
+                table,
+                lsn,
+                op,
+            });
+        }
+        // The first poll of each future queues its request: poll the new
+        // ones once each, in order, so the server gets them in order (and
+        // before anything sent after this).
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for s in self.sent.iter_mut().skip(first) {
+            if let Poll::Ready(r) = s.answer.as_mut().poll(&mut cx) {
+                s.answer = Box::pin(std::future::ready(r));
+            }
+        }
+    }
+
+    /// Awaits and checks the answers of the statements sent, oldest first,
+    /// until `keep` remain unchecked.
+    async fn settle(&mut self, keep: usize) -> Result<(), ApplyError> {
+        while self.sent.len() > keep {
+            let Some(s) = self.sent.pop_front() else {
+                break;
+            };
+            let r = s.answer.await;
+            let action = match s.op {
                 Op::Update => "applying an update",
                 Op::Delete => "applying a delete",
                 Op::Insert => "applying an insert",
@@ -460,9 +533,9 @@ impl Target {
                     // The target lacks the row (it diverged from the source,
                     // or someone changed it there): nothing to change.
                     tracing::warn!(
-                        table = %p.table.display,
-                        lsn = %p.lsn,
-                        op = p.op.letter(),
+                        table = %s.table.display,
+                        lsn = %s.lsn,
+                        op = s.op.letter(),
                         "no target row matched the source row's key; the change was skipped"
                     );
                 }
@@ -470,9 +543,10 @@ impl Target {
                 Err(e) => {
                     // Statements after a failed one fail too (the
                     // transaction is aborted); the first error is the cause.
+                    self.sent.clear();
                     return Err(classify(
                         &e,
-                        &Context::new(action).table(&p.table.display).lsn(p.lsn),
+                        &Context::new(action).table(&s.table.display).lsn(s.lsn),
                     ));
                 }
             }
@@ -544,6 +618,7 @@ impl Target {
     /// checks are forgotten: DDL in that transaction is gone too.
     pub async fn rollback(&mut self) {
         self.pending = Pending::Empty;
+        self.sent.clear();
         self.rows = 0;
         self.bytes = 0;
         self.tables.clear();
@@ -611,40 +686,6 @@ async fn copy_error(chunk: &mut CopyChunk, e: tokio_postgres::Error) -> ApplyErr
         ctx = ctx.lsn(at);
     }
     classify(&e, &ctx)
-}
-
-/// Sends every statement before awaiting any answer (tokio-postgres
-/// pipelines requests that are in flight together), in order, and returns
-/// the results in order.
-async fn pipelined(
-    client: &Client,
-    stmts: &[PendingStmt],
-) -> Vec<Result<u64, tokio_postgres::Error>> {
-    type Fut<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
-    let mut futs: Vec<Fut<'_>> = stmts
-        .iter()
-        .map(|p| Box::pin(client.execute_raw(&p.stmt, p.params.iter())) as Fut<'_>)
-        .collect();
-    let mut results: Vec<Option<Result<u64, tokio_postgres::Error>>> =
-        stmts.iter().map(|_| None).collect();
-    // The first poll of each future queues its request on the connection:
-    // poll them once each, in statement order, so the server gets them in
-    // order (join_all and friends do not promise an order).
-    std::future::poll_fn(|cx| {
-        for (f, r) in futs.iter_mut().zip(results.iter_mut()) {
-            if let Poll::Ready(out) = f.as_mut().poll(cx) {
-                *r = Some(out);
-            }
-        }
-        Poll::Ready(())
-    })
-    .await;
-    for (f, r) in futs.into_iter().zip(results.iter_mut()) {
-        if r.is_none() {
-            *r = Some(f.await);
-        }
-    }
-    results.into_iter().map(|r| r.unwrap_or(Ok(0))).collect()
 }
 
 /// How the target row of an update or delete is found, and the row the
