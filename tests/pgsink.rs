@@ -1312,6 +1312,20 @@ fn definite_errors_name_table_and_column() {
         }
         assert_eq!(confirmed, end(1), "nothing acknowledged");
         assert_eq!(psql(&db, "SELECT n FROM nums WHERE id = 1"), "1");
+
+        // Pipelines overlap, but the target applies the statements in
+        // source order: 600 updates of one row leave the last value.
+        let (mut sink, pos) = open(config("an", &db, port, false)).await;
+        let events = (1..=600u64)
+            .map(|k| {
+                let n = k.to_string();
+                update(&nums, 0x30_0000 + k, None, row(&[Some("1"), Some(&n)]))
+            })
+            .collect();
+        let (r, confirmed) = feed(&mut sink, pos, txn(0x400, events)).await;
+        r.expect("600 updates");
+        assert_eq!(confirmed, end(0x400));
+        assert_eq!(psql(&db, "SELECT n FROM nums WHERE id = 1"), "600");
     });
 }
 

@@ -750,8 +750,13 @@ async fn import_snapshot_raw(
 }
 
 fn import_sql(snapshot: &str) -> String {
+    // PostgreSQL 17's transaction_timeout would end the snapshot
+    // transaction in the middle of a long copy (turned off after the
+    // import: SET TRANSACTION SNAPSHOT must come before any query).
     format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; \
+         SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
+         WHERE current_setting('server_version_num')::int >= 170000",
         literal(snapshot)
     )
 }

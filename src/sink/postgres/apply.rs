@@ -291,7 +291,7 @@ impl Target {
         }
         if chunk.buf.len() >= COPY_SEND_BYTES {
             if let Err(e) = send_copy(&self.client, chunk).await {
-                let err = copy_error(chunk, e).await;
+                let err = copy_error(chunk, e);
                 self.pending = Pending::Empty;
                 return Err(err);
             }
@@ -477,7 +477,7 @@ impl Target {
                 }
                 Ok(())
             }
-            Err(e) => Err(copy_error(&mut chunk, e).await),
+            Err(e) => Err(copy_error(&chunk, e)),
         }
     }
 
@@ -635,36 +635,28 @@ impl Target {
 }
 
 /// Opens the chunk's COPY when it is not open yet and hands it the rows
-/// buffered so far.
+/// buffered so far, in messages of at most [`COPY_SEND_BYTES`] (CopyData
+/// need not end at a row; a row larger than the server's 1 GB message
+/// limit then fails as a row the server rejects, naming it, not as a
+/// broken connection).
 async fn send_copy(client: &Client, chunk: &mut CopyChunk) -> Result<(), tokio_postgres::Error> {
     if chunk.open.is_none() {
         chunk.open = Some(Box::pin(client.copy_in::<_, Bytes>(&chunk.stmt).await?));
     }
-    if !chunk.buf.is_empty() {
-        if let Some(sink) = chunk.open.as_mut() {
-            sink.feed(chunk.buf.split().freeze()).await?;
+    if let Some(sink) = chunk.open.as_mut() {
+        while !chunk.buf.is_empty() {
+            let n = chunk.buf.len().min(COPY_SEND_BYTES);
+            sink.feed(chunk.buf.split_to(n).freeze()).await?;
         }
     }
     Ok(())
 }
 
-/// The error of a failed COPY, naming the row the server rejected. A row
-/// the server rejects while more are being sent shows only when the COPY
-/// ends: a failed send (the COPY or the connection gone) asks for that
-/// answer first, so that a rejected row is not mistaken for a lost
-/// connection (which would be retried for ever).
-async fn copy_error(chunk: &mut CopyChunk, e: tokio_postgres::Error) -> ApplyError {
-    let e = match (e.as_db_error(), chunk.open.as_mut()) {
-        (None, Some(sink)) => {
-            match tokio::time::timeout(std::time::Duration::from_secs(5), sink.as_mut().finish())
-                .await
-            {
-                Ok(Err(db)) if db.as_db_error().is_some() => db,
-                _ => e,
-            }
-        }
-        _ => e,
-    };
+/// The error of a failed COPY, naming the row the server rejected. (A row
+/// the server rejects while more are being sent shows when the COPY ends:
+/// the server discards the rest of the data until then, so sending never
+/// fails for it; a failed send means the connection is gone.)
+fn copy_error(chunk: &CopyChunk, e: tokio_postgres::Error) -> ApplyError {
     let lsns = &chunk.lsns;
     // The server names the line; that is the row's index.
     let at = e
