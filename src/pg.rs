@@ -20,6 +20,13 @@ impl ClientError {
     }
 }
 
+/// Turns off PostgreSQL 17's `transaction_timeout` for the session (a
+/// no-op before 17, which has no such setting): pgbridge's transactions
+/// (a batch being applied, a copy's snapshot) may rightly run long.
+pub const TRANSACTION_TIMEOUT_OFF: &str =
+    "SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
+     WHERE current_setting('server_version_num')::int >= 170000";
+
 /// Connection-level, server-shutdown, resource and serialization errors
 /// are transient; everything else needs an operator.
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {

@@ -645,16 +645,14 @@ fn copy_ignores_source_timeouts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    std::fs::write(
+    write_single(
         &config,
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"pl_tmo\"\npublications = [\"p\"]\nsnapshot_workers = 1\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
-            harness::url(port, &src),
-            harness::url(port, &dst)
-        ),
-    )
-    .expect("write config");
+        &harness::url(port, &src),
+        "pl_tmo",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
     let child = spawn_run(&config, &log);
     wait_for("the initial copy", 90, || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("initial copy complete"))

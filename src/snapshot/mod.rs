@@ -754,10 +754,9 @@ fn import_sql(snapshot: &str) -> String {
     // transaction in the middle of a long copy (turned off after the
     // import: SET TRANSACTION SNAPSHOT must come before any query).
     format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; \
-         SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
-         WHERE current_setting('server_version_num')::int >= 170000",
-        literal(snapshot)
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; {}",
+        literal(snapshot),
+        pg::TRANSACTION_TIMEOUT_OFF
     )
 }
 

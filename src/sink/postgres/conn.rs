@@ -64,13 +64,12 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
         }
     });
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "SET synchronous_commit = on; \
              SET idle_in_transaction_session_timeout = 0; \
-             SET statement_timeout = 0; \
-             SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
-             WHERE current_setting('server_version_num')::int >= 170000",
-        )
+             SET statement_timeout = 0; {}",
+            crate::pg::TRANSACTION_TIMEOUT_OFF
+        ))
         .await
         .map_err(|e| classify(&e, &ErrCtx::new("setting up the target session")))?;
     Ok(client)
