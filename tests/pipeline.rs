@@ -246,13 +246,20 @@ fn assert_same(src: &str, dst: &str, table: &str, key: &str) {
     }
 }
 
-/// Waits until `slot` is active (a `run` is streaming from it).
+/// Waits until a `run` streams from `slot`: its walsender has started
+/// replication. An active slot alone is not enough: while
+/// CREATE_REPLICATION_SLOT still waits for the transactions running at its
+/// start (other tests' on the shared cluster), the slot shows as active, and
+/// a row committed then lies before the slot's consistent point and is
+/// never decoded.
 pub(crate) fn wait_streaming(slot: &str) {
     wait_for("the slot to stream", 60, || {
         psql(
             "postgres",
             &format!(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
+                 ON r.pid = s.active_pid WHERE s.slot_name = '{slot}' \
+                 AND s.confirmed_flush_lsn IS NOT NULL AND r.state = 'streaming'"
             ),
         ) == "1"
     });
