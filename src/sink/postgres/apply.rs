@@ -63,6 +63,8 @@ struct Sent {
     table: Arc<TableState>,
     lsn: Lsn,
     op: Op,
+    /// An identity column the UPDATE matched on instead of setting it.
+    guard: Option<usize>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
@@ -74,6 +76,7 @@ struct PendingStmt {
     table: Arc<TableState>,
     lsn: Lsn,
     op: Op,
+    guard: Option<usize>,
 }
 
 /// Inserts being copied: rows not sent yet in `buf`, the COPY once open.
@@ -217,6 +220,7 @@ impl Target {
                     copy_sql: t.copy_sql.clone(),
                     full_key: t.full_key.clone(),
                     partitioned: t.partitioned,
+                    always_identity: t.always_identity.clone(),
                 });
                 self.tables.insert(rel.rel_id, t.clone());
                 return Ok(t);
@@ -318,16 +322,46 @@ impl Target {
             (RowMatch::Key(k), None) => k,
             _ => &[],
         };
-        let set: Vec<usize> = (0..rel.columns.len())
+        let mut set: Vec<usize> = (0..rel.columns.len())
             .filter(|i| !matches!(new.0.get(*i), Some(TupleValue::UnchangedToast) | None))
             .filter(|i| !key_cols.contains(i))
             .collect();
-        if set.is_empty() {
-            return Ok(()); // nothing but the key, unchanged
+        // The target's GENERATED ALWAYS identity columns cannot be SET
+        // (only to DEFAULT). They almost never change (the source can
+        // only do it with SET col = DEFAULT), so they are left out: when
+        // the old value is known it must equal the new one; when not, the
+        // UPDATE matches only a row that holds the new value already, and
+        // a miss stops the sink (see `settle`) rather than skipping the
+        // change.
+        let mut guard = Vec::new();
+        if !table.always_identity.is_empty() {
+            let mut kept = Vec::with_capacity(set.len());
+            for i in set {
+                if !table.always_identity.contains(&i) {
+                    kept.push(i);
+                    continue;
+                }
+                let old = ch
+                    .old
+                    .as_ref()
+                    .filter(|_| !ch.old_key_only || rel.columns[i].is_key)
+                    .and_then(|o| o.0.get(i));
+                match old {
+                    Some(v) if Some(v) == new.0.get(i) => {}
+                    Some(_) => return Err(identity_changed(&table, ch.lsn, i)),
+                    None => guard.push(i),
+                }
+            }
+            set = kept;
         }
-        let sql = update_statement(rel, &set, &m);
+        if set.is_empty() {
+            return Ok(()); // nothing but the key and identity, unchanged
+        }
+        let sql = update_statement(rel, &set, &m, &guard);
         let mut params: Vec<TextParam> = set.iter().map(|&i| param(new.0.get(i))).collect();
         params.extend(match_params(&key_row.0, &m));
+        params.extend(guard.iter().map(|&i| param(new.0.get(i))));
+        let guard = guard.first().copied();
         let bytes = row_bytes(new);
         let ctx = Context::new("preparing an update")
             .table(&table.display)
@@ -340,6 +374,7 @@ impl Target {
                 table,
                 lsn: ch.lsn,
                 op: Op::Update,
+                guard,
             },
             bytes,
         )
@@ -369,6 +404,7 @@ impl Target {
                 table,
                 lsn: ch.lsn,
                 op: Op::Delete,
+                guard: None,
             },
             bytes,
         )
@@ -493,6 +529,7 @@ impl Target {
                 table,
                 lsn,
                 op,
+                guard,
             } = p;
             let answer: Answer =
                 Box::pin(async move { client.execute_raw(&stmt, params.iter()).await });
@@ -501,6 +538,7 @@ impl Target {
                 table,
                 lsn,
                 op,
+                guard,
             });
         }
         // The first poll of each future queues its request: poll the new
@@ -529,6 +567,10 @@ impl Target {
                 Op::Insert => "applying an insert",
             };
             match r {
+                Ok(0) if s.guard.is_some() => {
+                    self.sent.clear();
+                    return Err(identity_changed(&s.table, s.lsn, s.guard.unwrap_or(0)));
+                }
                 Ok(0) => {
                     // The target lacks the row (it diverged from the source,
                     // or someone changed it there): nothing to change.
@@ -741,6 +783,24 @@ fn row_match<'a>(
             Ok((RowMatch::Key(key), from))
         }
     }
+}
+
+/// An UPDATE that changed (or may have changed) the value of column `i`,
+/// which the target has as GENERATED ALWAYS AS IDENTITY: no UPDATE can set
+/// that, so the sink stops instead of leaving the row different.
+fn identity_changed(table: &TableState, lsn: Lsn, i: usize) -> ApplyError {
+    let col = table
+        .source
+        .columns
+        .get(i)
+        .map(|c| c.name.as_str())
+        .unwrap_or("?");
+    ApplyError::Definite(format!(
+        "the update of {} at {lsn} sets column {col}, which the target has as GENERATED ALWAYS AS IDENTITY (an UPDATE can set it only to DEFAULT), or the target lacks the row; run ALTER TABLE {} ALTER COLUMN {} SET GENERATED BY DEFAULT on the target and restart",
+        table.display,
+        crate::pg::qualified(&table.source.schema, &table.source.name),
+        crate::pg::ident(col),
+    ))
 }
 
 fn check_text(table: &TableState, lsn: Lsn, what: &str, row: &Row) -> Result<(), ApplyError> {

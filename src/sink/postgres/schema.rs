@@ -39,6 +39,10 @@ pub struct TableState {
     pub full_key: Option<Vec<usize>>,
     /// The target is a partitioned table (ctid is unique per partition only).
     pub partitioned: bool,
+    /// Source column indexes whose target column is `GENERATED ALWAYS AS
+    /// IDENTITY`: COPY fills them, but an UPDATE may only set them to
+    /// DEFAULT, so updates leave them out (see `Target::update`).
+    pub always_identity: Vec<usize>,
 }
 
 /// Makes sure the target table for `rel` exists and has every source
@@ -56,7 +60,8 @@ pub async fn ensure_table(
     let ctx = Context::new("reading the target catalog").table(&table_name);
     let rows = client
         .query(
-            "SELECT c.relkind::text, a.attname::text, (i.indrelid IS NOT NULL) \
+            "SELECT c.relkind::text, a.attname::text, (i.indrelid IS NOT NULL), \
+             coalesce(a.attidentity = 'a', false) \
              FROM pg_catalog.pg_class c \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -70,12 +75,17 @@ pub async fn ensure_table(
 
     let mut partitioned = false;
     let mut target_cols: Vec<(String, bool)> = Vec::new();
+    let mut always: Vec<String> = Vec::new();
     for row in &rows {
         let kind: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
         partitioned = kind == "p";
         let name: Option<String> = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
         let in_pk: bool = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
+        let is_always: bool = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
         if let Some(name) = name {
+            if is_always {
+                always.push(name.clone());
+            }
             target_cols.push((name, in_pk));
         }
     }
@@ -87,7 +97,7 @@ pub async fn ensure_table(
             )));
         }
         create_table(client, rel, why).await?;
-        return Ok(state(rel, None, false));
+        return Ok(state(rel, None, false, Vec::new()));
     }
 
     let missing: Vec<usize> = rel
@@ -155,16 +165,29 @@ pub async fn ensure_table(
     } else {
         None
     };
-    Ok(state(rel, full_key, partitioned))
+    let always_identity = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| always.contains(&c.name))
+        .map(|(i, _)| i)
+        .collect();
+    Ok(state(rel, full_key, partitioned, always_identity))
 }
 
-fn state(rel: &Arc<RelationSchema>, full_key: Option<Vec<usize>>, partitioned: bool) -> TableState {
+fn state(
+    rel: &Arc<RelationSchema>,
+    full_key: Option<Vec<usize>>,
+    partitioned: bool,
+    always_identity: Vec<usize>,
+) -> TableState {
     TableState {
         source: rel.clone(),
         display: rel.qualified_name(),
         copy_sql: copy_statement(rel),
         full_key,
         partitioned,
+        always_identity,
     }
 }
 

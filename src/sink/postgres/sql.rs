@@ -247,9 +247,16 @@ fn match_columns(m: &RowMatch) -> &[usize] {
     }
 }
 
-/// `UPDATE t SET "a" = $1, ... WHERE ...`; parameters: the `set` columns of
-/// the new row, then the match columns of the key row.
-pub fn update_statement(rel: &RelationSchema, set: &[usize], m: &RowMatch) -> String {
+/// `UPDATE t SET "a" = $1, ... WHERE ... [AND "g" IS NOT DISTINCT FROM $k]`;
+/// parameters: the `set` columns of the new row, the match columns of the
+/// key row, then the `guard` columns of the new row (the row is changed
+/// only if it already holds those values).
+pub fn update_statement(
+    rel: &RelationSchema,
+    set: &[usize],
+    m: &RowMatch,
+    guard: &[usize],
+) -> String {
     let mut sql = format!("UPDATE {} SET ", qualified(rel));
     let mut next = 1;
     for (n, &i) in set.iter().enumerate() {
@@ -264,6 +271,14 @@ pub fn update_statement(rel: &RelationSchema, set: &[usize], m: &RowMatch) -> St
         next += 1;
     }
     where_clause(&mut sql, rel, m, &mut next);
+    for &i in guard {
+        sql.push_str(&format!(
+            " AND {} IS NOT DISTINCT FROM ${}",
+            quote_ident(&rel.columns[i].name),
+            next
+        ));
+        next += 1;
+    }
     sql
 }
 

@@ -122,8 +122,14 @@ fn statements_by_key() {
     );
     let m = RowMatch::Key(vec![0, 1]);
     assert_eq!(
-        update_statement(&r, &[2], &m),
+        update_statement(&r, &[2], &m, &[]),
         "UPDATE \"My Schema\".\"t\"\"x\" SET \"v\" = $1 WHERE \"id\" = $2 AND \"k2\" = $3"
+    );
+    // A guarded column (an identity the target will not let an UPDATE
+    // set) is matched after the key, with its own parameter.
+    assert_eq!(
+        update_statement(&r, &[1], &RowMatch::Key(vec![0]), &[2]),
+        "UPDATE \"My Schema\".\"t\"\"x\" SET \"k2\" = $1 WHERE \"id\" = $2 AND \"v\" IS NOT DISTINCT FROM $3"
     );
     assert_eq!(
         delete_statement(&r, &m),
@@ -152,7 +158,7 @@ fn statements_matching_all_columns() {
     };
     let t = "\"My Schema\".\"t\"\"x\"";
     assert_eq!(
-        update_statement(&r, &[2], &m),
+        update_statement(&r, &[2], &m, &[]),
         format!(
             "UPDATE {t} SET \"b\" = $1 WHERE ctid = (SELECT ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $2 \
              AND \"j\"::text IS NOT DISTINCT FROM $3::text AND \"b\" IS NOT DISTINCT FROM $4 LIMIT 1)"
