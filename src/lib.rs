@@ -14,6 +14,7 @@ pub mod model;
 pub mod pg;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod sequences;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

@@ -83,6 +83,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// At a cutover: set the Postgres sinks' sequences to the source's
+    /// values (replication does not carry them); never moves one back.
+    SyncSequences {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this sink (repeat for several; default: every Postgres sink).
+        #[arg(long = "sink")]
+        sinks: Vec<String>,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
@@ -209,6 +218,17 @@ fn main() -> ExitCode {
                     println!("{l}");
                 }
                 Ok(())
+            }
+            Command::SyncSequences { config, sinks } => {
+                let config = load(&config)?;
+                let report = pgbridge::sequences::sync(&config, &sinks).await?;
+                for l in &report.lines {
+                    println!("{l}");
+                }
+                match report.problems {
+                    0 => Ok(()),
+                    n => Err(format!("{n} problem(s) found")),
+                }
             }
         }
     });

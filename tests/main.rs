@@ -6,6 +6,7 @@ mod kafka;
 mod kafka_pipeline;
 mod pgsink;
 mod pipeline;
+mod sequences;
 mod source;
 mod tail;
 
@@ -18,6 +19,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(sequences::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     let conclusion = libtest_mimic::run(&args, trials);
