@@ -168,4 +168,34 @@ fn cutover_moves_target_sequences_forward() {
     assert!(!text.contains("sink analytics"), "{text}");
     assert_eq!(seq(&dst, "a_id_seq"), "11 true");
     psql("postgres", "SELECT pg_drop_replication_slot('seq_cut')");
+
+    // A source user that may read only some sequences: the rest are
+    // errors naming the grant, and the command fails.
+    psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE seq_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    psql(&src, "GRANT SELECT ON SEQUENCE a_id_seq TO seq_reader");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let limited = dir.path().join("limited.toml");
+    std::fs::write(
+        &limited,
+        text.replacen("postgres://postgres@", "postgres://seq_reader@", 1),
+    )
+    .expect("write config");
+    let out = sync(&limited, &["--sink", "new_primary"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "source: cannot read sequence public.shared (used by public.c): permission denied"
+        ) && text.contains("GRANT SELECT ON SEQUENCE \"public\".\"shared\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "sink new_primary: sequence public.a_id_seq (used by public.a): next value 12, ahead"
+        ),
+        "{text}"
+    );
 }
