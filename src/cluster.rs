@@ -81,6 +81,10 @@ pub struct ClusterOptions {
     /// Generate a CA and a server certificate and turn `ssl` on.
     pub ssl: bool,
     pub wal_level: String,
+    /// Server binaries (initdb, pg_ctl, postgres) to use instead of
+    /// [`find_pg_bin`]'s: another major version. `psql` comes from there
+    /// when it has one, else from [`find_pg_bin`].
+    pub bin: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +94,7 @@ impl Default for ClusterOptions {
             hba: Vec::new(),
             ssl: false,
             wal_level: "logical".into(),
+            bin: None,
         }
     }
 }
@@ -98,6 +103,7 @@ impl Default for ClusterOptions {
 pub struct LocalCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    psql: PathBuf,
     port: u16,
     as_postgres: bool,
     stopped: bool,
@@ -123,7 +129,15 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output, ClusterError> {
 
 impl LocalCluster {
     pub fn start(opts: &ClusterOptions) -> Result<LocalCluster, ClusterError> {
-        let bin = find_pg_bin()?;
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => find_pg_bin()?,
+        };
+        let psql = if bin.join("psql").is_file() {
+            bin.join("psql")
+        } else {
+            find_pg_bin()?.join("psql")
+        };
         let as_postgres = is_root();
         if as_postgres && run(Command::new("id").arg("postgres"), "id postgres").is_err() {
             return Err(ClusterError::NoPostgresUser);
@@ -138,6 +152,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             dir,
             bin,
+            psql,
             port: 0,
             as_postgres,
             stopped: true,
@@ -307,7 +322,7 @@ impl LocalCluster {
     /// Runs SQL through psql as the superuser (setup steps in tests/demo).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, ClusterError> {
         let out = run(
-            Command::new(self.bin.join("psql"))
+            Command::new(&self.psql)
                 .args([
                     "-X",
                     "-q",

@@ -150,6 +150,10 @@ pub struct PostgresSinkSection {
     /// Target connections the apply is spread over (1-64).
     #[serde(default = "default_apply_workers")]
     pub apply_workers: usize,
+    /// auto | replica | origin: whether the target's triggers and foreign
+    /// keys fire for replicated rows (see [`ReplicationRole`]).
+    #[serde(default)]
+    pub session_replication_role: crate::sink::postgres::ReplicationRole,
 }
 
 fn default_apply_workers() -> usize {

@@ -49,19 +49,32 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// idle-in-transaction timeout), and drives the connection in a background
 /// task.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, ClientError> {
+    client_error(crate::sink::postgres::conn::connect(info).await)
+}
+
+/// As [`connect`], for a session that writes replicated rows into a
+/// target: with the sink's `session_replication_role`.
+pub async fn connect_target(
+    info: &ConnInfo,
+    role: crate::sink::postgres::ReplicationRole,
+) -> Result<tokio_postgres::Client, ClientError> {
+    client_error(crate::sink::postgres::conn::connect_target(info, role).await)
+}
+
+fn client_error<T>(
+    r: Result<T, crate::sink::postgres::error::ApplyError>,
+) -> Result<T, ClientError> {
     use crate::sink::postgres::error::ApplyError;
-    crate::sink::postgres::conn::connect(info)
-        .await
-        .map_err(|e| match e {
-            ApplyError::Transient(message) => ClientError {
-                message,
-                transient: true,
-            },
-            ApplyError::Definite(message) => ClientError {
-                message,
-                transient: false,
-            },
-        })
+    r.map_err(|e| match e {
+        ApplyError::Transient(message) => ClientError {
+            message,
+            transient: true,
+        },
+        ApplyError::Definite(message) => ClientError {
+            message,
+            transient: false,
+        },
+    })
 }
 
 /// `"name"` quoted as an SQL identifier.

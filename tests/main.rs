@@ -4,6 +4,7 @@
 mod harness;
 mod kafka;
 mod kafka_pipeline;
+mod migration;
 mod pgsink;
 mod pipeline;
 mod sequences;
@@ -20,6 +21,7 @@ fn main() {
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
     trials.extend(sequences::trials());
+    trials.extend(migration::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     let conclusion = libtest_mimic::run(&args, trials);

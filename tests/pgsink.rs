@@ -22,6 +22,10 @@ use crate::trial;
 pub fn trials() -> Vec<Trial> {
     vec![
         trial(
+            "pgsink::replication_role_needs_a_grant",
+            replication_role_needs_a_grant,
+        ),
+        trial(
             "pgsink::create_tables_and_add_column",
             create_tables_and_add_column,
         ),
@@ -1580,4 +1584,52 @@ fn insert_paths() {
             );
         }
     });
+}
+
+/// `session_replication_role = replica` needs a superuser or a grant:
+/// `replica` without it stops with the grant to run, `auto` goes on as
+/// origin, and with the grant `replica` opens.
+fn replication_role_needs_a_grant() {
+    use pgbridge::sink::postgres::ReplicationRole;
+    let user = harness::NOREPL_USER;
+    let (port, db) = harness::fresh_db("pgsink_role");
+    psql(&db, &format!("GRANT CREATE ON DATABASE {db} TO {user}"));
+    let url = format!(
+        "host=127.0.0.1 port={port} user={user} password='{}' dbname={db} sslmode=disable",
+        harness::PASSWORD.replace('\'', "\\'")
+    );
+    let with = |name: &str, role: ReplicationRole| {
+        let mut c = PostgresSinkConfig::new(name, url.clone(), "pipe1");
+        c.replication_role = role;
+        c
+    };
+    runtime().block_on(async {
+        let err = PostgresSink::new(with("strict", ReplicationRole::Replica))
+            .expect("sink")
+            .open()
+            .await
+            .expect_err("replica without the grant");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("may not set session_replication_role = replica")
+                && msg.contains(&format!(
+                    "GRANT SET ON PARAMETER session_replication_role TO \"{user}\""
+                ))
+                && msg.contains("session_replication_role = \"origin\""),
+            "{msg}"
+        );
+        open(with("auto", ReplicationRole::Auto)).await;
+        open(with("origin", ReplicationRole::Origin)).await;
+    });
+    psql(
+        &db,
+        &format!("GRANT SET ON PARAMETER session_replication_role TO {user}"),
+    );
+    runtime().block_on(async {
+        open(with("strict", ReplicationRole::Replica)).await;
+    });
+    psql(
+        &db,
+        &format!("REVOKE SET ON PARAMETER session_replication_role FROM {user}"),
+    );
 }

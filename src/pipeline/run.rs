@@ -104,6 +104,7 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
                     c.batch_max_bytes = p.batch_max_bytes;
                     c.batch_max_txns = p.batch_max_txns;
                     c.apply_workers = p.apply_workers;
+                    c.replication_role = p.session_replication_role;
                     Ok(Built::Other(Box::new(PostgresSink::new(c)?)))
                 }
                 SinkConfig::Kafka(k) => {
@@ -154,6 +155,7 @@ fn targets(config: &Config) -> Vec<(usize, Target)> {
                     tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
                     create_tables: p.create_tables,
                     defer_indexes: p.defer_indexes,
+                    role: p.session_replication_role,
                 },
             )),
             SinkConfig::Kafka(_) => None,

@@ -120,6 +120,8 @@ pub struct Target {
     /// Drop the table's indexes for the copy and rebuild them after it
     /// (see `indexes`).
     pub defer_indexes: bool,
+    /// The sink's `session_replication_role` for the copy's sessions.
+    pub role: crate::sink::postgres::ReplicationRole,
 }
 
 impl Target {
@@ -417,6 +419,13 @@ async fn prepare_table(
             Some(ty) => binary &= *ty == c.type_name,
         }
     }
+    // The copy starts from an empty table: one left from a copy cut off
+    // earlier is emptied. TRUNCATE refuses a table that a foreign key
+    // references (a target made from the source's schema has them) even
+    // when that table is empty, so an empty table is left alone, and a
+    // referenced one is emptied with DELETE when the session runs as
+    // replica (no foreign-key actions: its referencing tables are copied
+    // or streamed from the source like it).
     let empty = async {
         client.batch_execute("BEGIN").await?;
         let deferred = if target.defer_indexes {
@@ -424,17 +433,58 @@ async fn prepare_table(
         } else {
             0
         };
-        client
-            .batch_execute(&format!("TRUNCATE {}; COMMIT", t.sql_name()))
-            .await?;
-        Ok::<_, tokio_postgres::Error>(deferred)
+        let rows: bool = client
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()),
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if rows {
+            client.batch_execute("SAVEPOINT empty").await?;
+            if let Err(e) = client
+                .batch_execute(&format!("TRUNCATE {}", t.sql_name()))
+                .await
+            {
+                let fk = e.as_db_error().is_some_and(|d| {
+                    d.code() == &tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+                });
+                if !fk {
+                    return Err(e);
+                }
+                client.batch_execute("ROLLBACK TO SAVEPOINT empty").await?;
+                let replica: bool = client
+                    .query_one(
+                        "SELECT current_setting('session_replication_role') = 'replica'",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if !replica {
+                    client.batch_execute("ROLLBACK").await?;
+                    return Ok(Err(()));
+                }
+                client
+                    .batch_execute(&format!("DELETE FROM {}", t.sql_name()))
+                    .await?;
+            }
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok::<_, tokio_postgres::Error>(Ok(deferred))
     };
     match empty.await {
-        Ok(deferred) => {
+        Ok(Ok(deferred)) => {
             if deferred > 0 {
                 tracing::info!(sink = %target.sink, table = %t.qualified_name(), indexes = deferred,
                     "indexes dropped for the copy; rebuilt when it completes");
             }
+        }
+        Ok(Err(())) => {
+            return Err(SnapshotError::Definite(format!(
+                "{}: it holds rows and a foreign key references it, so TRUNCATE refuses it and a DELETE would cascade; empty it and the tables referencing it on the target (TRUNCATE {} CASCADE), or let the sink's user set session_replication_role = replica (superuser, or GRANT SET ON PARAMETER session_replication_role on PostgreSQL 15+)",
+                what("emptying"),
+                t.sql_name()
+            )))
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -461,7 +511,7 @@ pub async fn copy(
     let mut ntables = 0;
     for (ti, tables) in todo {
         let target = &targets[ti];
-        let client = pg::connect(&target.info).await?;
+        let client = pg::connect_target(&target.info, target.role).await?;
         for t in tables {
             let binary = prepare_table(&client, target, pipeline, &t).await?;
             let table = Arc::new(t);
@@ -569,7 +619,7 @@ async fn worker(
         };
         let target = &targets[job.target];
         if let std::collections::hash_map::Entry::Vacant(e) = clients.entry(job.target) {
-            e.insert(pg::connect(&target.info).await?);
+            e.insert(pg::connect_target(&target.info, target.role).await?);
         }
         let Some(dst) = clients.get(&job.target) else {
             continue;

@@ -1,6 +1,26 @@
 //! Settings of one Postgres sink. The TOML layer builds this struct; once
 //! built it is used as is.
 
+/// The target sessions' `session_replication_role`. As `replica` (what
+/// PostgreSQL's own subscriptions apply with) the target's ordinary
+/// triggers and foreign-key checks do not fire for replicated rows: the
+/// source already ran them, and a target made from the source's schema
+/// would otherwise stamp, audit or cascade a second time, and reject a
+/// table's copy that arrives before the table it references.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationRole {
+    /// `replica` when the target user may set it (superuser, or `GRANT
+    /// SET ON PARAMETER session_replication_role` on PostgreSQL 15+), else
+    /// `origin` with a warning.
+    #[default]
+    Auto,
+    /// `replica`, or the sink stops with the grant it needs.
+    Replica,
+    /// The target's triggers and foreign keys fire as for any client.
+    Origin,
+}
+
 /// Settings of one Postgres sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostgresSinkConfig {
@@ -29,6 +49,8 @@ pub struct PostgresSinkConfig {
     /// that keeps source transaction boundaries exactly; see
     /// [`parallel`](super::parallel)).
     pub apply_workers: usize,
+    /// The target sessions' `session_replication_role`.
+    pub replication_role: ReplicationRole,
 }
 
 impl PostgresSinkConfig {
@@ -56,6 +78,7 @@ impl PostgresSinkConfig {
             batch_max_bytes: Self::DEFAULT_BATCH_MAX_BYTES,
             batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
             apply_workers: Self::DEFAULT_APPLY_WORKERS,
+            replication_role: ReplicationRole::Auto,
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::Client;
 
+use super::config::ReplicationRole;
 use super::error::{classify, ApplyError, Context as ErrCtx};
 use crate::source::{ConnInfo, SslMode};
 
@@ -73,6 +74,55 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
         .await
         .map_err(|e| classify(&e, &ErrCtx::new("setting up the target session")))?;
     Ok(client)
+}
+
+/// [`connect`], then the session's `session_replication_role` per `role`.
+/// Every connection that writes replicated rows (apply, parallel workers,
+/// the initial copy) comes from here.
+pub async fn connect_target(info: &ConnInfo, role: ReplicationRole) -> Result<Client, ApplyError> {
+    let client = connect(info).await?;
+    if role == ReplicationRole::Origin {
+        return Ok(client);
+    }
+    match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => Ok(client),
+        Err(e) if role == ReplicationRole::Auto && is_denied(&e) => {
+            warn_origin(info);
+            Ok(client)
+        }
+        Err(e) if is_denied(&e) => Err(ApplyError::Definite(format!(
+            "target user {} may not set session_replication_role = replica ({info}); make it a superuser, run GRANT SET ON PARAMETER session_replication_role TO {} (PostgreSQL 15+), or set session_replication_role = \"origin\" for the sink (the target's triggers and foreign keys then fire for replicated rows)",
+            info.user,
+            crate::pg::ident(&info.user)
+        ))),
+        Err(e) => Err(classify(
+            &e,
+            &ErrCtx::new("setting session_replication_role on the target"),
+        )),
+    }
+}
+
+fn is_denied(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
+/// Warns once per target that its triggers and foreign keys fire.
+fn warn_origin(info: &ConnInfo) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let key = info.to_string();
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&key) {
+        tracing::warn!(
+            target_db = %key,
+            user = %info.user,
+            "the target user may not set session_replication_role = replica: the target's triggers and foreign-key checks fire for replicated rows (superuser or GRANT SET ON PARAMETER session_replication_role turns them off, as in PostgreSQL's own subscriptions)"
+        );
+        warned.push(key);
+    }
 }
 
 /// Makes rustls connectors for tokio-postgres.

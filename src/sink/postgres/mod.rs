@@ -91,7 +91,7 @@ pub mod sql;
 #[cfg(test)]
 mod tests;
 
-pub use config::PostgresSinkConfig;
+pub use config::{PostgresSinkConfig, ReplicationRole};
 pub use error::ApplyError;
 pub use sink::PostgresSink;
 pub use sql::TextParam;

@@ -333,7 +333,7 @@ impl<'a> Dispatcher<'a> {
         let mut jobs = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for _ in 0..n {
-            let client = match conn::connect(info).await {
+            let client = match conn::connect_target(info, config.replication_role).await {
                 Ok(c) => c,
                 Err(e) => {
                     abort.store(true, Ordering::Relaxed);

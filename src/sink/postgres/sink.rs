@@ -103,7 +103,7 @@ impl PostgresSink {
 
     async fn open_inner(&mut self) -> Result<Lsn, ApplyError> {
         self.target = None;
-        let client = conn::connect(&self.info).await?;
+        let client = conn::connect_target(&self.info, self.config.replication_role).await?;
         progress::setup(&client).await?;
         let (pipeline, name) = (&self.config.pipeline, &self.config.name);
         let main = progress::read(&client, pipeline, name).await?;

