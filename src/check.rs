@@ -104,6 +104,14 @@ pub async fn check(config: &Config) -> Vec<String> {
                 };
                 let published: HashMap<String, &snapshot::TableSpec> =
                     tables.iter().map(|t| (t.qualified_name(), t)).collect();
+                let selected: Vec<String> = tables
+                    .iter()
+                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                    .map(|t| pg::qualified(&t.schema, &t.name))
+                    .collect();
+                if let Some(problem) = replication_role(&client, p, &selected).await {
+                    problems.push(problem);
+                }
                 for t in &p.tables {
                     if !tables.is_empty() && !published.contains_key(t) {
                         problems.push(format!(
@@ -153,6 +161,65 @@ pub async fn check(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A problem when the sink's sessions cannot run as
+/// `session_replication_role = replica`: always for `replica`; for `auto`
+/// when the target's tables have triggers or foreign keys that would then
+/// fire for replicated rows.
+async fn replication_role(
+    client: &tokio_postgres::Client,
+    p: &crate::config::PostgresSinkSection,
+    selected: &[String],
+) -> Option<String> {
+    use crate::sink::postgres::ReplicationRole;
+    let role = p.session_replication_role;
+    if role == ReplicationRole::Origin {
+        return None;
+    }
+    let denied = match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => {
+            let _ = client.batch_execute("RESET session_replication_role").await;
+            return None;
+        }
+        Err(e) => e.as_db_error().map(|d| d.message().to_string()),
+    }?;
+    let fix = format!(
+        "make it a superuser, run GRANT SET ON PARAMETER session_replication_role TO {} (PostgreSQL 15+)",
+        pg::ident(&p.url.info.user)
+    );
+    if role == ReplicationRole::Replica {
+        return Some(format!(
+            "sink {}: target user {} may not set session_replication_role = replica ({denied}); {fix}, or set session_replication_role = \"origin\"",
+            p.name, p.url.info.user
+        ));
+    }
+    let fires: Vec<String> = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname || ': ' || string_agg(what, ', ' ORDER BY what) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN ( \
+               SELECT tgrelid AS rel, 'trigger ' || tgname AS what FROM pg_catalog.pg_trigger \
+                WHERE NOT tgisinternal AND tgenabled = 'O' \
+               UNION ALL SELECT conrelid, 'foreign key ' || conname FROM pg_catalog.pg_constraint \
+                WHERE contype = 'f') x ON x.rel = c.oid \
+             WHERE c.oid = ANY (SELECT pg_catalog.to_regclass(n) FROM unnest($1::text[]) n) \
+             GROUP BY n.nspname, c.relname ORDER BY 1",
+            &[&selected],
+        )
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        .unwrap_or_default();
+    (!fires.is_empty()).then(|| {
+        format!(
+            "sink {}: target user {} may not set session_replication_role = replica, so these fire for replicated rows: {}; {fix}, or set session_replication_role = \"origin\" to accept that",
+            p.name,
+            p.url.info.user,
+            fires.join("; ")
+        )
+    })
 }
 
 /// One line per position: slot, then each sink.

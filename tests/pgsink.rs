@@ -1621,6 +1621,42 @@ fn replication_role_needs_a_grant() {
         open(with("auto", ReplicationRole::Auto)).await;
         open(with("origin", ReplicationRole::Origin)).await;
     });
+
+    // `pgbridge check` says so before a run: for `replica` always, for
+    // `auto` when the target has triggers or foreign keys that would fire.
+    psql(
+        &db,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent);
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER stamp BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION stamp();
+         CREATE PUBLICATION p FOR TABLE parent, child;",
+    );
+    let check = |role: &str| {
+        let text = format!(
+            "[source]\nurl = \"{}\"\nslot = \"role_check\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"t\"\ntype = \"postgres\"\nurl = \"{url}\"\nsession_replication_role = \"{role}\"\n",
+            harness::url(port, &db)
+        );
+        let cfg = pgbridge::config::Config::parse(&text, "role.toml").expect("config");
+        runtime()
+            .block_on(pgbridge::check::check(&cfg))
+            .into_iter()
+            .filter(|l| l.contains("session_replication_role"))
+            .collect::<Vec<_>>()
+    };
+    let auto = check("auto");
+    assert_eq!(auto.len(), 1, "{auto:?}");
+    assert!(
+        auto[0].contains("public.child: foreign key child_p_fkey, trigger stamp"),
+        "{auto:?}"
+    );
+    let replica = check("replica");
+    assert!(
+        replica.len() == 1 && replica[0].contains("may not set session_replication_role = replica"),
+        "{replica:?}"
+    );
+    assert_eq!(check("origin"), Vec::<String>::new());
     psql(
         &db,
         &format!("GRANT SET ON PARAMETER session_replication_role TO {user}"),
@@ -1628,6 +1664,8 @@ fn replication_role_needs_a_grant() {
     runtime().block_on(async {
         open(with("strict", ReplicationRole::Replica)).await;
     });
+    assert_eq!(check("auto"), Vec::<String>::new());
+    assert_eq!(check("replica"), Vec::<String>::new());
     psql(
         &db,
         &format!("REVOKE SET ON PARAMETER session_replication_role FROM {user}"),
