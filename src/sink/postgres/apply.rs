@@ -354,6 +354,17 @@ impl Target {
             }
             set = kept;
         }
+        if set.is_empty() && !guard.is_empty() {
+            // Nothing else to set, but the identity value may have changed:
+            // an UPDATE that sets a key column to its (unchanged) value
+            // still checks the guard.
+            set.extend(
+                key_cols
+                    .iter()
+                    .copied()
+                    .filter(|i| !table.always_identity.contains(i)),
+            );
+        }
         if set.is_empty() {
             return Ok(()); // nothing but the key and identity, unchanged
         }
