@@ -282,6 +282,16 @@ pub fn update_statement(
     sql
 }
 
+/// `SELECT EXISTS (SELECT 1 FROM t WHERE ...)`; parameters: the match
+/// columns of the key row.
+pub fn exists_statement(rel: &RelationSchema, m: &RowMatch) -> String {
+    let mut sql = format!("SELECT EXISTS (SELECT 1 FROM {}", qualified(rel));
+    let mut next = 1;
+    where_clause(&mut sql, rel, m, &mut next);
+    sql.push(')');
+    sql
+}
+
 /// `DELETE FROM t WHERE ...`; parameters: the match columns of the old row.
 pub fn delete_statement(rel: &RelationSchema, m: &RowMatch) -> String {
     let mut sql = format!("DELETE FROM {}", qualified(rel));

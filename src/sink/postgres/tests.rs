@@ -132,6 +132,10 @@ fn statements_by_key() {
         "UPDATE \"My Schema\".\"t\"\"x\" SET \"k2\" = $1 WHERE \"id\" = $2 AND \"v\" IS NOT DISTINCT FROM $3"
     );
     assert_eq!(
+        exists_statement(&r, &m),
+        "SELECT EXISTS (SELECT 1 FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1 AND \"k2\" = $2)"
+    );
+    assert_eq!(
         delete_statement(&r, &m),
         "DELETE FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1 AND \"k2\" = $2"
     );
