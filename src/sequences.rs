@@ -141,8 +141,8 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
         .map_err(|e| format!("source: {e}"))?;
     let used = used_sequences(&source).await?;
     let mut report = Report::default();
-    // Source values are read once, at the start: the cutover runs this
-    // after writes stopped, so they no longer move.
+    // Each source value is read once, when the first sink needs it: the
+    // cutover runs this after writes stopped, so they no longer move.
     // None: unreadable there (reported once).
     let mut values: BTreeMap<(String, String), Option<Position>> = BTreeMap::new();
     for sink in &sinks {
@@ -178,7 +178,7 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
                 Err(e) => {
                     values.insert(key, None);
                     report.problem(format!(
-                    "source: cannot read sequence {}: {e}; grant the source user SELECT on it (GRANT SELECT ON SEQUENCE {} TO ...)",
+                    "source: cannot read sequence {}: {e}; grant the source user SELECT on it (GRANT SELECT ON SEQUENCE {} TO ..., and USAGE on its schema)",
                     u.display(),
                     qualified(&u.schema, &u.name)
                 ))
@@ -221,7 +221,7 @@ async fn sync_sink(
             }
             Err(e) => {
                 report.problem(format!(
-                    "sink {sink}: cannot read sequence {}: {e}",
+                    "sink {sink}: cannot read sequence {} on the target: {e}; the target user needs SELECT and UPDATE on it (and USAGE on its schema)",
                     u.display()
                 ));
                 continue;
@@ -277,8 +277,10 @@ async fn sync_sink(
 async fn used_sequences(client: &tokio_postgres::Client) -> Result<Vec<Used>, String> {
     // deptype 'a' (serial, OWNED BY) and 'i' (identity) tie a sequence
     // to its table; a default's expression depends ('n') on every
-    // sequence it names.
-    let sql = "WITH uses AS ( \
+    // sequence it names. A partitioned table's identity sequence belongs
+    // to the parent, while publications (without publish_via_partition_root)
+    // list the partitions: each table's partitions use its sequences too.
+    let sql = "WITH RECURSIVE uses AS ( \
           SELECT d.objid AS seq, d.refobjid AS tbl FROM pg_catalog.pg_depend d \
            WHERE d.classid = 'pg_catalog.pg_class'::regclass \
              AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
@@ -286,9 +288,13 @@ async fn used_sequences(client: &tokio_postgres::Client) -> Result<Vec<Used>, St
           SELECT d.refobjid, ad.adrelid FROM pg_catalog.pg_depend d \
             JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
            WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
-             AND d.refclassid = 'pg_catalog.pg_class'::regclass) \
+             AND d.refclassid = 'pg_catalog.pg_class'::regclass), \
+        tree AS ( \
+          SELECT seq, tbl FROM uses \
+          UNION \
+          SELECT t.seq, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.tbl) \
         SELECT sn.nspname::text, s.relname::text, tn.nspname::text || '.' || t.relname::text \
-          FROM uses u \
+          FROM tree u \
           JOIN pg_catalog.pg_class s ON s.oid = u.seq AND s.relkind = 'S' \
           JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace \
           JOIN pg_catalog.pg_class t ON t.oid = u.tbl \

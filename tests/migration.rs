@@ -24,11 +24,16 @@ pub fn trials() -> Vec<Trial> {
 }
 
 /// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
-/// scripts/deps.sh puts them.
+/// scripts/deps.sh puts them (`$PGBRIDGE_PG17_DIR/bin`).
 fn pg17_bin() -> PathBuf {
     let bin = std::env::var("PGBRIDGE_PG17_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/opt/pgbridge/postgresql-17/bin"));
+        .unwrap_or_else(|_| {
+            std::env::var("PGBRIDGE_PG17_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("/opt/pgbridge/postgresql-17"))
+                .join("bin")
+        });
     assert!(
         bin.join("postgres").is_file(),
         "no PostgreSQL 17 server in {}: run scripts/deps.sh (or set PGBRIDGE_PG17_BIN)",
@@ -154,8 +159,15 @@ fn pg15_to_pg17_cutover_and_back() {
     })
     .expect("start the PostgreSQL 17 cluster");
     let on_new = |db: &str, sql: &str| new.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
-    assert!(on_new("postgres", "SHOW server_version_num").starts_with("17"));
-    assert!(psql(&old, "SHOW server_version_num").starts_with("15"));
+    let major = |v: String| v.get(..2).unwrap_or_default().to_string();
+    let (from, to) = (
+        major(psql(&old, "SHOW server_version_num")),
+        major(on_new("postgres", "SHOW server_version_num")),
+    );
+    assert!(
+        to == "17" && from != to,
+        "a migration test needs two majors: this machine's PostgreSQL is {from}, the other {to}"
+    );
     on_new("postgres", "CREATE DATABASE app");
 
     psql(&old, SCHEMA);
@@ -206,6 +218,15 @@ fn pg15_to_pg17_cutover_and_back() {
 
     // Copy and stream while the application keeps writing.
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops the writer also when an assertion fails first: it would go
+    // on writing into the shared cluster under every later test.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_writer = StopOnDrop(stop.clone());
     let writer = {
         let (stop, old) = (stop.clone(), old.clone());
         std::thread::spawn(move || {
@@ -308,4 +329,38 @@ fn pg15_to_pg17_cutover_and_back() {
     assert!(stop_run(child).success());
     on_new("postgres", "SELECT pg_drop_replication_slot('mig_back')");
     psql("postgres", "SELECT pg_drop_replication_slot('mig_up')");
+
+    // PostgreSQL 17 has identity columns on partitioned tables: the
+    // sequence belongs to the parent, the publication lists partitions.
+    on_new("postgres", "CREATE DATABASE parts_a");
+    on_new("postgres", "CREATE DATABASE parts_b");
+    let ddl = "CREATE TABLE m (id bigint GENERATED ALWAYS AS IDENTITY, region text, \
+               PRIMARY KEY (id, region)) PARTITION BY LIST (region); \
+               CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu'); \
+               CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');";
+    on_new(
+        "parts_a",
+        &format!(
+            "{ddl} CREATE PUBLICATION mp FOR TABLE m; \
+             INSERT INTO m (region) SELECT (ARRAY['eu', 'us'])[1 + g % 2] FROM generate_series(1, 25) g"
+        ),
+    );
+    on_new("parts_b", ddl);
+    let parts = dir.path().join("parts.toml");
+    write_config(
+        &parts,
+        &new.url("parts_a", "postgres"),
+        "parts",
+        "mp",
+        "never",
+        &new.url("parts_b", "postgres"),
+    );
+    let text = sync_sequences(&parts);
+    assert!(
+        text.contains(
+            "sequence public.m_id_seq (used by public.m_eu, public.m_us): next value 26 (was 1)"
+        ),
+        "{text}"
+    );
+    assert_eq!(on_new("parts_b", "SELECT last_value FROM m_id_seq"), "25");
 }
