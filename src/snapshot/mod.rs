@@ -481,7 +481,7 @@ async fn prepare_table(
         }
         Ok(Err(())) => {
             return Err(SnapshotError::Definite(format!(
-                "{}: it holds rows and a foreign key references it, so TRUNCATE refuses it and a DELETE would cascade; empty it and the tables referencing it on the target (TRUNCATE {} CASCADE), or let the sink's user set session_replication_role = replica (superuser, or GRANT SET ON PARAMETER session_replication_role on PostgreSQL 15+)",
+                "{}: it holds rows (from a copy cut off earlier) and a foreign key references it, so TRUNCATE refuses it, and a DELETE would run the foreign keys' actions on the referencing tables; empty it and the tables referencing it on the target yourself (TRUNCATE {} CASCADE: that empties every referencing table, also ones pgbridge does not write), or let the sink run as session_replication_role = replica (a superuser or GRANT SET ON PARAMETER session_replication_role on PostgreSQL 15+, and the sink's session_replication_role not \"origin\")",
                 what("emptying"),
                 t.sql_name()
             )))

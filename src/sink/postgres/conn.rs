@@ -88,9 +88,20 @@ pub async fn connect_target(info: &ConnInfo, role: ReplicationRole) -> Result<Cl
         .batch_execute("SET session_replication_role = replica")
         .await
     {
-        Ok(()) => Ok(client),
+        Ok(()) => {
+            once(info, || {
+                tracing::info!(target_db = %info, "target sessions run as session_replication_role = replica: the target's ordinary triggers and foreign-key checks do not fire for replicated rows");
+            });
+            Ok(client)
+        }
         Err(e) if role == ReplicationRole::Auto && is_denied(&e) => {
-            warn_origin(info);
+            once(info, || {
+                tracing::warn!(
+                    target_db = %info,
+                    user = %info.user,
+                    "the target user may not set session_replication_role = replica: the target's triggers and foreign-key checks fire for replicated rows (superuser or GRANT SET ON PARAMETER session_replication_role turns them off, as in PostgreSQL's own subscriptions)"
+                );
+            });
             Ok(client)
         }
         Err(e) if is_denied(&e) => Err(ApplyError::Definite(format!(
@@ -110,18 +121,15 @@ fn is_denied(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
 }
 
-/// Warns once per target that its triggers and foreign keys fire.
-fn warn_origin(info: &ConnInfo) {
-    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Runs `log` once per target and process: every apply, worker and copy
+/// session connects through here, the log says it once.
+fn once(info: &ConnInfo, log: impl FnOnce()) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let key = info.to_string();
-    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if !warned.contains(&key) {
-        tracing::warn!(
-            target_db = %key,
-            user = %info.user,
-            "the target user may not set session_replication_role = replica: the target's triggers and foreign-key checks fire for replicated rows (superuser or GRANT SET ON PARAMETER session_replication_role turns them off, as in PostgreSQL's own subscriptions)"
-        );
-        warned.push(key);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&key) {
+        log();
+        seen.push(key);
     }
 }
 
