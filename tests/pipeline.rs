@@ -553,8 +553,11 @@ fn copy_only_filters_then_stream() {
         &src,
         "CREATE TABLE f (id int PRIMARY KEY, v int, secret text);
          INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(1, 1000) g;
-         CREATE PUBLICATION p FOR TABLE f (id, v) WHERE (id % 2 = 0);",
+         CREATE TABLE s (id serial PRIMARY KEY, v text);
+         INSERT INTO s (v) SELECT 'x' FROM generate_series(1, 7);
+         CREATE PUBLICATION p FOR TABLE f (id, v) WHERE (id % 2 = 0), s;",
     );
+    psql(&dst, "CREATE TABLE s (id serial PRIMARY KEY, v text)");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
@@ -587,6 +590,8 @@ fn copy_only_filters_then_stream() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(psql(&dst, "SELECT count(*), sum(v) FROM f"), "500|2505000");
+    // A one-time clone takes inserts: its sequences are set too.
+    assert_eq!(psql(&dst, "SELECT last_value FROM s_id_seq"), "7");
     assert_eq!(
         psql(&dst, "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'f'"),
         "id,v",

@@ -238,6 +238,34 @@ pub async fn run_with(
     }
 }
 
+/// After a copy-only run (a one-time clone), the Postgres sinks'
+/// sequences are set as `pgbridge sync-sequences` does: the copy is done,
+/// the clone should take inserts. Problems are logged, not fatal: the
+/// copied data is complete either way, and the command can be run again.
+async fn sync_sequences(config: &Config) {
+    if !config
+        .sinks
+        .iter()
+        .any(|s| matches!(s, SinkConfig::Postgres(_)))
+    {
+        return;
+    }
+    match crate::sequences::sync(config, &[]).await {
+        Ok(report) => {
+            for line in &report.lines {
+                tracing::info!("{line}");
+            }
+            if report.problems > 0 {
+                tracing::warn!(
+                    problems = report.problems,
+                    "some sequences were not synced (see above); fix and run pgbridge sync-sequences"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sequences not synced; run pgbridge sync-sequences"),
+    }
+}
+
 enum Outcome {
     /// Stopped on request (or the copy-only run finished).
     Stopped,
@@ -433,6 +461,7 @@ async fn attempt(
     }
     if copy_only {
         conn.close().await;
+        sync_sequences(config).await;
         return Ok(Outcome::Stopped);
     }
 
