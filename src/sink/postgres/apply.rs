@@ -583,15 +583,13 @@ impl Target {
     /// Whether the row a guarded UPDATE did not change is on the target.
     /// Asked after the statements sent since, which the target has run by
     /// then: if one of them removed the row, the source removed it too.
+    /// Only with nothing in flight (see `settle`).
     async fn row_exists(
         &mut self,
-        guard: Option<&Guard>,
+        g: &Guard,
         table: &TableState,
         lsn: Lsn,
     ) -> Result<bool, ApplyError> {
-        let Some(g) = guard else {
-            return Ok(false);
-        };
         let ctx = Context::new("checking an identity column's value")
             .table(&table.display)
             .lsn(lsn);
@@ -602,16 +600,18 @@ impl Target {
                 &g.params.iter().map(|p| p as _).collect::<Vec<_>>(),
             )
             .await
-            .map_err(|e| {
-                self.sent.clear();
-                classify(&e, &ctx)
-            })?;
+            .map_err(|e| classify(&e, &ctx))?;
         row.try_get(0).map_err(|e| classify(&e, &ctx))
     }
 
     /// Awaits and checks the answers of the statements sent, oldest first,
     /// until `keep` remain unchecked.
     async fn settle(&mut self, keep: usize) -> Result<(), ApplyError> {
+        let mut keep = keep;
+        // Guarded updates that changed no row: whether the row is there is
+        // asked once nothing else is in flight (a query behind unread
+        // answers could wait on them for ever).
+        let mut missed: Vec<(Box<Guard>, Arc<TableState>, Lsn)> = Vec::new();
         while self.sent.len() > keep {
             let Some(s) = self.sent.pop_front() else {
                 break;
@@ -623,24 +623,13 @@ impl Target {
                 Op::Insert => "applying an insert",
             };
             match r {
-                Ok(0)
-                    if s.guard.is_some()
-                        && self.row_exists(s.guard.as_deref(), &s.table, s.lsn).await? =>
-                {
-                    self.sent.clear();
-                    let column = s.guard.as_ref().map_or(0, |g| g.column);
-                    return Err(identity_changed(&s.table, s.lsn, column));
-                }
-                Ok(0) => {
-                    // The target lacks the row (it diverged from the source,
-                    // or someone changed it there): nothing to change.
-                    tracing::warn!(
-                        table = %s.table.display,
-                        lsn = %s.lsn,
-                        op = s.op.letter(),
-                        "no target row matched the source row's key; the change was skipped"
-                    );
-                }
+                Ok(0) => match s.guard {
+                    Some(g) => {
+                        missed.push((g, s.table, s.lsn));
+                        keep = 0;
+                    }
+                    None => skipped(&s.table, s.lsn, s.op),
+                },
                 Ok(_) => {}
                 Err(e) => {
                     // Statements after a failed one fail too (the
@@ -652,6 +641,12 @@ impl Target {
                     ));
                 }
             }
+        }
+        for (g, table, lsn) in missed {
+            if self.row_exists(&g, &table, lsn).await? {
+                return Err(identity_changed(&table, lsn, g.column));
+            }
+            skipped(&table, lsn, Op::Update);
         }
         Ok(())
     }
@@ -843,6 +838,17 @@ fn row_match<'a>(
             Ok((RowMatch::Key(key), from))
         }
     }
+}
+
+/// The target lacks the row of an update or delete (it diverged from the
+/// source, or someone changed it there): nothing to change.
+fn skipped(table: &TableState, lsn: Lsn, op: Op) {
+    tracing::warn!(
+        table = %table.display,
+        lsn = %lsn,
+        op = op.letter(),
+        "no target row matched the source row's key; the change was skipped"
+    );
 }
 
 /// An UPDATE that changed (or may have changed) the value of column `i`,
