@@ -23,6 +23,7 @@ apt_install() {
 missing=()
 have_pg_bin || missing+=(postgresql postgresql-client)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 # rdkafka-sys builds librdkafka with its own configure script (make, perl, a
 # C compiler) and links the system OpenSSL and zlib.
