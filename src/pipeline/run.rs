@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -513,7 +514,12 @@ async fn attempt(
         .unwrap_or_else(|| std::env::temp_dir().join("pgbridge-spill"));
     let mut changes = ChangeStream::new(info.clone(), src.memory_limit_mb << 20, spill);
 
-    let result: Result<(), PipelineError> = loop {
+    // Up to this many source messages already received are handled in a
+    // row before the other branches are looked at again: one `select!` per
+    // message (its futures made anew each time) was a tenth of pgbridge's
+    // CPU on a backlog.
+    const MESSAGES_PER_TURN: usize = 64;
+    let result: Result<(), PipelineError> = 'run: loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
@@ -530,43 +536,51 @@ async fn attempt(
                 stats.confirmed(lsn);
             }
             ev = stream.recv() => {
-                let ev = match ev {
-                    Some(Ok(ev)) => ev,
-                    Some(Err(e)) => break Err(e.into()),
-                    None => break Err(SourceError::Closed { target: info.to_string() }.into()),
-                };
-                match ev {
-                    ReplEvent::XLogData { wal_start, wal_end, data } => {
-                        stats.source_message(Some(wal_start), wal_end);
-                        if let Err(e) = changes.push(wal_start, data).await {
-                            break Err(e.into());
-                        }
-                        let mut failed = None;
-                        loop {
-                            match changes.next_event() {
-                                Ok(Some(ev)) => {
-                                    match &ev {
-                                        Event::Commit { .. } => stats.transaction(),
-                                        Event::Change(_) => stats.change(),
-                                        _ => {}
+                let mut ev = ev;
+                for turn in 1..=MESSAGES_PER_TURN {
+                    let msg = match ev {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => break 'run Err(e.into()),
+                        None => break 'run Err(SourceError::Closed { target: info.to_string() }.into()),
+                    };
+                    match msg {
+                        ReplEvent::XLogData { wal_start, wal_end, data } => {
+                            stats.source_message(Some(wal_start), wal_end);
+                            if let Err(e) = changes.push(wal_start, data).await {
+                                break 'run Err(e.into());
+                            }
+                            loop {
+                                match changes.next_event() {
+                                    Ok(Some(ev)) => {
+                                        match &ev {
+                                            Event::Commit { .. } => stats.transaction(),
+                                            Event::Change(_) => stats.change(),
+                                            _ => {}
+                                        }
+                                        if fanout.dispatch(ev).await.is_err() {
+                                            break; // the sink's task reports why
+                                        }
                                     }
-                                    if fanout.dispatch(ev).await.is_err() {
-                                        break; // the sink's task reports why
-                                    }
+                                    Ok(None) => break,
+                                    Err(e) => break 'run Err(e.into()),
                                 }
-                                Ok(None) => break,
-                                Err(e) => { failed = Some(e); break; }
                             }
                         }
-                        if let Some(e) = failed {
-                            break Err(e.into());
+                        ReplEvent::Keepalive { wal_end } => {
+                            stats.source_message(None, wal_end);
+                            if !changes.in_transaction() {
+                                let _ = fanout.advance_idle(wal_end).await;
+                            }
                         }
                     }
-                    ReplEvent::Keepalive { wal_end } => {
-                        stats.source_message(None, wal_end);
-                        if !changes.in_transaction() {
-                            let _ = fanout.advance_idle(wal_end).await;
-                        }
+                    if turn == MESSAGES_PER_TURN {
+                        break;
+                    }
+                    // Cancel-safe as in the select! above: a message not
+                    // ready yet stays in the stream.
+                    match stream.recv().now_or_never() {
+                        Some(next) => ev = next,
+                        None => break,
                     }
                 }
             }
