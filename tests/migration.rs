@@ -17,10 +17,82 @@ use crate::pipeline::{spawn_run, stop_run, wait_for};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "migration::pg15_to_pg17_cutover_and_back",
-        pg15_to_pg17_cutover_and_back,
-    )]
+    vec![
+        trial(
+            "migration::pg15_to_pg17_cutover_and_back",
+            pg15_to_pg17_cutover_and_back,
+        ),
+        trial(
+            "migration::pg17_source_copy_ignores_transaction_timeout",
+            pg17_source_copy_ignores_transaction_timeout,
+        ),
+    ]
+}
+
+fn start_pg17() -> LocalCluster {
+    LocalCluster::start(&ClusterOptions {
+        bin: Some(pg17_bin()),
+        ..Default::default()
+    })
+    .expect("start the PostgreSQL 17 cluster")
+}
+
+/// PostgreSQL 17's transaction_timeout, set for the source database,
+/// would end the exporting replication connection's snapshot transaction
+/// (and so the copy) like the older timeouts; pgbridge turns it off for
+/// its sessions.
+fn pg17_source_copy_ignores_transaction_timeout() {
+    let new = start_pg17();
+    let on_new = |db: &str, sql: &str| new.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
+    on_new("postgres", "CREATE DATABASE src");
+    // About 40 MB of heap: chunks whose COPY takes well over 20 ms.
+    on_new(
+        "src",
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
+         CREATE TABLE small (id int PRIMARY KEY, v int);
+         CREATE PUBLICATION p FOR TABLE big, small;
+         ALTER DATABASE src SET transaction_timeout = '20ms';
+         ALTER DATABASE src SET statement_timeout = '20ms';
+         ALTER DATABASE src SET idle_in_transaction_session_timeout = '20ms';",
+    );
+    let (port, dst) = harness::fresh_db("mig_tmo_dst");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"tmo\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+            new.url("src", "postgres"),
+            harness::url(port, &dst)
+        ),
+    )
+    .expect("write config");
+    let child = spawn_run(&config, &log);
+    wait_for("the initial copy", 90, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("initial copy complete"))
+    });
+    wait_for("streaming", 60, || {
+        streaming(&|sql| on_new("postgres", sql), "tmo")
+    });
+    on_new("src", "INSERT INTO small VALUES (1, 1)");
+    wait_for("a streamed row", 60, || {
+        psql(&dst, "SELECT count(*) FROM small") == "1"
+    });
+    let status = stop_run(child);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "SIGTERM exit: {status}\n{text}");
+    assert_eq!(
+        psql(&dst, "SELECT count(*), sum(length(pad)) FROM big"),
+        "300000|28800000",
+        "{text}"
+    );
+    assert!(
+        !text.contains("retrying"),
+        "the copy was interrupted:\n{text}"
+    );
 }
 
 /// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
@@ -153,11 +225,7 @@ fn sync_sequences(config: &std::path::Path) -> String {
 
 fn pg15_to_pg17_cutover_and_back() {
     let (port, old) = harness::fresh_db("mig_old");
-    let new = LocalCluster::start(&ClusterOptions {
-        bin: Some(pg17_bin()),
-        ..Default::default()
-    })
-    .expect("start the PostgreSQL 17 cluster");
+    let new = start_pg17();
     let on_new = |db: &str, sql: &str| new.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
     let major = |v: String| v.get(..2).unwrap_or_default().to_string();
     let (from, to) = (

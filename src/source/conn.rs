@@ -172,6 +172,14 @@ impl Connection {
             info: info.clone(),
         };
         conn.startup(mode).await?;
+        // PostgreSQL 17's transaction_timeout would end the exporting
+        // replication connection's snapshot transaction (the whole copy
+        // waits in it) like the timeouts above; servers before 17 reject
+        // it as a startup parameter, so it is turned off here, once the
+        // version is known (a replication=database session takes SQL).
+        if conn.server_version_num() >= 170000 {
+            conn.simple_query("SET transaction_timeout = 0").await?;
+        }
         Ok(conn)
     }
 
