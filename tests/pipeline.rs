@@ -38,6 +38,10 @@ pub fn trials() -> Vec<Trial> {
             copy_ignores_source_timeouts,
         ),
         trial("pipeline::identity_always_columns", identity_always_columns),
+        trial(
+            "pipeline::copy_keeps_rows_it_did_not_copy",
+            copy_keeps_rows_it_did_not_copy,
+        ),
     ]
 }
 
@@ -691,7 +695,7 @@ fn copy_ignores_source_timeouts() {
 
 /// Runs `pgbridge run` on `config` until it exits by itself (a copy-only
 /// run); returns whether it succeeded.
-fn run_to_exit(config: &std::path::Path, log: &std::path::Path) -> bool {
+pub(crate) fn run_to_exit(config: &std::path::Path, log: &std::path::Path) -> bool {
     let mut child = spawn_run(config, log);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1136,4 +1140,63 @@ fn identity_always_columns() {
     wait_for("the renumbered row", 60, same);
     assert!(stop_run(child).success());
     psql("postgres", "SELECT pg_drop_replication_slot('pl_ident')");
+}
+
+/// The initial copy empties a target table only when an earlier copy of
+/// the same pipeline and sink began on it: a table holding other rows (the
+/// wrong database, or data of its own) stops the run naming the table and
+/// the fix, and keeps its rows.
+fn copy_keeps_rows_it_did_not_copy() {
+    let (port, src) = harness::fresh_db("pl_keep_src");
+    let (_, dst) = harness::fresh_db("pl_keep_dst");
+    psql(
+        &src,
+        "CREATE TABLE k (id int PRIMARY KEY, v text);
+         INSERT INTO k SELECT g, 'source' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR TABLE k;",
+    );
+    psql(
+        &dst,
+        "CREATE TABLE k (id int PRIMARY KEY, v text); INSERT INTO k VALUES (1, 'precious')",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "pl_keep",
+        "initial_only",
+        &harness::url(port, &dst),
+        "",
+    );
+    assert!(!run_to_exit(&config, &log));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("public.k: it already holds rows that no earlier copy")
+            && text.contains("TRUNCATE \"public\".\"k\""),
+        "{text}"
+    );
+    assert_eq!(psql(&dst, "SELECT v FROM k"), "precious");
+
+    // Emptied by its owner, the table is copied.
+    psql(&dst, "TRUNCATE k");
+    assert!(
+        run_to_exit(&config, &log),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        psql(&dst, "SELECT count(*) FROM k WHERE v = 'source'"),
+        "100"
+    );
+    // A copy of its own that was cut off (begun, never completed) it
+    // replaces.
+    psql(
+        &dst,
+        "DELETE FROM pgbridge.snapshot_tables WHERE pipeline = 'pl_keep'; \
+         INSERT INTO k VALUES (1000, 'left by a cut-off copy')",
+    );
+    assert!(run_to_exit(&config, &log));
+    assert_eq!(psql(&dst, "SELECT count(*) FROM k"), "100");
 }

@@ -181,7 +181,19 @@ CREATE TABLE IF NOT EXISTS pgbridge.snapshot_tables (
   pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
   start_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
   completed_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, sink, table_name));
+CREATE TABLE IF NOT EXISTS pgbridge.snapshot_started (
+  pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (pipeline, sink, table_name))";
+
+/// Why a table's copy cannot empty it first.
+enum Refused {
+    /// It holds rows that no copy of this pipeline and sink put there.
+    NotOurs,
+    /// A foreign key references it and the session is not a replica.
+    Referenced,
+}
 
 /// Tables whose copy into `target` is complete, with the consistent point
 /// each copy belongs to.
@@ -420,7 +432,10 @@ async fn prepare_table(
         }
     }
     // The copy starts from an empty table: one left from a copy cut off
-    // earlier is emptied. TRUNCATE refuses a table that a foreign key
+    // earlier (or an older copy) is emptied, but only if this pipeline's
+    // copy into this sink began on it before (recorded below, in the
+    // transaction that empties it): rows put there by anything else are
+    // never thrown away. TRUNCATE refuses a table that a foreign key
     // references (a target made from the source's schema has them) even
     // when that table is empty, so an empty table is left alone, and a
     // referenced one is emptied with DELETE when the session runs as
@@ -440,7 +455,24 @@ async fn prepare_table(
             )
             .await?
             .try_get(0)?;
+        let name = t.qualified_name();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&pipeline, &target.sink, &name];
         if rows {
+            let ours: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pgbridge.snapshot_started \
+                       WHERE pipeline = $1 AND sink = $2 AND table_name = $3) \
+                     OR EXISTS (SELECT 1 FROM pgbridge.snapshot_tables \
+                       WHERE pipeline = $1 AND sink = $2 AND table_name = $3)",
+                    &params,
+                )
+                .await?
+                .try_get(0)?;
+            if !ours {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(Err(Refused::NotOurs));
+            }
             client.batch_execute("SAVEPOINT empty").await?;
             if let Err(e) = client
                 .batch_execute(&format!("TRUNCATE {}", t.sql_name()))
@@ -462,13 +494,20 @@ async fn prepare_table(
                     .try_get(0)?;
                 if !replica {
                     client.batch_execute("ROLLBACK").await?;
-                    return Ok(Err(()));
+                    return Ok(Err(Refused::Referenced));
                 }
                 client
                     .batch_execute(&format!("DELETE FROM {}", t.sql_name()))
                     .await?;
             }
         }
+        client
+            .execute(
+                "INSERT INTO pgbridge.snapshot_started (pipeline, sink, table_name) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &params,
+            )
+            .await?;
         client.batch_execute("COMMIT").await?;
         Ok::<_, tokio_postgres::Error>(Ok(deferred))
     };
@@ -479,7 +518,14 @@ async fn prepare_table(
                     "indexes dropped for the copy; rebuilt when it completes");
             }
         }
-        Ok(Err(())) => {
+        Ok(Err(Refused::NotOurs)) => {
+            return Err(SnapshotError::Definite(format!(
+                "{}: it already holds rows that no earlier copy of pipeline {pipeline:?} put there, and the copy would replace them; empty it on the target yourself if they may go (TRUNCATE {}), point the sink at another database, or leave the table out of the sink's tables",
+                what("copying into"),
+                t.sql_name()
+            )))
+        }
+        Ok(Err(Refused::Referenced)) => {
             return Err(SnapshotError::Definite(format!(
                 "{}: it holds rows (from a copy cut off earlier) and a foreign key references it, so TRUNCATE refuses it, and a DELETE would run the foreign keys' actions on the referencing tables; empty it and the tables referencing it on the target yourself (TRUNCATE {} CASCADE: that empties every referencing table, also ones pgbridge does not write), or let the sink run as session_replication_role = replica (a superuser or GRANT SET ON PARAMETER session_replication_role on PostgreSQL 15+, and the sink's session_replication_role not \"origin\")",
                 what("emptying"),
