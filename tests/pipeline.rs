@@ -1173,11 +1173,28 @@ fn copy_keeps_rows_it_did_not_copy() {
     assert!(!run_to_exit(&config, &log));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        text.contains("public.k: it already holds rows that no earlier copy")
-            && text.contains("TRUNCATE \"public\".\"k\""),
+        text.contains(
+            "public.k: it already holds rows that pipeline \"pl_keep\" did not put there"
+        ) && text.contains("TRUNCATE \"public\".\"k\""),
         "{text}"
     );
     assert_eq!(psql(&dst, "SELECT v FROM k"), "precious");
+    // Nothing was taken off or recorded for the refused copy.
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'k'::regclass AND indisprimary"
+        ),
+        "1"
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT (SELECT count(*) FROM pgbridge.snapshot_started WHERE pipeline = 'pl_keep') \
+             + (SELECT count(*) FROM pgbridge.snapshot_indexes WHERE pipeline = 'pl_keep')"
+        ),
+        "0"
+    );
 
     // Emptied by its owner, the table is copied.
     psql(&dst, "TRUNCATE k");
@@ -1197,6 +1214,41 @@ fn copy_keeps_rows_it_did_not_copy() {
         "DELETE FROM pgbridge.snapshot_tables WHERE pipeline = 'pl_keep'; \
          INSERT INTO k VALUES (1000, 'left by a cut-off copy')",
     );
-    assert!(run_to_exit(&config, &log));
+    assert!(
+        run_to_exit(&config, &log),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(psql(&dst, "SELECT count(*) FROM k"), "100");
+
+    // Rows the sink's own stream applied count as its own: streamed with
+    // snapshot = "never", then copied by an "initial" run.
+    let (_, dst2) = harness::fresh_db("pl_keep_dst2");
+    psql(&dst2, "CREATE TABLE k (id int PRIMARY KEY, v text)");
+    let config2 = dir.path().join("streamed.toml");
+    let stream_then = |mode: &str| {
+        write_single(
+            &config2,
+            &harness::url(port, &src),
+            "pl_keep2",
+            mode,
+            &harness::url(port, &dst2),
+            "",
+        )
+    };
+    stream_then("never");
+    let child = spawn_run(&config2, &log);
+    wait_streaming("pl_keep2");
+    psql(&src, "INSERT INTO k VALUES (2000, 'streamed')");
+    wait_for("the streamed row", 60, || {
+        psql(&dst2, "SELECT count(*) FROM k") == "1"
+    });
+    assert!(stop_run(child).success());
+    stream_then("initial");
+    let child = spawn_run(&config2, &log);
+    wait_for("the copy over the streamed row", 60, || {
+        psql(&dst2, "SELECT count(*) FROM k") == "101"
+    });
+    assert!(stop_run(child).success());
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_keep2')");
 }

@@ -443,11 +443,6 @@ async fn prepare_table(
     // or streamed from the source like it).
     let empty = async {
         client.batch_execute("BEGIN").await?;
-        let deferred = if target.defer_indexes {
-            indexes::defer(client, pipeline, &target.sink, t).await?
-        } else {
-            0
-        };
         let rows: bool = client
             .query_one(
                 &format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()),
@@ -458,21 +453,38 @@ async fn prepare_table(
         let name = t.qualified_name();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&pipeline, &target.sink, &name];
-        if rows {
-            let ours: bool = client
+        // Ours: a copy of this pipeline and sink began on the table (or an
+        // older pgbridge deferred its indexes, which it did in the
+        // emptying transaction), or the sink has applied changes (the
+        // stream writes into tables not copied yet, such as one added to
+        // the publication while streaming).
+        let ours = !rows
+            || client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM pgbridge.snapshot_started \
                        WHERE pipeline = $1 AND sink = $2 AND table_name = $3) \
                      OR EXISTS (SELECT 1 FROM pgbridge.snapshot_tables \
-                       WHERE pipeline = $1 AND sink = $2 AND table_name = $3)",
+                       WHERE pipeline = $1 AND sink = $2 AND table_name = $3) \
+                     OR EXISTS (SELECT 1 FROM pgbridge.snapshot_indexes \
+                       WHERE pipeline = $1 AND sink = $2 AND table_name = $3) \
+                     OR EXISTS (SELECT 1 FROM pgbridge.progress \
+                       WHERE pipeline = $1 AND sink = $2 AND end_lsn > '0/0')",
                     &params,
                 )
                 .await?
-                .try_get(0)?;
-            if !ours {
-                client.batch_execute("ROLLBACK").await?;
-                return Ok(Err(Refused::NotOurs));
-            }
+                .try_get::<_, bool>(0)?;
+        if !ours {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(Err(Refused::NotOurs));
+        }
+        // Only then its indexes are taken off (locks on someone else's
+        // table for nothing otherwise).
+        let deferred = if target.defer_indexes {
+            indexes::defer(client, pipeline, &target.sink, t).await?
+        } else {
+            0
+        };
+        if rows {
             client.batch_execute("SAVEPOINT empty").await?;
             if let Err(e) = client
                 .batch_execute(&format!("TRUNCATE {}", t.sql_name()))
@@ -520,7 +532,7 @@ async fn prepare_table(
         }
         Ok(Err(Refused::NotOurs)) => {
             return Err(SnapshotError::Definite(format!(
-                "{}: it already holds rows that no earlier copy of pipeline {pipeline:?} put there, and the copy would replace them; empty it on the target yourself if they may go (TRUNCATE {}), point the sink at another database, or leave the table out of the sink's tables",
+                "{}: it already holds rows that pipeline {pipeline:?} did not put there (no copy of it began on this table and the sink has applied nothing yet), and the copy would replace them; empty it on the target yourself if they may go (TRUNCATE {}), point the sink at another database, or leave the table out of the sink's tables",
                 what("copying into"),
                 t.sql_name()
             )))
