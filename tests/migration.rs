@@ -52,10 +52,13 @@ fn pg17_source_copy_ignores_transaction_timeout() {
          INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
          CREATE TABLE small (id int PRIMARY KEY, v int);
          CREATE PUBLICATION p FOR TABLE big, small;
-         ALTER DATABASE src SET transaction_timeout = '20ms';
-         ALTER DATABASE src SET statement_timeout = '20ms';
-         ALTER DATABASE src SET idle_in_transaction_session_timeout = '20ms';",
+         CREATE ROLE hurried LOGIN SUPERUSER REPLICATION;
+         ALTER ROLE hurried SET transaction_timeout = '20ms';
+         ALTER ROLE hurried SET statement_timeout = '20ms';
+         ALTER ROLE hurried SET idle_in_transaction_session_timeout = '20ms';",
     );
+    // pgbridge connects as the role with the timeouts; this test's own
+    // statements (as postgres) are not cut on a loaded machine.
     let (port, dst) = harness::fresh_db("mig_tmo_dst");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
@@ -65,7 +68,7 @@ fn pg17_source_copy_ignores_transaction_timeout() {
         format!(
             "[source]\nurl = \"{}\"\nslot = \"tmo\"\npublications = [\"p\"]\n\n\
              [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
-            new.url("src", "postgres"),
+            new.url("src", "hurried"),
             harness::url(port, &dst)
         ),
     )
@@ -362,6 +365,8 @@ fn pg15_to_pg17_cutover_and_back() {
         "{text}"
     );
     assert!(stop_run(child).success());
+    // The way back needs the first slot gone (README, cutover step 5).
+    psql("postgres", "SELECT pg_drop_replication_slot('mig_up')");
 
     // The applications now write to 17 (with default keys, no collision)...
     on_new(
@@ -411,7 +416,6 @@ fn pg15_to_pg17_cutover_and_back() {
     );
     assert!(stop_run(child).success());
     on_new("postgres", "SELECT pg_drop_replication_slot('mig_back')");
-    psql("postgres", "SELECT pg_drop_replication_slot('mig_up')");
 
     // PostgreSQL 17 has identity columns on partitioned tables: the
     // sequence belongs to the parent, the publication lists partitions.

@@ -558,7 +558,9 @@ async fn attempt(
                                             _ => {}
                                         }
                                         if fanout.dispatch(ev).await.is_err() {
-                                            break; // the sink's task reports why
+                                            // The sink's task reports why,
+                                            // in select!'s join_next branch.
+                                            continue 'run;
                                         }
                                     }
                                     Ok(None) => break,

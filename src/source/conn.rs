@@ -175,11 +175,11 @@ impl Connection {
         // PostgreSQL 17's transaction_timeout would end the exporting
         // replication connection's snapshot transaction (the whole copy
         // waits in it) like the timeouts above; servers before 17 reject
-        // it as a startup parameter, so it is turned off here, once the
-        // version is known (a replication=database session takes SQL).
-        if conn.server_version_num() >= 170000 {
-            conn.simple_query("SET transaction_timeout = 0").await?;
-        }
+        // it as a startup parameter, so it is turned off here, by a query
+        // that is a no-op before 17 (a replication=database session
+        // takes SQL).
+        conn.simple_query(crate::pg::TRANSACTION_TIMEOUT_OFF)
+            .await?;
         Ok(conn)
     }
 

@@ -635,10 +635,18 @@ impl Target {
                     // Statements after a failed one fail too (the
                     // transaction is aborted); the first error is the cause.
                     self.sent.clear();
-                    return Err(classify(
-                        &e,
-                        &Context::new(action).table(&s.table.display).lsn(s.lsn),
-                    ));
+                    let err =
+                        classify(&e, &Context::new(action).table(&s.table.display).lsn(s.lsn));
+                    // A guarded update before it changed no row, and the
+                    // aborted transaction can no longer say why: say so.
+                    return Err(match missed.first() {
+                        None => err,
+                        Some((g, table, lsn)) => err.with_note(&format!(
+                            "before it, the update of {} at {lsn} matched no target row (the row is missing, or the source changed identity column {})",
+                            table.display,
+                            table.source.columns.get(g.column).map_or("?", |c| c.name.as_str())
+                        )),
+                    });
                 }
             }
         }

@@ -38,6 +38,14 @@ impl ApplyError {
         }
     }
 
+    /// The same error with `note` appended to its message.
+    pub fn with_note(self, note: &str) -> ApplyError {
+        match self {
+            ApplyError::Transient(m) => ApplyError::Transient(format!("{m} ({note})")),
+            ApplyError::Definite(m) => ApplyError::Definite(format!("{m} ({note})")),
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, ApplyError::Transient(_))
     }
