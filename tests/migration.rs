@@ -212,11 +212,7 @@ fn streaming(run: &dyn Fn(&str) -> String, slot: &str) -> bool {
 }
 
 fn sync_sequences(config: &std::path::Path) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(["sync-sequences", "--config"])
-        .arg(config)
-        .output()
-        .expect("run pgbridge sync-sequences");
+    let out = crate::sequences::sync(config, &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

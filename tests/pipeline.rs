@@ -576,18 +576,11 @@ fn copy_only_filters_then_stream() {
         )
     };
     write("initial_only");
-    let mut child = spawn_run(&config, &log);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "initial_only did not exit by itself"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(
+        spawn_run(&config, &log),
+        &log,
+        "initial_only did not exit by itself",
+    );
     assert!(
         status.success(),
         "{}",
@@ -700,13 +693,28 @@ fn copy_ignores_source_timeouts() {
 /// Runs `pgbridge run` on `config` until it exits by itself (a copy-only
 /// run); returns whether it succeeded.
 pub(crate) fn run_to_exit(config: &std::path::Path, log: &std::path::Path) -> bool {
-    let mut child = spawn_run(config, log);
+    wait_exit(spawn_run(config, log), log, "a copy-only run did not exit").success()
+}
+
+/// Waits up to 60 s for a `run` to exit by itself and returns its status;
+/// past that, kills it and fails with `what` and the run's log.
+pub(crate) fn wait_exit(
+    mut child: Child,
+    log: &std::path::Path,
+    what: &str,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
+            return status;
         }
-        assert!(Instant::now() < deadline, "a copy-only run did not exit");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{what}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -965,7 +973,7 @@ fn definite_error_stops() {
         &harness::url(port, &dst),
         "",
     );
-    let mut child = spawn_run(&config, &log);
+    let child = spawn_run(&config, &log);
     wait_streaming("pl_def");
     let before = psql(
         "postgres",
@@ -980,20 +988,7 @@ fn definite_error_stops() {
         &src,
         "INSERT INTO d VALUES (2, 'much too long for varchar(3)')",
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "run kept going after a definite error:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(child, &log, "run kept going after a definite error");
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let line = text
@@ -1109,21 +1104,7 @@ fn identity_always_columns() {
         "UPDATE h SET n = DEFAULT WHERE k = 3; \
          UPDATE f SET n = DEFAULT, v = 'renumbered' WHERE k = 20",
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut child = child;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "run kept going after an identity change:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(child, &log, "run kept going after an identity change");
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(

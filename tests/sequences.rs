@@ -28,7 +28,8 @@ CREATE SEQUENCE down INCREMENT BY -1;
 CREATE TABLE e (id bigint PRIMARY KEY DEFAULT nextval('down'), v text);
 CREATE TABLE z (id serial PRIMARY KEY, v text);";
 
-fn sync(config: &std::path::Path, extra: &[&str]) -> Output {
+/// `pgbridge sync-sequences --config CONFIG EXTRA...`.
+pub(crate) fn sync(config: &std::path::Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgbridge"))
         .args(["sync-sequences", "--config"])
         .arg(config)
