@@ -13,7 +13,7 @@ use libtest_mimic::Trial;
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
 
 use crate::harness::{self, psql};
-use crate::pipeline::{run_to_exit, spawn_run, stop_run, wait_for};
+use crate::pipeline::{run_to_exit, spawn_run, stop_run, wait_for, write_single};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -63,16 +63,14 @@ fn pg17_source_copy_ignores_transaction_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    std::fs::write(
+    write_single(
         &config,
-        format!(
-            "[source]\nurl = \"{}\"\nslot = \"tmo\"\npublications = [\"p\"]\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
-            new.url("src", "hurried"),
-            harness::url(port, &dst)
-        ),
-    )
-    .expect("write config");
+        &new.url("src", "hurried"),
+        "tmo",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
     let child = spawn_run(&config, &log);
     wait_for("the initial copy", 90, || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("initial copy complete"))

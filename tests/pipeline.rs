@@ -98,7 +98,7 @@ pub(crate) fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Chil
 /// Writes a config with one source (slot `slot`, publication `p`,
 /// `snapshot` mode) and one Postgres sink named `d`; `extra` is appended
 /// (sink keys first, then further sections).
-fn write_single(
+pub(crate) fn write_single(
     path: &std::path::Path,
     src_url: &str,
     slot: &str,
