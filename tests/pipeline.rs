@@ -636,15 +636,7 @@ fn copy_ignores_source_timeouts() {
     let (port, src) = harness::fresh_db("pl_tmo_src");
     let (_, dst) = harness::fresh_db("pl_tmo_dst");
     // About 40 MB of heap: three chunks, each COPY well over 20 ms.
-    psql(
-        &src,
-        "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
-         CREATE TABLE small (id int PRIMARY KEY, v int);
-         INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;
-         ANALYZE big;
-         CREATE PUBLICATION p FOR TABLE big, small;",
-    );
+    psql(&src, TIMEOUT_TABLES);
     // pgbridge connects as a role with the timeouts in this database; the
     // test's own statements (as postgres) are not cut on a loaded machine.
     psql(
@@ -671,15 +663,39 @@ fn copy_ignores_source_timeouts() {
     wait_for("the initial copy", 90, || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("initial copy complete"))
     });
-    psql(&src, "INSERT INTO small VALUES (1000, 1)");
+    stream_and_check_uncut(child, &log, &dst, &|sql| {
+        psql(&src, sql);
+    });
+    psql("postgres", "SELECT pg_drop_replication_slot('pl_tmo')");
+}
+
+/// The timeout tests' source tables: about 40 MB of heap (three chunks,
+/// each COPY well over their 20 ms), and a small table to stream into.
+pub(crate) const TIMEOUT_TABLES: &str = "CREATE TABLE big (id int PRIMARY KEY, pad text);
+     INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
+     CREATE TABLE small (id int PRIMARY KEY, v int);
+     INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;
+     ANALYZE big;
+     CREATE PUBLICATION p FOR TABLE big, small;";
+
+/// After a timeout test's copy: a row inserted on the source (by
+/// `on_source`) streams to `dst`, the run stops cleanly, `big` arrived
+/// whole, and the copy was never interrupted.
+pub(crate) fn stream_and_check_uncut(
+    child: Child,
+    log: &std::path::Path,
+    dst: &str,
+    on_source: &dyn Fn(&str),
+) {
+    on_source("INSERT INTO small VALUES (1000, 1)");
     wait_for("a streamed row", 60, || {
-        psql(&dst, "SELECT count(*) FROM small") == "101"
+        psql(dst, "SELECT count(*) FROM small") == "101"
     });
     let status = stop_run(child);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(status.success(), "SIGTERM exit: {status}\n{text}");
     assert_eq!(
-        psql(&dst, "SELECT count(*), sum(length(pad)) FROM big"),
+        psql(dst, "SELECT count(*), sum(length(pad)) FROM big"),
         "300000|28800000",
         "{text}"
     );
@@ -687,7 +703,6 @@ fn copy_ignores_source_timeouts() {
         !text.contains("retrying"),
         "the copy was interrupted:\n{text}"
     );
-    psql("postgres", "SELECT pg_drop_replication_slot('pl_tmo')");
 }
 
 /// Runs `pgbridge run` on `config` until it exits by itself (a copy-only
