@@ -8,6 +8,7 @@ mod migration;
 mod pgsink;
 mod pipeline;
 mod sequences;
+mod shapes;
 mod source;
 mod tail;
 
@@ -21,6 +22,7 @@ fn main() {
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
     trials.extend(sequences::trials());
+    trials.extend(shapes::trials());
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());

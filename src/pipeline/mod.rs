@@ -3,5 +3,6 @@
 
 pub mod ack;
 pub mod fanout;
+pub mod lock;
 pub mod run;
 pub mod stats;

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use super::ack::Tracker;
 use super::fanout::{Fanout, Route};
+use super::lock::{LockError, PipelineLock};
 use super::stats::{Phase, Stats};
 use crate::config::{Config, SinkConfig, SnapshotMode};
 use crate::model::Event;
@@ -45,6 +46,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("{0}")]
     Other(String),
 }
@@ -57,6 +60,7 @@ impl PipelineError {
             PipelineError::Changes(_) => false,
             PipelineError::Sink(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),
+            PipelineError::Lock(e) => e.is_transient(),
             PipelineError::Other(_) => false,
         }
     }
@@ -192,7 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
-    let result = run_with(&config, shutdown, &stats).await;
+    let result = run_locked(&config, shutdown, &stats).await;
     stats.stopped(result.as_ref().err().map(|e| e.to_string()));
     if let Some(server) = server {
         server.abort();
@@ -200,7 +204,82 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result
 }
 
-/// [`run`] reporting into `stats`.
+/// [`run_with`] under the pipeline's lock (see [`lock`](super::lock)):
+/// waits as a standby while another process holds it, and stops all sink
+/// work at once when the lock's session is lost, then waits for the lock
+/// again.
+pub async fn run_locked(
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+    stats: &Stats,
+) -> Result<(), PipelineError> {
+    tokio::pin!(shutdown);
+    let slot = &config.source.slot;
+    let info = &config.source.url.info;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let acquire = PipelineLock::acquire(info, slot, |holder| {
+            stats.set_phase(Phase::Standby);
+            match holder {
+                Some(h) => tracing::warn!(slot = %slot, holder = %h,
+                    "another pgbridge process runs this pipeline; waiting as a standby until it stops"),
+                None => tracing::warn!(slot = %slot,
+                    "another pgbridge process runs this pipeline; waiting as a standby until it stops"),
+            }
+        });
+        let lock = tokio::select! {
+            l = acquire => l,
+            _ = &mut shutdown => return Ok(()),
+        };
+        let lock = match lock {
+            Ok(l) => l,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot take the pipeline lock; retrying");
+                stats.retrying(e.to_string());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        backoff = Duration::from_millis(500);
+        tracing::info!(slot = %lock.slot(), "took the pipeline lock");
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut work = Box::pin(run_with(
+            config,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+            stats,
+        ));
+        let lost = tokio::select! {
+            r = &mut work => return r,
+            why = lock.lost() => why,
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                tokio::select! {
+                    r = &mut work => return r,
+                    why = lock.lost() => why,
+                }
+            }
+        };
+        // Dropping the work aborts every sink task: open target
+        // transactions roll back, nothing more is confirmed.
+        drop(work);
+        tracing::error!(slot = %slot, reason = %lost,
+            "lost the pipeline lock; stopped all sink work, waiting for the lock again");
+        stats.retrying(format!("lost the pipeline lock: {lost}"));
+        if *stop_tx.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+/// [`run`] reporting into `stats`, without the pipeline lock: the caller
+/// holds it.
 pub async fn run_with(
     config: &Config,
     shutdown: impl Future<Output = ()>,

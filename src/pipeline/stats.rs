@@ -19,6 +19,8 @@ use crate::Lsn;
 pub enum Phase {
     /// Opening sinks and the source.
     Starting,
+    /// Waiting for the pipeline lock that another process holds.
+    Standby,
     /// The initial copy.
     Copying,
     /// Streaming from the slot.
@@ -30,8 +32,9 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Starting,
+        Phase::Standby,
         Phase::Copying,
         Phase::Streaming,
         Phase::Retrying,
@@ -41,6 +44,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
+            Phase::Standby => "standby",
             Phase::Copying => "copying",
             Phase::Streaming => "streaming",
             Phase::Retrying => "retrying",
@@ -250,7 +254,8 @@ impl Stats {
     pub fn health(&self) -> Result<(), String> {
         let g = self.lock();
         match g.phase {
-            Phase::Copying => Ok(()),
+            // A standby is healthy: it is ready to take over.
+            Phase::Copying | Phase::Standby => Ok(()),
             Phase::Streaming => match g.last_source_message {
                 Some(t) if t.elapsed() > SOURCE_SILENCE => Err(format!(
                     "no message from the source for {} s",

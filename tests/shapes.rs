@@ -1,0 +1,148 @@
+//! Shapes that broke bridges: two processes on one pipeline, partitioned
+//! tables in both publish modes, renamed tables, a non-transactional
+//! logical message during the copy. Each test runs the real binary against
+//! real clusters.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+
+use crate::harness::{self, psql};
+use crate::pipeline::{spawn_run, stop_run, wait_for, wait_streaming, write_single};
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![trial(
+        "shapes::two_processes_one_writer",
+        two_processes_one_writer,
+    )]
+}
+
+fn log_text(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+fn kill9(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Count of rows and of distinct ids of `table` in `db`.
+fn counts(db: &str, table: &str) -> (i64, i64) {
+    let out = psql(
+        db,
+        &format!("SELECT count(*), count(DISTINCT id) FROM {table}"),
+    );
+    let mut it = out
+        .split('|')
+        .map(|s| s.trim().parse::<i64>().unwrap_or(-1));
+    (it.next().unwrap_or(-1), it.next().unwrap_or(-1))
+}
+
+/// Two `run`s of one config: the second waits as a standby while the first
+/// copies and streams (before, it made its own temporary slot and copied
+/// the same rows again: every row twice on a target without a key), and
+/// takes over when the first is killed.
+fn two_processes_one_writer() {
+    let (port, src) = harness::fresh_db("sh_two_src");
+    let (_, dst) = harness::fresh_db("sh_two_dst");
+    const N: i64 = 600_000;
+    psql(
+        &src,
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, {N}) g;
+             CREATE PUBLICATION p FOR TABLE big;"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_two",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let mut a = spawn_run(&config, &log_a);
+    // The slot exists once the first process has begun its copy.
+    wait_for("the first process to create its slot", 60, || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_two'",
+        ) == "1"
+    });
+    let b = spawn_run(&config, &log_b);
+    wait_streaming("sh_two");
+    // Both had their chance to copy by now.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        log_text(&log_a).contains("initial copy complete"),
+        "the first process copies: {}",
+        log_text(&log_a)
+    );
+    assert_eq!(counts(&dst, "big"), (N, N), "copied once");
+    assert!(
+        log_text(&log_b).contains("waiting as a standby"),
+        "the second process says it waits: {}",
+        log_text(&log_b)
+    );
+    assert!(
+        !log_text(&log_b).contains("initial copy"),
+        "the standby copied: {}",
+        log_text(&log_b)
+    );
+    psql(
+        &src,
+        &format!("INSERT INTO big SELECT g, 'x' FROM generate_series({N} + 1, {N} + 100) g"),
+    );
+    wait_for("the first process to stream 100 rows", 30, || {
+        counts(&dst, "big").0 == N + 100
+    });
+
+    // SIGKILL the active one: the standby takes over.
+    kill9(&mut a);
+    let killed = Instant::now();
+    psql(
+        &src,
+        &format!("INSERT INTO big SELECT g, 'y' FROM generate_series({N} + 101, {N} + 200) g"),
+    );
+    wait_for("the standby to take over", 60, || {
+        counts(&dst, "big").0 == N + 200
+    });
+    let takeover = killed.elapsed();
+    assert!(
+        log_text(&log_b).contains("took the pipeline lock"),
+        "{}",
+        log_text(&log_b)
+    );
+    assert_eq!(counts(&dst, "big"), (N + 200, N + 200), "nothing twice");
+    eprintln!("shapes::two_processes_one_writer: takeover in {takeover:?}");
+
+    // The lock's session ends under the holder: it stops its sink work,
+    // takes the lock again and goes on.
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = 1885823602 AND granted",
+    );
+    wait_for("the holder to notice the lost lock", 30, || {
+        log_text(&log_b).contains("lost the pipeline lock")
+    });
+    psql(
+        &src,
+        &format!("INSERT INTO big SELECT g, 'z' FROM generate_series({N} + 201, {N} + 300) g"),
+    );
+    wait_for("the holder to go on", 60, || {
+        counts(&dst, "big").0 == N + 300
+    });
+    assert_eq!(counts(&dst, "big"), (N + 300, N + 300), "nothing twice");
+    assert!(stop_run(b).success(), "{}", log_text(&log_b));
+    assert!(takeover < Duration::from_secs(60));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_two')");
+}
