@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use super::{CopyStats, SnapshotError, TableSpec};
 use crate::encode::json::SnapshotMarker;
 use crate::model::{decode_value, ColumnSchema, RelationSchema, TypeRegistry, Value};
-use crate::pg::{ident, qualified};
+use crate::pg::ident;
 use crate::pgoutput::{ReplicaIdentity, TupleValue};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::SinkError;
@@ -118,8 +118,8 @@ async fn copy_into(
             .map(|f| format!(" WHERE {f}"))
             .unwrap_or_default();
         let sql = format!(
-            "COPY (SELECT {columns} FROM ONLY {}{filter}) TO STDOUT (FORMAT text)",
-            qualified(&spec.schema, &spec.name)
+            "COPY (SELECT {columns} FROM {}{filter}) TO STDOUT (FORMAT text)",
+            spec.from_clause()
         );
         sink.snapshot_table_start(&rel, start).await?;
         let stream = src

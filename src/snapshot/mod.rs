@@ -50,6 +50,21 @@ pub struct TableSpec {
     /// table), so the table is copied in one piece.
     pub pages: i64,
     pub bytes: i64,
+    /// For a partitioned table (published through its root with
+    /// `publish_via_partition_root`): its leaf partitions. The root holds
+    /// no rows of its own (`FROM ONLY root` reads nothing), so the copy
+    /// reads each leaf and writes it under the root's name.
+    pub partitions: Vec<Partition>,
+}
+
+/// A leaf partition of a published partitioned table.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub schema: String,
+    pub name: String,
+    /// As [`TableSpec::pages`].
+    pub pages: i64,
+    pub bytes: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +82,17 @@ impl TableSpec {
 
     fn sql_name(&self) -> String {
         qualified(&self.schema, &self.name)
+    }
+
+    /// What a `SELECT` of the whole table reads: the table alone (`ONLY`:
+    /// an inheritance parent's children are published, and copied, on
+    /// their own), or for a partitioned root every partition under it.
+    pub fn from_clause(&self) -> String {
+        if self.partitions.is_empty() {
+            format!("ONLY {}", self.sql_name())
+        } else {
+            self.sql_name()
+        }
     }
 
     fn column_list(&self) -> String {
@@ -238,7 +264,7 @@ pub async fn published_tables(
         .get(0);
     // The file's size, not relpages: that is an estimate of the last
     // VACUUM or ANALYZE, 0 on a table loaded since (no split at all).
-    let pages = if version >= 140000 {
+    let pages_sql = if version >= 140000 {
         "pg_relation_size(c.oid) / current_setting('block_size')::bigint"
     } else {
         "0::bigint"
@@ -252,7 +278,7 @@ pub async fn published_tables(
         .query(
             &format!(
                 "SELECT c.oid, pt.schemaname::text, pt.tablename::text, {attnames}, {rowfilter}, \
-                 {pages}, pg_relation_size(c.oid) \
+                 {pages_sql}, pg_relation_size(c.oid), c.relkind = 'p' \
                  FROM pg_catalog.pg_publication_tables pt \
                  JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
                  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -264,7 +290,8 @@ pub async fn published_tables(
         .map_err(|e| SnapshotError::db("listing published tables", e))?;
     // A table in several publications: union of columns, OR of filters (no
     // filter anywhere means no filter), as PostgreSQL's own tablesync does.
-    // (oid, schema, name, columns (None = all), filters (None = none), pages, bytes)
+    // (oid, schema, name, columns (None = all), filters (None = none),
+    // pages, bytes, partitioned)
     type Published = (
         u32,
         String,
@@ -273,6 +300,7 @@ pub async fn published_tables(
         Option<Vec<String>>,
         i64,
         i64,
+        bool,
     );
     let mut by_oid: Vec<Published> = Vec::new();
     for r in rows {
@@ -297,11 +325,40 @@ pub async fn published_tables(
                 filter.map(|f| vec![f]),
                 r.get(5),
                 r.get(6),
+                r.get(7),
             ));
         }
     }
     let mut out = Vec::new();
-    for (oid, schema, name, cols, filters, pages, bytes) in by_oid {
+    for (oid, schema, name, cols, filters, mut pages, mut bytes, partitioned) in by_oid {
+        let mut partitions = Vec::new();
+        if partitioned {
+            let what = format!("listing the partitions of {schema}.{name}");
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT n.nspname::text, c.relname::text, {pages_sql}, pg_relation_size(c.oid) \
+                         FROM pg_catalog.pg_partition_tree($1::oid::regclass) p \
+                         JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE p.isleaf ORDER BY 1, 2"
+                    ),
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| SnapshotError::db(&what, e))?;
+            for r in rows {
+                let part = Partition {
+                    schema: r.try_get(0).map_err(|e| SnapshotError::db(&what, e))?,
+                    name: r.try_get(1).map_err(|e| SnapshotError::db(&what, e))?,
+                    pages: r.try_get(2).map_err(|e| SnapshotError::db(&what, e))?,
+                    bytes: r.try_get(3).map_err(|e| SnapshotError::db(&what, e))?,
+                };
+                pages += part.pages;
+                bytes += part.bytes;
+                partitions.push(part);
+            }
+        }
         let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
@@ -337,6 +394,7 @@ pub async fn published_tables(
             }),
             pages,
             bytes,
+            partitions,
         });
     }
     Ok(out)
@@ -353,6 +411,8 @@ pub struct CopyStats {
 struct Job {
     target: usize,
     table: Arc<TableSpec>,
+    /// The relation read: the table itself, or one leaf partition of it.
+    read_from: String,
     binary: bool,
     /// Page range [from, to); `to = None` is open-ended.
     from: i64,
@@ -575,16 +635,41 @@ pub async fn copy(
             let table = Arc::new(t);
             total_bytes += table.bytes.max(0) as u64;
             ntables += 1;
-            let nchunks = (table.pages / CHUNK_PAGES + 1).max(1);
+            // The relations read, each with its pages: the table, or each
+            // leaf of a partitioned root (in page chunks of their own).
+            let reads: Vec<(String, i64)> = if table.partitions.is_empty() {
+                vec![(table.sql_name(), table.pages)]
+            } else {
+                table
+                    .partitions
+                    .iter()
+                    .map(|p| (qualified(&p.schema, &p.name), p.pages))
+                    .collect()
+            };
+            let chunks: Vec<(String, i64, i64)> = reads
+                .into_iter()
+                .flat_map(|(rel, pages)| {
+                    let n = (pages / CHUNK_PAGES + 1).max(1);
+                    (0..n).map(move |k| (rel.clone(), k, n))
+                })
+                .collect();
+            // A partitioned root without partitions still completes.
+            let nchunks = chunks.len().max(1);
             let remaining = Arc::new(AtomicU64::new(nchunks as u64));
             let rows = Arc::new(AtomicU64::new(0));
-            for k in 0..nchunks {
+            let chunks = if chunks.is_empty() {
+                vec![(table.sql_name(), 0, 1)]
+            } else {
+                chunks
+            };
+            for (read_from, k, n) in chunks {
                 jobs.push_back(Job {
                     target: ti,
                     table: table.clone(),
+                    read_from,
                     binary,
                     from: k * CHUNK_PAGES,
-                    to: (k + 1 < nchunks).then_some((k + 1) * CHUNK_PAGES),
+                    to: (k + 1 < n).then_some((k + 1) * CHUNK_PAGES),
                     remaining: remaining.clone(),
                     rows: rows.clone(),
                 });
@@ -702,7 +787,7 @@ async fn worker(
         let out_sql = format!(
             "COPY (SELECT {} FROM ONLY {}{where_}) TO STDOUT (FORMAT {fmt})",
             t.column_list(),
-            t.sql_name()
+            job.read_from
         );
         let in_sql = format!(
             "COPY {} ({}) FROM STDIN (FORMAT {fmt})",
