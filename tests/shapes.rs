@@ -17,6 +17,7 @@ pub fn trials() -> Vec<Trial> {
         trial("shapes::two_processes_one_writer", two_processes_one_writer),
         trial("shapes::partitioned_via_root", partitioned_via_root),
         trial("shapes::partitioned_via_leaves", partitioned_via_leaves),
+        trial("shapes::message_during_copy", message_during_copy),
     ]
 }
 
@@ -257,4 +258,97 @@ fn partitioned_via_leaves() {
         None,
         &[("pt_1", "pt_1"), ("pt_2", "pt_2")],
     );
+}
+
+/// Waits until the slot has confirmed everything written so far on the
+/// source, showing the run's log if it never does.
+fn confirmed_to_now(src: &str, slot: &str, log: &std::path::Path) {
+    let end = psql(src, "SELECT pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
+    ) != "t"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot} never confirmed {end}; log:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A non-transactional logical message while a resumed pipeline copies a
+/// table added to the publication: before, the Postgres sink took the
+/// message for the start of a transaction and the slot stopped moving.
+fn message_during_copy() {
+    let (port, src) = harness::fresh_db("sh_msg_src");
+    let (_, dst) = harness::fresh_db("sh_msg_dst");
+    psql(
+        &src,
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, 'a' FROM generate_series(1, 100) g;
+         INSERT INTO b SELECT g, 'b' FROM generate_series(1, 200000) g;
+         CREATE PUBLICATION p FOR TABLE a;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_msg",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_msg", &log);
+    confirmed_to_now(&src, "sh_msg", &log);
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+
+    psql(
+        &src,
+        "ALTER PUBLICATION p ADD TABLE b; INSERT INTO a VALUES (101, 'x')",
+    );
+    let run = spawn_run(&config, &log);
+    // Messages while the copy of b runs (and before it).
+    for i in 0..20 {
+        psql(
+            &src,
+            &format!("SELECT pg_logical_emit_message(false, 'test', 'm{i}')"),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    streaming("sh_msg", &log);
+    confirmed_to_now(&src, "sh_msg", &log);
+    // While streaming: a transaction and a message right behind it, then
+    // nothing (the case that stalled: the message came in the same queue
+    // turn as the commit before it).
+    psql(&src, "INSERT INTO b VALUES (200001, 'z')");
+    for i in 0..3 {
+        psql(
+            &src,
+            &format!(
+                "INSERT INTO a VALUES (200 + {i}, 'y'); SELECT pg_logical_emit_message(false, 'test', 'n{i}')"
+            ),
+        );
+    }
+    confirmed_to_now(&src, "sh_msg", &log);
+    for t in ["a", "b"] {
+        assert_eq!(rows_of_id(&dst, t), rows_of_id(&src, t), "table {t}");
+    }
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_msg')");
+}
+
+fn rows_of_id(db: &str, table: &str) -> String {
+    psql(
+        db,
+        &format!("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)), 0) FROM {table} t"),
+    )
 }

@@ -225,7 +225,18 @@ impl PostgresSink {
     }
 
     async fn event(&mut self, ev: &Arc<Event>, batch: &mut Batch) -> Result<(), ApplyError> {
-        batch.in_source_txn = true;
+        // A non-transactional logical message belongs to no transaction:
+        // taken for the start of one, it kept the batch before it from
+        // committing (no Commit follows it) and the slot stopped moving.
+        if !matches!(
+            &**ev,
+            Event::Message {
+                transactional: false,
+                ..
+            }
+        ) {
+            batch.in_source_txn = true;
+        }
         match &**ev {
             Event::Begin(meta) => {
                 // Begin carries the commit time too: the fan-out may not
