@@ -18,6 +18,10 @@ pub fn trials() -> Vec<Trial> {
         trial("shapes::partitioned_via_root", partitioned_via_root),
         trial("shapes::partitioned_via_leaves", partitioned_via_leaves),
         trial("shapes::message_during_copy", message_during_copy),
+        trial(
+            "shapes::failed_first_run_drops_its_slot",
+            failed_first_run_drops_its_slot,
+        ),
     ]
 }
 
@@ -351,4 +355,41 @@ fn rows_of_id(db: &str, table: &str) -> String {
         db,
         &format!("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)), 0) FROM {table} t"),
     )
+}
+
+/// A first run that stops with a definite error after creating its slot
+/// (here: the target lacks the table) drops the slot again: it never
+/// streamed, and would have held WAL on the source for ever.
+fn failed_first_run_drops_its_slot() {
+    let (port, src) = harness::fresh_db("sh_fresh_src");
+    let (_, dst) = harness::fresh_db("sh_fresh_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1); CREATE PUBLICATION p FOR TABLE t;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_fresh",
+        "initial",
+        &harness::url(port, &dst),
+        "",
+    );
+    let run = spawn_run(&config, &log);
+    let status = crate::pipeline::wait_exit(run, &log, "the run to stop on the missing table");
+    assert!(!status.success());
+    let text = log_text(&log);
+    assert!(text.contains("created replication slot"), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_fresh'"
+        ),
+        "0",
+        "the slot is gone; log:\n{text}"
+    );
 }

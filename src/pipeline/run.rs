@@ -354,10 +354,49 @@ enum Outcome {
     Progressed,
 }
 
+/// One attempt; a slot it created and never streamed from is dropped
+/// again when it ends with a definite error (it would hold WAL on the
+/// source for ever, for a pipeline that does not run). After a transient
+/// error it stays: the next attempt resumes with it.
 async fn attempt(
+    config: &Config,
+    stop: tokio::sync::watch::Receiver<bool>,
+    stats: &Stats,
+) -> Result<Outcome, PipelineError> {
+    let mut fresh_slot = None;
+    let result = attempt_inner(config, stop, stats, &mut fresh_slot).await;
+    if let (Err(e), Some(slot)) = (&result, fresh_slot) {
+        if !e.is_transient() {
+            drop_fresh_slot(&config.source.url.info, &slot).await;
+        }
+    }
+    result
+}
+
+/// Drops `slot`, which this run created and never streamed from, or says
+/// loudly that it is still there and how to drop it.
+async fn drop_fresh_slot(info: &crate::source::ConnInfo, slot: &str) {
+    let dropped = async {
+        let mut conn = Connection::connect(info, Mode::Replication).await?;
+        let r = conn.drop_slot(slot, true).await;
+        conn.close().await;
+        r
+    };
+    match tokio::time::timeout(Duration::from_secs(30), dropped).await {
+        Ok(Ok(())) => tracing::warn!(slot = %slot,
+            "dropped the replication slot this run created: it never streamed, and would have held WAL on the source"),
+        Ok(Err(e)) => tracing::error!(slot = %slot, error = %e,
+            "the replication slot this run created is still on the source and holds WAL: drop it with SELECT pg_drop_replication_slot('{slot}') unless pgbridge runs again soon"),
+        Err(_) => tracing::error!(slot = %slot,
+            "the replication slot this run created is still on the source and holds WAL (dropping it timed out): drop it with SELECT pg_drop_replication_slot('{slot}') unless pgbridge runs again soon"),
+    }
+}
+
+async fn attempt_inner(
     config: &Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
     stats: &Stats,
+    fresh_slot: &mut Option<String>,
 ) -> Result<Outcome, PipelineError> {
     stats.set_phase(Phase::Starting);
     let src = &config.source;
@@ -400,6 +439,7 @@ async fn attempt(
                 SnapshotAction::Export
             };
             let c = conn.create_slot(&src.slot, false, action).await?;
+            *fresh_slot = Some(src.slot.clone());
             tracing::info!(slot = %src.slot, lsn = %c.consistent_point, "created replication slot");
             created = Some(c);
         }
@@ -569,6 +609,7 @@ async fn attempt(
     let mut opts = StartOptions::new(&src.slot, src.publications.clone(), proto);
     opts.status_interval = Duration::from_secs(src.status_interval_secs);
     let mut stream = conn.start_replication(opts, start).await?;
+    *fresh_slot = None;
     tracing::info!(slot = %src.slot, lsn = %start, proto, "streaming");
 
     let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
