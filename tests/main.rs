@@ -6,6 +6,7 @@ mod kafka;
 mod kafka_pipeline;
 mod migration;
 mod pgsink;
+mod pgtypes;
 mod pipeline;
 mod sequences;
 mod source;
@@ -20,6 +21,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(pgtypes::trials());
     trials.extend(sequences::trials());
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
