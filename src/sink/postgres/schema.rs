@@ -110,7 +110,7 @@ async fn read_target(
 /// column; creates or widens it when `create` is set. `why` says what needs
 /// the table ("the source change at 0/16B3D48"), for messages. `source`
 /// is the source database, where the defaults of columns the source added
-/// are read (see [`defaults`]). Runs inside the open target transaction,
+/// are read (see `defaults`). Runs inside the open target transaction,
 /// so DDL commits together with the data.
 pub async fn ensure_table(
     client: &Client,

@@ -161,6 +161,19 @@ fn statements_by_key() {
 }
 
 #[test]
+fn copy_into_a_table_without_columns() {
+    // An empty column list is no SQL; the rows are empty lines.
+    let r = rel(ReplicaIdentity::Full, &[]);
+    assert_eq!(
+        copy_statement(&r),
+        "COPY \"My Schema\".\"t\"\"x\" FROM STDIN"
+    );
+    let mut buf = BytesMut::new();
+    assert_eq!(copy_row_into(&mut buf, &[]), Ok(0));
+    assert_eq!(&buf[..], b"\n");
+}
+
+#[test]
 fn statements_matching_all_columns() {
     let r = rel(
         ReplicaIdentity::Full,
