@@ -147,9 +147,16 @@ pub async fn ensure_table(
     if !missing.is_empty() {
         // What the source's existing rows hold in the new columns: they
         // were filled by ADD COLUMN ... DEFAULT without a change event.
+        // An empty target table has no rows to fill.
+        let ctx = Context::new("checking whether the target table has rows").table(&table_name);
+        let has_rows: bool = client
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| classify(&e, &ctx))?;
         let fills = match source {
-            Some(src) => defaults(src, rel, &missing).await?,
-            None => vec![Fill::Null; missing.len()],
+            Some(src) if has_rows => defaults(src, rel, &missing).await?,
+            _ => vec![Fill::Null; missing.len()],
         };
         if !create {
             let types = match resolve_types(client, rel, &missing, why).await {
