@@ -176,8 +176,10 @@ pub struct Compare {
     /// composite holding one, a domain over one, arrays of them; see
     /// `schema::without_equality`). PostgreSQL's own subscriber stops
     /// there ("could not identify an equality operator"); the sink
-    /// compares their text forms instead, which are the source's output
-    /// and the target's output of the value it parsed from it.
+    /// compares text forms instead, both printed by the target in the same
+    /// statement: the stored value's, and that of the parameter parsed as
+    /// the column's type (so settings such as extra_float_digits, or a
+    /// source that prints differently, do not make equal values differ).
     pub text: Vec<usize>,
 }
 
@@ -244,8 +246,8 @@ fn where_clause(
                 let name = quote_ident(&col.name);
                 if cmp.text.contains(&i) {
                     cond.push_str(&format!(
-                        "{name}::text IS NOT DISTINCT FROM ${}::text",
-                        next
+                        "{name}::text IS NOT DISTINCT FROM ({})::text",
+                        cmp.param(i, *next)
                     ));
                 } else {
                     cond.push_str(&format!(

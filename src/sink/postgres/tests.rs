@@ -198,7 +198,7 @@ fn statements_matching_all_columns() {
         update_statement(&r, &[2], &m, &cmp, &[]),
         format!(
             "UPDATE {t} SET \"b\" = $1 WHERE ctid = (SELECT ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $2::pg_catalog.int4 \
-             AND \"j\"::text IS NOT DISTINCT FROM $3::text AND \"b\" IS NOT DISTINCT FROM $4::pg_catalog.text LIMIT 1)"
+             AND \"j\"::text IS NOT DISTINCT FROM ($3::s.jdom)::text AND \"b\" IS NOT DISTINCT FROM $4::pg_catalog.text LIMIT 1)"
         )
     );
     let m = RowMatch::AllColumns {
