@@ -20,6 +20,10 @@ pub fn trials() -> Vec<Trial> {
             "pgtypes::add_column_default_fills_old_rows",
             add_column_default_fills_old_rows,
         ),
+        trial(
+            "pgtypes::add_column_default_named_without_create_tables",
+            add_column_default_named_without_create_tables,
+        ),
         trial("pgtypes::tables_without_columns", tables_without_columns),
         trial(
             "pgtypes::copy_type_without_binary_io",
@@ -211,6 +215,50 @@ fn add_column_default_fills_old_rows() {
     });
     assert!(stop_run(child).success());
     psql("postgres", "SELECT pg_drop_replication_slot('ty_adddef')");
+}
+
+/// Without `create_tables` a column the source added stops the run with
+/// the ALTER TABLE to run on the target; for a column added with a default
+/// that statement carries the default (it did not: the target's old rows
+/// would have been NULL). Run as given, the restarted run converges.
+fn add_column_default_named_without_create_tables() {
+    let (port, src) = harness::fresh_db("ty_adddef_n_src");
+    let (_, dst) = harness::fresh_db("ty_adddef_n_dst");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text);";
+    psql(&src, &format!("{ddl} CREATE PUBLICATION p FOR TABLE t;"));
+    psql(&dst, ddl);
+    psql(
+        &src,
+        "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 3) g",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "ty_adddef_n",
+        "initial",
+        &harness::url(port, &dst),
+        "",
+    );
+    let mut child = spawn_run(&config, &log);
+    wait_streaming("ty_adddef_n", &mut child, &log);
+    wait_same(&src, &dst, &["t"], &log);
+    psql(
+        &src,
+        "ALTER TABLE t ADD COLUMN c int DEFAULT 7; INSERT INTO t (id, v) VALUES (10, 'new')",
+    );
+    let status = wait_exit(child, &log, "run kept going without column c");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let fix = "ALTER TABLE \"public\".\"t\" ADD COLUMN \"c\" integer DEFAULT '7'::integer;";
+    assert!(text.contains(fix), "{text}");
+    psql(&dst, fix);
+    let child = spawn_run(&config, &log);
+    wait_same(&src, &dst, &["t"], &log);
+    assert!(stop_run(child).success());
+    psql("postgres", "SELECT pg_drop_replication_slot('ty_adddef_n')");
 }
 
 /// Tables without columns (`CREATE TABLE e ()`) are copied (they were
