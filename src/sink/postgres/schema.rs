@@ -431,7 +431,7 @@ async fn defaults(
             // after the column was added (rows NULL), or a rewrite since
             // stored the values: the catalog cannot tell these apart.
             (false, _, Some(expr)) => Fill::PerRow(format!(
-                "DEFAULT {expr}; if the default was set after the column was added, the rows hold NULL and the column can be added without it"
+                "DEFAULT {expr}, volatile or stored in the rows by a rewrite since (VACUUM FULL, CLUSTER, ALTER TYPE); if the default was set only after the column was added, the rows hold NULL and the column can be added without it"
             )),
             (false, _, None) if !identity.is_empty() => Fill::PerRow(
                 "an identity column numbers the rows".to_string(),
