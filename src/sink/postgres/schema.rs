@@ -148,17 +148,26 @@ pub async fn ensure_table(
         // What the source's existing rows hold in the new columns: they
         // were filled by ADD COLUMN ... DEFAULT without a change event.
         // An empty target table has no rows to fill.
-        let ctx = Context::new("checking whether the target table has rows").table(&table_name);
-        let has_rows: bool = client
-            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| classify(&e, &ctx))?;
-        let fills = match source {
-            Some(src) if has_rows => defaults(src, rel, &missing).await?,
-            _ => vec![Fill::Null; missing.len()],
-        };
+        let fills = async {
+            let ctx = Context::new("checking whether the target table has rows").table(&table_name);
+            let has_rows: bool = client
+                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| classify(&e, &ctx))?;
+            match source {
+                Some(src) if has_rows => defaults(src, rel, &missing).await,
+                _ => Ok(vec![Fill::Null; missing.len()]),
+            }
+        }
+        .await;
         if !create {
+            // Only for the message: without the source's answer it names
+            // no default and says why.
+            let (fills, unknown) = match fills {
+                Ok(f) => (f, None),
+                Err(e) => (vec![Fill::Null; missing.len()], Some(e)),
+            };
             let types = match resolve_types(client, rel, &missing, why).await {
                 Ok(t) => t,
                 // Only for the message: fall back to the source's type names.
@@ -198,8 +207,14 @@ pub async fn ensure_table(
                     ));
                 }
             }
+            if let Some(e) = unknown {
+                msg.push_str(&format!(
+                    "; whether the source's existing rows got a default in the new columns is unknown ({e}): give the target's column the value they hold"
+                ));
+            }
             return Err(ApplyError::Definite(msg));
         }
+        let fills = fills?;
         if let Some((&i, Fill::PerRow(note))) = missing
             .iter()
             .zip(&fills)
