@@ -132,7 +132,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                             continue;
                         }
                     };
-                    if have.is_empty() {
+                    let Some(have) = have else {
                         if !p.create_tables {
                             problems.push(format!(
                                 "sink {}: target table {} does not exist; create it or set create_tables = true",
@@ -141,7 +141,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                             ));
                         }
                         continue;
-                    }
+                    };
 
                     for c in &t.columns {
                         match have.get(&c.name) {

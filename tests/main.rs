@@ -6,6 +6,7 @@ mod kafka;
 mod kafka_pipeline;
 mod migration;
 mod pgsink;
+mod pgtypes;
 mod pipeline;
 mod sequences;
 mod shapes;
@@ -21,6 +22,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(pgtypes::trials());
     trials.extend(sequences::trials());
     trials.extend(shapes::trials());
     trials.extend(migration::trials());

@@ -110,6 +110,7 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
                     c.batch_max_txns = p.batch_max_txns;
                     c.apply_workers = p.apply_workers;
                     c.replication_role = p.session_replication_role;
+                    c.source = Some(config.source.url.info.clone());
                     Ok(Built::Other(Box::new(PostgresSink::new(c)?)))
                 }
                 SinkConfig::Kafka(k) => {

@@ -260,6 +260,11 @@ async fn relation(
 
 /// One line of text COPY output into typed values, in `rel`'s column order.
 fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, SnapshotError> {
+    // A table without columns (`CREATE TABLE t ()`): each row is an empty
+    // line, which would split into one empty field.
+    if rel.columns.is_empty() && line.is_empty() {
+        return Ok(Vec::new());
+    }
     let fields = split_fields(line);
     if fields.len() != rel.columns.len() {
         return Err(SnapshotError::Definite(format!(
@@ -408,6 +413,19 @@ mod tests {
                 Some(b"".to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn rows_of_a_table_without_columns() {
+        let rel = RelationSchema {
+            rel_id: 1,
+            schema: "public".into(),
+            name: "e".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: Vec::new(),
+        };
+        assert_eq!(decode_row(&rel, &Bytes::new()).ok(), Some(Vec::new()));
+        assert!(decode_row(&rel, &Bytes::from_static(b"x")).is_err());
     }
 
     #[test]

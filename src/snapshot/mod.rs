@@ -19,7 +19,8 @@
 //! already copied are never copied twice and none misses a change.
 //!
 //! Data moves as binary COPY when the target column types equal the
-//! source's (no decoding in pgbridge), text COPY otherwise.
+//! source's (no decoding in pgbridge) and every one of them has binary
+//! send/receive functions on both sides, text COPY otherwise.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
@@ -73,6 +74,9 @@ pub struct ColumnSpec {
     pub type_name: String,
     pub not_null: bool,
     pub key: bool,
+    /// The source can send the type in binary (it and every type inside
+    /// it have send and receive functions, see [`binary_io_sql`]).
+    pub binary_io: bool,
 }
 
 impl TableSpec {
@@ -101,6 +105,16 @@ impl TableSpec {
             .map(|c| ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// `"s"."t" ("a", "b")` for COPY FROM; `"s"."t"` alone for a table
+    /// without columns, as an empty column list is no SQL.
+    fn copy_target(&self) -> String {
+        if self.columns.is_empty() {
+            self.sql_name()
+        } else {
+            format!("{} ({})", self.sql_name(), self.column_list())
+        }
     }
 
     /// CREATE TABLE for a target that lacks the table.
@@ -330,6 +344,7 @@ pub async fn published_tables(
         }
     }
     let mut out = Vec::new();
+    let binary_io = binary_io_sql("a.atttypid", version);
     for (oid, schema, name, cols, filters, mut pages, mut bytes, partitioned) in by_oid {
         let mut partitions = Vec::new();
         if partitioned {
@@ -361,13 +376,16 @@ pub async fn published_tables(
         }
         let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                 coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
-                   WHERE i.indrelid = a.attrelid AND (i.indisprimary OR (i.indisreplident AND NOT EXISTS \
-                   (SELECT 1 FROM pg_catalog.pg_index p WHERE p.indrelid = a.attrelid AND p.indisprimary)))), false) \
-                 FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-                 ORDER BY a.attnum",
+                &format!(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                     coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
+                       WHERE i.indrelid = a.attrelid AND (i.indisprimary OR (i.indisreplident AND NOT EXISTS \
+                       (SELECT 1 FROM pg_catalog.pg_index p WHERE p.indrelid = a.attrelid AND p.indisprimary)))), false), \
+                     {binary_io} \
+                     FROM pg_catalog.pg_attribute a \
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                     ORDER BY a.attnum"
+                ),
                 &[&oid],
             )
             .await
@@ -379,6 +397,7 @@ pub async fn published_tables(
                 type_name: r.get(1),
                 not_null: r.get(2),
                 key: r.get(3),
+                binary_io: r.get(4),
             })
             .filter(|c| cols.as_ref().is_none_or(|s| s.contains(&c.name)))
             .collect();
@@ -432,19 +451,85 @@ const CHUNK_PAGES: i64 = 2048;
 const COPY_MESSAGE_BYTES: usize = 128 * 1024;
 
 /// Column name -> type (as `format_type` prints it) of `t`'s table on a
-/// target; empty when the table does not exist.
+/// target; `None` when the table does not exist (a table without columns
+/// has an empty map).
 pub async fn target_columns(
     client: &tokio_postgres::Client,
     t: &TableSpec,
-) -> Result<HashMap<String, String>, tokio_postgres::Error> {
+) -> Result<Option<HashMap<String, String>>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE c.oid = to_regclass($1)",
             &[&t.sql_name()],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut out = HashMap::new();
+    for r in &rows {
+        let name: Option<String> = r.try_get(0)?;
+        let ty: Option<String> = r.try_get(1)?;
+        if let (Some(name), Some(ty)) = (name, ty) {
+            out.insert(name, ty);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A scalar SQL expression: whether values of type `typ` (an SQL
+/// expression of type oid) can be sent and received in binary on a server
+/// of version `version`. Binary COPY calls the type's send and receive
+/// functions, and those of every type inside it: a domain's base type,
+/// an array's element, a composite's fields, a range's subtype, a
+/// multirange's range. A user-defined base type may have neither (they are
+/// optional in CREATE TYPE): the copy then fails with "no binary output
+/// function available".
+pub fn binary_io_sql(typ: &str, version: i32) -> String {
+    let multirange = if version >= 140000 {
+        " UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid"
+    } else {
+        ""
+    };
+    format!(
+        "(WITH RECURSIVE ty(oid) AS (SELECT {typ} UNION \
+          SELECT c.child FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid CROSS JOIN LATERAL ( \
+            SELECT t.typbasetype AS child WHERE t.typbasetype <> 0 \
+            UNION ALL SELECT t.typelem WHERE t.typelem <> 0 \
+            UNION ALL SELECT f.atttypid FROM pg_catalog.pg_attribute f \
+              WHERE t.typrelid <> 0 AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped \
+            UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid{multirange}) c) \
+         SELECT coalesce(bool_and(t.typsend::oid <> 0 AND t.typreceive::oid <> 0), true) \
+         FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid)"
+    )
+}
+
+/// Whether the columns of `t` can be received in binary by its table on
+/// the target (see [`binary_io_sql`]).
+async fn target_binary_io(
+    client: &tokio_postgres::Client,
+    t: &TableSpec,
+) -> Result<bool, tokio_postgres::Error> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .try_get(0)?;
+    let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    client
+        .query_one(
+            &format!(
+                "SELECT coalesce(bool_and({}), true) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND a.attname::text = ANY($2::text[])",
+                binary_io_sql("a.atttypid", version)
+            ),
+            &[&t.sql_name(), &names],
+        )
+        .await?
+        .try_get(0)
 }
 
 /// Prepares a target table: creates it when allowed, checks the columns,
@@ -466,14 +551,21 @@ async fn prepare_table(
     let have = target_columns(client, t)
         .await
         .map_err(|e| SnapshotError::db(&what("reading columns of"), e))?;
-    if have.is_empty() {
+    let Some(have) = have else {
         return Err(SnapshotError::Definite(format!(
             "sink {}: target table {} does not exist; create it or set create_tables = true",
             target.sink,
             t.qualified_name()
         )));
+    };
+    // Binary COPY needs identical types with binary I/O on both sides;
+    // text COPY works for every type.
+    let mut binary = t.columns.iter().all(|c| c.binary_io);
+    if binary {
+        binary = target_binary_io(client, t)
+            .await
+            .map_err(|e| SnapshotError::db(&what("reading column types of"), e))?;
     }
-    let mut binary = true;
     for c in &t.columns {
         match have.get(&c.name) {
             None => {
@@ -789,11 +881,7 @@ async fn worker(
             t.column_list(),
             job.read_from
         );
-        let in_sql = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT {fmt})",
-            t.sql_name(),
-            t.column_list()
-        );
+        let in_sql = format!("COPY {} FROM STDIN (FORMAT {fmt})", t.copy_target());
         let what = format!("sink {}: copying {}", target.sink, t.qualified_name());
         src.start_copy_out(&out_sql)
             .await

@@ -42,6 +42,7 @@ use super::sql::{
 use crate::model::change::Row;
 use crate::model::{Change, Op, RelationSchema};
 use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
+use crate::source::ConnInfo;
 use crate::Lsn;
 
 /// Rows per COPY statement.
@@ -128,6 +129,9 @@ pub struct Target {
     bytes: usize,
     /// `lock_timeout` of the target transactions (None: the server's).
     lock_timeout: Option<&'static str>,
+    /// The source database, for what Relation messages do not say (the
+    /// values of columns the source added with a default).
+    source: Option<ConnInfo>,
 }
 
 impl Target {
@@ -143,7 +147,15 @@ impl Target {
             rows: 0,
             bytes: 0,
             lock_timeout: None,
+            source: None,
         }
+    }
+
+    /// Sets the source database that the defaults of columns added on the
+    /// source are read from (see `schema::ensure_table`); without it
+    /// those columns are added empty.
+    pub fn set_source(&mut self, source: Option<ConnInfo>) {
+        self.source = source;
     }
 
     /// Sets `lock_timeout` (e.g. `"5s"`) for the target transactions opened
@@ -231,6 +243,7 @@ impl Target {
                     full_key: t.full_key.clone(),
                     partitioned: t.partitioned,
                     always_identity: t.always_identity.clone(),
+                    compare: t.compare.clone(),
                 });
                 self.tables.insert(rel.rel_id, t.clone());
                 return Ok(t);
@@ -238,7 +251,16 @@ impl Target {
         }
         self.flush().await?;
         self.begin().await?;
-        let t = Arc::new(ensure_table(&self.client, rel, self.create_tables, why).await?);
+        let t = Arc::new(
+            ensure_table(
+                &self.client,
+                self.source.as_ref(),
+                rel,
+                self.create_tables,
+                why,
+            )
+            .await?,
+        );
         self.tables.insert(rel.rel_id, t.clone());
         Ok(t)
     }
@@ -381,14 +403,14 @@ impl Target {
         if set.is_empty() {
             return Ok(()); // nothing but the key and identity, unchanged
         }
-        let sql = update_statement(rel, &set, &m, &guard);
+        let sql = update_statement(rel, &set, &m, &table.compare, &guard);
         let mut params: Vec<TextParam> = set.iter().map(|&i| param(new.0.get(i))).collect();
         params.extend(match_params(&key_row.0, &m));
         params.extend(guard.iter().map(|&i| param(new.0.get(i))));
         let guard = guard.first().map(|&column| {
             Box::new(Guard {
                 column,
-                exists: exists_statement(rel, &m),
+                exists: exists_statement(rel, &m, &table.compare),
                 params: match_params(&key_row.0, &m),
             })
         });
@@ -420,7 +442,7 @@ impl Target {
         })?;
         check_text(&table, ch.lsn, "delete", old)?;
         let (m, key_row) = row_match(&table, ch, old)?;
-        let sql = delete_statement(&ch.relation, &m);
+        let sql = delete_statement(&ch.relation, &m, &table.compare);
         let params = match_params(&key_row.0, &m);
         let bytes = row_bytes(old);
         let ctx = Context::new("preparing a delete")

@@ -51,6 +51,12 @@ pub struct PostgresSinkConfig {
     pub apply_workers: usize,
     /// The target sessions' `session_replication_role`.
     pub replication_role: ReplicationRole,
+    /// The pipeline's source database. With `create_tables`, a column the
+    /// source added with a default is added to the target with the value
+    /// the source's existing rows got, read from the source's catalog
+    /// (Relation messages carry no defaults); without it the column is
+    /// added empty.
+    pub source: Option<crate::source::ConnInfo>,
 }
 
 impl PostgresSinkConfig {
@@ -79,6 +85,7 @@ impl PostgresSinkConfig {
             batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
             apply_workers: Self::DEFAULT_APPLY_WORKERS,
             replication_role: ReplicationRole::Auto,
+            source: None,
         }
     }
 }

@@ -41,6 +41,11 @@
 //! one — a key change or REPLICA IDENTITY FULL — else from the new row);
 //! under REPLICA IDENTITY FULL by the target's primary key when it has one,
 //! else by all old columns (IS NOT DISTINCT FROM), touching one row.
+//! Values are compared with the type's own equality, as PostgreSQL's
+//! apply does: parameters are cast to the target column's type, so a
+//! composite is not an anonymous record and a domain compares as its base
+//! type; types without equality compare their text forms (see
+//! [`sql::Compare`]).
 //! Truncates run as sent, several tables in one statement. Logical decoding
 //! messages are ignored. Columns map by name; target tables may have more.
 //!
@@ -48,6 +53,9 @@
 //! identity columns) and columns are created from Relation messages, in the
 //! same target transaction as the data that follows; without it, a missing
 //! table or column stops the sink with an error naming both and the fix.
+//! A column the source added with a default gets the value the source's
+//! existing rows got (read from the source's catalog; see
+//! [`schema::ensure_table`]).
 //!
 //! # Errors
 //! Lost connections and SQLSTATEs 08xxx, 57Pxx, 53xxx, 40001 and 40P01 are

@@ -342,8 +342,10 @@ impl<'a> Dispatcher<'a> {
             };
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             jobs.push(tx);
+            let mut target = Target::new(client, config.create_tables);
+            target.set_source(config.source.clone());
             handles.push(tokio::spawn(worker(
-                Target::new(client, config.create_tables),
+                target,
                 rx,
                 report_tx.clone(),
                 abort.clone(),

@@ -15,10 +15,14 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+use tokio_postgres::error::SqlState;
+
+use super::conn::connect;
 use super::error::{classify, ApplyError, Context};
-use super::sql::{copy_statement, qualified, quote_ident};
+use super::sql::{copy_statement, qualified, quote_ident, quote_literal, Compare};
 use crate::model::RelationSchema;
 use crate::pgoutput::ReplicaIdentity;
+use crate::source::ConnInfo;
 
 /// OIDs below this are assigned by hand in PostgreSQL's catalog headers and
 /// mean the same type in every version (`FirstGenbkiObjectId`).
@@ -43,72 +47,127 @@ pub struct TableState {
     /// IDENTITY`: COPY fills them, but an UPDATE may only set them to
     /// DEFAULT, so updates leave them out (see `Target::update`).
     pub always_identity: Vec<usize>,
+    /// How rows are looked up: the target columns' types, and which have no
+    /// equality operator (see [`Compare`]).
+    pub compare: Compare,
+}
+
+/// A target table's catalog entry, as far as the sink needs it.
+struct TargetTable {
+    partitioned: bool,
+    /// (name, in the primary key, GENERATED ALWAYS AS IDENTITY, type as
+    /// `"schema"."type"`)
+    columns: Vec<(String, bool, bool, String)>,
+}
+
+/// The target's catalog entry of `rel`'s table; `None` when it does not
+/// exist. A table without columns has an entry with no columns.
+async fn read_target(
+    client: &Client,
+    rel: &RelationSchema,
+) -> Result<Option<TargetTable>, ApplyError> {
+    let table_name = rel.qualified_name();
+    let ctx = Context::new("reading the target catalog").table(&table_name);
+    let rows = client
+        .query(
+            "SELECT c.relkind::text, a.attname::text, (i.indrelid IS NOT NULL), \
+             coalesce(a.attidentity = 'a', false), \
+             pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) \
+             FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+             LEFT JOIN pg_catalog.pg_index i \
+               ON i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY(i.indkey) \
+             WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&qualified(rel)],
+        )
+        .await
+        .map_err(|e| classify(&e, &ctx))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut table = TargetTable {
+        partitioned: false,
+        columns: Vec::new(),
+    };
+    for row in &rows {
+        let kind: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+        table.partitioned = kind == "p";
+        let name: Option<String> = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
+        let in_pk: bool = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
+        let is_always: bool = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
+        let ty: Option<String> = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        if let (Some(name), Some(ty)) = (name, ty) {
+            table.columns.push((name, in_pk, is_always, ty));
+        }
+    }
+    Ok(Some(table))
 }
 
 /// Makes sure the target table for `rel` exists and has every source
 /// column; creates or widens it when `create` is set. `why` says what needs
-/// the table ("the source change at 0/16B3D48"), for messages. Runs inside
-/// the open target transaction, so DDL commits together with the data.
+/// the table ("the source change at 0/16B3D48"), for messages. `source`
+/// is the source database, where the defaults of columns the source added
+/// are read (see `defaults`). Runs inside the open target transaction,
+/// so DDL commits together with the data.
 pub async fn ensure_table(
     client: &Client,
+    source: Option<&ConnInfo>,
     rel: &Arc<RelationSchema>,
     create: bool,
     why: &str,
 ) -> Result<TableState, ApplyError> {
     let qname = qualified(rel);
     let table_name = rel.qualified_name();
-    let ctx = Context::new("reading the target catalog").table(&table_name);
-    let rows = client
-        .query(
-            "SELECT c.relkind::text, a.attname::text, (i.indrelid IS NOT NULL), \
-             coalesce(a.attidentity = 'a', false) \
-             FROM pg_catalog.pg_class c \
-             LEFT JOIN pg_catalog.pg_attribute a \
-               ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-             LEFT JOIN pg_catalog.pg_index i \
-               ON i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY(i.indkey) \
-             WHERE c.oid = pg_catalog.to_regclass($1)",
-            &[&qname],
-        )
-        .await
-        .map_err(|e| classify(&e, &ctx))?;
-
-    let mut partitioned = false;
-    let mut target_cols: Vec<(String, bool)> = Vec::new();
-    let mut always: Vec<String> = Vec::new();
-    for row in &rows {
-        let kind: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-        partitioned = kind == "p";
-        let name: Option<String> = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
-        let in_pk: bool = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
-        let is_always: bool = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
-        if let Some(name) = name {
-            if is_always {
-                always.push(name.clone());
-            }
-            target_cols.push((name, in_pk));
-        }
-    }
-
-    if rows.is_empty() {
+    let mut target = read_target(client, rel).await?;
+    if target.is_none() {
         if !create {
             return Err(ApplyError::Definite(format!(
                 "target table {table_name} does not exist (needed for {why}); create it on the target, or set create_tables = true"
             )));
         }
         create_table(client, rel, why).await?;
-        return Ok(state(rel, None, false, Vec::new()));
+        target = read_target(client, rel).await?;
     }
+    let Some(mut target) = target else {
+        return Err(ApplyError::Definite(format!(
+            "target table {table_name} was created but cannot be found in the target's catalog (needed for {why}); check the search_path and permissions of the sink's user"
+        )));
+    };
 
     let missing: Vec<usize> = rel
         .columns
         .iter()
         .enumerate()
-        .filter(|(_, c)| !target_cols.iter().any(|(n, _)| *n == c.name))
+        .filter(|(_, c)| !target.columns.iter().any(|t| t.0 == c.name))
         .map(|(i, _)| i)
         .collect();
     if !missing.is_empty() {
+        // What the source's existing rows hold in the new columns: they
+        // were filled by ADD COLUMN ... DEFAULT without a change event.
+        // An empty target table has no rows to fill.
+        let fills = async {
+            let ctx = Context::new("checking whether the target table has rows").table(&table_name);
+            let has_rows: bool = client
+                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| classify(&e, &ctx))?;
+            match source {
+                Some(src) if has_rows => defaults(src, rel, &missing).await,
+                _ => Ok(vec![Fill::Null; missing.len()]),
+            }
+        }
+        .await;
         if !create {
+            // Only for the message: without the source's answer it names
+            // no default and says why.
+            let (fills, unknown) = match fills {
+                Ok(f) => (f, None),
+                Err(e) => (vec![Fill::Null; missing.len()], Some(e)),
+            };
             let types = match resolve_types(client, rel, &missing, why).await {
                 Ok(t) => t,
                 // Only for the message: fall back to the source's type names.
@@ -124,38 +183,100 @@ pub async fn ensure_table(
             let adds: Vec<String> = missing
                 .iter()
                 .zip(&types)
-                .map(|(&i, t)| format!("ADD COLUMN {} {t}", quote_ident(&rel.columns[i].name)))
+                .zip(&fills)
+                .map(|((&i, t), fill)| {
+                    let name = quote_ident(&rel.columns[i].name);
+                    match fill {
+                        Fill::Value(v) => {
+                            format!("ADD COLUMN {name} {t} DEFAULT {}::{t}", quote_literal(v))
+                        }
+                        _ => format!("ADD COLUMN {name} {t}"),
+                    }
+                })
                 .collect();
-            return Err(ApplyError::Definite(format!(
+            let mut msg = format!(
                 "target table {table_name} has no column {} (needed for {why}); run ALTER TABLE {qname} {}; on the target, or set create_tables = true",
                 names.join(", "),
                 adds.join(", ")
+            );
+            for (&i, fill) in missing.iter().zip(&fills) {
+                if let Fill::PerRow(note) = fill {
+                    msg.push_str(&format!(
+                        "; the source's existing rows got their own values of column {} ({note}): fill the target's column with the source's values before restarting",
+                        rel.columns[i].name
+                    ));
+                }
+            }
+            if let Some(e) = unknown {
+                msg.push_str(&format!(
+                    "; whether the source's existing rows got a default in the new columns is unknown ({e}): give the target's column the value they hold"
+                ));
+            }
+            return Err(ApplyError::Definite(msg));
+        }
+        let fills = fills?;
+        if let Some((&i, Fill::PerRow(note))) = missing
+            .iter()
+            .zip(&fills)
+            .find(|(_, f)| matches!(f, Fill::PerRow(_)))
+        {
+            let col = &rel.columns[i];
+            let t = resolve_types(client, rel, &[i], why)
+                .await
+                .ok()
+                .and_then(|t| t.into_iter().next())
+                .unwrap_or_else(|| col.type_info.name().to_string());
+            return Err(ApplyError::Definite(format!(
+                "column {} was added to the source table {table_name} and its existing rows got their own values ({note}), which the sink cannot reproduce (needed for {why}); add the column on the target yourself (ALTER TABLE {qname} ADD COLUMN {} {t}), fill it with the source's values (e.g. copy them from the source), then restart",
+                col.name,
+                quote_ident(&col.name),
             )));
         }
         let types = resolve_types(client, rel, &missing, why).await?;
-        let adds: Vec<String> = missing
-            .iter()
-            .zip(&types)
-            .map(|(&i, t)| {
-                format!(
-                    "ADD COLUMN IF NOT EXISTS {} {t}",
-                    quote_ident(&rel.columns[i].name)
-                )
-            })
-            .collect();
-        let sql = format!("ALTER TABLE {qname} {}", adds.join(", "));
+        let mut adds = Vec::new();
+        let mut drop_defaults = Vec::new();
+        for ((&i, t), fill) in missing.iter().zip(&types).zip(&fills) {
+            let name = quote_ident(&rel.columns[i].name);
+            match fill {
+                // The column comes with the value the source's rows got
+                // (PostgreSQL 11+ stores it once, without rewriting the
+                // table); the default goes again, as the target's other
+                // columns have none (the sink writes every value).
+                Fill::Value(v) => {
+                    adds.push(format!(
+                        "ADD COLUMN IF NOT EXISTS {name} {t} DEFAULT {}::{t}",
+                        quote_literal(v)
+                    ));
+                    drop_defaults.push(format!("ALTER COLUMN {name} DROP DEFAULT"));
+                }
+                _ => adds.push(format!("ADD COLUMN IF NOT EXISTS {name} {t}")),
+            }
+        }
+        let mut sql = format!("ALTER TABLE {qname} {}", adds.join(", "));
+        if !drop_defaults.is_empty() {
+            sql.push_str(&format!(
+                ";\nALTER TABLE {qname} {}",
+                drop_defaults.join(", ")
+            ));
+        }
         tracing::info!(table = %table_name, columns = missing.len(), "adding columns to the target table");
         client
             .batch_execute(&sql)
             .await
             .map_err(|e| classify(&e, &Context::new("adding columns").table(&table_name)))?;
+        target = read_target(client, rel).await?.ok_or_else(|| {
+            ApplyError::Definite(format!(
+                "target table {table_name} disappeared while columns were added (needed for {why})"
+            ))
+        })?;
     }
 
     let full_key = if rel.replica_identity == ReplicaIdentity::Full {
-        let pk: Vec<Option<usize>> = target_cols
+        let pk: Vec<Option<usize>> = target
+            .columns
             .iter()
-            .filter(|(_, in_pk)| *in_pk)
-            .map(|(n, _)| rel.columns.iter().position(|c| c.name == *n))
+            .filter(|t| t.1)
+            .map(|t| rel.columns.iter().position(|c| c.name == t.0))
             .collect();
         if !pk.is_empty() && pk.iter().all(Option::is_some) {
             Some(pk.into_iter().flatten().collect())
@@ -169,26 +290,171 @@ pub async fn ensure_table(
         .columns
         .iter()
         .enumerate()
-        .filter(|(_, c)| always.contains(&c.name))
+        .filter(|(_, c)| target.columns.iter().any(|t| t.0 == c.name && t.2))
         .map(|(i, _)| i)
         .collect();
-    Ok(state(rel, full_key, partitioned, always_identity))
-}
-
-fn state(
-    rel: &Arc<RelationSchema>,
-    full_key: Option<Vec<usize>>,
-    partitioned: bool,
-    always_identity: Vec<usize>,
-) -> TableState {
-    TableState {
+    let types: Vec<Option<String>> = rel
+        .columns
+        .iter()
+        .map(|c| {
+            target
+                .columns
+                .iter()
+                .find(|t| t.0 == c.name)
+                .map(|t| t.3.clone())
+        })
+        .collect();
+    // Only a match on every column compares types that may lack equality
+    // (keys have a btree operator class).
+    let text = if rel.replica_identity == ReplicaIdentity::Full && full_key.is_none() {
+        let mut distinct: Vec<&String> = types.iter().flatten().collect();
+        distinct.sort();
+        distinct.dedup();
+        let lacking = without_equality(client, &distinct, &table_name).await?;
+        (0..rel.columns.len())
+            .filter(|&i| types[i].as_ref().is_some_and(|t| lacking.contains(t)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(TableState {
         source: rel.clone(),
         display: rel.qualified_name(),
         copy_sql: copy_statement(rel),
         full_key,
-        partitioned,
+        partitioned: target.partitioned,
         always_identity,
+        compare: Compare { types, text },
+    })
+}
+
+/// The types of `types` (as `"schema"."type"`) that have no equality
+/// operator on the target, found the way PostgreSQL finds the equality it
+/// compares rows with (the type cache's: the default btree or hash
+/// operator class, of the base type for a domain, checked field by field
+/// for composites and element by element for arrays): by asking the
+/// target to group by a value of the type, which fails with "could not
+/// identify an equality operator" exactly then. Each try runs under a
+/// savepoint, so the open transaction survives a failed one.
+async fn without_equality(
+    client: &Client,
+    types: &[&String],
+    table_name: &str,
+) -> Result<Vec<String>, ApplyError> {
+    let ctx =
+        Context::new("checking which column types have an equality operator").table(table_name);
+    let mut lacking = Vec::new();
+    for &t in types {
+        client
+            .batch_execute("SAVEPOINT pgbridge_equality")
+            .await
+            .map_err(|e| classify(&e, &ctx))?;
+        match client
+            .prepare(&format!("SELECT NULL::{t} GROUP BY 1"))
+            .await
+        {
+            Ok(_) => client
+                .batch_execute("RELEASE SAVEPOINT pgbridge_equality")
+                .await
+                .map_err(|e| classify(&e, &ctx))?,
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+                client
+                    .batch_execute(
+                        "ROLLBACK TO SAVEPOINT pgbridge_equality; RELEASE SAVEPOINT pgbridge_equality",
+                    )
+                    .await
+                    .map_err(|e| classify(&e, &ctx))?;
+                lacking.push(t.clone());
+            }
+            Err(e) => return Err(classify(&e, &ctx)),
+        }
     }
+    Ok(lacking)
+}
+
+/// What the source's existing rows hold in a column the source added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fill {
+    /// NULL: added without a default, or the source's catalog cannot say
+    /// (the column is gone there by now).
+    Null,
+    /// One value, the same in every row (a non-volatile default, which
+    /// PostgreSQL 11+ stores once as the column's "missing value"), in
+    /// the source's text form. Taken from there, not from the default
+    /// expression: `now()` was evaluated at the ALTER, and the default
+    /// may have been changed since.
+    Value(String),
+    /// Every row got its own value (a volatile default such as random()
+    /// or nextval(), or an identity column: the table was rewritten).
+    /// The note says which.
+    PerRow(String),
+}
+
+/// What the existing rows of the source table of `rel` hold in the columns
+/// `cols` (just added there), read from the source's catalog.
+async fn defaults(
+    source: &ConnInfo,
+    rel: &RelationSchema,
+    cols: &[usize],
+) -> Result<Vec<Fill>, ApplyError> {
+    let table_name = rel.qualified_name();
+    let ctx = Context::new("reading the defaults of new columns on the source").table(&table_name);
+    let client = connect(source).await?;
+    let names: Vec<String> = cols.iter().map(|&i| rel.columns[i].name.clone()).collect();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| classify(&e, &ctx))?;
+    // Missing values exist since PostgreSQL 11; before, every ADD COLUMN
+    // with a default rewrote the table.
+    let missing = if version >= 110000 {
+        "a.atthasmissing, CASE WHEN a.attmissingval::text <> '{NULL}' \
+         THEN pg_catalog.array_to_string(a.attmissingval, '') END"
+    } else {
+        "false, NULL::text"
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT a.attname::text, {missing}, \
+                 pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text \
+                 FROM pg_catalog.pg_attribute a \
+                 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND a.attname::text = ANY($2::text[])"
+            ),
+            &[&rel.rel_id, &names],
+        )
+        .await
+        .map_err(|e| classify(&e, &ctx))?;
+    let mut out = vec![Fill::Null; cols.len()];
+    for row in &rows {
+        let name: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+        let has_missing: bool = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
+        let value: Option<String> = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
+        let default: Option<String> = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
+        let identity: String = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        let Some(k) = names.iter().position(|n| *n == name) else {
+            continue;
+        };
+        out[k] = match (has_missing, value, default) {
+            (true, Some(v), _) => Fill::Value(v),
+            (true, None, _) => Fill::Null,
+            // A default but no missing value: the table was rewritten with
+            // a value per row (volatile default), or the default was set
+            // after the column was added (rows NULL), or a rewrite since
+            // stored the values: the catalog cannot tell these apart.
+            (false, _, Some(expr)) => Fill::PerRow(format!(
+                "DEFAULT {expr}, volatile or stored in the rows by a rewrite since (VACUUM FULL, CLUSTER, ALTER TYPE); if the default was set only after the column was added, the rows hold NULL and the column can be added without it"
+            )),
+            (false, _, None) if !identity.is_empty() => Fill::PerRow(
+                "an identity column numbers the rows".to_string(),
+            ),
+            (false, _, None) => Fill::Null,
+        };
+    }
+    Ok(out)
 }
 
 async fn create_table(

@@ -146,7 +146,9 @@ impl PostgresSink {
         } else if min.is_none() || min == max {
             self.plan = None;
         }
-        self.target = Some(Target::new(client, self.config.create_tables));
+        let mut target = Target::new(client, self.config.create_tables);
+        target.set_source(self.config.source.clone());
+        self.target = Some(target);
         self.durable = lsn;
         tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn,
             workers = self.plan.as_ref().map_or(1, |p| p.pos.len()), "postgres sink open");

@@ -139,8 +139,13 @@ pub fn copy_row_into(buf: &mut BytesMut, row: &[TupleValue]) -> Result<usize, Ro
     Ok(bytes)
 }
 
-/// `COPY "s"."t" ("a", "b") FROM STDIN` for every column of `rel`.
+/// `COPY "s"."t" ("a", "b") FROM STDIN` for every column of `rel`; for a
+/// table without columns (`CREATE TABLE t ()`, whose rows carry no values)
+/// `COPY "s"."t" FROM STDIN`, as an empty column list is no SQL.
 pub fn copy_statement(rel: &RelationSchema) -> String {
+    if rel.columns.is_empty() {
+        return format!("COPY {} FROM STDIN", qualified(rel));
+    }
     format!(
         "COPY {} ({}) FROM STDIN",
         qualified(rel),
@@ -153,19 +158,40 @@ pub fn column_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.map(quote_ident).collect::<Vec<_>>().join(", ")
 }
 
-/// Builtin types without a usable `=` (json, xml, the geometric types, and
-/// arrays of them): a whole-row match compares their text forms instead.
-const NO_EQUALITY_OIDS: &[u32] = &[
-    114, 199, // json, _json
-    142, 143, // xml, _xml
-    600, 1017, // point, _point
-    601, 1018, // lseg, _lseg
-    602, 1019, // path, _path
-    603, 1020, // box, _box (= compares areas)
-    604, 1027, // polygon, _polygon
-    628, 629, // line, _line
-    718, 719, // circle, _circle (= compares areas)
-];
+/// How values are compared when a target row is looked up, per source
+/// column index. The defaults (nothing known) compare every column with
+/// `=` / IS NOT DISTINCT FROM against an untyped parameter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compare {
+    /// The target column's type, schema-qualified and quoted
+    /// (`"s"."pair"`), that the parameter is cast to. An untyped parameter
+    /// takes its type from the operator the server picks: for a composite
+    /// column that is the anonymous `record` (whose input is not
+    /// implemented), for a domain the domain itself, with no `=` when its
+    /// base type has none. Cast to the column's own type, the comparison is
+    /// that type's equality (the base type's for a domain), as in
+    /// PostgreSQL's own apply.
+    pub types: Vec<Option<String>>,
+    /// Columns whose type has no equality operator (json, point, xml, a
+    /// composite holding one, a domain over one, arrays of them; see
+    /// `schema::without_equality`). PostgreSQL's own subscriber stops
+    /// there ("could not identify an equality operator"); the sink
+    /// compares text forms instead, both printed by the target in the same
+    /// statement: the stored value's, and that of the parameter parsed as
+    /// the column's type (so settings such as extra_float_digits, or a
+    /// source that prints differently, do not make equal values differ).
+    pub text: Vec<usize>,
+}
+
+impl Compare {
+    /// `$n` with the cast to column `i`'s type, when known.
+    fn param(&self, i: usize, n: usize) -> String {
+        match self.types.get(i).and_then(Option::as_deref) {
+            Some(t) => format!("${n}::{t}"),
+            None => format!("${n}"),
+        }
+    }
+}
 
 /// How the target row of an UPDATE or DELETE is found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +210,13 @@ pub enum RowMatch {
 
 /// Appends the WHERE condition for `m` to `sql`, numbering parameters from
 /// `*next` (their values come from [`match_params`], in the same order).
-fn where_clause(sql: &mut String, rel: &RelationSchema, m: &RowMatch, next: &mut usize) {
+fn where_clause(
+    sql: &mut String,
+    rel: &RelationSchema,
+    m: &RowMatch,
+    cmp: &Compare,
+    next: &mut usize,
+) {
     let target = qualified(rel);
     match m {
         RowMatch::Key(cols) => {
@@ -194,9 +226,9 @@ fn where_clause(sql: &mut String, rel: &RelationSchema, m: &RowMatch, next: &mut
                     sql.push_str(" AND ");
                 }
                 sql.push_str(&format!(
-                    "{} = ${}",
+                    "{} = {}",
                     quote_ident(&rel.columns[i].name),
-                    next
+                    cmp.param(i, *next)
                 ));
                 *next += 1;
             }
@@ -212,13 +244,16 @@ fn where_clause(sql: &mut String, rel: &RelationSchema, m: &RowMatch, next: &mut
                 }
                 let col = &rel.columns[i];
                 let name = quote_ident(&col.name);
-                if NO_EQUALITY_OIDS.contains(&col.type_info.oid()) {
+                if cmp.text.contains(&i) {
                     cond.push_str(&format!(
-                        "{name}::text IS NOT DISTINCT FROM ${}::text",
-                        next
+                        "{name}::text IS NOT DISTINCT FROM ({})::text",
+                        cmp.param(i, *next)
                     ));
                 } else {
-                    cond.push_str(&format!("{name} IS NOT DISTINCT FROM ${}", next));
+                    cond.push_str(&format!(
+                        "{name} IS NOT DISTINCT FROM {}",
+                        cmp.param(i, *next)
+                    ));
                 }
                 *next += 1;
             }
@@ -255,6 +290,7 @@ pub fn update_statement(
     rel: &RelationSchema,
     set: &[usize],
     m: &RowMatch,
+    cmp: &Compare,
     guard: &[usize],
 ) -> String {
     let mut sql = format!("UPDATE {} SET ", qualified(rel));
@@ -270,7 +306,7 @@ pub fn update_statement(
         ));
         next += 1;
     }
-    where_clause(&mut sql, rel, m, &mut next);
+    where_clause(&mut sql, rel, m, cmp, &mut next);
     for &i in guard {
         sql.push_str(&format!(
             " AND {} IS NOT DISTINCT FROM ${}",
@@ -284,19 +320,19 @@ pub fn update_statement(
 
 /// `SELECT EXISTS (SELECT 1 FROM t WHERE ...)`; parameters: the match
 /// columns of the key row.
-pub fn exists_statement(rel: &RelationSchema, m: &RowMatch) -> String {
+pub fn exists_statement(rel: &RelationSchema, m: &RowMatch, cmp: &Compare) -> String {
     let mut sql = format!("SELECT EXISTS (SELECT 1 FROM {}", qualified(rel));
     let mut next = 1;
-    where_clause(&mut sql, rel, m, &mut next);
+    where_clause(&mut sql, rel, m, cmp, &mut next);
     sql.push(')');
     sql
 }
 
 /// `DELETE FROM t WHERE ...`; parameters: the match columns of the old row.
-pub fn delete_statement(rel: &RelationSchema, m: &RowMatch) -> String {
+pub fn delete_statement(rel: &RelationSchema, m: &RowMatch, cmp: &Compare) -> String {
     let mut sql = format!("DELETE FROM {}", qualified(rel));
     let mut next = 1;
-    where_clause(&mut sql, rel, m, &mut next);
+    where_clause(&mut sql, rel, m, cmp, &mut next);
     sql
 }
 

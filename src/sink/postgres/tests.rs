@@ -122,22 +122,32 @@ fn statements_by_key() {
     );
     let m = RowMatch::Key(vec![0, 1]);
     assert_eq!(
-        update_statement(&r, &[2], &m, &[]),
+        update_statement(&r, &[2], &m, &Compare::default(), &[]),
         "UPDATE \"My Schema\".\"t\"\"x\" SET \"v\" = $1 WHERE \"id\" = $2 AND \"k2\" = $3"
     );
     // A guarded column (an identity the target will not let an UPDATE
     // set) is matched after the key, with its own parameter.
     assert_eq!(
-        update_statement(&r, &[1], &RowMatch::Key(vec![0]), &[2]),
+        update_statement(&r, &[1], &RowMatch::Key(vec![0]), &Compare::default(), &[2]),
         "UPDATE \"My Schema\".\"t\"\"x\" SET \"k2\" = $1 WHERE \"id\" = $2 AND \"v\" IS NOT DISTINCT FROM $3"
     );
     assert_eq!(
-        exists_statement(&r, &m),
+        exists_statement(&r, &m, &Compare::default()),
         "SELECT EXISTS (SELECT 1 FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1 AND \"k2\" = $2)"
     );
     assert_eq!(
-        delete_statement(&r, &m),
+        delete_statement(&r, &m, &Compare::default()),
         "DELETE FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1 AND \"k2\" = $2"
+    );
+    // Parameters are cast to the target column's type when it is known:
+    // a composite key's parameter would else be an anonymous record.
+    let cmp = Compare {
+        types: vec![Some("\"s\".\"pair\"".into()), None, None],
+        text: Vec::new(),
+    };
+    assert_eq!(
+        delete_statement(&r, &m, &cmp),
+        "DELETE FROM \"My Schema\".\"t\"\"x\" WHERE \"id\" = $1::\"s\".\"pair\" AND \"k2\" = $2"
     );
     let row = vec![
         TupleValue::Text(Bytes::from_static(b"1")),
@@ -151,6 +161,19 @@ fn statements_by_key() {
 }
 
 #[test]
+fn copy_into_a_table_without_columns() {
+    // An empty column list is no SQL; the rows are empty lines.
+    let r = rel(ReplicaIdentity::Full, &[]);
+    assert_eq!(
+        copy_statement(&r),
+        "COPY \"My Schema\".\"t\"\"x\" FROM STDIN"
+    );
+    let mut buf = BytesMut::new();
+    assert_eq!(copy_row_into(&mut buf, &[]), Ok(0));
+    assert_eq!(&buf[..], b"\n");
+}
+
+#[test]
 fn statements_matching_all_columns() {
     let r = rel(
         ReplicaIdentity::Full,
@@ -161,11 +184,21 @@ fn statements_matching_all_columns() {
         partitioned: false,
     };
     let t = "\"My Schema\".\"t\"\"x\"";
+    // Column j's type has no equality operator: text forms are compared;
+    // the others' parameters are cast to the target column's type.
+    let cmp = Compare {
+        types: vec![
+            Some("pg_catalog.int4".into()),
+            Some("s.jdom".into()),
+            Some("pg_catalog.text".into()),
+        ],
+        text: vec![1],
+    };
     assert_eq!(
-        update_statement(&r, &[2], &m, &[]),
+        update_statement(&r, &[2], &m, &cmp, &[]),
         format!(
-            "UPDATE {t} SET \"b\" = $1 WHERE ctid = (SELECT ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $2 \
-             AND \"j\"::text IS NOT DISTINCT FROM $3::text AND \"b\" IS NOT DISTINCT FROM $4 LIMIT 1)"
+            "UPDATE {t} SET \"b\" = $1 WHERE ctid = (SELECT ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $2::pg_catalog.int4 \
+             AND \"j\"::text IS NOT DISTINCT FROM ($3::s.jdom)::text AND \"b\" IS NOT DISTINCT FROM $4::pg_catalog.text LIMIT 1)"
         )
     );
     let m = RowMatch::AllColumns {
@@ -173,7 +206,7 @@ fn statements_matching_all_columns() {
         partitioned: true,
     };
     assert_eq!(
-        delete_statement(&r, &m),
+        delete_statement(&r, &m, &Compare::default()),
         format!(
             "DELETE FROM {t} WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM {t} WHERE \"a\" IS NOT DISTINCT FROM $1 LIMIT 1)"
         )
