@@ -438,7 +438,17 @@ create_tables = true
             let text = expand_env(&text, |_| Some("x".into())).expect("variables");
             let c = Config::parse(&text, &path.display().to_string())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(c.http.is_some(), "{}: examples show [http]", path.display());
+            let http = c
+                .http
+                .unwrap_or_else(|| panic!("{}: examples show [http]", path.display()));
+            // The endpoints have no authentication: examples that get
+            // copied into production must not open them to the network.
+            assert!(
+                http.listen.ip().is_loopback(),
+                "{}: [http] listens on {}, not loopback",
+                path.display(),
+                http.listen
+            );
             n += 1;
         }
         assert!(n >= 3, "{n} examples");
