@@ -5,6 +5,7 @@ mod harness;
 mod kafka;
 mod kafka_pipeline;
 mod migration;
+mod ops;
 mod pgsink;
 mod pipeline;
 mod sequences;
@@ -24,6 +25,7 @@ fn main() {
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
+    trials.extend(ops::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::ack::Tracker;
+use super::backoff::Backoff;
 use super::fanout::{Fanout, Route};
 use super::stats::{Phase, Stats};
 use crate::config::{Config, SinkConfig, SnapshotMode};
@@ -207,8 +208,9 @@ pub async fn run_with(
     stats: &Stats,
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
+        let started = std::time::Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let attempt = attempt(config, stop_rx, stats);
         tokio::pin!(attempt);
@@ -219,23 +221,23 @@ pub async fn run_with(
                 attempt.await
             }
         };
-        match result {
+        let wait = match result {
             Ok(Outcome::Stopped) => return Ok(()),
-            Ok(Outcome::Progressed) => backoff = Duration::from_millis(500),
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "pipeline interrupted; retrying");
+                let wait = backoff.after(&stats.attempt(started));
+                tracing::warn!(error = %e, retry_in = ?wait, "pipeline interrupted; retrying");
                 stats.retrying(e.to_string());
+                wait
             }
             Err(e) => return Err(e),
-        }
+        };
         if *stop_tx.borrow() {
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return Ok(()),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -267,12 +269,12 @@ async fn sync_sequences(config: &Config) {
     }
 }
 
+/// How an attempt ended without an error. One that fails says how far
+/// it got through `stats` (see [`Stats::attempt`]), which sets the wait
+/// before the next.
 enum Outcome {
     /// Stopped on request (or the copy-only run finished).
     Stopped,
-    /// Ended after making progress; retry at once-ish.
-    #[allow(dead_code)]
-    Progressed,
 }
 
 async fn attempt(

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::WeakSender;
 
 use super::ack::Tracker;
+use super::backoff::Attempt;
 use crate::sink::SinkItem;
 use crate::Lsn;
 
@@ -65,6 +66,8 @@ struct Inner {
     tracker: Option<Tracker>,
     sinks: Vec<SinkEntry>,
     last_source_message: Option<Instant>,
+    /// When the latest attempt started streaming.
+    streaming_since: Option<Instant>,
 }
 
 /// Shared between the pipeline (writer) and the HTTP endpoints (readers).
@@ -165,6 +168,7 @@ impl Stats {
                     })
                     .collect(),
                 last_source_message: None,
+                streaming_since: None,
             }),
             transactions: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -211,6 +215,7 @@ impl Stats {
     pub fn streaming(&self, tracker: Tracker, queues: Vec<(WeakSender<SinkItem>, usize)>) {
         let mut g = self.lock();
         g.tracker = Some(tracker);
+        g.streaming_since = Some(Instant::now());
         for (entry, (queue, capacity)) in g.sinks.iter_mut().zip(queues) {
             entry.queue = Some(queue);
             entry.queue_capacity = capacity;
@@ -243,6 +248,20 @@ impl Stats {
 
     pub fn copied(&self, rows: u64) {
         self.copied_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// What the attempt that started at `since` did, for the retry
+    /// backoff: how long it streamed and whether the confirmed position
+    /// moved meanwhile.
+    pub fn attempt(&self, since: Instant) -> Attempt {
+        let g = self.lock();
+        match g.streaming_since {
+            Some(t) if t >= since => Attempt {
+                streamed_for: Some(t.elapsed()),
+                confirmed_moved: g.tracker.as_ref().is_some_and(|t| t.advanced()),
+            },
+            _ => Attempt::default(),
+        }
     }
 
     /// Whether the pipeline works: copying, or streaming with the source
@@ -343,6 +362,22 @@ mod tests {
         assert_eq!(snap.sinks[0].acked, Some(Lsn(5)));
         s.stopped(Some("sink a: column x missing".into()));
         assert!(s.health().unwrap_err().contains("column x"));
+    }
+
+    #[test]
+    fn attempt_reports_progress() {
+        let s = Stats::new("p", "slot", vec![("a".into(), "postgres")]);
+        let first = Instant::now();
+        assert_eq!(s.attempt(first), Attempt::default(), "never streamed");
+        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
+        s.streaming(tracker.clone(), Vec::new());
+        let a = s.attempt(first);
+        assert!(a.streamed_for.is_some() && !a.confirmed_moved, "{a:?}");
+        ackers[0].ack(tracker.issue(0, Lsn(9)));
+        assert!(s.attempt(first).progressed());
+        // The next attempt does not inherit it before it streams itself.
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(s.attempt(Instant::now()), Attempt::default());
     }
 
     #[test]
