@@ -527,7 +527,8 @@ async fn attempt(
             _ = stop.changed() => break Ok(()),
             Some(done) = tasks.join_next() => {
                 break Err(match done {
-                    Ok((i, Err(e))) => { tracing::error!(sink = i, error = %e, "sink stopped"); e.into() }
+                    // Logged once, by whoever handles it (the retry or the exit).
+                    Ok((_, Err(e))) => e.into(),
                     Ok((i, Ok(()))) => PipelineError::Other(format!("sink #{i} stopped unexpectedly")),
                     Err(e) => PipelineError::Other(format!("sink task failed: {e}")),
                 });
