@@ -31,6 +31,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
     pub listen: std::net::SocketAddr,
+    /// `/healthz` fails once a sink has had changes pending and taken or
+    /// acknowledged none of them for this many seconds (0: never).
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+fn default_stall_secs() -> u64 {
+    crate::pipeline::stats::DEFAULT_STALL.as_secs()
 }
 
 /// What the initial snapshot does.
@@ -486,9 +494,17 @@ create_tables = true
         )
         .expect("valid");
         assert_eq!(
-            c.http.map(|h| h.listen.to_string()),
-            Some("127.0.0.1:9187".to_string())
+            c.http
+                .as_ref()
+                .map(|h| (h.listen.to_string(), h.stall_secs)),
+            Some(("127.0.0.1:9187".to_string(), 300))
         );
+        let c = Config::parse(
+            &format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:9187\"\nstall_secs = 0\n"),
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.http.map(|h| h.stall_secs), Some(0));
         let e = err(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
         assert!(e.contains("socket address"), "{e}");
         let e = err(&format!("{GOOD}\n[http]\nport = 1\n"));

@@ -6,7 +6,9 @@ use std::process::{Child, Command, Stdio};
 use libtest_mimic::Trial;
 
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single};
+use crate::pipeline::{
+    http_get, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -16,6 +18,10 @@ pub fn trials() -> Vec<Trial> {
             backoff_resets_after_progress,
         ),
         trial("ops::logs", logs),
+        trial(
+            "ops::healthz_reports_a_stalled_sink",
+            healthz_reports_a_stalled_sink,
+        ),
     ]
 }
 
@@ -212,4 +218,80 @@ fn logs() {
         "{text}"
     );
     psql("postgres", "SELECT pg_drop_replication_slot('ops_logs')");
+}
+
+/// A target table locked by another session, with changes for it
+/// pending: `/healthz` turns 503 naming the sink and how long it has
+/// been stuck once `stall_secs` passes, and 200 again when the lock goes.
+fn healthz_reports_a_stalled_sink() {
+    let (port, src) = harness::fresh_db("ops_stall_src");
+    let (_, dst) = harness::fresh_db("ops_stall_dst");
+    psql(
+        &src,
+        "CREATE TABLE s (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE s;",
+    );
+    psql(&dst, "CREATE TABLE s (id int PRIMARY KEY)");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let http = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "ops_stall",
+        "never",
+        &harness::url(port, &dst),
+        &format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\nstall_secs = 2\n"),
+    );
+    let child = spawn_run(&config, &log);
+    wait_streaming("ops_stall");
+    wait_for("/healthz to answer 200", 30, || {
+        http_get(http, "/healthz") == (200, "ok\n".to_string())
+    });
+    psql(&src, "INSERT INTO s VALUES (1)");
+    wait_for("the first row", 30, || {
+        psql(&dst, "SELECT count(*) FROM s") == "1"
+    });
+
+    let rt = harness::runtime();
+    let locker = rt.block_on(async {
+        let (client, conn) =
+            tokio_postgres::connect(&harness::url(port, &dst), tokio_postgres::NoTls)
+                .await
+                .expect("connect the locking session");
+        tokio::spawn(conn);
+        client
+            .batch_execute("BEGIN; LOCK TABLE s IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock the target table");
+        client
+    });
+    psql(&src, "INSERT INTO s SELECT g FROM generate_series(2, 50) g");
+    let mut body = String::new();
+    wait_for("/healthz to report the stalled sink", 60, || {
+        let (code, b) = http_get(http, "/healthz");
+        body = b;
+        code == 503
+    });
+    assert!(
+        body.contains("sink d ") && body.contains("no progress for"),
+        "{body}"
+    );
+    rt.block_on(async {
+        locker
+            .batch_execute("COMMIT")
+            .await
+            .expect("release the lock")
+    });
+    wait_for("the rows after the lock", 60, || {
+        psql(&dst, "SELECT count(*) FROM s") == "50"
+    });
+    wait_for("/healthz to answer 200 again", 30, || {
+        http_get(http, "/healthz") == (200, "ok\n".to_string())
+    });
+    let status = stop_run(child);
+    assert!(status.success(), "SIGTERM exit: {status}");
+    psql("postgres", "SELECT pg_drop_replication_slot('ops_stall')");
 }

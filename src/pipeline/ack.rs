@@ -171,6 +171,16 @@ impl Tracker {
         st.confirmed > st.initial
     }
 
+    /// Sink `i`'s (acknowledged, issued) transaction counts: they
+    /// differ while transactions wait for the sink.
+    pub fn sink_counts(&self, i: usize) -> (u64, u64) {
+        self.lock()
+            .sinks
+            .get(i)
+            .map(|s| (s.acked_seq, s.issued_seq))
+            .unwrap_or((0, 0))
+    }
+
     /// What sink `i` has acknowledged (for status and metrics).
     pub fn sink_position(&self, i: usize) -> Lsn {
         self.lock()

@@ -188,6 +188,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let listener = crate::http::bind(h.listen)
                 .await
                 .map_err(PipelineError::Other)?;
+            stats.set_stall_limit((h.stall_secs > 0).then(|| Duration::from_secs(h.stall_secs)));
             tracing::info!(listen = %h.listen, "serving /metrics, /healthz, /status");
             Some(tokio::spawn(crate::http::serve(listener, stats.clone())))
         }
@@ -502,7 +503,7 @@ async fn attempt(
     for (i, ((mut sink, acker), route)) in sinks.zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let bytes = QueueBytes::new(QUEUE_BYTES);
-        queues.push((tx.downgrade(), QUEUE_CAPACITY));
+        queues.push((tx.downgrade(), QUEUE_CAPACITY, bytes.clone()));
         outs.push((route, tx, bytes.clone()));
         let rx = SinkQueue::new(rx, bytes);
         tasks.spawn(async move { (i, sink.run(rx, acker).await) });
