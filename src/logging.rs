@@ -86,7 +86,8 @@ pub fn init(format: LogFormat, level: Option<String>) {
 
 /// The error that ends the command, once, as its last line on stderr:
 /// `error: ...` for people, in JSON mode an object like the log's, with
-/// level `ERROR` and the error as `fields.message`. Written directly, so no log filter can hide it.
+/// level `ERROR` and the error as `fields.message`. Written directly, so
+/// no log filter can hide it.
 pub fn fatal(format: LogFormat, message: &str) {
     let line = match format {
         LogFormat::Human => format!("error: {message}\n"),
