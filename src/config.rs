@@ -31,6 +31,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
     pub listen: std::net::SocketAddr,
+    /// `/healthz` fails once a sink has had changes pending and taken or
+    /// acknowledged none of them for this many seconds (0: never).
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+fn default_stall_secs() -> u64 {
+    crate::pipeline::stats::DEFAULT_STALL.as_secs()
 }
 
 /// What the initial snapshot does.
@@ -174,22 +182,46 @@ fn default_batch_txns() -> usize {
 }
 
 /// `${VAR}` -> its value; `$$` -> `$`. An unset variable is an error.
+/// Messages show `s` with a URL's credentials redacted, and do not quote
+/// text from inside them (a password with a `$` in it).
 pub fn expand_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
+    let secret = crate::source::conninfo::credentials_span(s);
+    let shown = || crate::source::redact_url(s);
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
+        let at = s.len() - rest.len() + i;
+        let in_secret = secret.as_ref().is_some_and(|r| r.contains(&at));
         let after = &rest[i + 1..];
         if let Some(r) = after.strip_prefix('$') {
             out.push('$');
             rest = r;
         } else if let Some(r) = after.strip_prefix('{') {
-            let end = r
-                .find('}')
-                .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+            let end = r.find('}').ok_or_else(|| {
+                format!(
+                    "unclosed ${{ in {:?}{}; write $$ for a literal $",
+                    shown(),
+                    if in_secret {
+                        " (in the credentials)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
             let name = &r[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("bad variable name {name:?} in {s:?}"));
+                return Err(if in_secret {
+                    format!(
+                        "bad variable name in the credentials of {:?}: use letters, digits and _ in ${{VAR}}; write $$ for a literal $",
+                        shown()
+                    )
+                } else {
+                    format!(
+                        "bad variable name {name:?} in {:?}: use letters, digits and _; write $$ for a literal $",
+                        shown()
+                    )
+                });
             }
             let v = env(name).ok_or_else(|| {
                 format!("environment variable {name} is not set (used as ${{{name}}})")
@@ -438,7 +470,17 @@ create_tables = true
             let text = expand_env(&text, |_| Some("x".into())).expect("variables");
             let c = Config::parse(&text, &path.display().to_string())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(c.http.is_some(), "{}: examples show [http]", path.display());
+            let http = c
+                .http
+                .unwrap_or_else(|| panic!("{}: examples show [http]", path.display()));
+            // The endpoints have no authentication: examples that get
+            // copied into production must not open them to the network.
+            assert!(
+                http.listen.ip().is_loopback(),
+                "{}: [http] listens on {}, not loopback",
+                path.display(),
+                http.listen
+            );
             n += 1;
         }
         assert!(n >= 3, "{n} examples");
@@ -452,9 +494,17 @@ create_tables = true
         )
         .expect("valid");
         assert_eq!(
-            c.http.map(|h| h.listen.to_string()),
-            Some("127.0.0.1:9187".to_string())
+            c.http
+                .as_ref()
+                .map(|h| (h.listen.to_string(), h.stall_secs)),
+            Some(("127.0.0.1:9187".to_string(), 300))
         );
+        let c = Config::parse(
+            &format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:9187\"\nstall_secs = 0\n"),
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.http.map(|h| h.stall_secs), Some(0));
         let e = err(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
         assert!(e.contains("socket address"), "{e}");
         let e = err(&format!("{GOOD}\n[http]\nport = 1\n"));
@@ -494,5 +544,27 @@ create_tables = true
         assert_eq!(expand_env("$$x $y", env).unwrap(), "$x $y");
         assert!(expand_env("${NOPE}", env).is_err());
         assert!(expand_env("${PW", env).is_err());
+    }
+
+    /// A password that breaks the URL (base64 with `/`, from `${VAR}`) or
+    /// holds an unclosed `${` is never printed, whole or in part.
+    #[test]
+    fn errors_never_show_passwords() {
+        let url = |pw: &str| GOOD.replace("rep@db1", &format!("rep:{pw}@db1"));
+        std::env::set_var("PGBRIDGE_TEST_B64_PW", "Zm9v/YmFy?cXV4=");
+        let e = err(&url("${PGBRIDGE_TEST_B64_PW}").replace(":5432", ":54x32"));
+        assert!(e.contains("line 3") && e.contains("rep:***@db1"), "{e}");
+        for piece in ["Zm9v", "YmFy", "cXV4"] {
+            assert!(!e.contains(piece), "{e}");
+        }
+        let e = err(&url("t0p${s3cret"));
+        assert!(e.contains("unclosed ${") && e.contains("$$"), "{e}");
+        assert!(!e.contains("t0p") && !e.contains("s3cret"), "{e}");
+        let e = err(&url("t0p${s3c-ret}"));
+        assert!(e.contains("bad variable name"), "{e}");
+        assert!(!e.contains("t0p") && !e.contains("s3c"), "{e}");
+        // Outside the credentials the offending text is shown.
+        let e = err(&GOOD.replace("/app\"", "/${bad-name}\""));
+        assert!(e.contains("bad-name"), "{e}");
     }
 }

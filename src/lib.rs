@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod encode;
 pub mod http;
+pub mod logging;
 pub mod lsn;
 pub mod model;
 pub mod pg;

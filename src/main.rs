@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use pgbridge::config::Config;
+use pgbridge::logging::{self, LogFormat};
 use pgbridge::model::{JsonOptions, NumericMode, TemporalMode};
 use pgbridge::tail::{self, TailOptions};
 
@@ -13,9 +14,25 @@ use pgbridge::tail::{self, TailOptions};
 #[command(
     name = "pgbridge",
     version,
-    about = "PostgreSQL logical replication (pgoutput) to other systems"
+    about = "PostgreSQL logical replication (pgoutput) to other systems",
+    after_help = "Logs go to stderr. The filter is --log-level, else PGBRIDGE_LOG, else RUST_LOG, \
+                  else warn; colours only when stderr is a terminal and NO_COLOR is unset."
 )]
 struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as "pgbridge=debug,warn". Falls back to RUST_LOG,
+    /// then warn.
+    #[arg(long, global = true, env = "PGBRIDGE_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log lines on stderr: human-readable, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "PGBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Human
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,15 +115,6 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -132,7 +140,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format, cli.log_level.clone());
     // One thread: pgbridge's own work is light next to the servers', and
     // on the backlog benchmark the multi-thread runtime spent most of it
     // waking threads (perf: ~40% in the scheduler's context switches);
@@ -144,10 +152,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging::fatal(
+                cli.log_format,
+                &format!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
+    let format = cli.log_format;
     let result = rt.block_on(async {
         match cli.command {
             Command::Tail {
@@ -235,7 +247,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::fatal(format, &e);
             ExitCode::FAILURE
         }
     }

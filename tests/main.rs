@@ -5,6 +5,7 @@ mod harness;
 mod kafka;
 mod kafka_pipeline;
 mod migration;
+mod ops;
 mod pgsink;
 mod pgtypes;
 mod pipeline;
@@ -28,6 +29,7 @@ fn main() {
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
+    trials.extend(ops::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::ack::Tracker;
+use super::backoff::Backoff;
 use super::fanout::{Fanout, Route};
 use super::lock::{LockError, PipelineLock};
 use super::stats::{Phase, Stats};
@@ -192,6 +193,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let listener = crate::http::bind(h.listen)
                 .await
                 .map_err(PipelineError::Other)?;
+            stats.set_stall_limit((h.stall_secs > 0).then(|| Duration::from_secs(h.stall_secs)));
             tracing::info!(listen = %h.listen, "serving /metrics, /healthz, /status");
             Some(tokio::spawn(crate::http::serve(listener, stats.clone())))
         }
@@ -287,8 +289,9 @@ pub async fn run_with(
     stats: &Stats,
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
+        let started = std::time::Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let attempt = attempt(config, stop_rx, stats);
         tokio::pin!(attempt);
@@ -299,23 +302,23 @@ pub async fn run_with(
                 attempt.await
             }
         };
-        match result {
+        let wait = match result {
             Ok(Outcome::Stopped) => return Ok(()),
-            Ok(Outcome::Progressed) => backoff = Duration::from_millis(500),
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "pipeline interrupted; retrying");
+                let wait = backoff.after(&stats.attempt(started));
+                tracing::warn!(error = %e, retry_in = ?wait, "pipeline interrupted; retrying");
                 stats.retrying(e.to_string());
+                wait
             }
             Err(e) => return Err(e),
-        }
+        };
         if *stop_tx.borrow() {
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return Ok(()),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -347,12 +350,12 @@ async fn sync_sequences(config: &Config) {
     }
 }
 
+/// How an attempt ended without an error. One that fails says how far
+/// it got through `stats` (see [`Stats::attempt`]), which sets the wait
+/// before the next.
 enum Outcome {
     /// Stopped on request (or the copy-only run finished).
     Stopped,
-    /// Ended after making progress; retry at once-ish.
-    #[allow(dead_code)]
-    Progressed,
 }
 
 /// One attempt; a slot it created and never streamed from is dropped
@@ -621,7 +624,7 @@ async fn attempt_inner(
     for (i, ((mut sink, acker), route)) in sinks.zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let bytes = QueueBytes::new(QUEUE_BYTES);
-        queues.push((tx.downgrade(), QUEUE_CAPACITY));
+        queues.push((tx.downgrade(), QUEUE_CAPACITY, bytes.clone()));
         outs.push((route, tx, bytes.clone()));
         let rx = SinkQueue::new(rx, bytes);
         tasks.spawn(async move { (i, sink.run(rx, acker).await) });
@@ -646,7 +649,8 @@ async fn attempt_inner(
             _ = stop.changed() => break Ok(()),
             Some(done) = tasks.join_next() => {
                 break Err(match done {
-                    Ok((i, Err(e))) => { tracing::error!(sink = i, error = %e, "sink stopped"); e.into() }
+                    // Logged once, by whoever handles it (the retry or the exit).
+                    Ok((_, Err(e))) => e.into(),
                     Ok((i, Ok(()))) => PipelineError::Other(format!("sink #{i} stopped unexpectedly")),
                     Err(e) => PipelineError::Other(format!("sink task failed: {e}")),
                 });

@@ -338,7 +338,8 @@ impl Sink for PostgresSink {
     async fn run(&mut self, mut queue: SinkQueue, acker: Acker) -> Result<(), SinkError> {
         let result = self.run_inner(&mut queue, &acker).await;
         if let Err(e) = &result {
-            tracing::warn!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");
+            // The pipeline logs the error once (a retry's WARN or the exit).
+            tracing::debug!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");
             if let Some(mut t) = self.target.take() {
                 t.rollback().await;
             }
