@@ -360,6 +360,8 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
     let fanout = Fanout::new(
         vec![(
             Route {
+                sink: "k".into(),
+                rel_ids: Default::default(),
                 tables: None,
                 durable,
                 table_start: Default::default(),
@@ -1564,6 +1566,8 @@ fn replica_identity_full() {
         let mut fanout = Fanout::new(
             vec![(
                 Route {
+                    sink: "k".into(),
+                    rel_ids: Default::default(),
                     tables: None,
                     durable,
                     table_start: Default::default(),
@@ -1827,6 +1831,8 @@ async fn mini_pipeline(
     let mut fanout = Fanout::new(
         vec![(
             Route {
+                sink: "k".into(),
+                rel_ids: Default::default(),
                 tables: None,
                 durable,
                 table_start: Default::default(),

@@ -418,6 +418,27 @@ async fn attempt_inner(
     let mut conn = Connection::connect(info, Mode::Replication).await?;
     conn.check_wal_level().await?;
     conn.check_publications(&src.publications).await?;
+    // The sinks' listed tables by relation id: a table renamed on the
+    // source is followed by its id (see `Route`). A listed name that the
+    // source does not have stops the run: a table renamed while pgbridge
+    // was down would otherwise be dropped from the stream in silence.
+    let listed: Vec<String> = config
+        .sinks
+        .iter()
+        .flat_map(|s| s.tables().iter().cloned())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let ids = snapshot::relation_ids(info, &listed).await?;
+    for s in &config.sinks {
+        if let Some(t) = s.tables().iter().find(|t| !ids.contains_key(*t)) {
+            return Err(PipelineError::Other(format!(
+                "sink {}: table {t} in its tables is not a table on the source (renamed or dropped?); \
+                 name it by its current name in the sink's tables, or remove it",
+                s.name()
+            )));
+        }
+    }
     let max = max_proto_version(conn.server_version_num());
     let proto = src.proto_version.unwrap_or(max).min(max);
 
@@ -462,8 +483,14 @@ async fn attempt_inner(
         .iter()
         .zip(&durable)
         .map(|(s, d)| Route {
+            sink: s.name().to_string(),
             tables: (!s.tables().is_empty())
                 .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            rel_ids: s
+                .tables()
+                .iter()
+                .filter_map(|t| ids.get(t).copied())
+                .collect(),
             durable: *d,
             table_start: Default::default(),
         })

@@ -39,6 +39,8 @@ pub mod kafka;
 /// A published table and what of it is published.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
+    /// The source's relation id.
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     /// (name, source type as format_type() prints it, not null, key)
@@ -265,6 +267,36 @@ pub async fn completed(
     Ok(done)
 }
 
+/// The relation ids of the tables named `schema.table` in `names` that
+/// exist on the source (names not found are absent from the map).
+pub async fn relation_ids(
+    source: &ConnInfo,
+    names: &[String],
+) -> Result<HashMap<String, u32>, SnapshotError> {
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let client = pg::connect(source).await?;
+    let what = "looking up the sinks' tables on the source";
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname || '.' || c.relname = ANY($1) AND c.relkind IN ('r', 'p', 'f')",
+            &[&names],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(what, e))?;
+    let mut out = HashMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get(0).map_err(|e| SnapshotError::db(what, e))?,
+            r.try_get(1).map_err(|e| SnapshotError::db(what, e))?,
+        );
+    }
+    Ok(out)
+}
+
 /// The tables of `publications` with their published columns and filters.
 pub async fn published_tables(
     source: &ConnInfo,
@@ -402,6 +434,7 @@ pub async fn published_tables(
             .filter(|c| cols.as_ref().is_none_or(|s| s.contains(&c.name)))
             .collect();
         out.push(TableSpec {
+            oid,
             schema,
             name,
             columns,
@@ -990,6 +1023,25 @@ async fn complete_table(
             &[&pipeline, &target.sink, &t.qualified_name(), &start.to_string(), &total],
         )
         .await?;
+        // The relation id the table was copied under: a rename on the
+        // source before its first streamed change is still followed (see
+        // `sink::postgres::renames`).
+        let kept: bool = dst
+            .query_one(
+                "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if kept {
+            dst.execute(
+                "INSERT INTO pgbridge.relations (pipeline, sink, rel_id, schema_name, table_name) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, sink, rel_id) DO UPDATE \
+                 SET schema_name = excluded.schema_name, table_name = excluded.table_name, updated_at = now()",
+                &[&pipeline, &target.sink, &t.oid, &t.schema, &t.name],
+            )
+            .await?;
+        }
         dst.batch_execute("COMMIT").await
     };
     if let Err(e) = done.await {

@@ -11,6 +11,7 @@ use super::conn;
 use super::error::ApplyError;
 use super::parallel::{Dispatcher, Plan};
 use super::progress;
+use super::renames;
 use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
 use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
@@ -105,6 +106,7 @@ impl PostgresSink {
         self.target = None;
         let client = conn::connect_target(&self.info, self.config.replication_role).await?;
         progress::setup(&client).await?;
+        renames::setup(&client).await?;
         let (pipeline, name) = (&self.config.pipeline, &self.config.name);
         let main = progress::read(&client, pipeline, name).await?;
         let rows = progress::read_workers(&client, pipeline, name).await?;
@@ -146,8 +148,10 @@ impl PostgresSink {
         } else if min.is_none() || min == max {
             self.plan = None;
         }
+        let names = renames::names(&client, pipeline, name).await?;
         let mut target = Target::new(client, self.config.create_tables);
         target.set_source(self.config.source.clone());
+        target.set_names(names);
         self.target = Some(target);
         self.durable = lsn;
         tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn,
