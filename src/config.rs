@@ -24,6 +24,9 @@ pub struct Config {
     /// `/metrics`, `/healthz`, `/status` (off when absent).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The file it was read from, as given (advice names it).
+    #[serde(skip)]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,7 +306,7 @@ impl Config {
 
     /// Parses `text`; `path` is used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
@@ -314,6 +317,7 @@ impl Config {
                 message: e.message().trim().replace('\n', " "),
             }
         })?;
+        config.path = path.to_string();
         let semantic = |message: String| ConfigError::Semantic {
             path: path.to_string(),
             message,
@@ -370,6 +374,30 @@ impl Config {
     /// A stable id of this pipeline for progress rows: the slot name.
     pub fn pipeline_id(&self) -> &str {
         &self.source.slot
+    }
+
+    /// The command that resets this pipeline after its slot was lost (see
+    /// `crate::resync`), ready to paste into a shell.
+    pub fn resync_command(&self) -> String {
+        let path = &self.path;
+        let plain = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=".contains(c));
+        let quoted = if plain {
+            path.clone()
+        } else {
+            format!("'{}'", path.replace('\'', "'\\''"))
+        };
+        format!("pgbridge resync --config {quoted}")
+    }
+
+    /// The advice of errors that need `pgbridge resync`.
+    pub fn resync_advice(&self) -> String {
+        format!(
+            "run `{}` (it drops the slot and the sinks' positions and copy records), then start pgbridge run again: it copies every table afresh and streams from the new slot",
+            self.resync_command()
+        )
     }
 }
 

@@ -305,7 +305,8 @@ async fn attempt(
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
-            conn.check_slot_usable(&src.slot, info_)?;
+            conn.check_slot_usable(&src.slot, info_)
+                .map_err(|e| e.with_fix(config.resync_advice()))?;
             if let Some(pid) = info_.active_pid {
                 return Err(SourceError::SlotInUse {
                     slot: src.slot.clone(),
@@ -483,6 +484,7 @@ async fn attempt(
                 slot: src.slot.clone(),
                 resumed: min,
                 now: start,
+                fix: config.resync_advice(),
             }
             .into());
         }
