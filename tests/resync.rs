@@ -6,15 +6,23 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
+use serde_json::{json, Value as Json};
 
+use crate::kafka::{consume, reconstruct, Tansu};
 use crate::pipeline::{spawn_run, stop_run, wait_exit};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "resync::invalidated_slot_recovers",
-        invalidated_slot_recovers,
-    )]
+    vec![
+        trial(
+            "resync::invalidated_slot_recovers",
+            invalidated_slot_recovers,
+        ),
+        trial(
+            "resync::invalidated_slot_recovers_kafka",
+            invalidated_slot_recovers_kafka,
+        ),
+    ]
 }
 
 fn sql(c: &LocalCluster, db: &str, q: &str) -> String {
@@ -45,16 +53,11 @@ fn wait_streaming(c: &LocalCluster, slot: &str) {
 const CONTENT: &str =
     "SELECT count(*) || ' ' || coalesce(md5(string_agg(id || ':' || v, ',' ORDER BY id)), '') FROM t";
 
-/// A pipeline with two Postgres sinks copies and streams, stops; while it
-/// is stopped the source updates, deletes and inserts rows and writes
-/// enough WAL for the slot to be invalidated (`wal_status = lost`). `run`
-/// then refuses, printing a `pgbridge resync --config ...` command;
-/// `resync --sink a` is refused (the new slot would be ahead of sink b);
-/// the printed command, run as printed, resets both sinks and drops the
-/// slot; the next `run` copies again (emptying the tables it filled
-/// before) and streams, and both targets end identical to the source.
-fn invalidated_slot_recovers() {
-    let mut c = LocalCluster::start(&ClusterOptions {
+/// A cluster of the test's own whose slots lose their WAL quickly, with
+/// a database `src` holding table `t` (2000 rows) in publication `p`, and
+/// the databases `dbs`.
+fn cluster(dbs: &[&str]) -> LocalCluster {
+    let c = LocalCluster::start(&ClusterOptions {
         conf: vec![
             "max_slot_wal_keep_size = 1MB".into(),
             "wal_keep_size = 0".into(),
@@ -62,7 +65,7 @@ fn invalidated_slot_recovers() {
         ..Default::default()
     })
     .expect("start a cluster");
-    for db in ["src", "dst_a", "dst_b"] {
+    for db in std::iter::once(&"src").chain(dbs) {
         sql(&c, "postgres", &format!("CREATE DATABASE {db}"));
     }
     sql(
@@ -72,6 +75,112 @@ fn invalidated_slot_recovers() {
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g;
          CREATE PUBLICATION p FOR TABLE t;",
     );
+    c
+}
+
+/// Runs the pipeline of `config` (slot `rs_slot`) until `same` holds,
+/// stops it; makes changes it misses and WAL until its slot is lost; runs
+/// it again, which must fail printing a resync command; returns that
+/// command's words.
+fn lose_the_slot(
+    c: &LocalCluster,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    same: &dyn Fn() -> bool,
+) -> Vec<String> {
+    let child = spawn_run(config, log);
+    wait_streaming(c, "rs_slot");
+    sql(c, "src", "INSERT INTO t VALUES (5000, 'streamed')");
+    wait("copy and stream", 60, same);
+    assert!(stop_run(child).success());
+
+    // Changes the stopped pipeline misses, then WAL until the slot is lost.
+    sql(
+        c,
+        "src",
+        "UPDATE t SET v = 'changed' WHERE id % 7 = 0;
+         DELETE FROM t WHERE id % 11 = 0;
+         INSERT INTO t SELECT g, 'gap' FROM generate_series(6000, 6100) g;",
+    );
+    for _ in 0..40 {
+        if slot_status(c) == "lost" {
+            break;
+        }
+        sql(
+            c,
+            "src",
+            "CREATE TEMP TABLE filler AS SELECT g FROM generate_series(1, 20000) g; \
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        );
+    }
+    assert_eq!(slot_status(c), "lost", "the slot was not invalidated");
+
+    // run refuses and says what to run.
+    let failed = wait_exit(spawn_run(config, log), log, "run on a lost slot");
+    assert!(!failed.success());
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let advice = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("wal_status = lost"))
+        .unwrap_or_else(|| panic!("no lost-slot error in:\n{text}"));
+    let start = advice
+        .find("`pgbridge resync")
+        .unwrap_or_else(|| panic!("no resync command in: {advice}"))
+        + 1;
+    let len = advice[start..].find('`').expect("closing backtick");
+    let command: Vec<String> = advice[start..start + len]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(command[..3], ["pgbridge", "resync", "--config"], "{advice}");
+    command
+}
+
+fn slot_status(c: &LocalCluster) -> String {
+    sql(
+        c,
+        "postgres",
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'rs_slot'",
+    )
+}
+
+/// Runs `command` (`pgbridge ...`, as printed) with `extra` arguments.
+fn pgbridge(command: &[String], extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(&command[1..])
+        .args(extra)
+        .output()
+        .expect("run pgbridge")
+}
+
+/// Runs the resync `command` as printed; it must succeed and say that it
+/// dropped the slot.
+fn follow(command: &[String]) {
+    let out = pgbridge(command, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dropped replication slot rs_slot"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("now start pgbridge run"), "{stdout}");
+}
+
+/// A pipeline with two Postgres sinks copies and streams, stops; while it
+/// is stopped the source updates, deletes and inserts rows and writes
+/// enough WAL for the slot to be invalidated (`wal_status = lost`). `run`
+/// then refuses, printing a `pgbridge resync --config ...` command;
+/// `resync --sink a` is refused (the new slot would be ahead of sink b);
+/// the printed command, run as printed, resets both sinks and drops the
+/// slot; the next `run` copies again (emptying the tables it filled
+/// before) and streams, and both targets end identical to the source.
+fn invalidated_slot_recovers() {
+    let mut c = cluster(&["dst_a", "dst_b"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
@@ -86,92 +195,22 @@ fn invalidated_slot_recovers() {
         ));
     }
     std::fs::write(&config, text).expect("config");
-
-    let same = |c: &LocalCluster| {
-        let want = sql(c, "src", CONTENT);
+    let same = || {
+        let want = sql(&c, "src", CONTENT);
         ["dst_a", "dst_b"]
             .iter()
-            .all(|db| sql(c, db, CONTENT) == want)
+            .all(|db| sql(&c, db, CONTENT) == want)
     };
-    let child = spawn_run(&config, &log);
-    wait_streaming(&c, "rs_slot");
-    sql(&c, "src", "INSERT INTO t VALUES (5000, 'streamed')");
-    wait("copy and stream", 60, || same(&c));
-    assert!(stop_run(child).success());
-
-    // Changes the stopped pipeline misses, then WAL until the slot is lost.
-    sql(
-        &c,
-        "src",
-        "UPDATE t SET v = 'changed' WHERE id % 7 = 0;
-         DELETE FROM t WHERE id % 11 = 0;
-         INSERT INTO t SELECT g, 'gap' FROM generate_series(6000, 6100) g;",
-    );
-    let status = || {
-        sql(
-            &c,
-            "postgres",
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'rs_slot'",
-        )
-    };
-    for _ in 0..40 {
-        if status() == "lost" {
-            break;
-        }
-        sql(
-            &c,
-            "src",
-            "CREATE TEMP TABLE filler AS SELECT g FROM generate_series(1, 20000) g; \
-             SELECT pg_switch_wal(); CHECKPOINT;",
-        );
-    }
-    assert_eq!(status(), "lost", "the slot was not invalidated");
-
-    // run refuses and says what to run.
-    let failed = wait_exit(spawn_run(&config, &log), &log, "run on a lost slot");
-    assert!(!failed.success());
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let advice = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("wal_status = lost"))
-        .unwrap_or_else(|| panic!("no lost-slot error in:\n{text}"));
-    let start = advice
-        .find("`pgbridge resync")
-        .unwrap_or_else(|| panic!("no resync command in: {advice}"))
-        + 1;
-    let len = advice[start..].find('`').expect("closing backtick");
-    let command: Vec<&str> = advice[start..start + len].split_whitespace().collect();
-    assert_eq!(command[..3], ["pgbridge", "resync", "--config"], "{advice}");
+    let command = lose_the_slot(&c, &config, &log, &same);
 
     // One sink alone cannot be reset while the slot must be made anew.
-    let partial = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(&command[1..])
-        .args(["--sink", "a"])
-        .output()
-        .expect("resync --sink");
+    let partial = pgbridge(&command, &["--sink", "a"]);
     let stderr = String::from_utf8_lossy(&partial.stderr);
     assert!(!partial.status.success(), "{stderr}");
     assert!(stderr.contains("without --sink"), "{stderr}");
-    assert_eq!(status(), "lost", "a refused resync changes nothing");
+    assert_eq!(slot_status(&c), "lost", "a refused resync changes nothing");
 
-    // The advice, as printed.
-    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(&command[1..])
-        .output()
-        .expect("resync");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("dropped replication slot rs_slot"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("now start pgbridge run"), "{stdout}");
-
+    follow(&command);
     let child = spawn_run(&config, &log);
     wait_streaming(&c, "rs_slot");
     sql(
@@ -179,7 +218,58 @@ fn invalidated_slot_recovers() {
         "src",
         "UPDATE t SET v = 'after' WHERE id = 1; INSERT INTO t VALUES (7000, 'after')",
     );
-    wait("both targets identical to the source", 90, || same(&c));
+    wait("both targets identical to the source", 90, same);
+    assert!(stop_run(child).success());
+    c.stop().ok();
+}
+
+/// The source table as a consumer rebuilding it from the topic should
+/// have it: key `{"id": n}` -> the row.
+fn source_rows(c: &LocalCluster) -> std::collections::BTreeMap<String, Json> {
+    let rows: Vec<Json> = serde_json::from_str(&sql(
+        c,
+        "src",
+        "SELECT coalesce(json_agg(json_build_object('id', id, 'v', v) ORDER BY id), '[]') FROM t",
+    ))
+    .expect("json");
+    rows.into_iter()
+        .map(|r| (json!({ "id": r["id"] }).to_string(), r))
+        .collect()
+}
+
+/// The same with a Kafka sink (at least once, 3 partitions): after the
+/// resync the next run produces every row again, each partition starting
+/// with a truncate event, so a consumer rebuilding the table from the
+/// topic drops the rows deleted while the slot was lost and ends with
+/// exactly the source's rows.
+fn invalidated_slot_recovers_kafka() {
+    let mut c = cluster(&[]);
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"rs_slot\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+             topic = \"rs.{{table}}\"\ncreate_topics = true\ntopic_partitions = 3\n",
+            c.url("src", "postgres"),
+            broker.addr
+        ),
+    )
+    .expect("config");
+    let same = || reconstruct(&consume(&broker.addr, "rs.t", false)) == source_rows(&c);
+    let command = lose_the_slot(&c, &config, &log, &same);
+    follow(&command);
+    let child = spawn_run(&config, &log);
+    wait_streaming(&c, "rs_slot");
+    sql(
+        &c,
+        "src",
+        "UPDATE t SET v = 'after' WHERE id = 1; INSERT INTO t VALUES (7000, 'after')",
+    );
+    wait("the topic to rebuild the source table", 90, same);
     assert!(stop_run(child).success());
     c.stop().ok();
 }
