@@ -22,6 +22,7 @@ pub fn trials() -> Vec<Trial> {
             "resync::invalidated_slot_recovers_kafka",
             invalidated_slot_recovers_kafka,
         ),
+        trial("resync::one_sink_keeps_the_slot", one_sink_keeps_the_slot),
     ]
 }
 
@@ -272,4 +273,107 @@ fn invalidated_slot_recovers_kafka() {
     wait("the topic to rebuild the source table", 90, same);
     assert!(stop_run(child).success());
     c.stop().ok();
+}
+
+/// `--sink NAME` on a usable slot resets that sink only and keeps the
+/// slot: a Postgres target that lost rows of its own accord gets them back
+/// from a new copy (its tables emptied first: they are the pipeline's),
+/// and a Kafka sink gets a second copy of its table (reads again, after a
+/// truncate event), while changes made meanwhile still stream to both.
+fn one_sink_keeps_the_slot() {
+    use crate::harness::{self, psql};
+    let (port, src) = harness::fresh_db("rs_one_src");
+    let (_, dst) = harness::fresh_db("rs_one_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g;
+         CREATE PUBLICATION p FOR TABLE t;",
+    );
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"rs_one\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\n\
+             [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+             topic = \"rs1.{{table}}\"\ncreate_topics = true\ntopic_partitions = 2\n",
+            harness::url(port, &src),
+            harness::url(port, &dst),
+            broker.addr
+        ),
+    )
+    .expect("config");
+    let rows = || -> std::collections::BTreeMap<String, Json> {
+        let rows: Vec<Json> = serde_json::from_str(&psql(
+            &src,
+            "SELECT coalesce(json_agg(json_build_object('id', id, 'v', v) ORDER BY id), '[]') FROM t",
+        ))
+        .expect("json");
+        rows.into_iter()
+            .map(|r| (json!({ "id": r["id"] }).to_string(), r))
+            .collect()
+    };
+    let reads = || {
+        consume(&broker.addr, "rs1.t", false)
+            .iter()
+            .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+            .count()
+    };
+    let same = || {
+        psql(&src, CONTENT) == psql(&dst, CONTENT)
+            && reconstruct(&consume(&broker.addr, "rs1.t", false)) == rows()
+    };
+    let child = crate::pipeline::spawn_run(&config, &log);
+    crate::pipeline::wait_streaming("rs_one");
+    psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
+    wait("copy and stream", 60, same);
+    assert!(stop_run(child).success());
+    assert_eq!(reads(), 300);
+
+    // The target loses rows; the source changes while the pipeline is
+    // stopped (the kept slot has those changes).
+    psql(&dst, "DELETE FROM t WHERE id % 3 = 0");
+    psql(
+        &src,
+        "UPDATE t SET v = 'meanwhile' WHERE id % 5 = 0; DELETE FROM t WHERE id = 2",
+    );
+    let command: Vec<String> = ["pgbridge", "resync", "--config"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(std::iter::once(config.display().to_string()))
+        .collect();
+    for sink in ["pg", "cdc"] {
+        let out = pgbridge(&command, &["--sink", sink]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("sink {sink}: ")), "{stdout}");
+        assert!(stdout.contains("kept replication slot rs_one"), "{stdout}");
+        let other = if sink == "pg" { "cdc" } else { "pg" };
+        assert!(!stdout.contains(&format!("sink {other}: ")), "{stdout}");
+    }
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'rs_one'"
+        ),
+        "1"
+    );
+    let child = crate::pipeline::spawn_run(&config, &log);
+    crate::pipeline::wait_streaming("rs_one");
+    psql(&src, "INSERT INTO t VALUES (1001, 'after')");
+    wait("both sinks to match the source again", 90, same);
+    assert!(
+        reads() >= 300 + 299,
+        "the Kafka sink copied its table again"
+    );
+    assert!(stop_run(child).success());
+    psql("postgres", "SELECT pg_drop_replication_slot('rs_one')");
 }
