@@ -420,6 +420,20 @@ create_tables = true
 "#;
 
     #[test]
+    fn resync_command_quotes_the_path() {
+        let c = Config::parse(GOOD, "/etc/pgbridge/app.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config /etc/pgbridge/app.toml"
+        );
+        let c = Config::parse(GOOD, "my dir/it's.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config 'my dir/it'\\''s.toml'"
+        );
+    }
+
+    #[test]
     fn parses_the_documented_example() {
         let c = Config::parse(GOOD, "x.toml").unwrap();
         assert_eq!(c.source.slot, "pgbridge_app");

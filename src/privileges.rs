@@ -348,3 +348,70 @@ pub async fn target_problems(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &str = "SELECT, INSERT, UPDATE, DELETE, TRUNCATE";
+
+    #[test]
+    fn advice_names_the_grant() {
+        let a = |m: &str, table: Option<&str>| advice("42501", m, "writer", ALL, table);
+        assert_eq!(
+            a("permission denied for table orders", Some("sales.orders")).as_deref(),
+            Some("run GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON sales.orders TO writer")
+        );
+        assert_eq!(
+            a("permission denied for table Orders", None).as_deref(),
+            Some("run GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON \"Orders\" TO writer")
+        );
+        assert!(a("permission denied for schema pgbridge", None)
+            .is_some_and(|f| f.contains("GRANT USAGE ON SCHEMA pgbridge TO writer")));
+        assert!(a("permission denied for database warehouse", None)
+            .is_some_and(|f| f.contains("GRANT CREATE ON DATABASE warehouse TO writer")));
+        assert!(a("must be owner of table t", Some("public.t"))
+            .is_some_and(|f| f.contains("ALTER TABLE public.t OWNER TO writer")));
+        assert!(a(
+            "permission denied to set parameter \"session_replication_role\"",
+            None
+        )
+        .is_some_and(|f| f.contains("GRANT SET ON PARAMETER session_replication_role TO writer")));
+        assert_eq!(a("something else entirely", None), None);
+        assert_eq!(advice("23505", "duplicate key", "writer", ALL, None), None);
+        assert!(advice(
+            "25006",
+            "cannot execute INSERT in a read-only transaction",
+            "writer",
+            ALL,
+            None
+        )
+        .is_some_and(|f| f.contains("default_transaction_read_only = off")));
+    }
+
+    #[test]
+    fn the_role_is_filled_in_later() {
+        let fix = advice(
+            "42501",
+            "permission denied for table t",
+            ROLE,
+            "SELECT",
+            Some("public.t"),
+        )
+        .expect("advice");
+        assert_eq!(fix, "run GRANT SELECT ON public.t TO <user>");
+        assert_eq!(
+            name_role(&fix, "Writer"),
+            "run GRANT SELECT ON public.t TO \"Writer\""
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_only_when_needed() {
+        assert_eq!(ident("writer_2"), "writer_2");
+        assert_eq!(ident("Writer"), "\"Writer\"");
+        assert_eq!(ident("2x"), "\"2x\"");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(table("public", "my table"), "public.\"my table\"");
+    }
+}

@@ -168,7 +168,7 @@ pub async fn setup_workers(client: &Client) -> Result<(), ApplyError> {
             &Context::new("creating pgbridge.apply_progress on the target"),
         ) {
             ApplyError::Definite(m) => ApplyError::Definite(format!(
-                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and grant it to the sink's user"
+                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and run GRANT SELECT, INSERT, UPDATE, DELETE ON pgbridge.apply_progress TO <user>"
             )),
             t => t,
         }),
