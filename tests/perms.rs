@@ -19,6 +19,7 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("perms::run_names_the_grant", run_names_the_grant),
         trial("perms::premade_schema_is_enough", premade_schema_is_enough),
+        trial("perms::hot_standby_target", hot_standby_target),
     ]
 }
 
@@ -305,4 +306,144 @@ fn premade_schema_is_enough() {
         );
     }
     psql("postgres", "SELECT pg_drop_replication_slot('pm_pre')");
+}
+
+/// A hot standby of a cluster of the test's own, stopped on drop.
+struct Standby {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+fn as_postgres(bin: &std::path::Path, prog: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+        c
+    } else {
+        Command::new(bin.join(prog))
+    }
+}
+
+impl Standby {
+    fn start(primary: &pgbridge::cluster::LocalCluster) -> Standby {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres(primary.bin_dir(), "pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port().to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = pgbridge::cluster::free_port();
+        let out = as_postgres(primary.bin_dir(), "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -c unix_socket_directories={}",
+                dir.path().display()
+            ))
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "standby start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Standby {
+            dir,
+            bin: primary.bin_dir().to_path_buf(),
+            port,
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A sink pointed at a hot standby: `check` says so and names the fix,
+/// and `run` stops with the read-only error and how to reach a writable
+/// server.
+fn hot_standby_target() {
+    let primary =
+        pgbridge::cluster::LocalCluster::start(&Default::default()).expect("start a cluster");
+    for sql in ["CREATE DATABASE src", "CREATE DATABASE dst"] {
+        primary.psql("postgres", sql).expect("create db");
+    }
+    primary
+        .psql(
+            "src",
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;",
+        )
+        .expect("source");
+    primary
+        .psql("dst", "CREATE TABLE t (id int PRIMARY KEY)")
+        .expect("target");
+    let standby = Standby::start(&primary);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    write_single(
+        &config,
+        &primary.url("src", "postgres"),
+        "pm_sb",
+        "initial",
+        &user_url(standby.port, "postgres", "dst"),
+        "",
+    );
+    let (ok, out) = check(&config);
+    assert!(!ok, "{out}");
+    assert!(
+        has_line(
+            &out,
+            &[
+                "sink d:",
+                "hot standby",
+                "point the sink's url at the primary"
+            ]
+        ),
+        "{out}"
+    );
+    let status = wait_exit(spawn_run(&config, &log), &log, "run on a standby");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("read-only") && text.contains("point the url at the primary"),
+        "{text}"
+    );
+    drop(standby);
 }
