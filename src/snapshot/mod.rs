@@ -175,6 +175,21 @@ impl SnapshotError {
         }
     }
 
+    /// A source error over a client connection; `user` is the source's
+    /// user, named in a GRANT (reading needs SELECT).
+    fn source_db(what: &str, user: &str, e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            if let Some(fix) = privileges::advice(code, db.message(), user, "SELECT", None) {
+                return SnapshotError::Definite(format!(
+                    "{what}: {} (SQLSTATE {code}); {fix}",
+                    db.message()
+                ));
+            }
+        }
+        SnapshotError::db(what, e)
+    }
+
     /// A source error; `user` is the source's user, named in a GRANT.
     fn source(what: &str, user: &str, e: SourceError) -> Self {
         if let SourceError::Db { error, .. } = &e {
@@ -763,7 +778,15 @@ pub async fn copy(
     }
     progress.finish();
     if let Some(e) = first_err {
-        return Err(e);
+        // A target's error names its sink; its advice, that sink's user.
+        let user = targets
+            .iter()
+            .find(|t| e.to_string().contains(&format!("sink {}: ", t.sink)))
+            .map(|t| t.info.user.as_str());
+        return Err(match user {
+            Some(u) => e.for_role(u),
+            None => e,
+        });
     }
     Ok(CopyStats {
         tables: ntables,
