@@ -90,6 +90,13 @@ pub fn advice(
         .or_else(|| named("permission denied for relation "))
         .or_else(|| named("permission denied for view "))
     {
+        // pgbridge's own tables (the message has no schema).
+        if table.is_none() && STATE_TABLES.contains(&t.as_str()) {
+            return Some(format!(
+                "run GRANT {} ON pgbridge.{t} TO {role}",
+                STATE_TABLE_PRIVILEGES.join(", ")
+            ));
+        }
         return Some(format!("run GRANT {privileges} ON {} TO {role}", object(t)));
     }
     if let Some(s) = named("permission denied for schema ") {
@@ -377,6 +384,10 @@ mod tests {
             None
         )
         .is_some_and(|f| f.contains("GRANT SET ON PARAMETER session_replication_role TO writer")));
+        assert_eq!(
+            a("permission denied for table progress", None).as_deref(),
+            Some("run GRANT SELECT, INSERT, UPDATE, DELETE ON pgbridge.progress TO writer")
+        );
         assert_eq!(a("something else entirely", None), None);
         assert_eq!(advice("23505", "duplicate key", "writer", ALL, None), None);
         assert!(advice(

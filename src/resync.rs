@@ -100,8 +100,11 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
             }
         }
     }
-    let partial = only.is_some() && config.sinks.len() > 1;
-    if partial && (lost || slot.is_none()) {
+    // One sink's reset keeps a usable slot; a lost or missing one is made
+    // anew by the next run, which only works when no other sink remains
+    // with a position behind it.
+    let partial = only.is_some();
+    if partial && config.sinks.len() > 1 && (lost || slot.is_none()) {
         return Err(ResyncError::Refused(format!(
             "replication slot {:?} {}: the next run creates it anew, and every sink's position would be behind the new slot, so every sink needs the resync; run `{}` without --sink",
             src.slot,
@@ -129,11 +132,11 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
             sink: sink.name().to_string(),
             message,
         })?;
-        tracing::info!(sink = %sink.name(), "{line}");
+        tracing::info!(sink = %sink.name(), done = %line, "resync: sink reset");
         lines.push(format!("sink {}: {line}", sink.name()));
     }
     match &slot {
-        Some(_) if !partial => {
+        Some(_) if !partial || lost => {
             conn.drop_slot(&src.slot, false).await?;
             lines.push(format!(
                 "dropped replication slot {}{}",
@@ -146,7 +149,7 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
             ));
         }
         Some(_) => lines.push(format!(
-            "kept replication slot {}: the other sinks go on from their positions",
+            "kept replication slot {}: the stream goes on from it",
             src.slot
         )),
         None => lines.push(format!(

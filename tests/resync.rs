@@ -23,6 +23,7 @@ pub fn trials() -> Vec<Trial> {
             invalidated_slot_recovers_kafka,
         ),
         trial("resync::one_sink_keeps_the_slot", one_sink_keeps_the_slot),
+        trial("resync::dropped_slot_recovers", dropped_slot_recovers),
     ]
 }
 
@@ -157,7 +158,7 @@ fn pgbridge(command: &[String], extra: &[&str]) -> std::process::Output {
 
 /// Runs the resync `command` as printed; it must succeed and say that it
 /// dropped the slot.
-fn follow(command: &[String]) {
+fn follow(command: &[String], slot: &str) {
     let out = pgbridge(command, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -166,7 +167,7 @@ fn follow(command: &[String]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("dropped replication slot rs_slot"),
+        stdout.contains(&format!("dropped replication slot {slot}")),
         "{stdout}"
     );
     assert!(stdout.contains("now start pgbridge run"), "{stdout}");
@@ -211,7 +212,7 @@ fn invalidated_slot_recovers() {
     assert!(stderr.contains("without --sink"), "{stderr}");
     assert_eq!(slot_status(&c), "lost", "a refused resync changes nothing");
 
-    follow(&command);
+    follow(&command, "rs_slot");
     let child = spawn_run(&config, &log);
     wait_streaming(&c, "rs_slot");
     sql(
@@ -262,7 +263,7 @@ fn invalidated_slot_recovers_kafka() {
     .expect("config");
     let same = || reconstruct(&consume(&broker.addr, "rs.t", false)) == source_rows(&c);
     let command = lose_the_slot(&c, &config, &log, &same);
-    follow(&command);
+    follow(&command, "rs_slot");
     let child = spawn_run(&config, &log);
     wait_streaming(&c, "rs_slot");
     sql(
@@ -376,4 +377,72 @@ fn one_sink_keeps_the_slot() {
     );
     assert!(stop_run(child).success());
     psql("postgres", "SELECT pg_drop_replication_slot('rs_one')");
+}
+
+/// The slot dropped by hand (what the lost-slot error used to advise):
+/// the next run creates a slot, copies everything again and then must
+/// refuse to stream (its new slot is past what the sink has); its error
+/// names the resync command, and following it leads to a target identical
+/// to the source.
+fn dropped_slot_recovers() {
+    use crate::harness::{self, psql};
+    let (port, src) = harness::fresh_db("rs_drop_src");
+    let (_, dst) = harness::fresh_db("rs_drop_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300) g;
+         CREATE PUBLICATION p FOR TABLE t;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("pgbridge.log");
+    crate::pipeline::write_single(
+        &config,
+        &harness::url(port, &src),
+        "rs_drop",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let same = || psql(&src, CONTENT) == psql(&dst, CONTENT);
+    let child = crate::pipeline::spawn_run(&config, &log);
+    crate::pipeline::wait_streaming("rs_drop");
+    psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
+    wait("copy and stream", 60, same);
+    assert!(stop_run(child).success());
+    psql("postgres", "SELECT pg_drop_replication_slot('rs_drop')");
+    psql(
+        &src,
+        "DELETE FROM t WHERE id % 4 = 0; INSERT INTO t VALUES (1001, 'gap')",
+    );
+
+    let failed = wait_exit(
+        crate::pipeline::spawn_run(&config, &log),
+        &log,
+        "run on a new slot",
+    );
+    assert!(!failed.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let advice = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("that a destination has"))
+        .unwrap_or_else(|| panic!("no moved-ahead error in:\n{text}"));
+    let start = advice
+        .find("`pgbridge resync")
+        .unwrap_or_else(|| panic!("no resync command in: {advice}"))
+        + 1;
+    let len = advice[start..].find('`').expect("closing backtick");
+    let command: Vec<String> = advice[start..start + len]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    follow(&command, "rs_drop");
+    let child = crate::pipeline::spawn_run(&config, &log);
+    crate::pipeline::wait_streaming("rs_drop");
+    psql(&src, "INSERT INTO t VALUES (1002, 'after')");
+    wait("the target identical to the source", 60, same);
+    assert!(stop_run(child).success());
+    psql("postgres", "SELECT pg_drop_replication_slot('rs_drop')");
 }

@@ -804,6 +804,9 @@ async fn preflight(
     todo: &[(usize, Vec<TableSpec>)],
     targets: &[Target],
 ) -> Result<(), SnapshotError> {
+    if todo.is_empty() {
+        return Ok(());
+    }
     let mut problems = Vec::new();
     let mut names: Vec<(String, String)> = todo
         .iter()
