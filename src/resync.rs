@@ -34,7 +34,14 @@
 //! slot is lost or missing it must be created anew, and every sink would
 //! then be behind it: resetting one sink is refused.
 //!
-//! A slot in use (a run streaming from it) is refused: stop that run first.
+//! A slot in use (a run streaming from it) is refused, and so is a run
+//! resuming a copy (its temporary slot): stop that run first. A run making
+//! its first copy leaves no trace on the source that tells it apart, so
+//! the README asks to stop every run of the pipeline before a resync.
+//!
+//! Each sink's reset is one transaction (Postgres) or idempotent records
+//! (Kafka), and the slot is dropped last: a resync cut off in the middle
+//! can simply be run again.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -99,6 +106,23 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
                 return Err(e.into());
             }
         }
+    }
+    // A run resuming a copy holds a temporary slot `<slot>_copy_<pid>`
+    // (a first copy leaves no such trace: the README says to stop every
+    // run of the pipeline first).
+    let prefix = format!("{}_copy_", src.slot);
+    let copying = conn
+        .query_one(&format!(
+            "SELECT slot_name FROM pg_catalog.pg_replication_slots \
+             WHERE temporary AND left(slot_name::text, {}) = {}",
+            prefix.chars().count(),
+            crate::pg::literal(&prefix)
+        ))
+        .await?;
+    if let Some(name) = copying.get(0, "slot_name") {
+        return Err(ResyncError::Refused(format!(
+            "a pgbridge run of this pipeline is copying (its temporary slot {name} exists); stop it, then run the resync again"
+        )));
     }
     // One sink's reset keeps a usable slot; a lost or missing one is made
     // anew by the next run, which only works when no other sink remains

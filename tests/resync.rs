@@ -347,6 +347,26 @@ fn one_sink_keeps_the_slot() {
         .map(|s| s.to_string())
         .chain(std::iter::once(config.display().to_string()))
         .collect();
+    // A run resuming a copy (its temporary slot) keeps a resync out.
+    {
+        use pgbridge::source::{ConnInfo, Connection, Mode, SnapshotAction};
+        let rt = harness::runtime();
+        let info = ConnInfo::parse(&harness::url(port, &src)).expect("url");
+        let conn = rt.block_on(async {
+            let mut c = Connection::connect(&info, Mode::Replication)
+                .await
+                .expect("connect");
+            c.create_slot("rs_one_copy_1", true, SnapshotAction::NoExport)
+                .await
+                .expect("temporary slot");
+            c
+        });
+        let out = pgbridge(&command, &["--sink", "pg"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("rs_one_copy_1"), "{stderr}");
+        rt.block_on(conn.close());
+    }
     for sink in ["pg", "cdc"] {
         let out = pgbridge(&command, &["--sink", sink]);
         let stdout = String::from_utf8_lossy(&out.stdout);
