@@ -448,7 +448,8 @@ async fn attempt_inner(
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
-            conn.check_slot_usable(&src.slot, info_)?;
+            conn.check_slot_usable(&src.slot, info_)
+                .map_err(|e| e.with_fix(config.resync_advice()))?;
             if let Some(pid) = info_.active_pid {
                 return Err(SourceError::SlotInUse {
                     slot: src.slot.clone(),
@@ -633,6 +634,7 @@ async fn attempt_inner(
                 slot: src.slot.clone(),
                 resumed: min,
                 now: start,
+                fix: config.resync_advice(),
             }
             .into());
         }

@@ -99,7 +99,10 @@ impl PostgresSink {
             Ok(rows.iter().copied().min().map_or(main, |m| m.max(main)))
         }
         .await
-        .map_err(|e: ApplyError| e.into_sink_error(&self.config.name))
+        .map_err(|e: ApplyError| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 
     async fn open_inner(&mut self) -> Result<Lsn, ApplyError> {
@@ -331,9 +334,10 @@ impl Sink for PostgresSink {
     /// Connects, creates `pgbridge.progress` when missing, and returns the
     /// stored end LSN of this (pipeline, sink), or `Lsn::ZERO`.
     async fn open(&mut self) -> Result<Lsn, SinkError> {
-        self.open_inner()
-            .await
-            .map_err(|e| e.into_sink_error(&self.config.name))
+        self.open_inner().await.map_err(|e| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 
     /// Applies the queue as described in the module documentation. On an
@@ -348,6 +352,9 @@ impl Sink for PostgresSink {
                 t.rollback().await;
             }
         }
-        result.map_err(|e| e.into_sink_error(&self.config.name))
+        result.map_err(|e| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 }
