@@ -24,6 +24,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("shapes::rename_followed", rename_followed),
         trial(
+            "shapes::partitioned_via_root_kafka",
+            partitioned_via_root_kafka,
+        ),
+        trial(
             "shapes::rename_stops_with_the_fix",
             rename_stops_with_the_fix,
         ),
@@ -527,4 +531,62 @@ fn rename_stops_with_the_fix() {
     assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_renfix')");
+}
+
+/// `publish_via_partition_root = true` into Kafka: the copy's read events
+/// hold every leaf's rows (before, `FROM ONLY` the root read none), and the
+/// topic rebuilds the table after streamed changes.
+fn partitioned_via_root_kafka() {
+    use crate::kafka::{consume, copy_config, reconstruct, Run, Tansu};
+    use serde_json::{json, Value as Json};
+    use std::collections::BTreeMap;
+
+    let (port, src) = harness::fresh_db("sh_part_kafka");
+    psql(
+        &src,
+        &format!(
+            "{PARTITIONED} CREATE PUBLICATION p FOR TABLE pt WITH (publish_via_partition_root = true);"
+        ),
+    );
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    copy_config(
+        &config,
+        &harness::url(port, &src),
+        "sh_part_kafka",
+        &["p"],
+        &broker.addr,
+        "shk.{table}",
+        "",
+    );
+    let run = Run::spawn(&config, &log);
+    streaming("sh_part_kafka", &log);
+    psql(&src, PARTITION_CHANGES);
+    confirmed_to_now(&src, "sh_part_kafka", &log);
+    let want = || -> BTreeMap<String, Json> {
+        let out = psql(&src, "SELECT json_agg(r ORDER BY r.id, r.k) FROM pt r");
+        let rows: Vec<Json> = serde_json::from_str(&out).expect("json");
+        rows.into_iter()
+            .map(|r| (json!({ "id": r["id"], "k": r["k"] }).to_string(), r))
+            .collect()
+    };
+    let recs = consume(&broker.addr, "shk.pt", false);
+    let reads = recs
+        .iter()
+        .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+        .count();
+    assert_eq!(
+        reads,
+        1000,
+        "the copy read every leaf; log:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(reconstruct(&recs), want(), "the topic rebuilds the table");
+    assert!(run.stop().success(), "{}", log_text(&log));
+    psql(
+        "postgres",
+        "SELECT pg_drop_replication_slot('sh_part_kafka')",
+    );
 }
