@@ -15,6 +15,7 @@ use crate::trial;
 pub fn trials() -> Vec<Trial> {
     vec![
         trial("shapes::two_processes_one_writer", two_processes_one_writer),
+        trial("shapes::lock_lost_during_copy", lock_lost_during_copy),
         trial("shapes::partitioned_via_root", partitioned_via_root),
         trial("shapes::partitioned_via_leaves", partitioned_via_leaves),
         trial("shapes::message_during_copy", message_during_copy),
@@ -589,4 +590,56 @@ fn partitioned_via_root_kafka() {
         "postgres",
         "SELECT pg_drop_replication_slot('sh_part_kafka')",
     );
+}
+
+/// The lock's session ends while the copy runs: the copy's workers stop
+/// with it (before, spawned workers went on copying for a pipeline the
+/// process no longer held), the process takes the lock again and copies
+/// afresh, and the table ends with every row once.
+fn lock_lost_during_copy() {
+    let (port, src) = harness::fresh_db("sh_lost_src");
+    let (_, dst) = harness::fresh_db("sh_lost_dst");
+    const N: i64 = 1_500_000;
+    psql(
+        &src,
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, {N}) g;
+             CREATE PUBLICATION p FOR TABLE big;"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_lost",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    wait_for("the copy to start", 60, || {
+        log_text(&log).contains("initial copy started")
+    });
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = 1885823602 AND granted",
+    );
+    let text = log_text(&log);
+    assert!(
+        !text.contains("initial copy complete"),
+        "the copy ended before the lock was cut; make the table larger:\n{text}"
+    );
+    streaming("sh_lost", &log);
+    let text = log_text(&log);
+    assert!(text.contains("lost the pipeline lock"), "{text}");
+    assert_eq!(counts(&dst, "big"), (N, N), "every row once");
+    psql(&src, "INSERT INTO big VALUES (0, 'after')");
+    confirmed_to_now(&src, "sh_lost", &log);
+    assert_eq!(counts(&dst, "big"), (N + 1, N + 1));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_lost')");
 }

@@ -569,6 +569,17 @@ pub async fn published_tables(
     Ok(out)
 }
 
+/// Spawned tasks that end with the future holding them.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// What a copy did.
 #[derive(Debug, Default, Clone)]
 pub struct CopyStats {
@@ -942,7 +953,10 @@ pub async fn copy(
     let jobs = Arc::new(Mutex::new(jobs));
     let copied_bytes = Arc::new(AtomicU64::new(0));
     let copied_rows = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
+    // Aborted when this future is dropped (the pipeline lost its lock, or
+    // stops): spawned workers would otherwise go on copying and completing
+    // tables for a pipeline this process no longer runs.
+    let mut handles = AbortOnDrop(Vec::new());
     for _ in 0..workers.max(1) {
         let jobs = jobs.clone();
         let source = source.clone();
@@ -952,7 +966,7 @@ pub async fn copy(
         let progress = progress.clone();
         let copied_bytes = copied_bytes.clone();
         let copied_rows = copied_rows.clone();
-        handles.push(tokio::spawn(async move {
+        handles.0.push(tokio::spawn(async move {
             worker(
                 &source,
                 &snapshot,
@@ -968,7 +982,7 @@ pub async fn copy(
         }));
     }
     let mut first_err = None;
-    for h in handles {
+    for h in handles.0.iter_mut() {
         match h.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
