@@ -24,6 +24,7 @@ pub fn trials() -> Vec<Trial> {
             failed_first_run_drops_its_slot,
         ),
         trial("shapes::rename_followed", rename_followed),
+        trial("shapes::rename_while_down", rename_while_down),
         trial(
             "shapes::partitioned_via_root_kafka",
             partitioned_via_root_kafka,
@@ -466,10 +467,17 @@ fn rename_followed() {
         "{}",
         log_text(&log2)
     );
-    // Named by its new name, it goes on.
+    // Named by its new name, it goes on, without copying the table again
+    // (its copy record followed the rename).
     write("\"public.t2\"");
-    let run = spawn_run(&config, &log);
-    streaming("sh_ren", &log);
+    let log3 = dir.path().join("run3.log");
+    let run = spawn_run(&config, &log3);
+    streaming("sh_ren", &log3);
+    assert!(
+        !log_text(&log3).contains("initial copy complete"),
+        "the renamed table was copied again:\n{}",
+        log_text(&log3)
+    );
     psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
     confirmed_to_now(&src, "sh_ren", &log);
     assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
@@ -642,4 +650,58 @@ fn lock_lost_during_copy() {
     assert_eq!(counts(&dst, "big"), (N + 1, N + 1));
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_lost')");
+}
+
+/// A table renamed while pgbridge is not running, with changes before and
+/// after the rename still in the slot: the next run does not copy it again
+/// under the new name (before, it did, at a later consistent point, and the
+/// change under the old name then landed on top of the newer copy); the
+/// stream renames the target table and the later update wins.
+fn rename_while_down() {
+    let (port, src) = harness::fresh_db("sh_rwd_src");
+    let (_, dst) = harness::fresh_db("sh_rwd_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_rwd",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_rwd", &log);
+    confirmed_to_now(&src, "sh_rwd", &log);
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql(
+        &src,
+        "UPDATE t SET v = 'before' WHERE id = 1;
+         ALTER TABLE t RENAME TO t2;
+         UPDATE t2 SET v = 'after' WHERE id = 1;",
+    );
+    let log2 = dir.path().join("run2.log");
+    let run = spawn_run(&config, &log2);
+    streaming("sh_rwd", &log2);
+    confirmed_to_now(&src, "sh_rwd", &log2);
+    let text = log_text(&log2);
+    assert!(
+        !text.contains("initial copy complete"),
+        "copied again:\n{text}"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"),
+        "t2",
+        "the target table follows the rename:\n{text}"
+    );
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"), "{text}");
+    assert!(stop_run(run).success(), "{text}");
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_rwd')");
 }

@@ -134,9 +134,47 @@ pub async fn follow(
     };
     if let Some(old) = before.as_ref().filter(|old| **old != now) {
         rename_target(client, rel, old, create_tables).await?;
+        move_copy_records(client, names, old, rel).await?;
     }
     if before.as_ref() != Some(&now) {
         record(client, names, rel).await?;
+    }
+    Ok(())
+}
+
+/// The copy's records of the table (`pgbridge.snapshot_tables` and
+/// `snapshot_started`, by name) follow it to its new name, so that the
+/// next start finds it copied instead of copying it again.
+async fn move_copy_records(
+    client: &Client,
+    names: &Names,
+    old: &(String, String),
+    rel: &RelationSchema,
+) -> Result<(), ApplyError> {
+    let Names::Stored { pipeline, sink } = names else {
+        return Ok(());
+    };
+    let (from, to) = (format!("{}.{}", old.0, old.1), rel.qualified_name());
+    let ctx = Context::new("moving the copy records of a renamed table").table(&to);
+    for table in ["pgbridge.snapshot_tables", "pgbridge.snapshot_started"] {
+        let there: bool = client
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| classify(&e, &ctx))?;
+        if !there {
+            continue;
+        }
+        client
+            .execute(
+                &format!(
+                    "UPDATE {table} SET table_name = $4 \
+                     WHERE pipeline = $1 AND sink = $2 AND table_name = $3"
+                ),
+                &[&*pipeline, &*sink, &from, &to],
+            )
+            .await
+            .map_err(|e| classify(&e, &ctx))?;
     }
     Ok(())
 }
