@@ -171,7 +171,7 @@ async fn move_copy_records(
                     "UPDATE {table} SET table_name = $4 \
                      WHERE pipeline = $1 AND sink = $2 AND table_name = $3"
                 ),
-                &[&*pipeline, &*sink, &from, &to],
+                &[pipeline, sink, &from, &to],
             )
             .await
             .map_err(|e| classify(&e, &ctx))?;
