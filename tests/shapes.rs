@@ -73,6 +73,11 @@ fn counts(db: &str, table: &str) -> (i64, i64) {
 fn two_processes_one_writer() {
     let (port, src) = harness::fresh_db("sh_two_src");
     let (_, dst) = harness::fresh_db("sh_two_dst");
+    // A lock_timeout in the source's settings must not end a standby's wait.
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {src} SET lock_timeout = '500ms'"),
+    );
     const N: i64 = 600_000;
     psql(
         &src,

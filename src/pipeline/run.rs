@@ -290,10 +290,11 @@ pub async fn run_with(
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::default();
+    let mut fresh_slot = None;
     loop {
         let started = std::time::Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let attempt = attempt(config, stop_rx, stats);
+        let attempt = attempt(config, stop_rx, stats, &mut fresh_slot);
         tokio::pin!(attempt);
         let result = tokio::select! {
             r = &mut attempt => r,
@@ -362,16 +363,21 @@ enum Outcome {
 /// again when it ends with a definite error (it would hold WAL on the
 /// source for ever, for a pipeline that does not run). After a transient
 /// error it stays: the next attempt resumes with it.
+///
+/// `fresh_slot` lives across the attempts of a run: the slot an earlier
+/// attempt created stays "fresh" until some attempt streams from it.
 async fn attempt(
     config: &Config,
     stop: tokio::sync::watch::Receiver<bool>,
     stats: &Stats,
+    fresh_slot: &mut Option<String>,
 ) -> Result<Outcome, PipelineError> {
-    let mut fresh_slot = None;
-    let result = attempt_inner(config, stop, stats, &mut fresh_slot).await;
-    if let (Err(e), Some(slot)) = (&result, fresh_slot) {
+    let result = attempt_inner(config, stop, stats, fresh_slot).await;
+    if let Err(e) = &result {
         if !e.is_transient() {
-            drop_fresh_slot(&config.source.url.info, &slot).await;
+            if let Some(slot) = fresh_slot.take() {
+                drop_fresh_slot(&config.source.url.info, &slot).await;
+            }
         }
     }
     result
