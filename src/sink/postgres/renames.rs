@@ -49,21 +49,25 @@ pub enum Names {
     InMemory(HashMap<RelId, (String, String)>),
 }
 
+/// Whether the target has `pgbridge.relations`.
+async fn kept(client: &Client, ctx: &Context<'_>) -> Result<bool, ApplyError> {
+    client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| classify(&e, ctx))
+}
+
 /// Creates `pgbridge.relations` when missing (the sink's user needs CREATE
 /// on schema `pgbridge`, which it has when it made the schema). A user
 /// that may not create it gets renames followed within a run only, with a
 /// warning naming the statement.
 pub async fn setup(client: &Client) -> Result<(), ApplyError> {
     let ctx = Context::new("creating pgbridge.relations on the target");
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(&e, &ctx))?;
-    let there: bool = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-    if there {
+    if kept(client, &ctx).await? {
         return Ok(());
     }
     match client.batch_execute(DDL).await {
@@ -82,15 +86,7 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
 /// when the target has it, else in memory for this run.
 pub async fn names(client: &Client, pipeline: &str, sink: &str) -> Result<Names, ApplyError> {
     let ctx = Context::new("looking for pgbridge.relations on the target");
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(&e, &ctx))?;
-    let there: bool = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-    Ok(if there {
+    Ok(if kept(client, &ctx).await? {
         Names::Stored {
             pipeline: pipeline.to_string(),
             sink: sink.to_string(),
