@@ -54,6 +54,19 @@ fn kill9(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
+/// Ends the session that holds the pipeline lock of a pipeline on source
+/// database `db` (only that database's: other tests run beside).
+fn terminate_lock_holder(db: &str) {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid = 1885823602 AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = '{db}')"
+        ),
+    );
+}
+
 /// Count of rows and of distinct ids of `table` in `db`.
 fn counts(db: &str, table: &str) -> (i64, i64) {
     let out = psql(
@@ -155,11 +168,7 @@ fn two_processes_one_writer() {
 
     // The lock's session ends under the holder: it stops its sink work,
     // takes the lock again and goes on.
-    psql(
-        "postgres",
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-         AND classid = 1885823602 AND granted",
-    );
+    terminate_lock_holder(&src);
     wait_for("the holder to notice the lost lock", 30, || {
         log_text(&log_b).contains("lost the pipeline lock")
     });
@@ -636,11 +645,7 @@ fn lock_lost_during_copy() {
     wait_for("the copy to start", 60, || {
         log_text(&log).contains("initial copy started")
     });
-    psql(
-        "postgres",
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-         AND classid = 1885823602 AND granted",
-    );
+    terminate_lock_holder(&src);
     let text = log_text(&log);
     assert!(
         !text.contains("initial copy complete"),
