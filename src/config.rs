@@ -82,6 +82,11 @@ pub struct SourceConfig {
     /// Seconds between status updates to the server when idle.
     #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
+    /// Create (or turn) the slot into a failover slot, synchronized to
+    /// standbys with `sync_replication_slots` (PostgreSQL 17+). `None`:
+    /// on where the server has them.
+    #[serde(default)]
+    pub failover_slot: Option<bool>,
 }
 
 fn default_memory_limit_mb() -> usize {
@@ -335,7 +340,7 @@ impl Config {
 
     /// Parses `text`; `path` is used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
@@ -386,6 +391,23 @@ impl Config {
                         "sink {:?}: apply_workers = {} is out of range 1-64",
                         p.name, p.apply_workers
                     )));
+                }
+            }
+        }
+        // A replication slot and the pipeline lock live on the primary:
+        // with several source hosts pgbridge looks for the primary unless
+        // told read-write (which libpq treats the same for a standby).
+        let info = &mut config.source.url.info;
+        if info.is_multi_host() {
+            use crate::source::conninfo::TargetSessionAttrs as A;
+            match info.target_session_attrs {
+                None => info.target_session_attrs = Some(A::Primary),
+                Some(A::Primary | A::ReadWrite) => {}
+                Some(other) => {
+                    return Err(semantic(format!(
+                        "source.url lists several hosts with target_session_attrs={}: pgbridge must reach the primary (the slot lives there); use target_session_attrs=read-write or primary, or leave it out",
+                        other.name()
+                    )))
                 }
             }
         }
@@ -566,5 +588,38 @@ create_tables = true
         // Outside the credentials the offending text is shown.
         let e = err(&GOOD.replace("/app\"", "/${bad-name}\""));
         assert!(e.contains("bad-name"), "{e}");
+    }
+
+    #[test]
+    fn several_source_hosts_look_for_the_primary() {
+        use crate::source::conninfo::TargetSessionAttrs;
+        let two = |q: &str| {
+            GOOD.replace(
+                "postgres://rep@db1:5432/app",
+                &format!("postgres://rep@db1:5432,db2:5433/app{q}"),
+            )
+        };
+        let c = Config::parse(&two(""), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.target_session_attrs,
+            Some(TargetSessionAttrs::Primary)
+        );
+        assert_eq!(c.source.failover_slot, None);
+        let c = Config::parse(&two("?target_session_attrs=read-write"), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.target_session_attrs,
+            Some(TargetSessionAttrs::ReadWrite)
+        );
+        let e = err(&two("?target_session_attrs=prefer-standby"));
+        assert!(e.contains("read-write or primary"), "{e}");
+        // One host: as libpq, nothing is checked unless asked.
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(c.source.url.info.target_session_attrs, None);
+        let c = Config::parse(
+            &GOOD.replace("publications", "failover_slot = false\npublications"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.source.failover_slot, Some(false));
     }
 }

@@ -65,6 +65,26 @@ impl PipelineError {
             PipelineError::Other(_) => false,
         }
     }
+
+    /// The source could not be reached (down, or no listed host is the
+    /// primary yet): retried at once and often, so that a promoted
+    /// standby is found within a second (see [`Backoff::UNREACHABLE`]).
+    pub fn source_unreachable(&self) -> bool {
+        let source = match self {
+            PipelineError::Source(e) | PipelineError::Changes(ChangeError::Source(e)) => e,
+            PipelineError::Lock(LockError::Connect { source, .. }) => return source.is_transient(),
+            _ => return false,
+        };
+        matches!(
+            source,
+            SourceError::Connect { .. }
+                | SourceError::ConnectTimeout { .. }
+                | SourceError::NoSuitableHost {
+                    transient: true,
+                    ..
+                }
+        )
+    }
 }
 
 /// Events queued per sink before the fan-out waits for it.
@@ -237,10 +257,15 @@ pub async fn run_locked(
         let lock = match lock {
             Ok(l) => l,
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot take the pipeline lock; retrying");
+                let e = PipelineError::from(e);
+                let wait = match e.source_unreachable() {
+                    true => backoff.min(Backoff::UNREACHABLE),
+                    false => backoff,
+                };
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot take the pipeline lock; retrying");
                 stats.retrying(e.to_string());
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -305,7 +330,10 @@ pub async fn run_with(
         let wait = match result {
             Ok(Outcome::Stopped) => return Ok(()),
             Err(e) if e.is_transient() => {
-                let wait = backoff.after(&stats.attempt(started));
+                let mut wait = backoff.after(&stats.attempt(started));
+                if e.source_unreachable() {
+                    wait = wait.min(Backoff::UNREACHABLE);
+                }
                 tracing::warn!(error = %e, retry_in = ?wait, "pipeline interrupted; retrying");
                 stats.retrying(e.to_string());
                 wait
@@ -396,6 +424,22 @@ async fn drop_fresh_slot(info: &crate::source::ConnInfo, slot: &str) {
     }
 }
 
+/// Whether the pipeline's slot is to be a failover slot on this server:
+/// `source.failover_slot`, on by default where the server has them
+/// (PostgreSQL 17+).
+fn failover_slots(config: &Config, conn: &Connection) -> bool {
+    let has = conn.server_version_num() >= 170000;
+    match config.source.failover_slot {
+        Some(true) if !has => {
+            tracing::warn!(slot = %config.source.slot, server_version = conn.server_version_num(),
+                "source.failover_slot = true, but the source has no failover slots (PostgreSQL 17+); the slot is an ordinary one and a promoted standby will not have it");
+            false
+        }
+        Some(on) => on,
+        None => has,
+    }
+}
+
 async fn attempt_inner(
     config: &Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -424,6 +468,7 @@ async fn attempt_inner(
     let (sink_index, targets): (Vec<usize>, Vec<Target>) = targets(config).into_iter().unzip();
     let copy_only = src.snapshot == SnapshotMode::InitialOnly;
     let existing = conn.slot_info(&src.slot).await?;
+    let failover = failover_slots(config, &conn);
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
@@ -435,6 +480,23 @@ async fn attempt_inner(
                 }
                 .into());
             }
+            if failover && info_.failover == Some(false) {
+                conn.set_slot_failover(&src.slot, true).await?;
+                tracing::info!(slot = %src.slot, "made the replication slot a failover slot");
+            }
+        }
+        // With several source hosts a missing slot whose changes the
+        // sinks already hold is a failover to a standby without a
+        // sync-ready copy of it: a new slot (and copy) would silently
+        // skip or repeat changes.
+        None if info.is_multi_host() && durable.iter().any(|d| !d.is_zero()) => {
+            return Err(SourceError::SlotVanished {
+                slot: src.slot.clone(),
+                target: conn.target().to_string(),
+                durable: durable.iter().copied().filter(|d| !d.is_zero()).min().unwrap_or_default(),
+                hint: " (after a failover: the promoted standby had no sync-ready copy of it; that needs a failover slot, sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name and a dbname in primary_conninfo on the standby)",
+            }
+            .into());
         }
         None if !copy_only => {
             let action = if src.snapshot == SnapshotMode::Never {
@@ -442,9 +504,11 @@ async fn attempt_inner(
             } else {
                 SnapshotAction::Export
             };
-            let c = conn.create_slot(&src.slot, false, action).await?;
+            let c = conn
+                .create_slot_with(&src.slot, false, action, failover)
+                .await?;
             *fresh_slot = Some(src.slot.clone());
-            tracing::info!(slot = %src.slot, lsn = %c.consistent_point, "created replication slot");
+            tracing::info!(slot = %src.slot, lsn = %c.consistent_point, failover, "created replication slot");
             created = Some(c);
         }
         None => {}

@@ -36,6 +36,13 @@ pub enum SourceError {
     ConnInfo(#[from] ConnInfoError),
     #[error("cannot connect to {target}: {source}; check that the server runs and accepts TCP connections on that host and port")]
     Connect { target: String, source: io::Error },
+    #[error("no host of {hosts} is usable with target_session_attrs={attrs}: {why}; check that the primary runs (after a failover: that a standby was promoted) and that every host listed is a member of this cluster")]
+    NoSuitableHost {
+        hosts: String,
+        attrs: &'static str,
+        why: String,
+        transient: bool,
+    },
     #[error("connection to {target} timed out after {secs}s (connect_timeout)")]
     ConnectTimeout { target: String, secs: u64 },
     #[error("TLS with {target} failed: {why}")]
@@ -68,6 +75,19 @@ pub enum SourceError {
     },
     #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; drop the slot and start again with a fresh snapshot")]
     SlotLost { slot: String },
+    #[error("replication slot {slot:?} on {target} was invalidated ({reason}), so changes it should have kept are gone; if this follows a failover, the promoted standby's synced copy was unusable (check hot_standby_feedback and primary_slot_name on the standby); drop the slot and start again with a fresh snapshot")]
+    SlotInvalidated {
+        slot: String,
+        reason: String,
+        target: String,
+    },
+    #[error("replication slot {slot:?} is gone from {target}, where this pgbridge process streamed from it before{hint}; the sinks hold changes up to {durable}, and a new slot would start later, so pgbridge does not create one (the changes in between would be missing). To continue, start over with a fresh copy: drop the targets' rows and pgbridge progress (or use a new slot name and empty targets), then run again")]
+    SlotVanished {
+        slot: String,
+        target: String,
+        durable: crate::Lsn,
+        hint: &'static str,
+    },
     #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then start over with a fresh copy (drop the slot and the target's pgbridge schema)")]
     SlotMovedAhead {
         slot: String,
@@ -96,6 +116,7 @@ impl SourceError {
             | SourceError::Io { .. }
             | SourceError::Closed { .. }
             | SourceError::SlotInUse { .. } => true,
+            SourceError::NoSuitableHost { transient, .. } => *transient,
             SourceError::Db { error, .. } => {
                 // Class 08 connection exceptions, 57P0x shutdown/crash,
                 // 53 insufficient resources, 40 serialization/deadlock.
