@@ -34,6 +34,9 @@ pub const LOCK_CLASS: i32 = 0x7067_6272;
 
 /// How often the holder checks that its lock session is alive.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the lock's connection is checked for having closed (no
+/// round trip: the client knows when its connection ended).
+const CLOSED_CHECK: Duration = Duration::from_millis(50);
 /// A probe not answered within this means the session is lost.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -167,7 +170,17 @@ impl PipelineLock {
                     )
                 }
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            // A closed connection (the source's server died: a failover)
+            // is seen within CLOSED_CHECK, not at the next probe: until
+            // then the sink work would go on against the new primary
+            // while this lock no longer exists anywhere.
+            let probe_at = tokio::time::Instant::now() + PROBE_INTERVAL;
+            while tokio::time::Instant::now() < probe_at {
+                if self.client.is_closed() {
+                    return "the lock's connection to the source closed".into();
+                }
+                tokio::time::sleep(CLOSED_CHECK).await;
+            }
         }
     }
 

@@ -219,7 +219,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
+    let health = tokio::spawn(crate::source::health::watch(
+        config.source.url.info.clone(),
+        config.source.slot.clone(),
+        stats.clone(),
+    ));
     let result = run_locked(&config, shutdown, &stats).await;
+    health.abort();
     stats.stopped(result.as_ref().err().map(|e| e.to_string()));
     if let Some(server) = server {
         server.abort();
@@ -676,9 +682,10 @@ async fn attempt_inner(
     }
     let mut opts = StartOptions::new(&src.slot, src.publications.clone(), proto);
     opts.status_interval = Duration::from_secs(src.status_interval_secs);
+    let source_target = conn.target().to_string();
     let mut stream = conn.start_replication(opts, start).await?;
     *fresh_slot = None;
-    tracing::info!(slot = %src.slot, lsn = %start, proto, "streaming");
+    tracing::info!(slot = %src.slot, lsn = %start, proto, source = %source_target, "streaming");
 
     let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
     let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();

@@ -103,7 +103,7 @@ async fn connect_one(info: &ConnInfo) -> Result<Client, ApplyError> {
         cfg.connect_timeout(t);
     }
     let tls = MakeRustls::new(info)?;
-    let ctx = ErrCtx::new("connecting to the target");
+    let ctx = ErrCtx::new("connecting to the server");
     let (client, connection) = cfg.connect(tls).await.map_err(|e| {
         let err = classify(&e, &ctx);
         match err {

@@ -1,0 +1,295 @@
+//! Source failover: a `source.url` with several hosts finds the primary,
+//! and a pipeline on a PostgreSQL 17 failover slot survives the primary's
+//! death and a standby's promotion (the slot synchronized to the standby
+//! with `sync_replication_slots`), with nothing lost or applied twice.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+use pgbridge::cluster::{free_port, ClusterOptions, LocalCluster};
+use pgbridge::source::{ConnInfo, Connection, Mode};
+
+use crate::harness;
+use crate::migration::pg17_bin;
+use crate::pipeline::{http_get, sample, spawn_run, stop_run, wait_for};
+use crate::trial;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "failover::several_hosts_skip_a_down_one",
+            several_hosts_skip_a_down_one,
+        ),
+        trial(
+            "failover::promoted_standby_continues_the_pipeline",
+            promoted_standby_continues_the_pipeline,
+        ),
+    ]
+}
+
+/// A URL whose first host refuses connections: the replication
+/// connection and the client connections (catalog, copy, lock) both go on
+/// to the next host, in both URL and key=value forms.
+fn several_hosts_skip_a_down_one() {
+    let (port, db) = harness::fresh_db("fo_hosts");
+    let down = free_port();
+    let urls = [
+        format!(
+            "postgres://postgres@127.0.0.1:{down},127.0.0.1:{port}/{db}?sslmode=disable&target_session_attrs=read-write"
+        ),
+        format!("host=127.0.0.1,127.0.0.1 port={down},{port} user=postgres dbname={db} sslmode=disable"),
+    ];
+    harness::runtime().block_on(async {
+        for url in &urls {
+            let info = ConnInfo::parse(url).expect("url");
+            let mut conn = Connection::connect(&info, Mode::Replication)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(conn.info().port, port);
+            let sys = conn.identify_system().await.expect("IDENTIFY_SYSTEM");
+            assert!(!sys.system_id.is_empty());
+            conn.close().await;
+            let client = pgbridge::pg::connect(&info)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let row = client
+                .query_one("SELECT current_database()", &[])
+                .await
+                .expect("query");
+            assert_eq!(row.get::<_, String>(0), db);
+        }
+        // No host usable: the message names every host and why, and it
+        // is worth retrying (a failover may be under way).
+        let info = ConnInfo::parse(&format!(
+            "postgres://postgres@127.0.0.1:{down},127.0.0.1:{}/{db}?sslmode=disable",
+            free_port()
+        ))
+        .expect("url");
+        let e = Connection::connect(&info, Mode::Normal)
+            .await
+            .expect_err("nothing listens");
+        assert!(e.is_transient(), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("127.0.0.1:{down}")), "{msg}");
+    });
+}
+
+const WRITER_DDL: &str =
+    "CREATE TABLE t (seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), \
+     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t;";
+
+/// One single-row transaction after another, each with the next number,
+/// through the multi-host URL (reconnecting, as an application would,
+/// while no host is the primary). `next` is the next number to write.
+fn writer(url: String, next: Arc<AtomicI64>, stop: Arc<AtomicBool>) {
+    harness::runtime().block_on(async move {
+        let info = ConnInfo::parse(&url).expect("url");
+        while !stop.load(Ordering::Relaxed) {
+            let client = match pgbridge::pg::connect(&info).await {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.load(Ordering::Relaxed);
+                // A commit whose answer is lost may or may not have
+                // happened; the check compares contents, not counts.
+                if client
+                    .execute("INSERT INTO t (seq) VALUES ($1)", &[&n])
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                next.store(n + 1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+}
+
+/// The full contents of `t` as (count, distinct seq, digest of the
+/// sorted seq list).
+const CONTENTS: &str =
+    "SELECT count(*) || ' ' || count(DISTINCT seq) || ' ' || md5(coalesce(string_agg(seq::text, ',' ORDER BY seq), '')) FROM t";
+
+/// The issue's must-show: a PostgreSQL 17 primary with a physical standby
+/// (sync_replication_slots, hot_standby_feedback, synchronized_standby_slots
+/// naming the standby's slot); pgbridge streams with `source.url` listing
+/// the standby first, then the primary; writes run; the primary is killed
+/// (immediate), the standby promoted, writes continue on it; pgbridge
+/// resumes by itself from the synced slot, and the target ends identical
+/// to the new primary, nothing applied twice.
+fn promoted_standby_continues_the_pipeline() {
+    let mut primary = LocalCluster::start(&ClusterOptions {
+        bin: Some(pg17_bin()),
+        conf: vec!["wal_sender_timeout = 10s".into()],
+        ..Default::default()
+    })
+    .expect("start the PostgreSQL 17 primary");
+    let on =
+        |c: &LocalCluster, db: &str, sql: &str| c.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
+    on(&primary, "postgres", "CREATE DATABASE app");
+    on(&primary, "app", WRITER_DDL);
+    on(
+        &primary,
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('sb1')",
+    );
+    let standby = primary
+        .start_standby(
+            "sb1",
+            "app",
+            &[
+                "sync_replication_slots = on".into(),
+                "hot_standby_feedback = on".into(),
+            ],
+        )
+        .expect("start the standby");
+    on(
+        &primary,
+        "postgres",
+        "ALTER SYSTEM SET synchronized_standby_slots = 'sb1'",
+    );
+    on(&primary, "postgres", "SELECT pg_reload_conf()");
+    let (_, dst) = harness::fresh_db("fo_dst");
+    let dst_url = harness::url(with_port(), &dst);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    let http = free_port();
+    // The standby first: pgbridge must skip it while it is one.
+    let src_url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/app?sslmode=disable&target_session_attrs=read-write",
+        standby.port(),
+        primary.port()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{src_url}\"\nslot = \"fo_slot\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{dst_url}\"\ncreate_tables = true\n\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n"
+        ),
+    )
+    .expect("write config");
+    let next = Arc::new(AtomicI64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = {
+        let (url, next, stop) = (src_url.clone(), next.clone(), stop.clone());
+        std::thread::spawn(move || writer(url, next, stop))
+    };
+    let run = spawn_run(&config, &log);
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let target_max = || -> i64 {
+        harness::with_cluster(|c| c.psql(&dst, "SELECT coalesce(max(seq), 0) FROM t"))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("rows on the target", 60, || target_max() > 50);
+    // The standby has a sync-ready copy of the slot, and pgbridge says so.
+    wait_for("the synced slot on the standby", 60, || {
+        on(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fo_slot' AND synced AND NOT temporary",
+        ) == "1"
+    });
+    assert_eq!(
+        on(
+            &primary,
+            "postgres",
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo_slot'"
+        ),
+        "t",
+        "the slot is a failover slot"
+    );
+    let standby_label = format!("standby=\"127.0.0.1:{}\"", standby.port());
+    wait_for("/metrics to show the sync-ready standby", 30, || {
+        let (_, m) = http_get(http, "/metrics");
+        m.lines().any(|l| {
+            l.starts_with("pgbridge_standby_slot_sync_ready{")
+                && l.contains(&standby_label)
+                && l.ends_with(" 1")
+        })
+    });
+    let (_, m) = http_get(http, "/metrics");
+    assert_eq!(
+        sample(
+            &m,
+            "pgbridge_source_held_back_by_standby{pipeline=\"fo_slot\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The primary dies; the standby is promoted; writes go on there.
+    primary.kill().expect("kill the primary");
+    let killed_at = next.load(Ordering::Relaxed);
+    standby.promote().expect("promote the standby");
+    let promoted = Instant::now();
+    let first_after = next.load(Ordering::Relaxed);
+    wait_for("writes on the promoted standby", 60, || {
+        next.load(Ordering::Relaxed) > first_after + 20
+    });
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while resumed.is_none() {
+        if target_max() > first_after {
+            resumed = Some(promoted.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgbridge did not resume after the promotion:\n{}",
+            show_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed = resumed.unwrap_or_default();
+    eprintln!(
+        "failover: primary killed at seq {killed_at}, standby promoted; target has rows written on the new primary {:.2} s after the promotion",
+        resumed.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    w.join().expect("writer");
+
+    let expected = on(&standby, "app", CONTENTS);
+    wait_for("the target to equal the new primary", 60, || {
+        harness::with_cluster(|c| c.psql(&dst, CONTENTS)).ok() == Some(expected.clone())
+    });
+    let (_, m) = http_get(http, "/metrics");
+    assert!(m.contains("pgbridge_slot_wal_status"), "{m}");
+    let status = stop_run(run);
+    let text = show_log();
+    assert!(status.success(), "{text}");
+    // The lock was re-taken and streaming resumed on the new primary.
+    assert!(
+        text.matches("took the pipeline lock").count() >= 2,
+        "{text}"
+    );
+    let new_primary = format!("127.0.0.1:{}", standby.port());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("streaming") && l.contains("fo_slot"))
+            && text.contains(&new_primary),
+        "{text}"
+    );
+    if std::env::var_os("PGBRIDGE_TEST_SHOW_LOG").is_some() {
+        eprintln!("{text}");
+    }
+    assert!(
+        resumed < Duration::from_secs(15),
+        "resumed {resumed:?} after the promotion:\n{text}"
+    );
+}
+
+fn with_port() -> u16 {
+    harness::with_cluster(|c| c.port())
+}
