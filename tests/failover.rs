@@ -3,6 +3,7 @@
 //! death and a standby's promotion (the slot synchronized to the standby
 //! with `sync_replication_slots`), with nothing lost or applied twice.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use pgbridge::source::{ConnInfo, Connection, Mode};
 
 use crate::harness;
 use crate::migration::pg17_bin;
-use crate::pipeline::{http_get, sample, spawn_run, stop_run, wait_for};
+use crate::pipeline::{http_get, sample, spawn_run, stop_run, wait_exit, wait_for};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -25,6 +26,14 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "failover::promoted_standby_continues_the_pipeline",
             promoted_standby_continues_the_pipeline,
+        ),
+        trial(
+            "failover::standby_slot_traps_in_check_status_and_metrics",
+            standby_slot_traps_in_check_status_and_metrics,
+        ),
+        trial(
+            "failover::promotion_without_a_synced_slot_stops",
+            promotion_without_a_synced_slot_stops,
         ),
     ]
 }
@@ -292,4 +301,253 @@ fn promoted_standby_continues_the_pipeline() {
 
 fn with_port() -> u16 {
     harness::with_cluster(|c| c.port())
+}
+
+fn on(c: &LocalCluster, db: &str, sql: &str) -> String {
+    c.psql(db, sql).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A PostgreSQL 17 primary with database `app` (table `t`, publication
+/// `p`) and a physical standby on slot `sb1` that synchronizes failover
+/// slots; `synchronized_standby_slots` is left unset.
+fn pg17_pair() -> (LocalCluster, LocalCluster) {
+    let mut primary = LocalCluster::start(&ClusterOptions {
+        bin: Some(pg17_bin()),
+        conf: vec!["wal_sender_timeout = 10s".into()],
+        ..Default::default()
+    })
+    .expect("start the PostgreSQL 17 primary");
+    on(&primary, "postgres", "CREATE DATABASE app");
+    on(&primary, "app", WRITER_DDL);
+    on(
+        &primary,
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('sb1')",
+    );
+    let standby = primary
+        .start_standby(
+            "sb1",
+            "app",
+            &[
+                "sync_replication_slots = on".into(),
+                "hot_standby_feedback = on".into(),
+            ],
+        )
+        .expect("start the standby");
+    (primary, standby)
+}
+
+fn pgbridge(cmd: &str, config: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args([cmd, "--config"])
+        .arg(config)
+        .output()
+        .expect("run pgbridge");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `check` names both traps of `synchronized_standby_slots` (unset with
+/// standbys; naming a standby that is not connected), `status` shows the
+/// failover slot, its retained WAL and the standby's sync-ready copy, and
+/// `/metrics` shows pgbridge held back while the named standby is down
+/// (and the target gets nothing meanwhile), then released.
+fn standby_slot_traps_in_check_status_and_metrics() {
+    let (primary, mut standby) = pg17_pair();
+    let (_, dst) = harness::fresh_db("fo_traps");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    let http = free_port();
+    let src_url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/app?sslmode=disable",
+        primary.port(),
+        standby.port()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{src_url}\"\nslot = \"fo_traps\"\npublications = [\"p\"]\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n",
+            harness::url(with_port(), &dst)
+        ),
+    )
+    .expect("write config");
+    let (ok, out) = pgbridge("check", &config);
+    assert!(
+        !ok && out.contains("synchronized_standby_slots is not set"),
+        "{out}"
+    );
+    on(
+        &primary,
+        "postgres",
+        "ALTER SYSTEM SET synchronized_standby_slots = 'sb1'",
+    );
+    on(&primary, "postgres", "SELECT pg_reload_conf()");
+    let (_, out) = pgbridge("check", &config);
+    assert!(!out.contains("synchronized_standby_slots"), "{out}");
+
+    let run = spawn_run(&config, &log);
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let target_count = || -> i64 {
+        harness::with_cluster(|c| c.psql(&dst, "SELECT count(*) FROM t"))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1)
+    };
+    on(
+        &primary,
+        "app",
+        "INSERT INTO t (seq) SELECT g FROM generate_series(1, 10) g",
+    );
+    wait_for("rows on the target", 60, || target_count() == 10);
+    wait_for("the synced slot on the standby", 60, || {
+        on(&primary, "app", "INSERT INTO t (seq) VALUES (0)");
+        on(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fo_traps' AND synced AND NOT temporary",
+        ) == "1"
+    });
+    let (ok, out) = pgbridge("status", &config);
+    let standby_line = format!(
+        "standby 127.0.0.1:{}: slot fo_traps sync-ready",
+        standby.port()
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("failover on, wal_status reserved")
+            && out.contains("synchronized_standby_slots on")
+            && out.contains(&standby_line),
+        "{out}"
+    );
+
+    // The standby goes away: the failover slot's changes wait for it.
+    standby.stop().expect("stop the standby");
+    let before = target_count();
+    on(
+        &primary,
+        "app",
+        "INSERT INTO t (seq) SELECT g FROM generate_series(100, 109) g",
+    );
+    wait_for("/metrics to show pgbridge held back", 40, || {
+        let (_, m) = http_get(http, "/metrics");
+        m.contains("pgbridge_source_held_back_by_standby{pipeline=\"fo_traps\"} 1")
+    });
+    assert_eq!(target_count(), before, "changes passed a missing standby");
+    let (_, out) = pgbridge("check", &config);
+    assert!(out.contains("whose standby is not connected"), "{out}");
+    let (_, m) = http_get(http, "/metrics");
+    assert!(
+        m.contains(&format!(
+            "pgbridge_standby_slot_sync_ready{{pipeline=\"fo_traps\",standby=\"127.0.0.1:{}\"}} 0",
+            standby.port()
+        )),
+        "{m}"
+    );
+
+    // Back: the rows flow and the gauge drops.
+    standby.restart().expect("restart the standby");
+    wait_for("the held-back rows on the target", 60, || {
+        target_count() >= before + 10
+    });
+    wait_for("/metrics to show pgbridge released", 40, || {
+        let (_, m) = http_get(http, "/metrics");
+        m.contains("pgbridge_source_held_back_by_standby{pipeline=\"fo_traps\"} 0")
+    });
+    let status = stop_run(run);
+    assert!(status.success(), "{}", show_log());
+}
+
+/// Without a failover slot the promoted standby has no copy of the slot:
+/// pgbridge (started again after the failover) stops and says what
+/// happened, instead of creating a new slot and copying again.
+fn promotion_without_a_synced_slot_stops() {
+    let (mut primary, standby) = pg17_pair();
+    on(
+        &primary,
+        "postgres",
+        "ALTER SYSTEM SET synchronized_standby_slots = 'sb1'",
+    );
+    on(&primary, "postgres", "SELECT pg_reload_conf()");
+    let (_, dst) = harness::fresh_db("fo_nosync");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    let src_url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=app sslmode=disable",
+        primary.port(),
+        standby.port()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"{src_url}\"\nslot = \"fo_nosync\"\npublications = [\"p\"]\nfailover_slot = false\n\n\
+             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+            harness::url(with_port(), &dst)
+        ),
+    )
+    .expect("write config");
+    let target_count = || -> i64 {
+        harness::with_cluster(|c| c.psql(&dst, "SELECT count(*) FROM t"))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1)
+    };
+    let run = spawn_run(&config, &log);
+    on(
+        &primary,
+        "app",
+        "INSERT INTO t (seq) SELECT g FROM generate_series(1, 10) g",
+    );
+    wait_for("rows on the target", 60, || target_count() == 10);
+    assert!(stop_run(run).success());
+    assert_eq!(
+        on(
+            &primary,
+            "postgres",
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo_nosync'"
+        ),
+        "f"
+    );
+    wait_for("the standby to replay everything", 30, || {
+        on(&standby, "app", "SELECT count(*) FROM t") == "10"
+    });
+    primary.kill().expect("kill the primary");
+    standby.promote().expect("promote the standby");
+    on(&standby, "app", "INSERT INTO t (seq) VALUES (11)");
+    let status = wait_exit(
+        spawn_run(&config, &log),
+        &log,
+        "pgbridge did not stop on the missing slot",
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("replication slot \"fo_nosync\" does not exist on")
+            && text.contains("sync-ready"),
+        "{text}"
+    );
+    assert_eq!(target_count(), 10, "copied again:\n{text}");
+    assert_eq!(
+        on(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fo_nosync'"
+        ),
+        "0",
+        "a new slot was created"
+    );
+    // The advice works: with the target emptied, a fresh copy.
+    harness::psql(&dst, "DROP TABLE t; DROP SCHEMA pgbridge CASCADE");
+    let run = spawn_run(&config, &log);
+    wait_for("the fresh copy", 60, || target_count() == 11);
+    assert!(stop_run(run).success());
 }

@@ -446,6 +446,62 @@ fn failover_slots(config: &Config, conn: &Connection) -> bool {
     }
 }
 
+/// Creates the pipeline's slot (exporting a snapshot unless `snapshot =
+/// "never"`), as a failover slot when `failover`.
+async fn create_slot(
+    config: &Config,
+    conn: &mut Connection,
+    failover: bool,
+    fresh_slot: &mut Option<String>,
+    created: &mut Option<CreatedSlot>,
+) -> Result<(), PipelineError> {
+    let src = &config.source;
+    let action = if src.snapshot == SnapshotMode::Never {
+        SnapshotAction::NoExport
+    } else {
+        SnapshotAction::Export
+    };
+    let c = conn
+        .create_slot_with(&src.slot, false, action, failover)
+        .await?;
+    *fresh_slot = Some(src.slot.clone());
+    tracing::info!(slot = %src.slot, lsn = %c.consistent_point, failover, "created replication slot");
+    *created = Some(c);
+    Ok(())
+}
+
+/// What the sinks already hold of this pipeline, if anything: a durable
+/// position, or a completed copy of a table (a copy alone leaves the
+/// position at 0/0).
+async fn sinks_hold_data(
+    config: &Config,
+    sinks: &mut [Built],
+    durable: &[Lsn],
+) -> Result<Option<String>, PipelineError> {
+    if let Some(max) = durable.iter().copied().filter(|d| !d.is_zero()).max() {
+        return Ok(Some(format!("changes up to {max}")));
+    }
+    for t in targets(config).iter().map(|(_, t)| t) {
+        if !snapshot::completed(t, config.pipeline_id())
+            .await?
+            .is_empty()
+        {
+            return Ok(Some(format!("an initial copy (sink {})", t.sink)));
+        }
+    }
+    for (i, s) in sinks.iter_mut().enumerate() {
+        if let Built::Kafka(k) = s {
+            if !k.snapshot_completed().await?.is_empty() {
+                return Ok(Some(format!(
+                    "an initial copy (sink {})",
+                    config.sinks[i].name()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
 async fn attempt_inner(
     config: &Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -491,31 +547,26 @@ async fn attempt_inner(
                 tracing::info!(slot = %src.slot, "made the replication slot a failover slot");
             }
         }
-        // With several source hosts a missing slot whose changes the
-        // sinks already hold is a failover to a standby without a
-        // sync-ready copy of it: a new slot (and copy) would silently
-        // skip or repeat changes.
-        None if info.is_multi_host() && durable.iter().any(|d| !d.is_zero()) => {
-            return Err(SourceError::SlotVanished {
-                slot: src.slot.clone(),
-                target: conn.target().to_string(),
-                durable: durable.iter().copied().filter(|d| !d.is_zero()).min().unwrap_or_default(),
-                hint: " (after a failover: the promoted standby had no sync-ready copy of it; that needs a failover slot, sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name and a dbname in primary_conninfo on the standby)",
+        // With several source hosts a missing slot whose changes (or
+        // copy) the sinks already hold is a failover to a standby
+        // without a sync-ready copy of it: a new slot and copy would
+        // silently skip or repeat changes.
+        None if info.is_multi_host() => {
+            if let Some(held) = sinks_hold_data(config, &mut sinks, &durable).await? {
+                return Err(SourceError::SlotVanished {
+                    slot: src.slot.clone(),
+                    target: conn.target().to_string(),
+                    held,
+                    hint: " (after a failover: the promoted standby had no sync-ready copy of it; that needs a failover slot, sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name and a dbname in primary_conninfo on the standby)",
+                }
+                .into());
             }
-            .into());
+            if !copy_only {
+                create_slot(config, &mut conn, failover, fresh_slot, &mut created).await?;
+            }
         }
         None if !copy_only => {
-            let action = if src.snapshot == SnapshotMode::Never {
-                SnapshotAction::NoExport
-            } else {
-                SnapshotAction::Export
-            };
-            let c = conn
-                .create_slot_with(&src.slot, false, action, failover)
-                .await?;
-            *fresh_slot = Some(src.slot.clone());
-            tracing::info!(slot = %src.slot, lsn = %c.consistent_point, failover, "created replication slot");
-            created = Some(c);
+            create_slot(config, &mut conn, failover, fresh_slot, &mut created).await?;
         }
         None => {}
     }

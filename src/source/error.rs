@@ -81,11 +81,11 @@ pub enum SourceError {
         reason: String,
         target: String,
     },
-    #[error("replication slot {slot:?} is gone from {target}, where this pgbridge process streamed from it before{hint}; the sinks hold changes up to {durable}, and a new slot would start later, so pgbridge does not create one (the changes in between would be missing). To continue, start over with a fresh copy: drop the targets' rows and pgbridge progress (or use a new slot name and empty targets), then run again")]
+    #[error("replication slot {slot:?} does not exist on {target}{hint}; the sinks already hold {held} from it, and a new slot would start later, so pgbridge does not create one (changes in between would be missing, or copied twice). To continue, start over with a fresh copy: empty the targets (their tables and the pgbridge schema; for Kafka, the progress topic) or use a new slot name with empty targets, then run again")]
     SlotVanished {
         slot: String,
         target: String,
-        durable: crate::Lsn,
+        held: String,
         hint: &'static str,
     },
     #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then start over with a fresh copy (drop the slot and the target's pgbridge schema)")]

@@ -444,3 +444,121 @@ pub fn metrics(h: &SourceHealth, p: &str, out: &mut String) {
             .collect::<Vec<_>>(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v17() -> SourceHealth {
+        SourceHealth {
+            primary: "db1:5432".into(),
+            server_version_num: 170002,
+            slot_exists: true,
+            failover: Some(true),
+            wal_status: Some("reserved".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wal_guard() {
+        let mut h = v17();
+        assert_eq!(h.wal_warning(), None);
+        h.max_slot_wal_keep_size = Some(1000);
+        h.safe_wal_size = Some(500);
+        assert_eq!(h.wal_warning(), None);
+        h.safe_wal_size = Some(150);
+        let w = h.wal_warning().expect("near the limit");
+        assert!(w.contains("150") && w.contains("1000"), "{w}");
+        h.wal_status = Some("unreserved".into());
+        assert!(h.wal_warning().expect("unreserved").contains("invalidated"));
+        // Unlimited: no safe size, nothing to warn about.
+        let h = SourceHealth {
+            safe_wal_size: None,
+            max_slot_wal_keep_size: None,
+            ..v17()
+        };
+        assert_eq!(h.wal_warning(), None);
+    }
+
+    #[test]
+    fn check_names_both_traps() {
+        let h = v17();
+        // A lone primary: nothing to fail over to, nothing to say.
+        assert!(h.problems(true, false).is_empty());
+        let p = h.problems(true, true);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("synchronized_standby_slots is not set") && p[0].contains("ALTER SYSTEM"),
+            "{p:?}"
+        );
+        let h = SourceHealth {
+            has_physical_standbys: true,
+            ..v17()
+        };
+        assert_eq!(h.problems(true, false).len(), 1);
+        assert!(h.problems(false, true).is_empty(), "failover slots off");
+        let h = SourceHealth {
+            server_version_num: 160004,
+            ..h
+        };
+        assert!(
+            h.problems(true, true).is_empty(),
+            "no failover slots before 17"
+        );
+        let h = SourceHealth {
+            synchronized_standby_slots: vec!["sb1".into()],
+            standby_slot_problems: vec![
+                "synchronized_standby_slots names physical slot \"sb1\", whose standby is not connected".into(),
+            ],
+            held_back_by_standby: true,
+            ..v17()
+        };
+        let p = h.problems(true, true);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("not connected") && p[0].contains("held back"),
+            "{p:?}"
+        );
+        let lines = h.lines("s").join("\n");
+        assert!(
+            lines.contains("held back") && lines.contains("wal_status reserved"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn metrics_samples() {
+        let h = SourceHealth {
+            safe_wal_size: Some(42),
+            held_back_by_standby: true,
+            standbys: vec![
+                StandbySlot {
+                    standby: "db2:5432".into(),
+                    sync_ready: true,
+                    state: "sync-ready".into(),
+                },
+                StandbySlot {
+                    standby: "db3:5432".into(),
+                    sync_ready: false,
+                    state: "missing".into(),
+                },
+            ],
+            ..v17()
+        };
+        let mut out = String::new();
+        metrics(&h, "pipeline=\"s\"", &mut out);
+        for line in [
+            "pgbridge_slot_wal_status{pipeline=\"s\",status=\"reserved\"} 1",
+            "pgbridge_slot_wal_status{pipeline=\"s\",status=\"lost\"} 0",
+            "pgbridge_slot_safe_wal_size_bytes{pipeline=\"s\"} 42",
+            "pgbridge_slot_failover{pipeline=\"s\"} 1",
+            "pgbridge_source_synchronized_standby_slots_set{pipeline=\"s\"} 0",
+            "pgbridge_source_held_back_by_standby{pipeline=\"s\"} 1",
+            "pgbridge_standby_slot_sync_ready{pipeline=\"s\",standby=\"db2:5432\"} 1",
+            "pgbridge_standby_slot_sync_ready{pipeline=\"s\",standby=\"db3:5432\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in:\n{out}");
+        }
+    }
+}
