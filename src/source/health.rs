@@ -28,6 +28,9 @@ use super::error::SourceError;
 /// How often a running pipeline samples the source.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The next sample after one that failed.
+const PROBE_RETRY: Duration = Duration::from_secs(1);
+
 /// A standby that does not answer within this is reported unreachable.
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -351,6 +354,9 @@ pub async fn watch(
 ) {
     let mut warned = 0u32;
     loop {
+        // While the source does not answer (a failover), sample again
+        // soon, so /metrics has the new primary's state within a second.
+        let mut wait = PROBE_INTERVAL;
         match probe(&info, &slot).await {
             Ok(h) => {
                 match h.wal_warning() {
@@ -374,9 +380,10 @@ pub async fn watch(
             Err(e) => {
                 tracing::debug!(slot = %slot, error = %e, "sampling the source failed");
                 stats.set_source_health(None);
+                wait = PROBE_RETRY;
             }
         }
-        tokio::time::sleep(PROBE_INTERVAL).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
