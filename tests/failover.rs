@@ -569,4 +569,17 @@ fn promotion_without_a_synced_slot_stops() {
     let run = spawn_run(&config, &log);
     wait_for("the fresh copy", 60, || target_count() == 11);
     assert!(stop_run(run).success());
+    // With failover slots on (the default on 17), an existing ordinary
+    // slot is turned into one.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("failover_slot = false\n", "")).expect("config");
+    let run = spawn_run(&config, &log);
+    wait_for("the slot to become a failover slot", 60, || {
+        on(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'fo_nosync' AND failover",
+        ) == "1"
+    });
+    assert!(stop_run(run).success());
 }
