@@ -564,8 +564,10 @@ fn promotion_without_a_synced_slot_stops() {
         "0",
         "a new slot was created"
     );
-    // The advice works: with the target emptied, a fresh copy.
-    harness::psql(&dst, "DROP TABLE t; DROP SCHEMA pgbridge CASCADE");
+    // The advice works: the resync it names, then a fresh copy.
+    assert!(text.contains("pgbridge resync --config"), "{text}");
+    let (ok, out) = pgbridge("resync", &config);
+    assert!(ok, "{out}");
     let run = spawn_run(&config, &log);
     wait_for("the fresh copy", 60, || target_count() == 11);
     assert!(stop_run(run).success());

@@ -157,6 +157,9 @@ impl fmt::Display for ConnInfo {
     /// safe for logs (no password).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@", self.user)?;
+        if self.hosts.len() <= 1 {
+            return write!(f, "{}:{}/{}", self.host, self.port, self.dbname);
+        }
         for (i, (h, p)) in self.hosts.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             if h.contains(':') {

@@ -73,26 +73,32 @@ pub enum SourceError {
         slot_db: String,
         dbname: String,
     },
-    #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; drop the slot and start again with a fresh snapshot")]
-    SlotLost { slot: String },
-    #[error("replication slot {slot:?} on {target} was invalidated ({reason}), so changes it should have kept are gone; if this follows a failover, the promoted standby's synced copy was unusable (check hot_standby_feedback and primary_slot_name on the standby); drop the slot and start again with a fresh snapshot")]
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; {fix}")]
+    SlotLost { slot: String, fix: String },
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} on {target} was invalidated ({reason}), so changes it should have kept are gone; if this follows a failover, the promoted standby's synced copy was unusable (check hot_standby_feedback and primary_slot_name on the standby); {fix}")]
     SlotInvalidated {
         slot: String,
         reason: String,
         target: String,
+        fix: String,
     },
-    #[error("replication slot {slot:?} does not exist on {target}{hint}; the sinks already hold {held} from it, and a new slot would start later, so pgbridge does not create one (changes in between would be missing, or copied twice). To continue, start over with a fresh copy: empty the targets (their tables and the pgbridge schema; for Kafka, the progress topic) or use a new slot name with empty targets, then run again")]
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} does not exist on {target}{hint}; the sinks already hold {held} from it, and a new slot would start later, so pgbridge does not create one (changes in between would be missing, or copied twice); {fix}")]
     SlotVanished {
         slot: String,
         target: String,
         held: String,
         hint: &'static str,
+        fix: String,
     },
-    #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then start over with a fresh copy (drop the slot and the target's pgbridge schema)")]
+    #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then {fix}")]
     SlotMovedAhead {
         slot: String,
         resumed: crate::Lsn,
         now: crate::Lsn,
+        fix: String,
     },
     #[error("publication(s) {missing} do not exist in database {dbname:?}; create them with CREATE PUBLICATION ... FOR TABLE ... (or fix the name)")]
     PublicationMissing { missing: String, dbname: String },
@@ -126,6 +132,48 @@ impl SourceError {
                     || error.code.starts_with("40")
             }
             _ => false,
+        }
+    }
+
+    /// A lost slot or one moved past a destination, with `fix` as the way
+    /// back (`pgbridge run` names its `pgbridge resync` command); other
+    /// errors unchanged.
+    pub fn with_fix(self, fix: String) -> SourceError {
+        match self {
+            SourceError::SlotLost { slot, .. } => SourceError::SlotLost { slot, fix },
+            SourceError::SlotInvalidated {
+                slot,
+                reason,
+                target,
+                ..
+            } => SourceError::SlotInvalidated {
+                slot,
+                reason,
+                target,
+                fix,
+            },
+            SourceError::SlotVanished {
+                slot,
+                target,
+                held,
+                hint,
+                ..
+            } => SourceError::SlotVanished {
+                slot,
+                target,
+                held,
+                hint,
+                fix,
+            },
+            SourceError::SlotMovedAhead {
+                slot, resumed, now, ..
+            } => SourceError::SlotMovedAhead {
+                slot,
+                resumed,
+                now,
+                fix,
+            },
+            e => e,
         }
     }
 

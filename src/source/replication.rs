@@ -313,6 +313,10 @@ impl Connection {
         if info.wal_status.as_deref() == Some("lost") {
             return Err(SourceError::SlotLost {
                 slot: slot.to_string(),
+                fix: format!(
+                    "drop it (SELECT pg_drop_replication_slot({})) and start again from a fresh copy",
+                    quote_literal(slot)
+                ),
             });
         }
         // PostgreSQL 17 names other invalidations too; a synced slot
@@ -324,6 +328,7 @@ impl Connection {
                 slot: slot.to_string(),
                 reason: reason.clone(),
                 target: self.target().to_string(),
+                fix: "drop the slot and start again with a fresh snapshot".into(),
             });
         }
         Ok(())
