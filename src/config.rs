@@ -92,6 +92,9 @@ pub struct SourceConfig {
     pub failover_slot: Option<bool>,
 }
 
+/// `connect_timeout` of a `source.url` with several hosts that sets none.
+pub const MULTI_HOST_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn default_memory_limit_mb() -> usize {
     // With the sinks' queues this keeps a pipeline within 64 MiB of RSS
     // however large its transactions (benches/pipeline.rs, part memory).
@@ -403,6 +406,12 @@ impl Config {
         // told read-write (which libpq treats the same for a standby).
         let info = &mut config.source.url.info;
         if info.is_multi_host() {
+            // A host that is gone (not refusing: silent) would hold every
+            // connection, and so the resumption after a failover, for the
+            // kernel's TCP timeout (minutes) before the next host is tried.
+            if info.connect_timeout.is_none() {
+                info.connect_timeout = Some(MULTI_HOST_CONNECT_TIMEOUT);
+            }
             use crate::source::conninfo::TargetSessionAttrs as A;
             match info.target_session_attrs {
                 None => info.target_session_attrs = Some(A::Primary),
@@ -647,6 +656,15 @@ create_tables = true
             Some(TargetSessionAttrs::Primary)
         );
         assert_eq!(c.source.failover_slot, None);
+        assert_eq!(
+            c.source.url.info.connect_timeout,
+            Some(MULTI_HOST_CONNECT_TIMEOUT)
+        );
+        let c = Config::parse(&two("?connect_timeout=3"), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.connect_timeout,
+            Some(std::time::Duration::from_secs(3))
+        );
         let c = Config::parse(&two("?target_session_attrs=read-write"), "x.toml").unwrap();
         assert_eq!(
             c.source.url.info.target_session_attrs,
@@ -657,6 +675,7 @@ create_tables = true
         // One host: as libpq, nothing is checked unless asked.
         let c = Config::parse(GOOD, "x.toml").unwrap();
         assert_eq!(c.source.url.info.target_session_attrs, None);
+        assert_eq!(c.source.url.info.connect_timeout, None);
         let c = Config::parse(
             &GOOD.replace("publications", "failover_slot = false\npublications"),
             "x.toml",
