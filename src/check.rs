@@ -94,7 +94,12 @@ pub async fn check(config: &Config) -> Vec<String> {
         }
     };
     if let Some(c) = conn {
+        let failover = src.failover_slot.unwrap_or(true);
         c.close().await;
+        match crate::source::health::probe(info, &src.slot).await {
+            Ok(h) => problems.extend(h.problems(failover, info.is_multi_host())),
+            Err(e) => problems.push(format!("source: sampling failover readiness: {e}")),
+        }
     }
     for sink in &config.sinks {
         match sink {
@@ -308,6 +313,11 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
             g("wal_status"),
             if g("active") == "t" { "active" } else { "inactive" }
         ));
+    }
+    // Failover readiness and the retained-WAL guard (see source::health).
+    match crate::source::health::probe(&src.url.info, &src.slot).await {
+        Ok(h) => lines.extend(h.lines(&src.slot)),
+        Err(e) => lines.push(format!("source: failover readiness unknown: {e}")),
     }
     let server_lsn: Lsn = r
         .get(0, "pg_current_wal_lsn")

@@ -349,6 +349,120 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// A physical standby of this cluster, for failover tests: stops this
+    /// server cleanly, copies its data directory (PostgreSQL 15's
+    /// pg_basebackup refuses newer servers, and a cleanly stopped copy is
+    /// as good), starts this one again, and starts the copy on a new port
+    /// with `standby.signal`, `primary_conninfo` (with `dbname`, which
+    /// slot synchronization needs) and `primary_slot_name = slot` (create
+    /// that physical slot first), plus `conf`.
+    pub fn start_standby(
+        &mut self,
+        slot: &str,
+        dbname: &str,
+        conf: &[String],
+    ) -> Result<LocalCluster, ClusterError> {
+        self.stop()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgbridge-pg-standby-")
+            .tempdir()
+            .map_err(|source| ClusterError::Io {
+                path: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
+        let mut standby = LocalCluster {
+            dir,
+            bin: self.bin.clone(),
+            psql: self.psql.clone(),
+            port: 0,
+            as_postgres: self.as_postgres,
+            stopped: true,
+        };
+        if self.as_postgres {
+            run(
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(standby.dir.path()),
+                "chown of the standby directory",
+            )?;
+        }
+        let mut cp = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "cp", "-a"]);
+            c
+        } else {
+            let mut c = Command::new("cp");
+            c.arg("-a");
+            c
+        };
+        run(
+            cp.arg(self.data_dir()).arg(standby.data_dir()),
+            "copying the data directory",
+        )?;
+        self.pg_ctl_start()?;
+        self.stopped = false;
+        let data = standby.data_dir();
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).map_err(|source| ClusterError::Io {
+            path: conf_path.display().to_string(),
+            source,
+        })?;
+        let mut lines = vec![
+            format!(
+                "unix_socket_directories = '{}'",
+                standby.dir.path().display()
+            ),
+            format!(
+                "primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname={dbname} application_name={slot}'",
+                self.port
+            ),
+            format!("primary_slot_name = '{slot}'"),
+        ];
+        lines.extend(conf.iter().cloned());
+        text.push('\n');
+        text.push_str(&lines.join("\n"));
+        text.push('\n');
+        standby.write(&conf_path, &text)?;
+        standby.write(&data.join("standby.signal"), "")?;
+        let mut last = None;
+        for _ in 0..5 {
+            standby.port = free_port();
+            match standby.pg_ctl_start() {
+                Ok(()) => {
+                    standby.stopped = false;
+                    return Ok(standby);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::NoBinaries))
+    }
+
+    /// Kills the server as a crash would (`pg_ctl stop -m immediate`).
+    pub fn kill(&mut self) -> Result<(), ClusterError> {
+        run(
+            self.pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"]),
+            "pg_ctl stop -m immediate",
+        )?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Promotes a standby (`pg_ctl promote`, waiting until it is done).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        run(
+            self.pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-w", "-t", "60", "promote"]),
+            "pg_ctl promote",
+        )
+        .map(|_| ())
+    }
+
     /// Stops the server fast; the directory stays until drop.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
         if self.stopped {

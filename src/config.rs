@@ -85,7 +85,15 @@ pub struct SourceConfig {
     /// Seconds between status updates to the server when idle.
     #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
+    /// Create (or turn) the slot into a failover slot, synchronized to
+    /// standbys with `sync_replication_slots` (PostgreSQL 17+). `None`:
+    /// on where the server has them.
+    #[serde(default)]
+    pub failover_slot: Option<bool>,
 }
+
+/// `connect_timeout` of a `source.url` with several hosts that sets none.
+pub const MULTI_HOST_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn default_memory_limit_mb() -> usize {
     // With the sinks' queues this keeps a pipeline within 64 MiB of RSS
@@ -393,6 +401,29 @@ impl Config {
                 }
             }
         }
+        // A replication slot and the pipeline lock live on the primary:
+        // with several source hosts pgbridge looks for the primary unless
+        // told read-write (which libpq treats the same for a standby).
+        let info = &mut config.source.url.info;
+        if info.is_multi_host() {
+            // A host that is gone (not refusing: silent) would hold every
+            // connection, and so the resumption after a failover, for the
+            // kernel's TCP timeout (minutes) before the next host is tried.
+            if info.connect_timeout.is_none() {
+                info.connect_timeout = Some(MULTI_HOST_CONNECT_TIMEOUT);
+            }
+            use crate::source::conninfo::TargetSessionAttrs as A;
+            match info.target_session_attrs {
+                None => info.target_session_attrs = Some(A::Primary),
+                Some(A::Primary | A::ReadWrite) => {}
+                Some(other) => {
+                    return Err(semantic(format!(
+                        "source.url lists several hosts with target_session_attrs={}: pgbridge must reach the primary (the slot lives there); use target_session_attrs=read-write or primary, or leave it out",
+                        other.name()
+                    )))
+                }
+            }
+        }
         if let Some(p) = config.source.proto_version {
             if !(1..=4).contains(&p) {
                 return Err(semantic(format!(
@@ -608,5 +639,48 @@ create_tables = true
         // Outside the credentials the offending text is shown.
         let e = err(&GOOD.replace("/app\"", "/${bad-name}\""));
         assert!(e.contains("bad-name"), "{e}");
+    }
+
+    #[test]
+    fn several_source_hosts_look_for_the_primary() {
+        use crate::source::conninfo::TargetSessionAttrs;
+        let two = |q: &str| {
+            GOOD.replace(
+                "postgres://rep@db1:5432/app",
+                &format!("postgres://rep@db1:5432,db2:5433/app{q}"),
+            )
+        };
+        let c = Config::parse(&two(""), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.target_session_attrs,
+            Some(TargetSessionAttrs::Primary)
+        );
+        assert_eq!(c.source.failover_slot, None);
+        assert_eq!(
+            c.source.url.info.connect_timeout,
+            Some(MULTI_HOST_CONNECT_TIMEOUT)
+        );
+        let c = Config::parse(&two("?connect_timeout=3"), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.connect_timeout,
+            Some(std::time::Duration::from_secs(3))
+        );
+        let c = Config::parse(&two("?target_session_attrs=read-write"), "x.toml").unwrap();
+        assert_eq!(
+            c.source.url.info.target_session_attrs,
+            Some(TargetSessionAttrs::ReadWrite)
+        );
+        let e = err(&two("?target_session_attrs=prefer-standby"));
+        assert!(e.contains("read-write or primary"), "{e}");
+        // One host: as libpq, nothing is checked unless asked.
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(c.source.url.info.target_session_attrs, None);
+        assert_eq!(c.source.url.info.connect_timeout, None);
+        let c = Config::parse(
+            &GOOD.replace("publications", "failover_slot = false\npublications"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.source.failover_slot, Some(false));
     }
 }

@@ -246,6 +246,9 @@ pub fn metrics(stats: &Stats) -> String {
         "seconds the sink has had changes pending and made no progress (0 while it works)",
         &per_sink(&|k| Some(k.stalled_seconds)),
     );
+    if let Some(h) = &s.source {
+        crate::source::health::metrics(h, &p, &mut out);
+    }
     out
 }
 

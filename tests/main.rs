@@ -1,6 +1,7 @@
 //! All integration tests in one binary (built once), against real PostgreSQL
 //! clusters started from the local binaries. See tests/harness.rs.
 
+mod failover;
 mod harness;
 mod kafka;
 mod kafka_pipeline;
@@ -34,6 +35,7 @@ fn main() {
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
+    trials.extend(failover::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -84,7 +84,7 @@ fn pg17_source_copy_ignores_transaction_timeout() {
 
 /// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
 /// scripts/deps.sh puts them (`$PGBRIDGE_PG17_DIR/bin`).
-fn pg17_bin() -> PathBuf {
+pub(crate) fn pg17_bin() -> PathBuf {
     let bin = std::env::var("PGBRIDGE_PG17_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

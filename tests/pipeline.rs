@@ -870,7 +870,7 @@ pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The value of one sample in a Prometheus exposition.
-fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, name_and_labels: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())

@@ -54,6 +54,12 @@ impl Default for Backoff {
 impl Backoff {
     pub const FIRST: Duration = Duration::from_millis(500);
     pub const MAX: Duration = Duration::from_secs(30);
+    /// The longest wait while the source is unreachable (down, or no
+    /// listed host is the primary yet). A failover promotes a standby
+    /// within seconds, and the pipeline should resume within a second of
+    /// that, not after a doubled wait that grew while the old primary was
+    /// gone. A connection attempt that fails costs the server nothing.
+    pub const UNREACHABLE: Duration = Duration::from_secs(1);
 
     pub fn new(first: Duration, max: Duration) -> Backoff {
         Backoff {

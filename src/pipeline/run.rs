@@ -65,6 +65,26 @@ impl PipelineError {
             PipelineError::Other(_) => false,
         }
     }
+
+    /// The source could not be reached (down, or no listed host is the
+    /// primary yet): retried at once and often, so that a promoted
+    /// standby is found within a second (see [`Backoff::UNREACHABLE`]).
+    pub fn source_unreachable(&self) -> bool {
+        let source = match self {
+            PipelineError::Source(e) | PipelineError::Changes(ChangeError::Source(e)) => e,
+            PipelineError::Lock(LockError::Connect { source, .. }) => return source.is_transient(),
+            _ => return false,
+        };
+        matches!(
+            source,
+            SourceError::Connect { .. }
+                | SourceError::ConnectTimeout { .. }
+                | SourceError::NoSuitableHost {
+                    transient: true,
+                    ..
+                }
+        )
+    }
 }
 
 /// Events queued per sink before the fan-out waits for it.
@@ -199,7 +219,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
+    let health = tokio::spawn(crate::source::health::watch(
+        config.source.url.info.clone(),
+        config.source.slot.clone(),
+        stats.clone(),
+    ));
     let result = run_locked(&config, shutdown, &stats).await;
+    health.abort();
     stats.stopped(result.as_ref().err().map(|e| e.to_string()));
     if let Some(server) = server {
         server.abort();
@@ -237,10 +263,15 @@ pub async fn run_locked(
         let lock = match lock {
             Ok(l) => l,
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot take the pipeline lock; retrying");
+                let e = PipelineError::from(e);
+                let wait = match e.source_unreachable() {
+                    true => backoff.min(Backoff::UNREACHABLE),
+                    false => backoff,
+                };
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot take the pipeline lock; retrying");
                 stats.retrying(e.to_string());
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -306,7 +337,10 @@ pub async fn run_with(
         let wait = match result {
             Ok(Outcome::Stopped) => return Ok(()),
             Err(e) if e.is_transient() => {
-                let wait = backoff.after(&stats.attempt(started));
+                let mut wait = backoff.after(&stats.attempt(started));
+                if e.source_unreachable() {
+                    wait = wait.min(Backoff::UNREACHABLE);
+                }
                 tracing::warn!(error = %e, retry_in = ?wait, "pipeline interrupted; retrying");
                 stats.retrying(e.to_string());
                 wait
@@ -402,6 +436,79 @@ async fn drop_fresh_slot(info: &crate::source::ConnInfo, slot: &str) {
     }
 }
 
+/// Whether the pipeline's slot is to be a failover slot on this server:
+/// `source.failover_slot`, on by default where the server has them
+/// (PostgreSQL 17+).
+fn failover_slots(config: &Config, conn: &Connection) -> bool {
+    let has = conn.server_version_num() >= 170000;
+    match config.source.failover_slot {
+        Some(true) if !has => {
+            tracing::warn!(slot = %config.source.slot, server_version = conn.server_version_num(),
+                "source.failover_slot = true, but the source has no failover slots (PostgreSQL 17+); the slot is an ordinary one and a promoted standby will not have it");
+            false
+        }
+        Some(on) => on,
+        None => has,
+    }
+}
+
+/// Creates the pipeline's slot (exporting a snapshot unless `snapshot =
+/// "never"`), as a failover slot when `failover`.
+async fn create_slot(
+    config: &Config,
+    conn: &mut Connection,
+    failover: bool,
+    fresh_slot: &mut Option<String>,
+    created: &mut Option<CreatedSlot>,
+) -> Result<(), PipelineError> {
+    let src = &config.source;
+    let action = if src.snapshot == SnapshotMode::Never {
+        SnapshotAction::NoExport
+    } else {
+        SnapshotAction::Export
+    };
+    let c = conn
+        .create_slot_with(&src.slot, false, action, failover)
+        .await?;
+    *fresh_slot = Some(src.slot.clone());
+    tracing::info!(slot = %src.slot, lsn = %c.consistent_point, failover, "created replication slot");
+    *created = Some(c);
+    Ok(())
+}
+
+/// What the sinks already hold of this pipeline, if anything: a durable
+/// position, or a completed copy of a table (a copy alone leaves the
+/// position at 0/0).
+async fn sinks_hold_data(
+    config: &Config,
+    sinks: &mut [Built],
+    durable: &[Lsn],
+    tables: &[TableSpec],
+) -> Result<Option<String>, PipelineError> {
+    if let Some(max) = durable.iter().copied().filter(|d| !d.is_zero()).max() {
+        return Ok(Some(format!("changes up to {max}")));
+    }
+    for t in targets(config).iter().map(|(_, t)| t) {
+        if !snapshot::completed(t, config.pipeline_id(), tables)
+            .await?
+            .is_empty()
+        {
+            return Ok(Some(format!("an initial copy (sink {})", t.sink)));
+        }
+    }
+    for (i, s) in sinks.iter_mut().enumerate() {
+        if let Built::Kafka(k) = s {
+            if !k.snapshot_completed().await?.is_empty() {
+                return Ok(Some(format!(
+                    "an initial copy (sink {})",
+                    config.sinks[i].name()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
 async fn attempt_inner(
     config: &Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -451,6 +558,7 @@ async fn attempt_inner(
     let (sink_index, targets): (Vec<usize>, Vec<Target>) = targets(config).into_iter().unzip();
     let copy_only = src.snapshot == SnapshotMode::InitialOnly;
     let existing = conn.slot_info(&src.slot).await?;
+    let failover = failover_slots(config, &conn);
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
@@ -463,17 +571,33 @@ async fn attempt_inner(
                 }
                 .into());
             }
+            if failover && info_.failover == Some(false) {
+                conn.set_slot_failover(&src.slot, true).await?;
+                tracing::info!(slot = %src.slot, "made the replication slot a failover slot");
+            }
+        }
+        // With several source hosts a missing slot whose changes (or
+        // copy) the sinks already hold is a failover to a standby
+        // without a sync-ready copy of it: a new slot and copy would
+        // silently skip or repeat changes.
+        None if info.is_multi_host() => {
+            let tables_now = snapshot::published_tables(info, &src.publications).await?;
+            if let Some(held) = sinks_hold_data(config, &mut sinks, &durable, &tables_now).await? {
+                return Err(SourceError::SlotVanished {
+                    slot: src.slot.clone(),
+                    target: conn.target().to_string(),
+                    held,
+                    hint: " (after a failover: the promoted standby had no sync-ready copy of it; that needs a failover slot, sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name and a dbname in primary_conninfo on the standby)",
+                    fix: config.resync_advice(),
+                }
+                .into());
+            }
+            if !copy_only {
+                create_slot(config, &mut conn, failover, fresh_slot, &mut created).await?;
+            }
         }
         None if !copy_only => {
-            let action = if src.snapshot == SnapshotMode::Never {
-                SnapshotAction::NoExport
-            } else {
-                SnapshotAction::Export
-            };
-            let c = conn.create_slot(&src.slot, false, action).await?;
-            *fresh_slot = Some(src.slot.clone());
-            tracing::info!(slot = %src.slot, lsn = %c.consistent_point, "created replication slot");
-            created = Some(c);
+            create_slot(config, &mut conn, failover, fresh_slot, &mut created).await?;
         }
         None => {}
     }
@@ -665,9 +789,10 @@ async fn attempt_inner(
     }
     let mut opts = StartOptions::new(&src.slot, src.publications.clone(), proto);
     opts.status_interval = Duration::from_secs(src.status_interval_secs);
+    let source_target = conn.target().to_string();
     let mut stream = conn.start_replication(opts, start).await?;
     *fresh_slot = None;
-    tracing::info!(slot = %src.slot, lsn = %start, proto, "streaming");
+    tracing::info!(slot = %src.slot, lsn = %start, proto, source = %source_target, "streaming");
 
     let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
     let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::WeakSender;
 use super::ack::Tracker;
 use super::backoff::Attempt;
 use crate::sink::{QueueBytes, SinkItem};
+use crate::source::health::SourceHealth;
 use crate::Lsn;
 
 /// Where the pipeline is.
@@ -102,6 +103,8 @@ pub struct Stats {
     received_lsn: AtomicU64,
     server_wal_end: AtomicU64,
     confirmed_lsn: AtomicU64,
+    /// The last sample of the source (see `source::health`).
+    source_health: Mutex<Option<SourceHealth>>,
 }
 
 /// A point-in-time copy of everything, for rendering.
@@ -131,6 +134,9 @@ pub struct Snapshot {
     pub restarts: u64,
     pub copied_rows: u64,
     pub sinks: Vec<SinkSnapshot>,
+    /// Failover readiness and retained WAL, as last sampled (null before
+    /// the first sample or when the source did not answer).
+    pub source: Option<SourceHealth>,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,7 +221,13 @@ impl Stats {
             received_lsn: AtomicU64::new(0),
             server_wal_end: AtomicU64::new(0),
             confirmed_lsn: AtomicU64::new(0),
+            source_health: Mutex::new(None),
         }
+    }
+
+    /// The latest sample of the source (`None`: it did not answer).
+    pub fn set_source_health(&self, h: Option<SourceHealth>) {
+        *self.source_health.lock().unwrap_or_else(|p| p.into_inner()) = h;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -430,6 +442,11 @@ impl Stats {
             restarts: self.restarts.load(Ordering::Relaxed),
             copied_rows: self.copied_rows.load(Ordering::Relaxed),
             sinks,
+            source: self
+                .source_health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

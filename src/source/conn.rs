@@ -19,7 +19,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::conninfo::{ConnInfo, SslMode};
+use super::conninfo::{connect_first, describe_refusals, ConnInfo, Refusal, SessionState, SslMode};
 use super::error::{DbError, SourceError};
 use super::tls;
 
@@ -134,7 +134,55 @@ pub(crate) fn db_error(body: &backend::ErrorResponseBody) -> DbError {
 impl Connection {
     /// Opens a connection and authenticates. `Mode::Replication` asks for a
     /// logical walsender bound to the database (`replication=database`).
+    ///
+    /// With several hosts (or `target_session_attrs`), they are tried in
+    /// order and the first whose session type fits is kept, as libpq does
+    /// (see [`connect_first`]); the connection's [`info`](Self::info) is
+    /// then that host's.
     pub async fn connect(info: &ConnInfo, mode: Mode) -> Result<Connection, SourceError> {
+        if !info.is_multi_host() && !info.checks_session() {
+            return Self::connect_one(info, mode).await;
+        }
+        connect_first(info, |one, check| async move {
+            let mut conn = Self::connect_one(&one, mode).await?;
+            let state = match check {
+                true => Some(conn.session_state().await?),
+                false => None,
+            };
+            Ok::<_, SourceError>((conn, state))
+        })
+        .await
+        .map_err(|refused| SourceError::NoSuitableHost {
+            hosts: info.to_string(),
+            attrs: info.session_attrs().name(),
+            // A host that is down or still a standby may be the primary
+            // in a moment (a failover in progress); a bad password is not
+            // worth retrying.
+            transient: refused.iter().all(|(_, r)| match r {
+                Refusal::Failed(e) => e.is_transient(),
+                Refusal::Unsuitable(_) => true,
+            }),
+            why: describe_refusals(&refused),
+        })
+    }
+
+    /// Whether the server is in recovery and the session read-only (what
+    /// `target_session_attrs` looks at).
+    pub async fn session_state(&mut self) -> Result<SessionState, SourceError> {
+        let r = self
+            .query_one(
+                "SELECT pg_catalog.pg_is_in_recovery()::text AS r, \
+                 pg_catalog.current_setting('transaction_read_only') AS ro",
+            )
+            .await?;
+        Ok(SessionState {
+            in_recovery: r.get(0, "r") == Some("true"),
+            read_only: r.get(0, "ro") == Some("on"),
+        })
+    }
+
+    /// [`connect`](Self::connect) to the one host of `info`.
+    async fn connect_one(info: &ConnInfo, mode: Mode) -> Result<Connection, SourceError> {
         let target = info.to_string();
         let fut = Self::connect_inner(info, mode, target.clone());
         match info.connect_timeout {

@@ -2,6 +2,13 @@
 //! (`postgres://user:pass@host:port/db?sslmode=require`) or a key=value string
 //! (`host=db1 port=5432 user=app password='a b'`). Missing values come from the
 //! usual `PG*` environment variables, then libpq's defaults.
+//!
+//! Several hosts are accepted as libpq accepts them
+//! (`postgres://h1:5432,h2:5433/app?target_session_attrs=read-write`,
+//! `host=h1,h2 port=5432,5433`): a connection tries them in order and keeps
+//! the first that answers and has the session type `target_session_attrs`
+//! asks for (see [`ConnInfo::candidates`]). That is how a source behind a
+//! failover is followed: whichever host is the primary now is found.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,11 +52,80 @@ impl SslMode {
     }
 }
 
-/// Everything needed to open a connection to one PostgreSQL server.
+/// libpq's `target_session_attrs`: which of the listed hosts a connection
+/// accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// The first host that accepts the connection (libpq's default).
+    Any,
+    /// A session that can write (`transaction_read_only` is off).
+    ReadWrite,
+    /// A session that cannot write.
+    ReadOnly,
+    /// A server that is not in recovery.
+    Primary,
+    /// A server in recovery (a hot standby).
+    Standby,
+    /// A standby when one answers, else any host.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    fn parse(s: &str) -> Result<Self, ConnInfoError> {
+        Ok(match s {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            other => {
+                return Err(ConnInfoError::BadValue {
+                    key: "target_session_attrs",
+                    value: other.to_string(),
+                    expected: "any, read-write, read-only, primary, standby or prefer-standby",
+                })
+            }
+        })
+    }
+
+    /// The value as libpq spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server in this state is acceptable (`prefer-standby`
+    /// takes standbys in its first pass; see [`ConnInfo::candidates`]).
+    pub fn accepts(self, in_recovery: bool, read_only: bool) -> bool {
+        match self {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !read_only,
+            TargetSessionAttrs::ReadOnly => read_only,
+            TargetSessionAttrs::Primary => !in_recovery,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => in_recovery,
+        }
+    }
+}
+
+/// Everything needed to open a connection to a PostgreSQL server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
+    /// The first (or only) host; see `hosts` for all of them.
     pub host: String,
+    /// The first (or only) host's port.
     pub port: u16,
+    /// Every host with its port, in the order given (at least one; the
+    /// first is `host`/`port`).
+    pub hosts: Vec<(String, u16)>,
+    /// `target_session_attrs` when given (`None`: libpq's `any`).
+    pub target_session_attrs: Option<TargetSessionAttrs>,
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
@@ -65,8 +141,8 @@ impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the password.
         f.debug_struct("ConnInfo")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("hosts", &self.hosts)
+            .field("target_session_attrs", &self.target_session_attrs)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("dbname", &self.dbname)
@@ -77,13 +153,22 @@ impl fmt::Debug for ConnInfo {
 }
 
 impl fmt::Display for ConnInfo {
-    /// `user@host:port/db`, safe for logs (no password).
+    /// `user@host:port/db` (`user@h1:p1,h2:p2/db` with several hosts),
+    /// safe for logs (no password).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
-        )
+        write!(f, "{}@", self.user)?;
+        if self.hosts.len() <= 1 {
+            return write!(f, "{}:{}/{}", self.host, self.port, self.dbname);
+        }
+        for (i, (h, p)) in self.hosts.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if h.contains(':') {
+                write!(f, "{sep}[{h}]:{p}")?;
+            } else {
+                write!(f, "{sep}{h}:{p}")?;
+            }
+        }
+        write!(f, "/{}", self.dbname)
     }
 }
 
@@ -99,10 +184,12 @@ pub enum ConnInfoError {
         value: String,
         expected: &'static str,
     },
-    #[error("unknown connection parameter {0:?}; supported: host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout")]
+    #[error("unknown connection parameter {0:?}; supported: host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, target_session_attrs")]
     UnknownKey(String),
-    #[error("connection parameter {0} given as {1:?} holds several hosts; pgbridge connects to one server, give one host")]
-    MultiHost(&'static str, String),
+    #[error("{ports} ports given for {hosts} hosts; give one port for all hosts, or one per host (port=5432,5433 with host=h1,h2)")]
+    PortCount { hosts: usize, ports: usize },
+    #[error("the host list {0:?} has an empty entry; remove the extra comma")]
+    EmptyHost(String),
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -116,6 +203,7 @@ const KNOWN_KEYS: &[&str] = &[
     "sslrootcert",
     "application_name",
     "connect_timeout",
+    "target_session_attrs",
     // Accepted and ignored, so that strings written for libpq keep working.
     "fallback_application_name",
     "client_encoding",
@@ -167,35 +255,63 @@ impl ConnInfo {
                 .cloned()
                 .or_else(|| env(var).filter(|v| !v.is_empty()))
         };
-        let host = get("hostaddr", "PGHOSTADDR")
+        let host_list = get("hostaddr", "PGHOSTADDR")
             .or_else(|| get("host", "PGHOST"))
             .unwrap_or_else(|| "localhost".to_string());
-        if host.contains(',') {
-            return Err(ConnInfoError::MultiHost("host", host));
+        let names: Vec<String> = host_list.split(',').map(|h| h.trim().to_string()).collect();
+        if names.len() > 1 && names.iter().any(String::is_empty) {
+            return Err(ConnInfoError::EmptyHost(host_list));
         }
-        if host.starts_with('/') {
+        if let Some(h) = names.iter().find(|h| h.starts_with('/')) {
             return Err(ConnInfoError::BadValue {
                 key: "host",
-                value: host,
+                value: h.clone(),
                 expected: "a TCP host name or address (Unix sockets are not supported)",
             });
         }
-        let port = match get("port", "PGPORT") {
-            None => 5432,
-            Some(p) => {
-                if p.contains(',') {
-                    return Err(ConnInfoError::MultiHost("port", p));
-                }
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or(ConnInfoError::BadValue {
-                        key: "port",
-                        value: p,
-                        expected: "a TCP port number 1-65535",
-                    })?
+        let parse_port = |p: &str| -> Result<Option<u16>, ConnInfoError> {
+            if p.is_empty() {
+                return Ok(None);
             }
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(Some)
+                .ok_or(ConnInfoError::BadValue {
+                    key: "port",
+                    value: p.to_string(),
+                    expected: "a TCP port number 1-65535",
+                })
         };
+        let ports: Vec<Option<u16>> = match get("port", "PGPORT") {
+            None => vec![None],
+            Some(p) => p
+                .split(',')
+                .map(|p| parse_port(p.trim()))
+                .collect::<Result<_, _>>()?,
+        };
+        if ports.len() != 1 && ports.len() != names.len() {
+            return Err(ConnInfoError::PortCount {
+                hosts: names.len(),
+                ports: ports.len(),
+            });
+        }
+        let hosts: Vec<(String, u16)> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let h = if h.is_empty() { "localhost".into() } else { h };
+                let p = ports.get(i).or(ports.first()).copied().flatten();
+                (h, p.unwrap_or(5432))
+            })
+            .collect();
+        let (host, port) = hosts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ("localhost".to_string(), 5432));
+        let target_session_attrs = get("target_session_attrs", "PGTARGETSESSIONATTRS")
+            .map(|v| TargetSessionAttrs::parse(&v))
+            .transpose()?;
         let user = get("user", "PGUSER")
             .or_else(|| env("USER"))
             .unwrap_or_else(|| "postgres".to_string());
@@ -219,6 +335,8 @@ impl ConnInfo {
         Ok(ConnInfo {
             host,
             port,
+            hosts,
+            target_session_attrs,
             password: params
                 .get("password")
                 .cloned()
@@ -231,6 +349,125 @@ impl ConnInfo {
             connect_timeout,
         })
     }
+}
+
+impl ConnInfo {
+    /// Whether more than one host is listed.
+    pub fn is_multi_host(&self) -> bool {
+        self.hosts.len() > 1
+    }
+
+    /// `target_session_attrs`, `any` when not given.
+    pub fn session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs.unwrap_or(TargetSessionAttrs::Any)
+    }
+
+    /// Whether a connection must ask the server whether it is a standby
+    /// and read-only before keeping it (`target_session_attrs` other
+    /// than `any`).
+    pub fn checks_session(&self) -> bool {
+        self.session_attrs() != TargetSessionAttrs::Any
+    }
+
+    /// The same parameters for `host:port` alone.
+    pub fn with_host(&self, host: &str, port: u16) -> ConnInfo {
+        ConnInfo {
+            host: host.to_string(),
+            port,
+            hosts: vec![(host.to_string(), port)],
+            ..self.clone()
+        }
+    }
+
+    /// One single-host [`ConnInfo`] per listed host, in the order given:
+    /// what a connection tries, one after the other.
+    pub fn candidates(&self) -> Vec<ConnInfo> {
+        self.hosts
+            .iter()
+            .map(|(h, p)| self.with_host(h, *p))
+            .collect()
+    }
+}
+
+/// What a server said about its session when asked (see
+/// [`TargetSessionAttrs::accepts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    pub in_recovery: bool,
+    pub read_only: bool,
+}
+
+impl SessionState {
+    /// What it is, for messages: "a standby (in recovery)", ...
+    pub fn describe(self) -> &'static str {
+        match (self.in_recovery, self.read_only) {
+            (true, _) => "a standby (in recovery)",
+            (false, true) => "a primary with default_transaction_read_only on",
+            (false, false) => "a primary (read-write)",
+        }
+    }
+}
+
+/// Why one host of a list was not taken.
+#[derive(Debug)]
+pub enum Refusal<E> {
+    /// The connection failed.
+    Failed(E),
+    /// It connected, but the server is not what `target_session_attrs`
+    /// asks for.
+    Unsuitable(SessionState),
+}
+
+/// Tries the hosts of `info` in order, as libpq does: `open` connects to
+/// one host (a single-host [`ConnInfo`]) and, when `check` is true, says
+/// the server's [`SessionState`]; the first connection whose state
+/// `target_session_attrs` accepts is returned. `prefer-standby` keeps the
+/// first other connection in case no standby answers. On failure, every
+/// host with why it was not taken.
+pub async fn connect_first<C, E, Fut>(
+    info: &ConnInfo,
+    mut open: impl FnMut(ConnInfo, bool) -> Fut,
+) -> Result<C, Vec<(ConnInfo, Refusal<E>)>>
+where
+    Fut: std::future::Future<Output = Result<(C, Option<SessionState>), E>>,
+{
+    let attrs = info.session_attrs();
+    let check = attrs != TargetSessionAttrs::Any;
+    let mut refused = Vec::new();
+    let mut fallback = None;
+    for candidate in info.candidates() {
+        match open(candidate.clone(), check).await {
+            Err(e) => refused.push((candidate, Refusal::Failed(e))),
+            Ok((conn, None)) => return Ok(conn),
+            Ok((conn, Some(state))) => {
+                if attrs.accepts(state.in_recovery, state.read_only) {
+                    return Ok(conn);
+                }
+                if attrs == TargetSessionAttrs::PreferStandby {
+                    if fallback.is_none() {
+                        fallback = Some(conn);
+                    }
+                    continue;
+                }
+                refused.push((candidate, Refusal::Unsuitable(state)));
+            }
+        }
+    }
+    fallback.ok_or(refused)
+}
+
+/// The hosts of a failed [`connect_first`] with why each was not taken,
+/// for an error message: `db1:5432: cannot connect ...; db2:5432: a
+/// standby (in recovery)`.
+pub fn describe_refusals<E: fmt::Display>(refused: &[(ConnInfo, Refusal<E>)]) -> String {
+    refused
+        .iter()
+        .map(|(c, r)| match r {
+            Refusal::Failed(e) => format!("{}:{}: {e}", c.host, c.port),
+            Refusal::Unsuitable(s) => format!("{}:{}: {}", c.host, c.port, s.describe()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn decode(part: &str, url: &str) -> Result<String, ConnInfoError> {
@@ -352,32 +589,42 @@ fn parse_url(url: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
         }
         None => authority,
     };
-    if hostport.contains(',') {
-        return Err(ConnInfoError::MultiHost("host", hostport.to_string()));
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for hostport in hostport.split(',') {
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address opened with '[' is not closed with ']'"))?;
+            match after {
+                "" => (h.to_string(), None),
+                p if p.starts_with(':') => (h.to_string(), Some(&p[1..])),
+                _ => return Err(bad("unexpected text after the IPv6 address")),
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (decode(h, url)?, Some(p)),
+                None => (decode(hostport, url)?, None),
+            }
+        };
+        if let Some(p) = port {
+            if p.is_empty() || p.parse::<u16>().is_err() {
+                return Err(bad(&format!("port {p:?} is not a number 1-65535")));
+            }
+        }
+        hosts.push(host);
+        ports.push(port.unwrap_or(""));
     }
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| bad("an IPv6 address opened with '[' is not closed with ']'"))?;
-        match after {
-            "" => (h.to_string(), None),
-            p if p.starts_with(':') => (h.to_string(), Some(&p[1..])),
-            _ => return Err(bad("unexpected text after the IPv6 address")),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (decode(h, url)?, Some(p)),
-            None => (decode(hostport, url)?, None),
-        }
-    };
-    if !host.is_empty() {
-        params.insert("host".into(), host);
+    if hosts.len() > 1 && hosts.iter().any(String::is_empty) {
+        return Err(bad(
+            "the host list has an empty entry; remove the extra comma",
+        ));
     }
-    if let Some(p) = port {
-        if p.is_empty() || p.parse::<u16>().is_err() {
-            return Err(bad(&format!("port {p:?} is not a number 1-65535")));
-        }
-        params.insert("port".into(), p.to_string());
+    if hosts.iter().any(|h| !h.is_empty()) {
+        params.insert("host".into(), hosts.join(","));
+    }
+    if ports.iter().any(|p| !p.is_empty()) {
+        params.insert("port".into(), ports.join(","));
     }
     if let Some(db) = path {
         if !db.is_empty() {
@@ -554,7 +801,12 @@ mod tests {
             ("host=a bogus=1", "bogus"),
             ("host", "missing"),
             ("password='open", "unterminated"),
-            ("postgres://h1,h2/db", "several hosts"),
+            ("postgres://h1,,h2/db", "empty entry"),
+            ("host=h1,h2 port=1,2,3", "3 ports given for 2 hosts"),
+            (
+                "postgres://h/db?target_session_attrs=primary-ish",
+                "target_session_attrs",
+            ),
             ("postgres://h/db?connect_timeout=soon", "connect_timeout"),
             ("postgres://[::1/db", "IPv6"),
         ];
@@ -628,5 +880,149 @@ mod tests {
             "error sending request for url (https://u:***@reg:8081/subjects): refused"
         );
         assert_eq!(redact_urls_in("no url here"), "no url here");
+    }
+
+    #[test]
+    fn several_hosts_in_a_url() {
+        let c = ConnInfo::parse_with_env(
+            "postgres://rep:pw@db1:5432,db2:5433,[::1],db4/app?target_session_attrs=read-write",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![
+                ("db1".to_string(), 5432),
+                ("db2".to_string(), 5433),
+                ("::1".to_string(), 5432),
+                ("db4".to_string(), 5432),
+            ]
+        );
+        assert_eq!((c.host.as_str(), c.port), ("db1", 5432));
+        assert_eq!(c.target_session_attrs, Some(TargetSessionAttrs::ReadWrite));
+        assert!(c.is_multi_host() && c.checks_session());
+        assert_eq!(
+            c.to_string(),
+            "rep@db1:5432,db2:5433,[::1]:5432,db4:5432/app"
+        );
+        let cands = c.candidates();
+        assert_eq!(cands.len(), 4);
+        assert_eq!((cands[1].host.as_str(), cands[1].port), ("db2", 5433));
+        assert_eq!(cands[1].hosts.len(), 1);
+        assert_eq!(cands[1].password.as_deref(), Some("pw"));
+        assert_eq!(cands[1].to_string(), "rep@db2:5433/app");
+    }
+
+    #[test]
+    fn several_hosts_key_value() {
+        let c = ConnInfo::parse_with_env(
+            "host=h1,h2 port=5432,5433 dbname=app target_session_attrs=primary",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![("h1".to_string(), 5432), ("h2".to_string(), 5433)]
+        );
+        assert_eq!(c.target_session_attrs, Some(TargetSessionAttrs::Primary));
+        // One port for every host.
+        let c = ConnInfo::parse_with_env("host=h1,h2,h3 port=6000", no_env).unwrap();
+        assert!(c.hosts.iter().all(|(_, p)| *p == 6000));
+        // The environment fills in the same way.
+        let c = ConnInfo::parse_with_env("dbname=x", |k| match k {
+            "PGHOST" => Some("a,b".into()),
+            "PGTARGETSESSIONATTRS" => Some("standby".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.hosts.len(), 2);
+        assert_eq!(c.target_session_attrs, Some(TargetSessionAttrs::Standby));
+    }
+
+    /// A single host stays exactly what it was: no session check.
+    #[test]
+    fn one_host_is_unchanged() {
+        let c = ConnInfo::parse_with_env("postgres://u@h:7/db", no_env).unwrap();
+        assert_eq!(c.hosts, vec![("h".to_string(), 7)]);
+        assert_eq!(c.target_session_attrs, None);
+        assert!(!c.is_multi_host() && !c.checks_session());
+        assert_eq!(c.to_string(), "u@h:7/db");
+        assert_eq!(c.candidates(), vec![c.clone()]);
+    }
+
+    #[test]
+    fn session_attrs_accept() {
+        use TargetSessionAttrs::*;
+        let all = [
+            "any",
+            "read-write",
+            "read-only",
+            "primary",
+            "standby",
+            "prefer-standby",
+        ];
+        for name in all {
+            assert_eq!(TargetSessionAttrs::parse(name).unwrap().name(), name);
+        }
+        // (in_recovery, read_only)
+        let primary = (false, false);
+        let standby = (true, true);
+        let ro_primary = (false, true);
+        let ok = |a: TargetSessionAttrs, (r, ro): (bool, bool)| a.accepts(r, ro);
+        assert!(ok(Any, standby) && ok(Any, primary));
+        assert!(ok(ReadWrite, primary) && !ok(ReadWrite, standby) && !ok(ReadWrite, ro_primary));
+        assert!(ok(Primary, primary) && ok(Primary, ro_primary) && !ok(Primary, standby));
+        assert!(ok(Standby, standby) && !ok(Standby, primary));
+        assert!(ok(ReadOnly, standby) && ok(ReadOnly, ro_primary) && !ok(ReadOnly, primary));
+    }
+
+    /// The order of tries and what is kept, with fake servers.
+    #[test]
+    fn connect_first_tries_hosts_in_order() {
+        let states = |host: &str| -> Result<SessionState, String> {
+            match host {
+                "down" => Err("refused".into()),
+                "standby" => Ok(SessionState {
+                    in_recovery: true,
+                    read_only: true,
+                }),
+                _ => Ok(SessionState {
+                    in_recovery: false,
+                    read_only: false,
+                }),
+            }
+        };
+        let run = |url: &str| {
+            let info = ConnInfo::parse_with_env(url, no_env).unwrap();
+            let tried = std::cell::RefCell::new(Vec::new());
+            let r = futures_util::FutureExt::now_or_never(connect_first(&info, |c, check| {
+                tried.borrow_mut().push(c.host.clone());
+                let s = states(&c.host);
+                async move { s.map(|s| (c.host, check.then_some(s))) }
+            }))
+            .expect("ready");
+            (r, tried.into_inner())
+        };
+        let (r, tried) = run("postgres://down,standby,primary/db?target_session_attrs=read-write");
+        assert_eq!(r.ok().as_deref(), Some("primary"));
+        assert_eq!(tried, ["down", "standby", "primary"]);
+        // any: the first that answers, standby or not.
+        let (r, _) = run("postgres://down,standby,primary/db");
+        assert_eq!(r.ok().as_deref(), Some("standby"));
+        let (r, tried) =
+            run("postgres://standby,primary,standby/db?target_session_attrs=prefer-standby");
+        assert_eq!(r.ok().as_deref(), Some("standby"));
+        assert_eq!(tried, ["standby"]);
+        let (r, _) = run("postgres://primary,down/db?target_session_attrs=prefer-standby");
+        assert_eq!(r.ok().as_deref(), Some("primary"));
+        // None suitable: every host and why.
+        let (r, _) = run("postgres://down:1,standby:2/db?target_session_attrs=primary");
+        let Err(refused) = r else {
+            panic!("expected no host")
+        };
+        assert_eq!(
+            describe_refusals(&refused),
+            "down:1: refused; standby:2: a standby (in recovery)"
+        );
     }
 }

@@ -36,6 +36,13 @@ pub enum SourceError {
     ConnInfo(#[from] ConnInfoError),
     #[error("cannot connect to {target}: {source}; check that the server runs and accepts TCP connections on that host and port")]
     Connect { target: String, source: io::Error },
+    #[error("no host of {hosts} is usable with target_session_attrs={attrs}: {why}; check that the primary runs (after a failover: that a standby was promoted) and that every host listed is a member of this cluster")]
+    NoSuitableHost {
+        hosts: String,
+        attrs: &'static str,
+        why: String,
+        transient: bool,
+    },
     #[error("connection to {target} timed out after {secs}s (connect_timeout)")]
     ConnectTimeout { target: String, secs: u64 },
     #[error("TLS with {target} failed: {why}")]
@@ -69,6 +76,23 @@ pub enum SourceError {
     /// `fix`: what to run (see [`SourceError::with_fix`]).
     #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; {fix}")]
     SlotLost { slot: String, fix: String },
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} on {target} was invalidated ({reason}), so changes it should have kept are gone; if this follows a failover, the promoted standby's synced copy was unusable (check hot_standby_feedback and primary_slot_name on the standby); {fix}")]
+    SlotInvalidated {
+        slot: String,
+        reason: String,
+        target: String,
+        fix: String,
+    },
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} does not exist on {target}{hint}; the sinks already hold {held} from it, and a new slot would start later, so pgbridge does not create one (changes in between would be missing, or copied twice); {fix}")]
+    SlotVanished {
+        slot: String,
+        target: String,
+        held: String,
+        hint: &'static str,
+        fix: String,
+    },
     #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then {fix}")]
     SlotMovedAhead {
         slot: String,
@@ -98,6 +122,7 @@ impl SourceError {
             | SourceError::Io { .. }
             | SourceError::Closed { .. }
             | SourceError::SlotInUse { .. } => true,
+            SourceError::NoSuitableHost { transient, .. } => *transient,
             SourceError::Db { error, .. } => {
                 // Class 08 connection exceptions, 57P0x shutdown/crash,
                 // 53 insufficient resources, 40 serialization/deadlock.
@@ -116,6 +141,30 @@ impl SourceError {
     pub fn with_fix(self, fix: String) -> SourceError {
         match self {
             SourceError::SlotLost { slot, .. } => SourceError::SlotLost { slot, fix },
+            SourceError::SlotInvalidated {
+                slot,
+                reason,
+                target,
+                ..
+            } => SourceError::SlotInvalidated {
+                slot,
+                reason,
+                target,
+                fix,
+            },
+            SourceError::SlotVanished {
+                slot,
+                target,
+                held,
+                hint,
+                ..
+            } => SourceError::SlotVanished {
+                slot,
+                target,
+                held,
+                hint,
+                fix,
+            },
             SourceError::SlotMovedAhead {
                 slot, resumed, now, ..
             } => SourceError::SlotMovedAhead {

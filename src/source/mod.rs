@@ -7,6 +7,7 @@ pub mod changes;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
+pub mod health;
 pub mod replication;
 pub(crate) mod tls;
 

@@ -74,6 +74,14 @@ pub struct SlotInfo {
     pub confirmed_flush: Lsn,
     pub wal_status: Option<String>,
     pub temporary: bool,
+    /// A failover slot (PostgreSQL 17+; `None` before).
+    pub failover: Option<bool>,
+    /// Synchronized from a primary (PostgreSQL 17+; on a promoted
+    /// standby it stays true).
+    pub synced: Option<bool>,
+    /// Why the slot was invalidated (PostgreSQL 17+: `wal_removed`,
+    /// `rows_removed`, `wal_level_insufficient`, ...); `None` when valid.
+    pub invalidation_reason: Option<String>,
 }
 
 /// Options of START_REPLICATION for pgoutput.
@@ -252,13 +260,19 @@ impl Connection {
         } else {
             "NULL::text AS wal_status"
         };
+        let v17 = if self.server_version_num() >= 170000 {
+            "failover::text, synced::text, invalidation_reason"
+        } else {
+            "NULL::text AS failover, NULL::text AS synced, NULL::text AS invalidation_reason"
+        };
         let r = self
             .query_one(&format!(
-                "SELECT plugin, database, active_pid, confirmed_flush_lsn, {wal_status}, temporary \
+                "SELECT plugin, database, active_pid, confirmed_flush_lsn, {wal_status}, temporary, {v17} \
                  FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
                 quote_literal(slot)
             ))
             .await?;
+        let flag = |c: &str| r.get(0, c).map(|v| v == "true");
         if r.rows.is_empty() {
             return Ok(None);
         }
@@ -272,6 +286,9 @@ impl Connection {
                 .unwrap_or(Lsn::ZERO),
             wal_status: r.get(0, "wal_status").map(str::to_string),
             temporary: r.get(0, "temporary") == Some("t"),
+            failover: flag("failover"),
+            synced: flag("synced"),
+            invalidation_reason: r.get(0, "invalidation_reason").map(str::to_string),
         }))
     }
 
@@ -302,7 +319,76 @@ impl Connection {
                 ),
             });
         }
+        // PostgreSQL 17 names other invalidations too; a synced slot
+        // invalidated on a standby (rows_removed: the standby's
+        // hot_standby_feedback was off or its physical slot missing) is
+        // still there after the promotion, and unusable.
+        if let Some(reason) = &info.invalidation_reason {
+            return Err(SourceError::SlotInvalidated {
+                slot: slot.to_string(),
+                reason: reason.clone(),
+                target: self.target().to_string(),
+                fix: "drop the slot and start again with a fresh snapshot".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// CREATE_REPLICATION_SLOT as [`create_slot`](Self::create_slot), as
+    /// a failover slot when `failover` (PostgreSQL 17+: standbys with
+    /// `sync_replication_slots = on` keep a copy that a promoted standby
+    /// continues). Temporary slots cannot be failover slots.
+    pub async fn create_slot_with(
+        &mut self,
+        slot: &str,
+        temporary: bool,
+        snapshot: SnapshotAction,
+        failover: bool,
+    ) -> Result<CreatedSlot, SourceError> {
+        if !failover || temporary {
+            return self.create_slot(slot, temporary, snapshot).await;
+        }
+        // The option-list syntax (PostgreSQL 15+) is the only one with
+        // FAILOVER.
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{}', FAILOVER true)",
+            quote_ident(slot),
+            match snapshot {
+                SnapshotAction::Export => "export",
+                SnapshotAction::NoExport => "nothing",
+                SnapshotAction::Use => "use",
+            }
+        );
+        let r = match self.query_one(&sql).await {
+            Ok(r) => r,
+            Err(e) => return Err(slot_error(self, slot, e)),
+        };
+        Ok(CreatedSlot {
+            slot_name: r.get(0, "slot_name").unwrap_or(slot).to_string(),
+            consistent_point: parse_lsn(
+                self,
+                r.get(0, "consistent_point"),
+                "CREATE_REPLICATION_SLOT consistent_point",
+            )?,
+            snapshot_name: r.get(0, "snapshot_name").map(str::to_string),
+        })
+    }
+
+    /// ALTER_REPLICATION_SLOT ... (FAILOVER `failover`) (PostgreSQL 17+),
+    /// for a slot created before failover slots were asked for.
+    pub async fn set_slot_failover(
+        &mut self,
+        slot: &str,
+        failover: bool,
+    ) -> Result<(), SourceError> {
+        let sql = format!(
+            "ALTER_REPLICATION_SLOT {} (FAILOVER {failover})",
+            quote_ident(slot)
+        );
+        match self.simple_query(&sql).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(slot_error(self, slot, e)),
+        }
     }
 
     pub async fn create_slot(

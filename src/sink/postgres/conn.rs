@@ -22,6 +22,7 @@ use tokio_postgres::Client;
 
 use super::config::ReplicationRole;
 use super::error::{classify, ApplyError, Context as ErrCtx};
+use crate::source::conninfo::{connect_first, describe_refusals, Refusal, SessionState};
 use crate::source::{ConnInfo, SslMode};
 
 /// Connects to the target and applies the session settings:
@@ -29,7 +30,59 @@ use crate::source::{ConnInfo, SslMode};
 /// what an acknowledgement promises) and no idle-in-transaction timeout (a
 /// target transaction stays open while a long source transaction streams
 /// in).
+///
+/// With several hosts (or `target_session_attrs`) the hosts are tried in
+/// order, as libpq does, and the first whose session type fits is kept:
+/// source clients (catalog reads, the copy, the pipeline lock) follow the
+/// primary that way.
 pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
+    if !info.is_multi_host() && !info.checks_session() {
+        return connect_one(info).await;
+    }
+    connect_first(info, |one, check| async move {
+        let client = connect_one(&one).await?;
+        let state = match check {
+            false => None,
+            true => {
+                let row = client
+                    .query_one(
+                        "SELECT pg_catalog.pg_is_in_recovery(), \
+                         pg_catalog.current_setting('transaction_read_only') = 'on'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| classify(&e, &ErrCtx::new("asking the server whether it is a standby")))?;
+                let get = |i| {
+                    row.try_get::<_, bool>(i).map_err(|e| {
+                        ApplyError::Transient(format!("reading pg_is_in_recovery() from {one}: {e}"))
+                    })
+                };
+                Some(SessionState {
+                    in_recovery: get(0)?,
+                    read_only: get(1)?,
+                })
+            }
+        };
+        Ok::<_, ApplyError>((client, state))
+    })
+    .await
+    .map_err(|refused| {
+        let message = format!(
+            "no host of {info} is usable with target_session_attrs={}: {}; check that the primary runs (after a failover: that a standby was promoted)",
+            info.session_attrs().name(),
+            describe_refusals(&refused)
+        );
+        let definite = refused
+            .iter()
+            .any(|(_, r)| matches!(r, Refusal::Failed(ApplyError::Definite(_))));
+        match definite {
+            true => ApplyError::Definite(message),
+            false => ApplyError::Transient(message),
+        }
+    })
+}
+
+async fn connect_one(info: &ConnInfo) -> Result<Client, ApplyError> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&info.host)
         .port(info.port)
@@ -50,7 +103,7 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
         cfg.connect_timeout(t);
     }
     let tls = MakeRustls::new(info)?;
-    let ctx = ErrCtx::new("connecting to the target");
+    let ctx = ErrCtx::new("connecting to the server");
     let (client, connection) = cfg.connect(tls).await.map_err(|e| {
         let err = classify(&e, &ctx);
         match err {
