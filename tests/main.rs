@@ -1,6 +1,7 @@
 //! All integration tests in one binary (built once), against real PostgreSQL
 //! clusters started from the local binaries. See tests/harness.rs.
 
+mod cli;
 mod harness;
 mod kafka;
 mod kafka_pipeline;
@@ -18,6 +19,7 @@ use libtest_mimic::{Arguments, Trial};
 fn main() {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
+    trials.extend(cli::trials());
     trials.extend(source::trials());
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
