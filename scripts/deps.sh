@@ -11,8 +11,8 @@
 #                            Kafka broker, PostgreSQL 17 server binaries for
 #                            the major-version migration test, promtool,
 #                            podman and debootstrap (the container image
-#                            test), Python's yaml module (the deployment
-#                            files' checks)
+#                            test), Python's yaml module and systemd-analyze
+#                            (the deployment files' checks)
 set -euo pipefail
 
 demo_only=0
@@ -72,9 +72,12 @@ if [ "$demo_only" -eq 0 ]; then
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   # The container image test: podman builds and runs without a daemon;
   # debootstrap makes the base images (no image registry is needed).
-  command -v podman >/dev/null 2>&1 || missing+=(podman crun fuse-overlayfs uidmap)
+  command -v podman >/dev/null 2>&1 || missing+=(podman fuse-overlayfs uidmap)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   yaml_python >/dev/null || missing+=(python3 python3-yaml)
+  # systemd-analyze verifies deploy/systemd/pgbridge.service.
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2

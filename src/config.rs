@@ -424,13 +424,17 @@ create_tables = true
         Config::parse(text, "x.toml").unwrap_err().to_string()
     }
 
-    /// Every example in deploy/examples parses (variables set to "x").
+    /// Every example in deploy/examples, and the compose setup's config,
+    /// parses (variables set to "x").
     #[test]
     fn deploy_examples_parse() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
+        let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose/pgbridge.toml");
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).expect("deploy/examples") {
-            let path = entry.expect("entry").path();
+        let examples = std::fs::read_dir(dir)
+            .expect("deploy/examples")
+            .map(|e| e.expect("entry").path());
+        for path in examples.chain([std::path::PathBuf::from(compose)]) {
             if path.extension().and_then(|e| e.to_str()) != Some("toml") {
                 continue;
             }
@@ -441,7 +445,7 @@ create_tables = true
             assert!(c.http.is_some(), "{}: examples show [http]", path.display());
             n += 1;
         }
-        assert!(n >= 3, "{n} examples");
+        assert!(n >= 4, "{n} examples");
     }
 
     #[test]
