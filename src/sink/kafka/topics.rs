@@ -103,9 +103,10 @@ impl TopicMaker {
 
     /// Makes sure the progress topic `topic` exists: one partition (its
     /// records are read back in order), compacted (one record per key
-    /// survives), with `topic_config` for the rest. A no-op when neither
-    /// `create_topics` nor `create_progress_topic` is on: reading it then
-    /// reports a missing topic.
+    /// survives; `topic_config` is for the change topics and does not
+    /// apply). A no-op when neither `create_topics` nor
+    /// `create_progress_topic` is on: reading it then reports a missing
+    /// topic.
     pub async fn ensure_progress(&mut self, topic: &str) -> Result<(), SinkError> {
         if !self.all && !self.progress {
             return Ok(());
@@ -115,13 +116,7 @@ impl TopicMaker {
         } else {
             Why::Progress
         };
-        let mut config: Vec<(String, String)> = self
-            .config
-            .iter()
-            .filter(|(k, _)| k != "cleanup.policy")
-            .cloned()
-            .collect();
-        config.push(("cleanup.policy".into(), "compact".into()));
+        let config = [("cleanup.policy".to_string(), "compact".to_string())];
         self.create(topic, 1, &config, why).await
     }
 
@@ -202,7 +197,7 @@ fn refused(
         Why::Progress => format!(
             "it is this sink's progress topic: create it yourself (1 partition, \
              cleanup.policy=compact) and set create_progress_topic = false, or fix \
-             topic_replication_factor / topic_config (asked for {})",
+             topic_replication_factor (asked for {})",
             config
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
