@@ -24,6 +24,9 @@ pub struct Config {
     /// `/metrics`, `/healthz`, `/status` (off when absent).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The file it was read from, as given (advice names it).
+    #[serde(skip)]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +34,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
     pub listen: std::net::SocketAddr,
+    /// `/healthz` fails once a sink has had changes pending and taken or
+    /// acknowledged none of them for this many seconds (0: never).
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+fn default_stall_secs() -> u64 {
+    crate::pipeline::stats::DEFAULT_STALL.as_secs()
 }
 
 /// What the initial snapshot does.
@@ -174,22 +185,46 @@ fn default_batch_txns() -> usize {
 }
 
 /// `${VAR}` -> its value; `$$` -> `$`. An unset variable is an error.
+/// Messages show `s` with a URL's credentials redacted, and do not quote
+/// text from inside them (a password with a `$` in it).
 pub fn expand_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
+    let secret = crate::source::conninfo::credentials_span(s);
+    let shown = || crate::source::redact_url(s);
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
+        let at = s.len() - rest.len() + i;
+        let in_secret = secret.as_ref().is_some_and(|r| r.contains(&at));
         let after = &rest[i + 1..];
         if let Some(r) = after.strip_prefix('$') {
             out.push('$');
             rest = r;
         } else if let Some(r) = after.strip_prefix('{') {
-            let end = r
-                .find('}')
-                .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+            let end = r.find('}').ok_or_else(|| {
+                format!(
+                    "unclosed ${{ in {:?}{}; write $$ for a literal $",
+                    shown(),
+                    if in_secret {
+                        " (in the credentials)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
             let name = &r[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("bad variable name {name:?} in {s:?}"));
+                return Err(if in_secret {
+                    format!(
+                        "bad variable name in the credentials of {:?}: use letters, digits and _ in ${{VAR}}; write $$ for a literal $",
+                        shown()
+                    )
+                } else {
+                    format!(
+                        "bad variable name {name:?} in {:?}: use letters, digits and _; write $$ for a literal $",
+                        shown()
+                    )
+                });
             }
             let v = env(name).ok_or_else(|| {
                 format!("environment variable {name} is not set (used as ${{{name}}})")
@@ -303,7 +338,7 @@ impl Config {
 
     /// Parses `text`; `path` is used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
@@ -314,6 +349,7 @@ impl Config {
                 message: e.message().trim().replace('\n', " "),
             }
         })?;
+        config.path = path.to_string();
         let semantic = |message: String| ConfigError::Semantic {
             path: path.to_string(),
             message,
@@ -371,6 +407,30 @@ impl Config {
     pub fn pipeline_id(&self) -> &str {
         &self.source.slot
     }
+
+    /// The command that resets this pipeline after its slot was lost (see
+    /// `crate::resync`), ready to paste into a shell.
+    pub fn resync_command(&self) -> String {
+        let path = &self.path;
+        let plain = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=".contains(c));
+        let quoted = if plain {
+            path.clone()
+        } else {
+            format!("'{}'", path.replace('\'', "'\\''"))
+        };
+        format!("pgbridge resync --config {quoted}")
+    }
+
+    /// The advice of errors that need `pgbridge resync`.
+    pub fn resync_advice(&self) -> String {
+        format!(
+            "run `{}` (it drops the slot and the sinks' positions and copy records), then start pgbridge run again: it copies every table afresh and streams from the new slot",
+            self.resync_command()
+        )
+    }
 }
 
 #[cfg(test)]
@@ -390,6 +450,20 @@ url = "postgres://writer@analytics/warehouse"
 tables = ["public.orders", "customers"]
 create_tables = true
 "#;
+
+    #[test]
+    fn resync_command_quotes_the_path() {
+        let c = Config::parse(GOOD, "/etc/pgbridge/app.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config /etc/pgbridge/app.toml"
+        );
+        let c = Config::parse(GOOD, "my dir/it's.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config 'my dir/it'\\''s.toml'"
+        );
+    }
 
     #[test]
     fn parses_the_documented_example() {
@@ -442,7 +516,20 @@ create_tables = true
             let text = expand_env(&text, |_| Some("x".into())).expect("variables");
             let c = Config::parse(&text, &path.display().to_string())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(c.http.is_some(), "{}: examples show [http]", path.display());
+            let http = c
+                .http
+                .unwrap_or_else(|| panic!("{}: examples show [http]", path.display()));
+            // The endpoints have no authentication: examples that get
+            // copied into production must not open them to the network.
+            // A container's config listens on all of the container's
+            // addresses (its own network namespace; the port mapping or
+            // Service decides who reaches it).
+            assert!(
+                http.listen.ip().is_loopback() || path.ends_with("compose/pgbridge.toml"),
+                "{}: [http] listens on {}, not loopback",
+                path.display(),
+                http.listen
+            );
             n += 1;
         }
         assert!(n >= 4, "{n} examples");
@@ -456,9 +543,17 @@ create_tables = true
         )
         .expect("valid");
         assert_eq!(
-            c.http.map(|h| h.listen.to_string()),
-            Some("127.0.0.1:9187".to_string())
+            c.http
+                .as_ref()
+                .map(|h| (h.listen.to_string(), h.stall_secs)),
+            Some(("127.0.0.1:9187".to_string(), 300))
         );
+        let c = Config::parse(
+            &format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:9187\"\nstall_secs = 0\n"),
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.http.map(|h| h.stall_secs), Some(0));
         let e = err(&format!("{GOOD}\n[http]\nlisten = \"localhost\"\n"));
         assert!(e.contains("socket address"), "{e}");
         let e = err(&format!("{GOOD}\n[http]\nport = 1\n"));
@@ -498,5 +593,27 @@ create_tables = true
         assert_eq!(expand_env("$$x $y", env).unwrap(), "$x $y");
         assert!(expand_env("${NOPE}", env).is_err());
         assert!(expand_env("${PW", env).is_err());
+    }
+
+    /// A password that breaks the URL (base64 with `/`, from `${VAR}`) or
+    /// holds an unclosed `${` is never printed, whole or in part.
+    #[test]
+    fn errors_never_show_passwords() {
+        let url = |pw: &str| GOOD.replace("rep@db1", &format!("rep:{pw}@db1"));
+        std::env::set_var("PGBRIDGE_TEST_B64_PW", "Zm9v/YmFy?cXV4=");
+        let e = err(&url("${PGBRIDGE_TEST_B64_PW}").replace(":5432", ":54x32"));
+        assert!(e.contains("line 3") && e.contains("rep:***@db1"), "{e}");
+        for piece in ["Zm9v", "YmFy", "cXV4"] {
+            assert!(!e.contains(piece), "{e}");
+        }
+        let e = err(&url("t0p${s3cret"));
+        assert!(e.contains("unclosed ${") && e.contains("$$"), "{e}");
+        assert!(!e.contains("t0p") && !e.contains("s3cret"), "{e}");
+        let e = err(&url("t0p${s3c-ret}"));
+        assert!(e.contains("bad variable name"), "{e}");
+        assert!(!e.contains("t0p") && !e.contains("s3c"), "{e}");
+        // Outside the credentials the offending text is shown.
+        let e = err(&GOOD.replace("/app\"", "/${bad-name}\""));
+        assert!(e.contains("bad-name"), "{e}");
     }
 }

@@ -1,7 +1,9 @@
 //! The `[http]` endpoints of `pgbridge run`:
 //! - `/healthz`: `200 ok` while the pipeline copies or streams (and the
-//!   source has been heard from in the last 90 s), else `503` with the
-//!   reason (starting, retrying after an error, stopped).
+//!   source has been heard from in the last 90 s, and no sink has had
+//!   changes pending without progress for `stall_secs`), else `503` with
+//!   the reason (starting, retrying after an error, stopped, a stalled
+//!   sink and for how long).
 //! - `/metrics`: Prometheus text format (positions as byte offsets).
 //! - `/status`: the same as JSON, LSNs as text.
 
@@ -25,8 +27,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("http.listen = \"{addr}\": cannot listen: {e}; pick a free address"))
 }
 
-/// Serves the endpoints on `listener` until the task is dropped.
+/// Serves the endpoints on `listener` until the task is dropped; looks at
+/// the sinks every second meanwhile (see [`Stats::observe`]).
 pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
+    let watched = stats.clone();
+    let _watch = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            watched.observe();
+        }
+    }));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -49,6 +60,15 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
                 tracing::debug!(error = %e, "http: connection ended");
             }
         });
+    }
+}
+
+/// Ends a spawned task when dropped (with the server's task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -219,6 +239,12 @@ pub fn metrics(stats: &Stats) -> String {
         "gauge",
         "the sink queue's capacity",
         &per_sink(&|k| Some(k.queue_capacity as f64)),
+    );
+    metric(
+        "pgbridge_sink_stalled_seconds",
+        "gauge",
+        "seconds the sink has had changes pending and made no progress (0 while it works)",
+        &per_sink(&|k| Some(k.stalled_seconds)),
     );
     out
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use pgbridge::config::Config;
+use pgbridge::logging::{self, LogFormat};
 use pgbridge::model::{JsonOptions, NumericMode, TemporalMode};
 use pgbridge::tail::{self, TailOptions};
 
@@ -32,9 +33,26 @@ config before you `run` it.",
   pgbridge run --config /etc/pgbridge/pgbridge.toml
   pgbridge tail --source postgres://replicator@db1/app --publication app_pub
 
-`pgbridge help <command>` describes a command and its options."
+`pgbridge help <command>` describes a command and its options.
+
+Logs go to stderr. The filter is --log-level, else PGBRIDGE_LOG, else RUST_LOG, \
+else warn; colours only when stderr is a terminal and NO_COLOR is unset."
 )]
 struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as "pgbridge=debug,warn". Falls back to RUST_LOG,
+    /// then warn.
+    #[arg(long, global = true, env = "PGBRIDGE_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log lines on stderr: human-readable, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "PGBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Human
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,6 +192,30 @@ A minimal config:
         #[arg(long)]
         config: PathBuf,
     },
+    /// After the slot was lost (invalidated, dropped, moved past a sink):
+    /// drop it and reset the sinks' pipeline state, so that the next run
+    /// copies everything again and streams. Resets and exits.
+    ///
+    /// The way back when `run` stops because its slot was invalidated
+    /// (wal_status = lost), dropped or advanced past a sink: changes are
+    /// missing and only a new copy can repair the targets. Refused while
+    /// any `run` of the pipeline (standbys included) is running, while
+    /// another consumer streams from the slot, and with snapshot = "never".
+    /// For each sink it forgets this pipeline's positions and copy records
+    /// (Postgres: pgbridge.* rows; Kafka: incomplete copy records in the
+    /// progress topic), then drops the slot. Start `run` again afterwards:
+    /// it creates the slot, copies every selected table and streams.
+    #[command(after_help = "Examples:
+  pgbridge resync --config /etc/pgbridge/pgbridge.toml && pgbridge run --config /etc/pgbridge/pgbridge.toml
+  pgbridge resync --config /etc/pgbridge/pgbridge.toml --sink warehouse   # rebuild one target, keep the slot")]
+    Resync {
+        /// The pipeline's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this sink (the slot is then kept; refused when it is lost).
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// At a cutover: set the Postgres sinks' sequences to the source's
     /// values (replication does not carry them); never moves one back.
     ///
@@ -202,15 +244,6 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -236,7 +269,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format, cli.log_level.clone());
     // One thread: pgbridge's own work is light next to the servers', and
     // on the backlog benchmark the multi-thread runtime spent most of it
     // waking threads (perf: ~40% in the scheduler's context switches);
@@ -248,10 +281,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging::fatal(
+                cli.log_format,
+                &format!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
+    let format = cli.log_format;
     let result = rt.block_on(async {
         match cli.command {
             Command::Tail {
@@ -323,6 +360,16 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Resync { config, sink } => {
+                let config = load(&config)?;
+                let lines = pgbridge::resync::resync(&config, sink.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
             Command::SyncSequences { config, sinks } => {
                 let config = load(&config)?;
                 let report = pgbridge::sequences::sync(&config, &sinks).await?;
@@ -339,7 +386,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::fatal(format, &e);
             ExitCode::FAILURE
         }
     }

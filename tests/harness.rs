@@ -104,3 +104,32 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// A CA certificate that did not sign the test cluster's certificate
+/// (made with openssl in `dir`).
+#[allow(dead_code)]
+pub fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "3",
+            "-nodes",
+            "-subj",
+            "/CN=some other CA",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(dir.join("other-ca.crt"))
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("other-ca.crt")
+}

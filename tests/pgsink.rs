@@ -1435,6 +1435,20 @@ fn tls_modes() {
         let mut sink =
             PostgresSink::new(PostgresSinkConfig::new("tls", url, "pipe1")).expect("sink");
         sink.open().await.expect_err("unknown CA");
+        // require with sslrootcert checks the chain (as libpq): another
+        // CA's certificate fails; the right one passes on any host name.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = harness::other_ca(dir.path());
+        for (root, ok) in [(ca.clone(), true), (other, false)] {
+            let url = format!(
+                "postgres://{user}@127.0.0.1:{port}/{db}?sslmode=require&sslrootcert={}",
+                root.display()
+            );
+            let mut sink =
+                PostgresSink::new(PostgresSinkConfig::new("tls", url, "pipe1")).expect("sink");
+            let r = sink.open().await;
+            assert_eq!(r.is_ok(), ok, "sslrootcert={}: {r:?}", root.display());
+        }
     });
 }
 

@@ -850,7 +850,7 @@ fn copy_defers_and_rebuilds_indexes() {
 }
 
 /// One HTTP/1.1 GET on loopback: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
     write!(

@@ -22,6 +22,15 @@ pub fn trials() -> Vec<Trial> {
             "shapes::failed_first_run_drops_its_slot",
             failed_first_run_drops_its_slot,
         ),
+        trial("shapes::rename_followed", rename_followed),
+        trial(
+            "shapes::partitioned_via_root_kafka",
+            partitioned_via_root_kafka,
+        ),
+        trial(
+            "shapes::rename_stops_with_the_fix",
+            rename_stops_with_the_fix,
+        ),
     ]
 }
 
@@ -391,5 +400,193 @@ fn failed_first_run_drops_its_slot() {
         ),
         "0",
         "the slot is gone; log:\n{text}"
+    );
+}
+
+/// A sink that lists its tables, with `create_tables`: a table renamed on
+/// the source under the running pipeline is followed by its relation id
+/// and renamed on the target too (before, its changes were dropped in
+/// silence and the slot confirmed past them). A restart with the old name
+/// still in the config stops naming it; with the new name it goes on.
+fn rename_followed() {
+    let (port, src) = harness::fresh_db("sh_ren_src");
+    let (_, dst) = harness::fresh_db("sh_ren_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    let write = |tables: &str| {
+        write_single(
+            &config,
+            &harness::url(port, &src),
+            "sh_ren",
+            "initial",
+            &harness::url(port, &dst),
+            &format!("create_tables = true\ntables = [{tables}]\n"),
+        )
+    };
+    write("\"public.t\"");
+    let run = spawn_run(&config, &log);
+    streaming("sh_ren", &log);
+    psql(&src, "INSERT INTO t VALUES (101, 'b')");
+    psql(
+        &src,
+        "ALTER TABLE t RENAME TO t2;
+         INSERT INTO t2 VALUES (102, 'c');
+         UPDATE t2 SET v = 'upd' WHERE id <= 10;
+         DELETE FROM t2 WHERE id = 50;",
+    );
+    confirmed_to_now(&src, "sh_ren", &log);
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT to_regclass('public.t') IS NULL AND to_regclass('public.t2') IS NOT NULL"
+        ),
+        "t",
+        "the target table was renamed; log:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+
+    // The config still names the old table: the run stops naming it.
+    let log2 = dir.path().join("run2.log");
+    let run = spawn_run(&config, &log2);
+    let status = crate::pipeline::wait_exit(run, &log2, "the run to refuse the old name");
+    assert!(!status.success());
+    assert!(
+        log_text(&log2).contains("public.t in its tables is not a table on the source"),
+        "{}",
+        log_text(&log2)
+    );
+    // Named by its new name, it goes on.
+    write("\"public.t2\"");
+    let run = spawn_run(&config, &log);
+    streaming("sh_ren", &log);
+    psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
+    confirmed_to_now(&src, "sh_ren", &log);
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_ren')");
+}
+
+/// Without `create_tables`, a rename stops the sink with the statement to
+/// run on the target, confirming nothing past it; run as printed, the
+/// next start goes on (also across the restart, where the stream names
+/// the table only by its new name).
+fn rename_stops_with_the_fix() {
+    let (port, src) = harness::fresh_db("sh_renfix_src");
+    let (_, dst) = harness::fresh_db("sh_renfix_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR TABLE t;",
+    );
+    psql(&dst, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_renfix",
+        "initial",
+        &harness::url(port, &dst),
+        "",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_renfix", &log);
+    psql(&src, "INSERT INTO t VALUES (101, 'b')");
+    confirmed_to_now(&src, "sh_renfix", &log);
+    let before = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sh_renfix'",
+    );
+    psql(
+        &src,
+        "ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (102, 'c'); UPDATE t2 SET v = 'u' WHERE id = 1;",
+    );
+    let status = crate::pipeline::wait_exit(run, &log, "the run to stop on the rename");
+    assert!(!status.success());
+    let text = log_text(&log);
+    let fix = "ALTER TABLE \"public\".\"t\" RENAME TO \"t2\";";
+    assert!(text.contains(fix), "{text}");
+    let after = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sh_renfix'",
+    );
+    assert_eq!(before, after, "nothing confirmed past the rename");
+    psql(&dst, fix);
+    let run = spawn_run(&config, &log);
+    streaming("sh_renfix", &log);
+    psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
+    confirmed_to_now(&src, "sh_renfix", &log);
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_renfix')");
+}
+
+/// `publish_via_partition_root = true` into Kafka: the copy's read events
+/// hold every leaf's rows (before, `FROM ONLY` the root read none), and the
+/// topic rebuilds the table after streamed changes.
+fn partitioned_via_root_kafka() {
+    use crate::kafka::{consume, copy_config, reconstruct, Run, Tansu};
+    use serde_json::{json, Value as Json};
+    use std::collections::BTreeMap;
+
+    let (port, src) = harness::fresh_db("sh_part_kafka");
+    psql(
+        &src,
+        &format!(
+            "{PARTITIONED} CREATE PUBLICATION p FOR TABLE pt WITH (publish_via_partition_root = true);"
+        ),
+    );
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    copy_config(
+        &config,
+        &harness::url(port, &src),
+        "sh_part_kafka",
+        &["p"],
+        &broker.addr,
+        "shk.{table}",
+        "",
+    );
+    let run = Run::spawn(&config, &log);
+    streaming("sh_part_kafka", &log);
+    psql(&src, PARTITION_CHANGES);
+    confirmed_to_now(&src, "sh_part_kafka", &log);
+    let want = || -> BTreeMap<String, Json> {
+        let out = psql(&src, "SELECT json_agg(r ORDER BY r.id, r.k) FROM pt r");
+        let rows: Vec<Json> = serde_json::from_str(&out).expect("json");
+        rows.into_iter()
+            .map(|r| (json!({ "id": r["id"], "k": r["k"] }).to_string(), r))
+            .collect()
+    };
+    let recs = consume(&broker.addr, "shk.pt", false);
+    let reads = recs
+        .iter()
+        .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+        .count();
+    assert_eq!(
+        reads,
+        1000,
+        "the copy read every leaf; log:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(reconstruct(&recs), want(), "the topic rebuilds the table");
+    assert!(run.stop().success(), "{}", log_text(&log));
+    psql(
+        "postgres",
+        "SELECT pg_drop_replication_slot('sh_part_kafka')",
     );
 }

@@ -126,6 +126,23 @@ fn tls_modes() {
         .await
         .expect_err("verify-full against unknown CA must fail");
         assert!(matches!(err, SourceError::Tls { .. }), "{err}");
+        // require with sslrootcert checks the chain, as libpq (verify-ca):
+        // the right CA connects whatever the host name, another one fails.
+        connect(
+            &format!("{base}?sslmode=require&sslrootcert={ca}"),
+            Mode::Replication,
+        )
+        .await
+        .expect("require with the right CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = harness::other_ca(dir.path());
+        let err = connect(
+            &format!("{base}?sslmode=require&sslrootcert={}", other.display()),
+            Mode::Replication,
+        )
+        .await
+        .expect_err("require with sslrootcert of another CA must fail");
+        assert!(matches!(err, SourceError::Tls { .. }), "{err}");
     });
 }
 

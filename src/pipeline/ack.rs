@@ -51,6 +51,8 @@ struct State {
     sinks: Vec<SinkState>,
     /// Highest position confirmed so far (never goes backwards).
     confirmed: Lsn,
+    /// The position confirmed when the tracker was made.
+    initial: Lsn,
 }
 
 /// Shared between the fan-out, the ackers and the confirm loop.
@@ -95,6 +97,7 @@ impl Tracker {
                     })
                     .collect(),
                 confirmed,
+                initial: confirmed,
             })),
             confirmed_tx: Arc::new(tx),
         };
@@ -161,6 +164,23 @@ impl Tracker {
         self.lock().confirmed
     }
 
+    /// Whether the confirmed position moved past where this tracker
+    /// started: every sink made something new durable.
+    pub fn advanced(&self) -> bool {
+        let st = self.lock();
+        st.confirmed > st.initial
+    }
+
+    /// Sink `i`'s (acknowledged, issued) transaction counts: they
+    /// differ while transactions wait for the sink.
+    pub fn sink_counts(&self, i: usize) -> (u64, u64) {
+        self.lock()
+            .sinks
+            .get(i)
+            .map(|s| (s.acked_seq, s.issued_seq))
+            .unwrap_or((0, 0))
+    }
+
     /// What sink `i` has acknowledged (for status and metrics).
     pub fn sink_position(&self, i: usize) -> Lsn {
         self.lock()
@@ -189,6 +209,7 @@ mod tests {
         ackers[1].ack(b1);
         assert_eq!(*rx.borrow(), Lsn(10));
         assert!(!t.idle(), "b2 in flight");
+        assert!(t.advanced());
         ackers[1].ack(b2);
         assert_eq!(*rx.borrow(), Lsn(20));
         assert!(t.idle());
@@ -200,6 +221,7 @@ mod tests {
         let a = t.issue(0, Lsn(40)); // a replayed, already-durable transaction
         ackers[0].ack(a);
         assert_eq!(t.confirmed(), Lsn(50));
+        assert!(!t.advanced(), "a replay is no progress");
     }
 
     proptest! {

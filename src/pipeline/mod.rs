@@ -2,6 +2,7 @@
 //! the ack tracker that decides what the slot may confirm.
 
 pub mod ack;
+pub mod backoff;
 pub mod fanout;
 pub mod lock;
 pub mod run;

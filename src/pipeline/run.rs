@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::ack::Tracker;
+use super::backoff::Backoff;
 use super::fanout::{Fanout, Route};
 use super::lock::{LockError, PipelineLock};
 use super::stats::{Phase, Stats};
@@ -192,6 +193,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let listener = crate::http::bind(h.listen)
                 .await
                 .map_err(PipelineError::Other)?;
+            stats.set_stall_limit((h.stall_secs > 0).then(|| Duration::from_secs(h.stall_secs)));
             tracing::info!(listen = %h.listen, "serving /metrics, /healthz, /status");
             Some(tokio::spawn(crate::http::serve(listener, stats.clone())))
         }
@@ -287,8 +289,9 @@ pub async fn run_with(
     stats: &Stats,
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
+        let started = std::time::Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let attempt = attempt(config, stop_rx, stats);
         tokio::pin!(attempt);
@@ -299,23 +302,23 @@ pub async fn run_with(
                 attempt.await
             }
         };
-        match result {
+        let wait = match result {
             Ok(Outcome::Stopped) => return Ok(()),
-            Ok(Outcome::Progressed) => backoff = Duration::from_millis(500),
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "pipeline interrupted; retrying");
+                let wait = backoff.after(&stats.attempt(started));
+                tracing::warn!(error = %e, retry_in = ?wait, "pipeline interrupted; retrying");
                 stats.retrying(e.to_string());
+                wait
             }
             Err(e) => return Err(e),
-        }
+        };
         if *stop_tx.borrow() {
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return Ok(()),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -347,12 +350,12 @@ async fn sync_sequences(config: &Config) {
     }
 }
 
+/// How an attempt ended without an error. One that fails says how far
+/// it got through `stats` (see [`Stats::attempt`]), which sets the wait
+/// before the next.
 enum Outcome {
     /// Stopped on request (or the copy-only run finished).
     Stopped,
-    /// Ended after making progress; retry at once-ish.
-    #[allow(dead_code)]
-    Progressed,
 }
 
 /// One attempt; a slot it created and never streamed from is dropped
@@ -415,6 +418,27 @@ async fn attempt_inner(
     let mut conn = Connection::connect(info, Mode::Replication).await?;
     conn.check_wal_level().await?;
     conn.check_publications(&src.publications).await?;
+    // The sinks' listed tables by relation id: a table renamed on the
+    // source is followed by its id (see `Route`). A listed name that the
+    // source does not have stops the run: a table renamed while pgbridge
+    // was down would otherwise be dropped from the stream in silence.
+    let listed: Vec<String> = config
+        .sinks
+        .iter()
+        .flat_map(|s| s.tables().iter().cloned())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let ids = snapshot::relation_ids(info, &listed).await?;
+    for s in &config.sinks {
+        if let Some(t) = s.tables().iter().find(|t| !ids.contains_key(*t)) {
+            return Err(PipelineError::Other(format!(
+                "sink {}: table {t} in its tables is not a table on the source (renamed or dropped?); \
+                 name it by its current name in the sink's tables, or remove it",
+                s.name()
+            )));
+        }
+    }
     let max = max_proto_version(conn.server_version_num());
     let proto = src.proto_version.unwrap_or(max).min(max);
 
@@ -424,7 +448,8 @@ async fn attempt_inner(
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
-            conn.check_slot_usable(&src.slot, info_)?;
+            conn.check_slot_usable(&src.slot, info_)
+                .map_err(|e| e.with_fix(config.resync_advice()))?;
             if let Some(pid) = info_.active_pid {
                 return Err(SourceError::SlotInUse {
                     slot: src.slot.clone(),
@@ -459,8 +484,14 @@ async fn attempt_inner(
         .iter()
         .zip(&durable)
         .map(|(s, d)| Route {
+            sink: s.name().to_string(),
             tables: (!s.tables().is_empty())
                 .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            rel_ids: s
+                .tables()
+                .iter()
+                .filter_map(|t| ids.get(t).copied())
+                .collect(),
             durable: *d,
             table_start: Default::default(),
         })
@@ -603,6 +634,7 @@ async fn attempt_inner(
                 slot: src.slot.clone(),
                 resumed: min,
                 now: start,
+                fix: config.resync_advice(),
             }
             .into());
         }
@@ -621,7 +653,7 @@ async fn attempt_inner(
     for (i, ((mut sink, acker), route)) in sinks.zip(ackers).zip(routes).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let bytes = QueueBytes::new(QUEUE_BYTES);
-        queues.push((tx.downgrade(), QUEUE_CAPACITY));
+        queues.push((tx.downgrade(), QUEUE_CAPACITY, bytes.clone()));
         outs.push((route, tx, bytes.clone()));
         let rx = SinkQueue::new(rx, bytes);
         tasks.spawn(async move { (i, sink.run(rx, acker).await) });
@@ -646,7 +678,8 @@ async fn attempt_inner(
             _ = stop.changed() => break Ok(()),
             Some(done) = tasks.join_next() => {
                 break Err(match done {
-                    Ok((i, Err(e))) => { tracing::error!(sink = i, error = %e, "sink stopped"); e.into() }
+                    // Logged once, by whoever handles it (the retry or the exit).
+                    Ok((_, Err(e))) => e.into(),
                     Ok((i, Ok(()))) => PipelineError::Other(format!("sink #{i} stopped unexpectedly")),
                     Err(e) => PipelineError::Other(format!("sink task failed: {e}")),
                 });

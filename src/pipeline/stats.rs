@@ -3,14 +3,15 @@
 //! renders `/metrics`, `/healthz` and `/status`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc::WeakSender;
 
 use super::ack::Tracker;
-use crate::sink::SinkItem;
+use super::backoff::Attempt;
+use crate::sink::{QueueBytes, SinkItem};
 use crate::Lsn;
 
 /// Where the pipeline is.
@@ -60,7 +61,18 @@ struct SinkEntry {
     /// The sink's queue (weak: the report must not keep it open).
     queue: Option<WeakSender<SinkItem>>,
     queue_capacity: usize,
+    /// The queue's byte account, which counts the items the sink took.
+    bytes: Option<Arc<QueueBytes>>,
+    /// (items taken, transactions acknowledged) when last looked at.
+    seen: (u64, u64),
+    /// Since when the sink has had work and done none of it (`None`:
+    /// working, or nothing to do).
+    stuck_since: Option<Instant>,
 }
+
+/// One sink's queue as the attempt hands it to the report: the sender
+/// (weak), the capacity in items, the byte account.
+pub type QueueReport = (WeakSender<SinkItem>, usize, Arc<QueueBytes>);
 
 struct Inner {
     phase: Phase,
@@ -69,6 +81,11 @@ struct Inner {
     tracker: Option<Tracker>,
     sinks: Vec<SinkEntry>,
     last_source_message: Option<Instant>,
+    /// When the latest attempt started streaming.
+    streaming_since: Option<Instant>,
+    /// `/healthz` fails when a sink with work pending has done none of it
+    /// for this long (`None`: never).
+    stall_limit: Option<Duration>,
 }
 
 /// Shared between the pipeline (writer) and the HTTP endpoints (readers).
@@ -127,6 +144,18 @@ pub struct SinkSnapshot {
     pub acked: Option<Lsn>,
     pub queue_items: usize,
     pub queue_capacity: usize,
+    /// Seconds the sink has had work pending and done none of it (0
+    /// while it works or has nothing to do).
+    pub stalled_seconds: f64,
+}
+
+/// Items in a sink's queue now.
+fn queue_items(s: &SinkEntry) -> usize {
+    s.queue
+        .as_ref()
+        .and_then(|q| q.upgrade())
+        .map(|q| q.max_capacity() - q.capacity())
+        .unwrap_or(0)
 }
 
 /// LSNs appear in `/status` in their text form, `X/Y`.
@@ -145,6 +174,10 @@ fn opt_lsn_text<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S:
 /// fails: servers send keepalives at least every wal_sender_timeout / 2
 /// (30 s by default).
 const SOURCE_SILENCE: Duration = Duration::from_secs(90);
+
+/// The default of `[http] stall_secs`: a sink that has had work pending
+/// and done none of it for this long makes `/healthz` fail.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(300);
 
 impl Stats {
     /// Stats for a pipeline whose sinks are `(name, type)`.
@@ -166,9 +199,14 @@ impl Stats {
                         kind,
                         queue: None,
                         queue_capacity: 0,
+                        bytes: None,
+                        seen: (0, 0),
+                        stuck_since: None,
                     })
                     .collect(),
                 last_source_message: None,
+                streaming_since: None,
+                stall_limit: Some(DEFAULT_STALL),
             }),
             transactions: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -211,16 +249,50 @@ impl Stats {
         }
     }
 
+    /// How long a sink may have work pending and do none of it before
+    /// `/healthz` fails (`None`: never).
+    pub fn set_stall_limit(&self, limit: Option<Duration>) {
+        self.lock().stall_limit = limit;
+    }
+
     /// Streaming started: the attempt's tracker and sink queues.
-    pub fn streaming(&self, tracker: Tracker, queues: Vec<(WeakSender<SinkItem>, usize)>) {
+    pub fn streaming(&self, tracker: Tracker, queues: Vec<QueueReport>) {
         let mut g = self.lock();
         g.tracker = Some(tracker);
-        for (entry, (queue, capacity)) in g.sinks.iter_mut().zip(queues) {
+        g.streaming_since = Some(Instant::now());
+        for (entry, (queue, capacity, bytes)) in g.sinks.iter_mut().zip(queues) {
             entry.queue = Some(queue);
             entry.queue_capacity = capacity;
+            entry.bytes = Some(bytes);
+            entry.seen = (0, 0);
+            entry.stuck_since = None;
         }
         drop(g);
         self.set_phase(Phase::Streaming);
+    }
+
+    /// Looks at every sink: one that took an item or acknowledged a
+    /// transaction since the last look is working; one with items queued
+    /// or transactions unacknowledged that did neither is stuck since the
+    /// first look that found it so. Called every second by the HTTP
+    /// server and by every report, so a stall is timed to about a second
+    /// however rarely `/healthz` is asked.
+    pub fn observe(&self) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let now = Instant::now();
+        for (i, s) in g.sinks.iter_mut().enumerate() {
+            let (acked, issued) = g.tracker.as_ref().map_or((0, 0), |t| t.sink_counts(i));
+            let taken = s.bytes.as_ref().map_or(0, |b| b.taken());
+            let queued = queue_items(s);
+            let now_seen = (taken, acked);
+            if now_seen != s.seen || (queued == 0 && issued == acked) {
+                s.seen = now_seen;
+                s.stuck_since = None;
+            } else if s.stuck_since.is_none() {
+                s.stuck_since = Some(now);
+            }
+        }
     }
 
     /// A message from the source (data up to `received`, the server's WAL
@@ -249,20 +321,59 @@ impl Stats {
         self.copied_rows.fetch_add(rows, Ordering::Relaxed);
     }
 
+    /// What the attempt that started at `since` did, for the retry
+    /// backoff: how long it streamed and whether the confirmed position
+    /// moved meanwhile.
+    pub fn attempt(&self, since: Instant) -> Attempt {
+        let g = self.lock();
+        match g.streaming_since {
+            Some(t) if t >= since => Attempt {
+                streamed_for: Some(t.elapsed()),
+                confirmed_moved: g.tracker.as_ref().is_some_and(|t| t.advanced()),
+            },
+            _ => Attempt::default(),
+        }
+    }
+
     /// Whether the pipeline works: copying, or streaming with the source
-    /// heard from recently. The reason when not.
+    /// heard from recently and no sink stuck with work pending for the
+    /// stall limit. The reason when not.
     pub fn health(&self) -> Result<(), String> {
+        self.observe();
         let g = self.lock();
         match g.phase {
             // A standby is healthy: it is ready to take over.
             Phase::Copying | Phase::Standby => Ok(()),
-            Phase::Streaming => match g.last_source_message {
-                Some(t) if t.elapsed() > SOURCE_SILENCE => Err(format!(
-                    "no message from the source for {} s",
-                    t.elapsed().as_secs()
-                )),
-                _ => Ok(()),
-            },
+            Phase::Streaming => {
+                if let Some(t) = g
+                    .last_source_message
+                    .filter(|t| t.elapsed() > SOURCE_SILENCE)
+                {
+                    return Err(format!(
+                        "no message from the source for {} s",
+                        t.elapsed().as_secs()
+                    ));
+                }
+                let stuck: Vec<String> = g
+                    .sinks
+                    .iter()
+                    .filter_map(|s| {
+                        let t = s.stuck_since?.elapsed();
+                        g.stall_limit.filter(|l| t >= *l)?;
+                        Some(format!(
+                            "sink {} has made no progress for {} s with changes pending ({} queued); its target may be locked, stopped or overloaded",
+                            s.name,
+                            t.as_secs(),
+                            queue_items(s)
+                        ))
+                    })
+                    .collect();
+                if stuck.is_empty() {
+                    Ok(())
+                } else {
+                    Err(stuck.join("; "))
+                }
+            }
             Phase::Starting => Err("starting".into()),
             Phase::Retrying => Err(format!(
                 "retrying after: {}",
@@ -276,6 +387,7 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        self.observe();
         let g = self.lock();
         let confirmed = Lsn(self.confirmed_lsn.load(Ordering::Relaxed));
         let received = Lsn(self.received_lsn.load(Ordering::Relaxed));
@@ -286,18 +398,13 @@ impl Stats {
             .enumerate()
             .map(|(i, s)| {
                 let acked = g.tracker.as_ref().map(|t| t.sink_position(i));
-                let queue_items = s
-                    .queue
-                    .as_ref()
-                    .and_then(|q| q.upgrade())
-                    .map(|q| q.max_capacity() - q.capacity())
-                    .unwrap_or(0);
                 SinkSnapshot {
                     name: s.name.clone(),
                     kind: s.kind,
                     acked,
-                    queue_items,
+                    queue_items: queue_items(s),
                     queue_capacity: s.queue_capacity,
+                    stalled_seconds: s.stuck_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
                 }
             })
             .collect();
@@ -348,6 +455,66 @@ mod tests {
         assert_eq!(snap.sinks[0].acked, Some(Lsn(5)));
         s.stopped(Some("sink a: column x missing".into()));
         assert!(s.health().unwrap_err().contains("column x"));
+    }
+
+    #[test]
+    fn attempt_reports_progress() {
+        let s = Stats::new("p", "slot", vec![("a".into(), "postgres")]);
+        let first = Instant::now();
+        assert_eq!(s.attempt(first), Attempt::default(), "never streamed");
+        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
+        s.streaming(tracker.clone(), Vec::new());
+        let a = s.attempt(first);
+        assert!(a.streamed_for.is_some() && !a.confirmed_moved, "{a:?}");
+        ackers[0].ack(tracker.issue(0, Lsn(9)));
+        assert!(s.attempt(first).progressed());
+        // The next attempt does not inherit it before it streams itself.
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(s.attempt(Instant::now()), Attempt::default());
+    }
+
+    /// A sink with a transaction it neither takes nor acknowledges fails
+    /// `/healthz` once the stall limit passes, naming itself; it passes
+    /// again when the transaction is acknowledged.
+    #[test]
+    fn a_stuck_sink_fails_health() {
+        let s = Stats::new(
+            "p",
+            "slot",
+            vec![("a".into(), "postgres"), ("b".into(), "kafka")],
+        );
+        s.set_stall_limit(Some(Duration::from_millis(50)));
+        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(5)], Lsn(5));
+        let queues = (0..2)
+            .map(|_| {
+                let (tx, _rx) = tokio::sync::mpsc::channel::<SinkItem>(4);
+                (tx.downgrade(), 4, QueueBytes::new(1 << 20))
+            })
+            .collect();
+        s.streaming(tracker.clone(), queues);
+        assert!(s.health().is_ok(), "nothing pending");
+        let token_a = tracker.issue(0, Lsn(9));
+        let token_b = tracker.issue(1, Lsn(9));
+        ackers[1].ack(token_b);
+        assert!(s.health().is_ok(), "not stuck for long yet");
+        std::thread::sleep(Duration::from_millis(80));
+        let why = s.health().expect_err("sink a is stuck");
+        assert!(
+            why.contains("sink a ") && why.contains("no progress"),
+            "{why}"
+        );
+        assert!(!why.contains("sink b"), "{why}");
+        assert!(s.snapshot().sinks[0].stalled_seconds > 0.0);
+        ackers[0].ack(token_a);
+        assert!(s.health().is_ok());
+        assert_eq!(s.snapshot().sinks[0].stalled_seconds, 0.0);
+        // Without a limit a stall is reported in /status only.
+        s.set_stall_limit(None);
+        let _pending = tracker.issue(0, Lsn(12));
+        s.observe();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.health().is_ok());
+        assert!(s.snapshot().sinks[0].stalled_seconds > 0.0);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!   positions the destination already has, and the pipeline does not send
 //!   transactions that committed before it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
@@ -111,6 +111,10 @@ pub struct QueueBytes {
     queued: AtomicUsize,
     limit: usize,
     freed: Notify,
+    /// Items the sink has taken so far: the pipeline's report tells a
+    /// sink that works through a long transaction (no acknowledgement
+    /// for a while) from one that is stuck.
+    taken: AtomicU64,
 }
 
 impl QueueBytes {
@@ -119,12 +123,18 @@ impl QueueBytes {
             queued: AtomicUsize::new(0),
             limit,
             freed: Notify::new(),
+            taken: AtomicU64::new(0),
         })
     }
 
     /// Bytes queued now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// Items the sink has taken from its queue since it was made.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// Waits until `n` more bytes fit (always when nothing is queued, so an
@@ -184,6 +194,7 @@ impl SinkQueue {
 
     fn taken(&self, item: &SinkItem) {
         if let Some(b) = &self.bytes {
+            b.taken.fetch_add(1, Ordering::Relaxed);
             b.release(item.bytes());
         }
     }

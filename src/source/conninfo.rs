@@ -130,21 +130,31 @@ impl ConnInfo {
     }
 
     /// As [`ConnInfo::parse`], with the environment given as a function (for tests).
+    /// URL errors never show the password, even one with unencoded `/`,
+    /// `?` or `@` that makes the URL parse otherwise (see [`redact_url`]).
     pub fn parse_with_env(
         s: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ConnInfo, ConnInfoError> {
         let s = s.trim();
-        let params = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            parse_url(s)?
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            parse_url(s)
+                .and_then(|params| Self::from_params(params, env))
+                .map_err(|e| unsplit_password(s, e))
         } else if s.contains("://") {
-            return Err(ConnInfoError::BadUrl {
-                url: s.to_string(),
+            Err(ConnInfoError::BadUrl {
+                url: redact_url(s),
                 why: "the scheme must be postgres:// or postgresql://".into(),
-            });
+            })
         } else {
-            parse_key_value(s)?
-        };
+            Self::from_params(parse_key_value(s)?, env)
+        }
+    }
+
+    fn from_params(
+        params: BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConnInfo, ConnInfoError> {
         for k in params.keys() {
             if !KNOWN_KEYS.contains(&k.as_str()) {
                 return Err(ConnInfoError::UnknownKey(k.clone()));
@@ -233,19 +243,82 @@ fn decode(part: &str, url: &str) -> Result<String, ConnInfoError> {
         })
 }
 
-/// The URL with any password replaced, for error messages.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+/// As [`decode`] for the user name and password: the message does not
+/// echo the part.
+fn decode_secret(part: &str, url: &str, what: &str) -> Result<String, ConnInfoError> {
+    decode(part, url).map_err(|_| ConnInfoError::BadUrl {
+        url: redact_url(url),
+        why: format!("the {what} is not valid percent-encoded UTF-8"),
+    })
+}
+
+/// Where the credentials of a `scheme://...` string can be: from after
+/// `://` to its last `@`. Deliberately wider than the user info of a
+/// well-formed URL: a password with an unencoded `/`, `?`, `#` or `@`
+/// (base64 passwords from `${VAR}`) makes the URL parse otherwise, and it
+/// must not show in the error that says so.
+pub(crate) fn credentials_span(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let end = start + url[start..].rfind('@')?;
+    Some(start..end)
+}
+
+/// `url` (a connection URL, whole) with what sits between `://` and the
+/// last `@` replaced by `user:***` (or `***` when the user name cannot be
+/// told apart), for error messages and logs. Text without `://` or `@` is
+/// returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(span) = credentials_span(url) else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+    let creds = &url[span.clone()];
+    let plain = |t: &str| !t.contains(['/', '?', '#', ':', '@', '$']);
+    let shown = match creds.split_once(':') {
+        Some((user, _)) if plain(user) => format!("{user}:***"),
+        // A user name alone is no secret.
+        None if plain(creds) => creds.to_string(),
+        _ => "***".to_string(),
+    };
+    format!("{}{shown}{}", &url[..span.start], &url[span.end..])
+}
+
+/// Every `scheme://...@` in `text` (a message from another library that
+/// may quote a URL) redacted as by [`redact_url`]; a URL ends at white
+/// space or a quote.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+            .map_or(rest.len(), |e| i + e);
+        let begin = rest[..i]
+            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '<'))
+            .map_or(0, |b| b + 1);
+        out.push_str(&rest[..begin]);
+        out.push_str(&redact_url(&rest[begin..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An error from parsing `url` whose credentials hold a `/`, `?` or `#`:
+/// as in libpq, the URL's host part then ended before the last `@`, so
+/// the message (a bad port, an unknown parameter) would quote a piece of
+/// the password and send the reader the wrong way. It is replaced by one
+/// that says what to do.
+fn unsplit_password(url: &str, e: ConnInfoError) -> ConnInfoError {
+    match credentials_span(url) {
+        Some(span) if url[span.clone()].contains(['/', '?', '#']) => ConnInfoError::BadUrl {
+            url: redact_url(url),
+            why:
+                "the text before the last '@' holds '/', '?' or '#', so the host part ends early; \
+                  if they belong to the password (or user name), percent-encode them \
+                  (%2F, %3F, %23; '@' as %40)"
+                    .into(),
         },
-        None => url.to_string(),
+        _ => e,
     }
 }
 
@@ -268,11 +341,11 @@ fn parse_url(url: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
         Some((userinfo, hostport)) => {
             match userinfo.split_once(':') {
                 Some((u, p)) => {
-                    params.insert("user".into(), decode(u, url)?);
-                    params.insert("password".into(), decode(p, url)?);
+                    params.insert("user".into(), decode_secret(u, url, "user name")?);
+                    params.insert("password".into(), decode_secret(p, url, "password")?);
                 }
                 None => {
-                    params.insert("user".into(), decode(userinfo, url)?);
+                    params.insert("user".into(), decode_secret(userinfo, url, "user name")?);
                 }
             }
             hostport
@@ -492,5 +565,68 @@ mod tests {
             assert!(err.contains(needle), "{input}: {err}");
             assert!(!err.contains("secret"), "password leaked: {err}");
         }
+    }
+
+    /// Base64 passwords (from `${VAR}`) hold `/`, `+` and `=`; with `?`,
+    /// `#` or `@` too, the URL splits inside the password. Whatever the
+    /// parse trips on, no message shows any of it.
+    #[test]
+    fn passwords_with_url_delimiters_never_show() {
+        let secrets = [
+            "ab12/cd+ef==",
+            "/l3ading",
+            "x?applicati0n_nam3=z9",
+            "q?w/e#r",
+            "p@zz/w0rd",
+            "tr4iling/",
+            "a9?b8=c7x",
+        ];
+        for pw in secrets {
+            for url in [
+                format!("postgres://app:{pw}@db1:5432/app"),
+                format!("postgres://app:{pw}@db1:notaport/app"),
+                format!("postgresql://app:{pw}@db1/app?sslmode=maybe"),
+                format!("mysql://app:{pw}@db1/app"),
+            ] {
+                let Err(e) = ConnInfo::parse_with_env(&url, no_env) else {
+                    continue;
+                };
+                let e = e.to_string();
+                for piece in pw.split(['/', '?', '#', '@', '=']).filter(|p| p.len() > 1) {
+                    assert!(!e.contains(piece), "{piece:?} of the password in: {e}");
+                }
+                assert!(e.contains("app:***@db1"), "{e}");
+            }
+        }
+        // A split password gets the fix, not a misleading detail.
+        let e = ConnInfo::parse_with_env("postgres://app:ab12/cd==@db1/app", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("percent-encode") && e.contains("%2F"), "{e}");
+        // Bad percent-encoding in the password is named, not quoted.
+        let e = ConnInfo::parse_with_env("postgres://app:s3cr%FFt@db1/app", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password") && !e.contains("s3cr"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:a/b?c@d@h:1/db?x=y"),
+            "postgres://u:***@h:1/db?x=y"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("postgres://u/x@h/db"), "postgres://***@h/db");
+        assert_eq!(redact_url("host=h password=x"), "host=h password=x");
+        assert_eq!(
+            redact_urls_in(
+                "error sending request for url (https://u:p/q@reg:8081/subjects): refused"
+            ),
+            "error sending request for url (https://u:***@reg:8081/subjects): refused"
+        );
+        assert_eq!(redact_urls_in("no url here"), "no url here");
     }
 }

@@ -11,7 +11,7 @@ pub mod replication;
 pub(crate) mod tls;
 
 pub use conn::{Connection, Mode, QueryResult};
-pub use conninfo::{ConnInfo, SslMode};
+pub use conninfo::{redact_url, ConnInfo, SslMode};
 pub use error::{DbError, SourceError};
 pub use replication::{
     max_proto_version, CreatedSlot, ReplEvent, ReplicationStream, SlotInfo, SnapshotAction,

@@ -1,7 +1,10 @@
 //! TLS for the source connection with rustls, following libpq's `sslmode`:
-//! `require` encrypts without checking the certificate (as libpq does when no
-//! root certificate is configured), `verify-ca` checks the chain only,
-//! `verify-full` checks the chain and the host name.
+//! `require` encrypts without checking the certificate when no root
+//! certificate is configured, and checks the chain like `verify-ca` when
+//! `sslrootcert` is given (libpq does the same: a root certificate file
+//! turns peer verification on), `verify-ca` checks the chain only,
+//! `verify-full` checks the chain and the host name. The Postgres sink's
+//! connections use the same configuration.
 
 use std::sync::Arc;
 
@@ -43,12 +46,23 @@ fn roots(info: &ConnInfo) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// What is checked of the server's certificate: `sslmode`, with
+/// `require` raised to `verify-ca` when `sslrootcert` is given, as libpq
+/// does. (An unreadable `sslrootcert` is an error here, where libpq would
+/// silently check nothing: whoever names a CA file wants it used.)
+pub fn effective_mode(info: &ConnInfo) -> SslMode {
+    match info.sslmode {
+        SslMode::Require if info.sslrootcert.is_some() => SslMode::VerifyCa,
+        mode => mode,
+    }
+}
+
 /// The rustls client configuration for `info.sslmode` (not called for `disable`).
 pub fn client_config(info: &ConnInfo) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let config = match info.sslmode {
+    let config = match effective_mode(info) {
         SslMode::VerifyFull => builder
             .with_root_certificates(roots(info)?)
             .with_no_client_auth(),
@@ -162,5 +176,28 @@ impl ServerCertVerifier for NoVerify {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str) -> SslMode {
+        effective_mode(&ConnInfo::parse_with_env(url, |_| None).expect("valid URL"))
+    }
+
+    #[test]
+    fn require_with_a_root_certificate_verifies_the_chain() {
+        assert_eq!(mode("postgres://h/db?sslmode=require"), SslMode::Require);
+        assert_eq!(
+            mode("postgres://h/db?sslmode=require&sslrootcert=/etc/ca.pem"),
+            SslMode::VerifyCa
+        );
+        assert_eq!(
+            mode("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
+            SslMode::VerifyFull
+        );
+        assert_eq!(mode("postgres://h/db?sslmode=prefer"), SslMode::Prefer);
     }
 }

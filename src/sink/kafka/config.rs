@@ -407,7 +407,7 @@ impl KafkaSinkSection {
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return Err(format!(
                     "schema_registry.url {:?} must start with http:// or https://",
-                    r.url
+                    crate::source::redact_url(&r.url)
                 ));
             }
             if r.password.is_some() && r.username.is_none() {

@@ -176,7 +176,9 @@ impl Shared {
                 }
             }
             Err(f) => {
-                tracing::error!(topic = %f.topic, partition = f.partition, error = %f.error, "Kafka did not take a record");
+                // The first failure becomes the sink's error, logged once
+                // where it is handled (a retry's WARN or the exit).
+                tracing::debug!(topic = %f.topic, partition = f.partition, error = %f.error, "Kafka did not take a record");
                 st.failure.get_or_insert(f);
                 drop(st);
                 self.wake.notify_one();

@@ -49,11 +49,17 @@ impl Registry {
         if let Some(user) = &section.username {
             b.set_basic_authorization(user, section.password.as_deref());
         }
-        let settings = b
-            .build()
-            .map_err(|e| format!("schema registry {}: {e}", section.url))?;
+        // Credentials belong in username/password, but a URL with them
+        // must not reach a log either.
+        let url = crate::source::redact_url(&section.url);
+        let settings = b.build().map_err(|e| {
+            format!(
+                "schema registry {url}: {}",
+                crate::source::conninfo::redact_urls_in(&e.to_string())
+            )
+        })?;
         Ok(Registry {
-            url: section.url.clone(),
+            url,
             settings,
             ids: HashMap::new(),
         })
@@ -72,10 +78,10 @@ impl Registry {
             .map_err(|e: SRCError| RegistryError {
                 url: self.url.clone(),
                 subject: subject.to_string(),
-                message: match &e.cause {
+                message: crate::source::conninfo::redact_urls_in(&match &e.cause {
                     Some(c) => format!("{}: {c}", e.error),
                     None => e.error.clone(),
-                },
+                }),
                 retriable: e.retriable,
             })?;
         tracing::info!(subject, id = registered.id, "registered Avro schema");

@@ -342,8 +342,10 @@ impl<'a> Dispatcher<'a> {
             };
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             jobs.push(tx);
+            let names = super::renames::names(&client, &config.pipeline, &config.name).await?;
             let mut target = Target::new(client, config.create_tables);
             target.set_source(config.source.clone());
+            target.set_names(names);
             handles.push(tokio::spawn(worker(
                 target,
                 rx,
