@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{is_topic_char, KafkaSinkSection};
@@ -43,6 +44,9 @@ pub fn table_topic(cfg: &KafkaSinkSection, rel: &RelationSchema) -> String {
 /// `create_topics` or `create_progress_topic`.
 pub struct TopicMaker {
     admin: Option<AdminClient<DefaultClientContext>>,
+    /// For metadata lookups (the progress topic is created only when the
+    /// brokers do not list it).
+    client: rdkafka::ClientConfig,
     /// `create_topics`: every topic; without it only the progress topic.
     all: bool,
     progress: bool,
@@ -76,6 +80,7 @@ impl TopicMaker {
         };
         Ok(TopicMaker {
             admin,
+            client: cfg.client_config(),
             all: cfg.create_topics,
             progress: cfg.create_progress_topic,
             partitions: cfg.topic_partitions,
@@ -111,6 +116,16 @@ impl TopicMaker {
         if !self.all && !self.progress {
             return Ok(());
         }
+        if self.done.contains(topic) {
+            return Ok(());
+        }
+        // Only when missing: a broker that does not let pgbridge create
+        // topics (or does not implement CreateTopics) is no obstacle when
+        // an administrator made the topic.
+        if self.listed(topic).await? {
+            self.done.insert(topic.to_string());
+            return Ok(());
+        }
         let why = if self.all {
             Why::CreateTopics
         } else {
@@ -118,6 +133,29 @@ impl TopicMaker {
         };
         let config = [("cleanup.policy".to_string(), "compact".to_string())];
         self.create(topic, 1, &config, why).await
+    }
+
+    /// Whether the brokers' metadata lists `topic`.
+    async fn listed(&self, topic: &str) -> Result<bool, SinkError> {
+        let client = self.client.clone();
+        let name = topic.to_string();
+        let r = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+            let md = consumer
+                .fetch_metadata(Some(&name), Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            Ok(md
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        r.map_err(|e| SinkError::Transient {
+            sink: self.sink.clone(),
+            message: format!("looking up topic {topic}: {e}"),
+        })
     }
 
     async fn create(
