@@ -58,16 +58,30 @@ mirror() {
   echo "$m"
 }
 
-rootfs_tar="$CACHE/bookworm-minbase.tar"
-if ! podman image exists docker.io/library/debian:bookworm-slim; then
+# Bump when the rootfs recipe changes: the cached tarball and the imported
+# image are remade.
+ROOTFS_VERSION=2
+rootfs_tar="$CACHE/bookworm-slim-rootfs-v$ROOTFS_VERSION.tar"
+label() { # image label
+  podman image inspect --format "{{index .Labels \"$2\"}}" "$1" 2>/dev/null || true
+}
+if [ "$(label docker.io/library/debian:bookworm-slim pgbridge.test.rootfs)" != "$ROOTFS_VERSION" ]; then
   if [ ! -s "$rootfs_tar" ]; then
     say "debootstrap bookworm minbase (cached in $rootfs_tar)"
     tmp_root="$(mktemp -d)"
     debootstrap --variant=minbase bookworm "$tmp_root/rootfs" "$(mirror)" >"$tmp_root/log" 2>&1 ||
       { tail -20 "$tmp_root/log" >&2; fail "debootstrap"; }
     # What Debian's slim images leave out: documentation, manual pages,
-    # translations (also for packages installed later), package lists.
+    # translations (also for packages installed later), package lists, and
+    # apt's caches (their docker-clean and no-languages settings).
     r="$tmp_root/rootfs"
+    cat >"$r/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+    echo 'Acquire::Languages "none";' >"$r/etc/apt/apt.conf.d/docker-no-languages"
     cat >"$r/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
@@ -86,13 +100,14 @@ EOF
   fi
   say "importing $rootfs_tar as debian:bookworm-slim"
   podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'CMD ["bash"]' "$rootfs_tar" docker.io/library/debian:bookworm-slim >/dev/null
+    --change 'CMD ["bash"]' --change "LABEL pgbridge.test.rootfs=$ROOTFS_VERSION" \
+    "$rootfs_tar" docker.io/library/debian:bookworm-slim >/dev/null
 fi
 
 sysroot="$(rustc --print sysroot)"
-rust_version="$(rustc --version)"
-if [ "$(podman image inspect --format '{{index .Labels "pgbridge.test.rustc"}}' \
-      docker.io/library/rust:1-bookworm 2>/dev/null || true)" != "$rust_version" ]; then
+# Remade when the toolchain or the base image changes.
+rust_version="$(rustc --version) on $(podman image inspect --format '{{.Id}}' docker.io/library/debian:bookworm-slim)"
+if [ "$(label docker.io/library/rust:1-bookworm pgbridge.test.rustc)" != "$rust_version" ]; then
   say "making rust:1-bookworm (Debian's C toolchain; $rust_version mounted from $sysroot)"
   ctx="$(mktemp -d)"
   cat >"$ctx/Containerfile" <<EOF
@@ -140,6 +155,7 @@ else
 fi
 work="$(mktemp -d)"
 chmod 755 "$work"
+chown postgres "$work" # the servers write their logs and sockets here
 containers=()
 cleanup() {
   local c
@@ -154,10 +170,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 src_port=$(free_port)
 dst_port=$(free_port)
+echo superpw >"$work/pwfile"
+chown postgres "$work/pwfile"
 for d in src dst; do
   install -d -o postgres "$work/$d"
   runuser -u postgres -- "$bin/initdb" -D "$work/$d" -U postgres -A scram-sha-256 \
-    --pwfile=<(echo "superpw") >"$work/$d.initdb.log" 2>&1 || fail "initdb $d"
+    --pwfile="$work/pwfile" >"$work/$d.initdb.log" 2>&1 || { cat "$work/$d.initdb.log" >&2; fail "initdb $d"; }
 done
 pgstart() {
   runuser -u postgres -- "$bin/pg_ctl" -D "$work/$1" -l "$work/$1.log" -w -o \
@@ -204,7 +222,9 @@ chmod 644 "$work/pgbridge-$port.toml"
 done
 
 run_container() { # name http_port
-  podman run -d --name "$1" --network host \
+  # --health-interval disable: no systemd timer (there may be no systemd);
+  # the test runs the image's check itself with `podman healthcheck run`.
+  podman run -d --name "$1" --network host --health-interval disable \
     -v "$work/pgbridge-$2.toml:/etc/pgbridge/pgbridge.toml:ro" \
     -e PGBRIDGE_SOURCE_PASSWORD='src pw' -e PGBRIDGE_TARGET_PASSWORD='dst pw' \
     -e PGBRIDGE_HTTP_PORT="$2" -e PGBRIDGE_LOG=info "$IMAGE" >/dev/null ||
