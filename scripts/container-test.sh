@@ -13,7 +13,8 @@
 #   rust:1-bookworm        that rootfs with the C toolchain and headers the
 #                          build links; the Rust toolchain is this machine's
 #                          (`rustc --print sysroot`), mounted into the build
-# so the Containerfile stays the one a user builds. The build mounts this
+# so the Containerfile stays the one a user builds (podman resolves its
+# short names to these localhost/ images; --pull=never keeps it local). The build mounts this
 # machine's cargo registry and a cached target directory ($CACHE), so a
 # second run rebuilds only what changed.
 #
@@ -65,7 +66,7 @@ rootfs_tar="$CACHE/bookworm-slim-rootfs-v$ROOTFS_VERSION.tar"
 label() { # image label
   podman image inspect --format "{{index .Labels \"$2\"}}" "$1" 2>/dev/null || true
 }
-if [ "$(label docker.io/library/debian:bookworm-slim pgbridge.test.rootfs)" != "$ROOTFS_VERSION" ]; then
+if [ "$(label localhost/debian:bookworm-slim pgbridge.test.rootfs)" != "$ROOTFS_VERSION" ]; then
   if [ ! -s "$rootfs_tar" ]; then
     say "debootstrap bookworm minbase (cached in $rootfs_tar)"
     tmp_root="$(mktemp -d)"
@@ -101,17 +102,17 @@ EOF
   say "importing $rootfs_tar as debian:bookworm-slim"
   podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' --change "LABEL pgbridge.test.rootfs=$ROOTFS_VERSION" \
-    "$rootfs_tar" docker.io/library/debian:bookworm-slim >/dev/null
+    "$rootfs_tar" localhost/debian:bookworm-slim >/dev/null
 fi
 
 sysroot="$(rustc --print sysroot)"
 # Remade when the toolchain or the base image changes.
-rust_version="$(rustc --version) on $(podman image inspect --format '{{.Id}}' docker.io/library/debian:bookworm-slim)"
-if [ "$(label docker.io/library/rust:1-bookworm pgbridge.test.rustc)" != "$rust_version" ]; then
+rust_version="$(rustc --version) on $(podman image inspect --format '{{.Id}}' localhost/debian:bookworm-slim)"
+if [ "$(label localhost/rust:1-bookworm pgbridge.test.rustc)" != "$rust_version" ]; then
   say "making rust:1-bookworm (Debian's C toolchain; $rust_version mounted from $sysroot)"
   ctx="$(mktemp -d)"
   cat >"$ctx/Containerfile" <<EOF
-FROM docker.io/library/debian:bookworm-slim
+FROM localhost/debian:bookworm-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc g++ libc6-dev make perl pkg-config libssl-dev zlib1g-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -119,7 +120,7 @@ ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup \
     PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL pgbridge.test.rustc="$rust_version"
 EOF
-  podman build --network host -t docker.io/library/rust:1-bookworm "$ctx" >"$CACHE/rust-image.log" 2>&1 ||
+  podman build --network host -t localhost/rust:1-bookworm "$ctx" >"$CACHE/rust-image.log" 2>&1 ||
     { tail -30 "$CACHE/rust-image.log" >&2; fail "making the rust:1-bookworm stand-in"; }
   rm -rf "$ctx"
 fi
