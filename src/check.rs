@@ -125,7 +125,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                     .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
                     .map(|t| (t.schema.clone(), t.name.clone()))
                     .collect();
-                let mut state = vec!["progress"];
+                let mut state = vec!["progress", "relations"];
                 if src.snapshot != SnapshotMode::Never {
                     state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
                 }

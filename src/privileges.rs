@@ -179,8 +179,9 @@ pub async fn source_problems(
 }
 
 /// pgbridge's own tables in the target's `pgbridge` schema.
-pub const STATE_TABLES: [&str; 5] = [
+pub const STATE_TABLES: [&str; 6] = [
     "progress",
+    "relations",
     "apply_progress",
     "snapshot_tables",
     "snapshot_started",

@@ -15,6 +15,7 @@ use crate::trial;
 pub fn trials() -> Vec<Trial> {
     vec![
         trial("shapes::two_processes_one_writer", two_processes_one_writer),
+        trial("shapes::lock_lost_during_copy", lock_lost_during_copy),
         trial("shapes::partitioned_via_root", partitioned_via_root),
         trial("shapes::partitioned_via_leaves", partitioned_via_leaves),
         trial("shapes::message_during_copy", message_during_copy),
@@ -23,6 +24,7 @@ pub fn trials() -> Vec<Trial> {
             failed_first_run_drops_its_slot,
         ),
         trial("shapes::rename_followed", rename_followed),
+        trial("shapes::rename_while_down", rename_while_down),
         trial(
             "shapes::partitioned_via_root_kafka",
             partitioned_via_root_kafka,
@@ -71,6 +73,11 @@ fn counts(db: &str, table: &str) -> (i64, i64) {
 fn two_processes_one_writer() {
     let (port, src) = harness::fresh_db("sh_two_src");
     let (_, dst) = harness::fresh_db("sh_two_dst");
+    // A lock_timeout in the source's settings must not end a standby's wait.
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {src} SET lock_timeout = '500ms'"),
+    );
     const N: i64 = 600_000;
     psql(
         &src,
@@ -465,10 +472,17 @@ fn rename_followed() {
         "{}",
         log_text(&log2)
     );
-    // Named by its new name, it goes on.
+    // Named by its new name, it goes on, without copying the table again
+    // (its copy record followed the rename).
     write("\"public.t2\"");
-    let run = spawn_run(&config, &log);
-    streaming("sh_ren", &log);
+    let log3 = dir.path().join("run3.log");
+    let run = spawn_run(&config, &log3);
+    streaming("sh_ren", &log3);
+    assert!(
+        !log_text(&log3).contains("initial copy complete"),
+        "the renamed table was copied again:\n{}",
+        log_text(&log3)
+    );
     psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
     confirmed_to_now(&src, "sh_ren", &log);
     assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
@@ -589,4 +603,110 @@ fn partitioned_via_root_kafka() {
         "postgres",
         "SELECT pg_drop_replication_slot('sh_part_kafka')",
     );
+}
+
+/// The lock's session ends while the copy runs: the copy's workers stop
+/// with it (before, spawned workers went on copying for a pipeline the
+/// process no longer held), the process takes the lock again and copies
+/// afresh, and the table ends with every row once.
+fn lock_lost_during_copy() {
+    let (port, src) = harness::fresh_db("sh_lost_src");
+    let (_, dst) = harness::fresh_db("sh_lost_dst");
+    const N: i64 = 1_500_000;
+    psql(
+        &src,
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, {N}) g;
+             CREATE PUBLICATION p FOR TABLE big;"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_lost",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    wait_for("the copy to start", 60, || {
+        log_text(&log).contains("initial copy started")
+    });
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = 1885823602 AND granted",
+    );
+    let text = log_text(&log);
+    assert!(
+        !text.contains("initial copy complete"),
+        "the copy ended before the lock was cut; make the table larger:\n{text}"
+    );
+    streaming("sh_lost", &log);
+    let text = log_text(&log);
+    assert!(text.contains("lost the pipeline lock"), "{text}");
+    assert_eq!(counts(&dst, "big"), (N, N), "every row once");
+    psql(&src, "INSERT INTO big VALUES (0, 'after')");
+    confirmed_to_now(&src, "sh_lost", &log);
+    assert_eq!(counts(&dst, "big"), (N + 1, N + 1));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_lost')");
+}
+
+/// A table renamed while pgbridge is not running, with changes before and
+/// after the rename still in the slot: the next run does not copy it again
+/// under the new name (before, it did, at a later consistent point, and the
+/// change under the old name then landed on top of the newer copy); the
+/// stream renames the target table and the later update wins.
+fn rename_while_down() {
+    let (port, src) = harness::fresh_db("sh_rwd_src");
+    let (_, dst) = harness::fresh_db("sh_rwd_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_rwd",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_rwd", &log);
+    confirmed_to_now(&src, "sh_rwd", &log);
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql(
+        &src,
+        "UPDATE t SET v = 'before' WHERE id = 1;
+         ALTER TABLE t RENAME TO t2;
+         UPDATE t2 SET v = 'after' WHERE id = 1;",
+    );
+    let log2 = dir.path().join("run2.log");
+    let run = spawn_run(&config, &log2);
+    streaming("sh_rwd", &log2);
+    confirmed_to_now(&src, "sh_rwd", &log2);
+    let text = log_text(&log2);
+    assert!(
+        !text.contains("initial copy complete"),
+        "copied again:\n{text}"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"),
+        "t2",
+        "the target table follows the rename:\n{text}"
+    );
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"), "{text}");
+    assert!(stop_run(run).success(), "{text}");
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_rwd')");
 }

@@ -43,9 +43,14 @@ pub struct Route {
     pub rel_ids: HashSet<RelId>,
     /// Transactions committing before this were durably applied already.
     pub durable: Lsn,
-    /// Per table: changes committing before this LSN are already in the
-    /// table's snapshot copy.
-    pub table_start: HashMap<String, Lsn>,
+    /// Per table, by relation id (a rename does not change it): changes
+    /// committing before this LSN are already in the table's snapshot copy.
+    pub table_start: HashMap<RelId, Lsn>,
+    /// The same by `schema.table`, for changes of a relation that is not in
+    /// `table_start`: one dropped while pgbridge was not running, whose
+    /// name a table copied since now has (its changes are older than that
+    /// copy, and would land in the copied table).
+    pub table_start_names: HashMap<String, Lsn>,
 }
 
 impl Route {
@@ -61,8 +66,11 @@ impl Route {
         if !self.selects(rel) {
             return false;
         }
-        let name = rel.qualified_name();
-        match (commit_lsn, self.table_start.get(&name)) {
+        let start = self
+            .table_start
+            .get(&rel.rel_id)
+            .or_else(|| self.table_start_names.get(&rel.qualified_name()));
+        match (commit_lsn, start) {
             (Some(c), Some(start)) => c >= *start,
             _ => true,
         }

@@ -12,11 +12,15 @@
 //! session ends (the process exits or is killed, its host or network goes
 //! away), the server releases the lock and a waiting process takes over.
 //!
-//! The holder watches its lock connection. When it is lost (closed, or no
-//! answer to a probe within [`PROBE_TIMEOUT`]) it can no longer know that it
-//! is the only writer, so the pipeline stops all sink work at once (the
-//! in-flight target transactions roll back, nothing more is confirmed) and
-//! waits for the lock again.
+//! The holder watches its lock connection. When it is lost (closed, seen
+//! within [`CLOSED_CHECK`]; or no answer to a probe within
+//! [`PROBE_TIMEOUT`]) it can no longer know that it is the only writer, so
+//! the pipeline stops all sink work at once (the in-flight target
+//! transactions roll back, nothing more is confirmed) and waits for the
+//! lock again. What this cannot fence: a holder that is frozen (a stopped
+//! process, a paused VM) while the server ends its session, and then
+//! thaws with a target COMMIT already sent; fencing that would need the
+//! targets themselves to refuse a deposed writer.
 //!
 //! The key is `(LOCK_CLASS, hashtext(slot))` in the source database: two
 //! slots whose names hash alike would wait for each other (reported in the
@@ -32,10 +36,14 @@ use crate::source::ConnInfo;
 /// The first half of the advisory lock key: pgbridge's class (ASCII "pgbr").
 pub const LOCK_CLASS: i32 = 0x7067_6272;
 
-/// How often the holder checks that its lock session is alive.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the holder asks its lock session for an answer.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A probe not answered within this means the session is lost.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the holder looks whether its lock connection has closed (no
+/// round trip: a session the server ended, e.g. by
+/// `pg_terminate_backend`, is noticed within this).
+const CLOSED_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -153,21 +161,34 @@ impl PipelineLock {
     /// Resolves when the lock can no longer be trusted: the session closed
     /// or stopped answering. Cancel-safe (it only probes).
     pub async fn lost(&self) -> String {
-        loop {
-            if self.client.is_closed() {
-                return "the lock's connection to the source closed".into();
-            }
-            match tokio::time::timeout(PROBE_TIMEOUT, self.client.simple_query("")).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("the lock's connection to the source failed: {e}"),
-                Err(_) => {
-                    return format!(
-                        "the lock's connection to the source did not answer within {} s",
-                        PROBE_TIMEOUT.as_secs()
-                    )
+        let closed = async {
+            loop {
+                if self.client.is_closed() {
+                    return "the lock's connection to the source closed".to_string();
                 }
+                tokio::time::sleep(CLOSED_CHECK).await;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+        };
+        let probes = async {
+            loop {
+                match tokio::time::timeout(PROBE_TIMEOUT, self.client.simple_query("")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        return format!("the lock's connection to the source failed: {e}")
+                    }
+                    Err(_) => {
+                        return format!(
+                            "the lock's connection to the source did not answer within {} s",
+                            PROBE_TIMEOUT.as_secs()
+                        )
+                    }
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        };
+        tokio::select! {
+            why = closed => why,
+            why = probes => why,
         }
     }
 
@@ -177,13 +198,25 @@ impl PipelineLock {
     }
 }
 
+/// A session for the lock: no `lock_timeout` (a role's setting would end a
+/// standby's wait with an error) and no `statement_timeout` (set by
+/// `pg::connect`).
 async fn connect(info: &ConnInfo, slot: &str) -> Result<Client, LockError> {
-    pg::connect(info)
+    let client = pg::connect(info)
         .await
         .map_err(|source| LockError::Connect {
             slot: slot.to_string(),
             source,
-        })
+        })?;
+    client
+        .batch_execute("SET lock_timeout = 0")
+        .await
+        .map_err(|source| LockError::Query {
+            slot: slot.to_string(),
+            what: "setting up the lock's session",
+            source,
+        })?;
+    Ok(client)
 }
 
 async fn holder(client: &Client, slot: &str) -> Result<Option<Holder>, LockError> {

@@ -127,8 +127,8 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
 /// consistent point, the sink's durable position covers it from there; if
 /// the stream starts past both (a new slot after an earlier copy), changes
 /// in between are missing, so that copy does not count.
-fn drop_stale_copies(
-    done: &mut HashMap<String, Lsn>,
+fn drop_stale_copies<K: std::fmt::Display>(
+    done: &mut HashMap<K, Lsn>,
     sink: &str,
     durable: Lsn,
     stream_start: Option<Lsn>,
@@ -290,10 +290,11 @@ pub async fn run_with(
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::default();
+    let mut fresh_slot = None;
     loop {
         let started = std::time::Instant::now();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let attempt = attempt(config, stop_rx, stats);
+        let attempt = attempt(config, stop_rx, stats, &mut fresh_slot);
         tokio::pin!(attempt);
         let result = tokio::select! {
             r = &mut attempt => r,
@@ -362,16 +363,21 @@ enum Outcome {
 /// again when it ends with a definite error (it would hold WAL on the
 /// source for ever, for a pipeline that does not run). After a transient
 /// error it stays: the next attempt resumes with it.
+///
+/// `fresh_slot` lives across the attempts of a run: the slot an earlier
+/// attempt created stays "fresh" until some attempt streams from it.
 async fn attempt(
     config: &Config,
     stop: tokio::sync::watch::Receiver<bool>,
     stats: &Stats,
+    fresh_slot: &mut Option<String>,
 ) -> Result<Outcome, PipelineError> {
-    let mut fresh_slot = None;
-    let result = attempt_inner(config, stop, stats, &mut fresh_slot).await;
-    if let (Err(e), Some(slot)) = (&result, fresh_slot) {
+    let result = attempt_inner(config, stop, stats, fresh_slot).await;
+    if let Err(e) = &result {
         if !e.is_transient() {
-            drop_fresh_slot(&config.source.url.info, &slot).await;
+            if let Some(slot) = fresh_slot.take() {
+                drop_fresh_slot(&config.source.url.info, &slot).await;
+            }
         }
     }
     result
@@ -494,6 +500,7 @@ async fn attempt_inner(
                 .collect(),
             durable: *d,
             table_start: Default::default(),
+            table_start_names: Default::default(),
         })
         .collect();
     if src.snapshot != SnapshotMode::Never {
@@ -501,12 +508,16 @@ async fn attempt_inner(
         let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
         for (ti, t) in targets.iter().enumerate() {
             let i = sink_index[ti];
-            let mut done = snapshot::completed(t, pipeline).await?;
+            let mut done = snapshot::completed(t, pipeline, &tables).await?;
             drop_stale_copies(&mut done, &t.sink, durable[i], stream_start);
             let missing: Vec<TableSpec> = tables
                 .iter()
-                .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
+                .filter(|spec| t.wants(spec) && !done.contains_key(&spec.oid))
                 .cloned()
+                .collect();
+            routes[i].table_start_names = tables
+                .iter()
+                .filter_map(|t| done.get(&t.oid).map(|l| (t.qualified_name(), *l)))
                 .collect();
             routes[i].table_start = done;
             if !missing.is_empty() {
@@ -522,7 +533,13 @@ async fn attempt_inner(
             let Built::Kafka(k) = s else {
                 continue;
             };
-            let mut done = k.snapshot_completed().await?;
+            // Recorded by name: a table renamed since is copied again, into
+            // the topic of its new name.
+            let by_name = k.snapshot_completed().await?;
+            let mut done: HashMap<u32, Lsn> = tables
+                .iter()
+                .filter_map(|t| by_name.get(&t.qualified_name()).map(|l| (t.oid, *l)))
+                .collect();
             let own = match (durable[i].is_zero(), &existing) {
                 (true, Some(e)) => e.confirmed_flush,
                 _ => durable[i],
@@ -535,9 +552,13 @@ async fn attempt_inner(
                     wants
                         .as_ref()
                         .is_none_or(|w| w.contains(&spec.qualified_name()))
-                        && !done.contains_key(&spec.qualified_name())
+                        && !done.contains_key(&spec.oid)
                 })
                 .cloned()
+                .collect();
+            routes[i].table_start_names = tables
+                .iter()
+                .filter_map(|t| done.get(&t.oid).map(|l| (t.qualified_name(), *l)))
                 .collect();
             routes[i].table_start = done;
             if !missing.is_empty() {
@@ -561,14 +582,17 @@ async fn attempt_inner(
             let start = snap.consistent_point;
             for (ti, tables) in &todo {
                 for t in tables {
-                    routes[sink_index[*ti]]
-                        .table_start
-                        .insert(t.qualified_name(), start);
+                    let route = &mut routes[sink_index[*ti]];
+                    route.table_start.insert(t.oid, start);
+                    route.table_start_names.insert(t.qualified_name(), start);
                 }
             }
             for (i, tables) in &kafka_todo {
                 for t in tables {
-                    routes[*i].table_start.insert(t.qualified_name(), start);
+                    routes[*i].table_start.insert(t.oid, start);
+                    routes[*i]
+                        .table_start_names
+                        .insert(t.qualified_name(), start);
                 }
             }
             let kafka_jobs: Vec<snapshot::kafka::KafkaJob<'_>> = sinks

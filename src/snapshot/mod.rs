@@ -360,26 +360,108 @@ enum Refused {
     Referenced,
 }
 
-/// Tables whose copy into `target` is complete, with the consistent point
-/// each copy belongs to.
+/// Tables of `tables` whose copy into `target` is complete, by relation id,
+/// with the consistent point each copy belongs to.
+///
+/// Copies are recorded by table name (`pgbridge.snapshot_tables`), and the
+/// name a relation was last written under is in `pgbridge.relations` (see
+/// `sink::postgres::renames`, which moves the copy record along when it
+/// follows a rename). A table counts as copied when there is a record under
+/// that name, or, for a relation the sink has no name for yet, under its
+/// current name unless another relation holds that name (a table dropped,
+/// or renamed away, and another one given its name is a new table: it is
+/// copied). Relations found copied under their current name get their
+/// `pgbridge.relations` row here, so a later rename is followed (a target
+/// set up by an older pgbridge has copy records only).
 pub async fn completed(
     target: &Target,
     pipeline: &str,
-) -> Result<HashMap<String, Lsn>, SnapshotError> {
+    tables: &[TableSpec],
+) -> Result<HashMap<u32, Lsn>, SnapshotError> {
     let client = pg::connect(&target.info).await?;
     ensure_state(&client, target).await?;
+    let what = format!("sink {}: reading snapshot state", target.sink);
     let rows = client
         .query(
             "SELECT table_name, start_lsn::text FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2",
             &[&pipeline, &target.sink],
         )
         .await
-        .map_err(|e| SnapshotError::db(&format!("sink {}: reading snapshot state", target.sink), e))?;
-    let mut done = HashMap::new();
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let mut by_name = HashMap::new();
     for r in rows {
-        let name: String = r.get(0);
-        let lsn: String = r.get(1);
-        done.insert(name, lsn.parse().unwrap_or(Lsn::ZERO));
+        let name: String = r.try_get(0).map_err(|e| SnapshotError::db(&what, e))?;
+        let lsn: String = r.try_get(1).map_err(|e| SnapshotError::db(&what, e))?;
+        by_name.insert(name, lsn.parse().unwrap_or(Lsn::ZERO));
+    }
+    let kept: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let mut stored: HashMap<u32, String> = HashMap::new();
+    if kept {
+        let rows = client
+            .query(
+                "SELECT rel_id, schema_name || '.' || table_name FROM pgbridge.relations \
+                 WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &target.sink],
+            )
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        for r in rows {
+            stored.insert(
+                r.try_get(0).map_err(|e| SnapshotError::db(&what, e))?,
+                r.try_get(1).map_err(|e| SnapshotError::db(&what, e))?,
+            );
+        }
+    }
+    let claimed: HashMap<&String, u32> = stored.iter().map(|(oid, n)| (n, *oid)).collect();
+    let mut done = HashMap::new();
+    let mut backfill = Vec::new();
+    for t in tables {
+        let current = t.qualified_name();
+        let name = match (stored.get(&t.oid), claimed.get(&current)) {
+            (Some(n), _) => n.clone(),
+            (None, Some(other)) => {
+                // Another relation that the sink wrote had this name. Gone
+                // from the source (dropped, this one created in its place):
+                // a new table, copied. Still published under another name:
+                // names were swapped while pgbridge was not running, which
+                // the stream cannot tell apart from its own renames.
+                if let Some(o) = tables.iter().find(|o| o.oid == *other) {
+                    return Err(SnapshotError::Definite(format!(
+                        "sink {}: source table {current} (relation id {}) has the name that table {} (relation id {other}) had when the sink last wrote it: tables were renamed into each other's names while pgbridge was not running, which it cannot follow; run pgbridge resync for this sink",
+                        target.sink,
+                        t.oid,
+                        o.qualified_name()
+                    )));
+                }
+                continue;
+            }
+            (None, None) => current,
+        };
+        if let Some(lsn) = by_name.get(&name) {
+            done.insert(t.oid, *lsn);
+            if kept && !stored.contains_key(&t.oid) {
+                backfill.push(t);
+            }
+        }
+    }
+    for t in backfill {
+        client
+            .execute(
+                "INSERT INTO pgbridge.relations (pipeline, sink, rel_id, schema_name, table_name) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&pipeline, &target.sink, &t.oid, &t.schema, &t.name],
+            )
+            .await
+            .map_err(|e| {
+                SnapshotError::db(&format!("sink {}: recording relation ids", target.sink), e)
+            })?;
     }
     Ok(done)
 }
@@ -567,6 +649,17 @@ pub async fn published_tables(
         });
     }
     Ok(out)
+}
+
+/// Spawned tasks that end with the future holding them.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// What a copy did.
@@ -942,7 +1035,10 @@ pub async fn copy(
     let jobs = Arc::new(Mutex::new(jobs));
     let copied_bytes = Arc::new(AtomicU64::new(0));
     let copied_rows = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
+    // Aborted when this future is dropped (the pipeline lost its lock, or
+    // stops): spawned workers would otherwise go on copying and completing
+    // tables for a pipeline this process no longer runs.
+    let mut handles = AbortOnDrop(Vec::new());
     for _ in 0..workers.max(1) {
         let jobs = jobs.clone();
         let source = source.clone();
@@ -952,7 +1048,7 @@ pub async fn copy(
         let progress = progress.clone();
         let copied_bytes = copied_bytes.clone();
         let copied_rows = copied_rows.clone();
-        handles.push(tokio::spawn(async move {
+        handles.0.push(tokio::spawn(async move {
             worker(
                 &source,
                 &snapshot,
@@ -968,7 +1064,7 @@ pub async fn copy(
         }));
     }
     let mut first_err = None;
-    for h in handles {
+    for h in handles.0.iter_mut() {
         match h.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -289,6 +289,15 @@ struct Pending {
 }
 
 /// The dispatcher of one parallel run.
+/// A dispatcher dropped before it finished (its sink task aborted: the
+/// pipeline lost its lock, or stops) stops its workers: they roll back
+/// instead of committing jobs still queued.
+impl Drop for Dispatcher<'_> {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Dispatcher<'a> {
     config: &'a PostgresSinkConfig,
     n: usize,

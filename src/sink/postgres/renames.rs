@@ -49,21 +49,25 @@ pub enum Names {
     InMemory(HashMap<RelId, (String, String)>),
 }
 
+/// Whether the target has `pgbridge.relations`.
+async fn kept(client: &Client, ctx: &Context<'_>) -> Result<bool, ApplyError> {
+    client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| classify(&e, ctx))
+}
+
 /// Creates `pgbridge.relations` when missing (the sink's user needs CREATE
 /// on schema `pgbridge`, which it has when it made the schema). A user
 /// that may not create it gets renames followed within a run only, with a
 /// warning naming the statement.
 pub async fn setup(client: &Client) -> Result<(), ApplyError> {
     let ctx = Context::new("creating pgbridge.relations on the target");
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(&e, &ctx))?;
-    let there: bool = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-    if there {
+    if kept(client, &ctx).await? {
         return Ok(());
     }
     match client.batch_execute(DDL).await {
@@ -82,15 +86,7 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
 /// when the target has it, else in memory for this run.
 pub async fn names(client: &Client, pipeline: &str, sink: &str) -> Result<Names, ApplyError> {
     let ctx = Context::new("looking for pgbridge.relations on the target");
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(&e, &ctx))?;
-    let there: bool = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-    Ok(if there {
+    Ok(if kept(client, &ctx).await? {
         Names::Stored {
             pipeline: pipeline.to_string(),
             sink: sink.to_string(),
@@ -134,9 +130,47 @@ pub async fn follow(
     };
     if let Some(old) = before.as_ref().filter(|old| **old != now) {
         rename_target(client, rel, old, create_tables).await?;
+        move_copy_records(client, names, old, rel).await?;
     }
     if before.as_ref() != Some(&now) {
         record(client, names, rel).await?;
+    }
+    Ok(())
+}
+
+/// The copy's records of the table (`pgbridge.snapshot_tables` and
+/// `snapshot_started`, by name) follow it to its new name, so that the
+/// next start finds it copied instead of copying it again.
+async fn move_copy_records(
+    client: &Client,
+    names: &Names,
+    old: &(String, String),
+    rel: &RelationSchema,
+) -> Result<(), ApplyError> {
+    let Names::Stored { pipeline, sink } = names else {
+        return Ok(());
+    };
+    let (from, to) = (format!("{}.{}", old.0, old.1), rel.qualified_name());
+    let ctx = Context::new("moving the copy records of a renamed table").table(&to);
+    for table in ["pgbridge.snapshot_tables", "pgbridge.snapshot_started"] {
+        let there: bool = client
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| classify(&e, &ctx))?;
+        if !there {
+            continue;
+        }
+        client
+            .execute(
+                &format!(
+                    "UPDATE {table} SET table_name = $4 \
+                     WHERE pipeline = $1 AND sink = $2 AND table_name = $3"
+                ),
+                &[pipeline, sink, &from, &to],
+            )
+            .await
+            .map_err(|e| classify(&e, &ctx))?;
     }
     Ok(())
 }
