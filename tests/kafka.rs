@@ -72,6 +72,10 @@ pub fn trials() -> Vec<Trial> {
             definite_errors_and_check,
         ),
         trial(
+            "kafka::progress_topic_created_without_create_topics",
+            progress_topic_created,
+        ),
+        trial(
             "kafka::postgres_to_kafka_outage_and_crash",
             postgres_to_kafka,
         ),
@@ -1788,6 +1792,105 @@ fn definite_errors_and_check() {
 }
 
 // ---------------------------------------------------------------------------
+// The progress topic is pgbridge's own: created when missing (compacted,
+// one partition) without create_topics, unless create_progress_topic =
+// false. (tansu creates whatever it is asked for, so a broker's refusal
+// is tested in src/sink/kafka/topics.rs.)
+
+/// The partitions of `topic`, empty when it does not exist.
+fn topic_partitions(brokers: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0)
+}
+
+/// The topic's `cleanup.policy` as the broker describes it.
+fn cleanup_policy(brokers: &str, topic: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    runtime().block_on(async {
+        let r = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .expect("describe configs");
+        let res = r
+            .into_iter()
+            .next()
+            .expect("one resource")
+            .expect("described");
+        res.get("cleanup.policy").and_then(|e| e.value.clone())
+    })
+}
+
+fn progress_topic_created() {
+    let broker = Tansu::start();
+    let rt = runtime();
+    let mut cfg = KafkaSinkSection::new("cdc", &broker.addr);
+    assert!(
+        !cfg.create_topics && cfg.create_progress_topic,
+        "the defaults"
+    );
+    cfg.progress_topic = "_pgbridge_progress_own".into();
+    let topic = cfg.progress_topic.clone();
+
+    // Told not to create it: check names it, the sink stops naming the key.
+    let mut off = cfg.clone();
+    off.create_progress_topic = false;
+    let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&off, true));
+    assert!(
+        problems.len() == 1
+            && problems[0].contains(&format!("topic {topic} does not exist"))
+            && problems[0].contains("create_progress_topic = true"),
+        "{problems:?}"
+    );
+    let err = rt.block_on(async {
+        let mut sink = KafkaSink::new(off, "slot1", "appdb");
+        sink.open().await.expect("open");
+        sink.snapshot_completed()
+            .await
+            .expect_err("no progress topic, not allowed to create it")
+    });
+    let msg = err.to_string();
+    assert!(!err.is_transient(), "{msg}");
+    assert!(
+        msg.contains(&topic) && msg.contains("create_progress_topic = true"),
+        "{msg}"
+    );
+    assert_eq!(topic_partitions(&broker.addr, &topic), 0, "not created");
+
+    // The defaults: check is content, the sink creates the topic itself
+    // (one partition, compacted) although create_topics is off.
+    let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&cfg, true));
+    assert!(problems.is_empty(), "{problems:?}");
+    let done = rt.block_on(async {
+        let mut sink = KafkaSink::new(cfg.clone(), "slot1", "appdb");
+        sink.open().await.expect("open");
+        sink.snapshot_completed()
+            .await
+            .expect("reads the new topic")
+    });
+    assert!(done.is_empty(), "nothing copied yet: {done:?}");
+    assert_eq!(topic_partitions(&broker.addr, &topic), 1, "one partition");
+    assert_eq!(
+        cleanup_policy(&broker.addr, &topic).as_deref(),
+        Some("compact")
+    );
+}
+
+// ---------------------------------------------------------------------------
 // End to end from PostgreSQL: the pipeline's streaming loop (as
 // pipeline::run drives it) with one Kafka sink, a real slot, a broker
 // outage and a crash.
@@ -2303,9 +2406,11 @@ fn initial_copy_then_stream() {
     );
     let slot = "kafka_copy_slot";
     let broker = Tansu::start();
-    // Without create_topics, check names the progress topic to create.
+    // Without create_topics and create_progress_topic, check names the
+    // progress topic to create.
     let mut nocreate = base_cfg(&broker.addr);
     nocreate.create_topics = false;
+    nocreate.create_progress_topic = false;
     let problems = runtime().block_on(pgbridge::sink::kafka::check::preflight(&nocreate, true));
     assert!(
         problems.len() == 1 && problems[0].contains("topic _pgbridge_progress does not exist"),

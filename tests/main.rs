@@ -1,6 +1,7 @@
 //! All integration tests in one binary (built once), against real PostgreSQL
 //! clusters started from the local binaries. See tests/harness.rs.
 
+mod cli;
 mod failover;
 mod harness;
 mod kafka;
@@ -22,6 +23,7 @@ use libtest_mimic::{Arguments, Trial};
 fn main() {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
+    trials.extend(cli::trials());
     trials.extend(source::trials());
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());

@@ -13,7 +13,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// One line per problem: the brokers answer, the topics of
 /// `message_topic` / `transaction_topic` / the progress topic (used by
 /// exactly-once and, with `copies`, by the initial copy's completion
-/// records) exist or will be created, the schema registry answers.
+/// records; created by the sink unless `create_progress_topic = false`)
+/// exist or will be created, the schema registry answers.
 pub async fn preflight(cfg: &KafkaSinkSection, copies: bool) -> Vec<String> {
     let mut problems = Vec::new();
     let name = cfg.name.clone();
@@ -30,16 +31,23 @@ pub async fn preflight(cfg: &KafkaSinkSection, copies: bool) -> Vec<String> {
     match md {
         Err(e) => problems.push(format!("sink {name}: {e}")),
         Ok(topics) if !cfg.create_topics => {
-            let mut wanted: Vec<&str> = cfg.message_topic.iter().map(String::as_str).collect();
-            wanted.extend(cfg.transaction_topic.iter().map(String::as_str));
-            if cfg.exactly_once || copies {
-                wanted.push(&cfg.progress_topic);
+            let mut wanted: Vec<(&str, &str)> = cfg
+                .message_topic
+                .iter()
+                .chain(cfg.transaction_topic.iter())
+                .map(|t| (t.as_str(), "create it or set create_topics = true"))
+                .collect();
+            // The sink creates its progress topic itself unless told not to.
+            if (cfg.exactly_once || copies) && !cfg.create_progress_topic {
+                wanted.push((
+                    &cfg.progress_topic,
+                    "create it (1 partition, cleanup.policy=compact) or set \
+                     create_progress_topic = true",
+                ));
             }
-            for t in wanted {
+            for (t, fix) in wanted {
                 if !topics.iter().any(|x| x == t) {
-                    problems.push(format!(
-                        "sink {name}: topic {t} does not exist; create it or set create_topics = true"
-                    ));
+                    problems.push(format!("sink {name}: topic {t} does not exist; {fix}"));
                 }
             }
         }

@@ -164,9 +164,15 @@ pub struct KafkaSinkSection {
     #[serde(default)]
     pub exactly_once: bool,
     /// The compacted topic holding the committed source position
-    /// (`exactly_once` only).
+    /// (`exactly_once`) and the initial copy's per-table records.
     #[serde(default = "default_progress_topic")]
     pub progress_topic: String,
+    /// Create the progress topic (1 partition, `cleanup.policy=compact`)
+    /// when it is missing, even without `create_topics`: it is pgbridge's
+    /// own bookkeeping, as Kafka Connect creates its internal topics.
+    /// `false` where topics are created only by an administrator.
+    #[serde(default = "yes")]
+    pub create_progress_topic: bool,
     /// Default: `pgbridge-{pipeline}-{sink}`.
     #[serde(default)]
     pub transactional_id: Option<String>,
@@ -332,6 +338,7 @@ impl KafkaSinkSection {
             tombstones: true,
             exactly_once: false,
             progress_topic: default_progress_topic(),
+            create_progress_topic: true,
             transactional_id: None,
             tables: Vec::new(),
             message_topic: None,
@@ -577,6 +584,15 @@ numeric = "double"
         let d = parse("").unwrap();
         assert_eq!(d.topic, "{schema}.{table}");
         assert!(d.tombstones && !d.exactly_once && !d.create_topics);
+        assert!(
+            d.create_progress_topic,
+            "pgbridge creates its own progress topic"
+        );
+        assert!(
+            !parse("create_progress_topic = false\n")
+                .unwrap()
+                .create_progress_topic
+        );
         assert_eq!(d.producer_config("s").get("compression.type"), Some("lz4"));
     }
 
@@ -586,6 +602,7 @@ numeric = "double"
         let pc = k.producer_config("slot1");
         assert_eq!(pc.get("transactional.id"), Some("pgbridge-slot1-cdc"));
         assert_eq!(k.progress_topic, "_pgbridge_progress");
+        assert!(k.create_progress_topic);
         let k = parse("exactly_once = true\ntransactional_id = \"tx-1\"\n").unwrap();
         assert_eq!(k.producer_config("s").get("transactional.id"), Some("tx-1"));
     }

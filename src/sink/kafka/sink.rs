@@ -1146,13 +1146,13 @@ impl KafkaSink {
         }
     }
 
-    /// Creates the progress topic when `create_topics` (1 partition,
+    /// Creates the progress topic when missing, unless both
+    /// `create_topics` and `create_progress_topic` are off (1 partition,
     /// compacted: one record per key survives).
     async fn ensure_progress_topic(&mut self) -> Result<(), SinkError> {
         let progress = self.cfg.progress_topic.clone();
         if let Some(tm) = self.topics.as_mut() {
-            let config = [("cleanup.policy".to_string(), "compact".to_string())];
-            tm.ensure_with(&progress, 1, &config).await?;
+            tm.ensure_progress(&progress).await?;
         }
         Ok(())
     }
@@ -1163,7 +1163,7 @@ impl KafkaSink {
 
     /// Tables whose initial copy into this sink is complete, with the
     /// consistent point of each copy, from the progress topic (created
-    /// first when `create_topics`).
+    /// first when missing, see [`Self::ensure_progress_topic`]).
     pub async fn snapshot_completed(&mut self) -> Result<HashMap<String, Lsn>, SinkError> {
         self.ensure_progress_topic().await?;
         let progress = self.cfg.progress_topic.clone();
@@ -1182,7 +1182,7 @@ impl KafkaSink {
             Err(ReadError::Missing) => Err(self.definite(format!(
                 "the progress topic {progress} does not exist (it records which tables the \
                  initial copy completed): create it (1 partition, cleanup.policy=compact) or \
-                 set create_topics = true"
+                 set create_progress_topic = true"
             ))),
             Err(ReadError::Kafka(m)) => {
                 Err(self.transient(format!("reading the progress topic: {m}")))
@@ -1404,7 +1404,7 @@ impl Sink for KafkaSink {
                 Err(ReadError::Missing) => {
                     return Err(self.definite(format!(
                         "the progress topic {progress} does not exist: create it (1 partition, \
-                         cleanup.policy=compact) or set create_topics = true"
+                         cleanup.policy=compact) or set create_progress_topic = true"
                     )))
                 }
                 Err(ReadError::Kafka(m)) => {

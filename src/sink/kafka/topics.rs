@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{is_topic_char, KafkaSinkSection};
@@ -38,9 +39,17 @@ pub fn table_topic(cfg: &KafkaSinkSection, rel: &RelationSchema) -> String {
     render(cfg.table_topic(&name).unwrap_or(&cfg.topic), rel)
 }
 
-/// Creates missing topics (once per topic per run) when `create_topics`.
+/// Creates missing topics (once per topic per run): the change, message
+/// and transaction topics when `create_topics`, the progress topic when
+/// `create_topics` or `create_progress_topic`.
 pub struct TopicMaker {
     admin: Option<AdminClient<DefaultClientContext>>,
+    /// For metadata lookups (the progress topic is created only when the
+    /// brokers do not list it).
+    client: rdkafka::ClientConfig,
+    /// `create_topics`: every topic; without it only the progress topic.
+    all: bool,
+    progress: bool,
     partitions: i32,
     replication: i32,
     config: Vec<(String, String)>,
@@ -48,9 +57,16 @@ pub struct TopicMaker {
     sink: String,
 }
 
+/// Which setting allowed a topic's creation (for the error's fix).
+#[derive(Clone, Copy)]
+enum Why {
+    CreateTopics,
+    Progress,
+}
+
 impl TopicMaker {
     pub fn new(cfg: &KafkaSinkSection) -> Result<TopicMaker, SinkError> {
-        let admin = if cfg.create_topics {
+        let admin = if cfg.create_topics || cfg.create_progress_topic {
             Some(
                 cfg.client_config()
                     .create()
@@ -64,6 +80,9 @@ impl TopicMaker {
         };
         Ok(TopicMaker {
             admin,
+            client: cfg.client_config(),
+            all: cfg.create_topics,
+            progress: cfg.create_progress_topic,
             partitions: cfg.topic_partitions,
             replication: cfg.topic_replication_factor,
             config: cfg
@@ -79,16 +98,72 @@ impl TopicMaker {
     /// Makes sure `topic` exists (a no-op without `create_topics`: the
     /// broker then auto-creates it or the first delivery fails).
     pub async fn ensure(&mut self, topic: &str) -> Result<(), SinkError> {
+        if !self.all {
+            return Ok(());
+        }
         let config = self.config.clone();
-        self.ensure_with(topic, self.partitions, &config).await
+        self.create(topic, self.partitions, &config, Why::CreateTopics)
+            .await
     }
 
-    /// Like [`TopicMaker::ensure`] with explicit partitions and configs.
-    pub async fn ensure_with(
+    /// Makes sure the progress topic `topic` exists: one partition (its
+    /// records are read back in order), compacted (one record per key
+    /// survives; `topic_config` is for the change topics and does not
+    /// apply). A no-op when neither `create_topics` nor
+    /// `create_progress_topic` is on: reading it then reports a missing
+    /// topic.
+    pub async fn ensure_progress(&mut self, topic: &str) -> Result<(), SinkError> {
+        if !self.all && !self.progress {
+            return Ok(());
+        }
+        if self.done.contains(topic) {
+            return Ok(());
+        }
+        // Only when missing: a broker that does not let pgbridge create
+        // topics (or does not implement CreateTopics) is no obstacle when
+        // an administrator made the topic.
+        if self.listed(topic).await? {
+            self.done.insert(topic.to_string());
+            return Ok(());
+        }
+        let why = if self.all {
+            Why::CreateTopics
+        } else {
+            Why::Progress
+        };
+        let config = [("cleanup.policy".to_string(), "compact".to_string())];
+        self.create(topic, 1, &config, why).await
+    }
+
+    /// Whether the brokers' metadata lists `topic`.
+    async fn listed(&self, topic: &str) -> Result<bool, SinkError> {
+        let client = self.client.clone();
+        let name = topic.to_string();
+        let r = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+            let md = consumer
+                .fetch_metadata(Some(&name), Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            Ok(md
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        r.map_err(|e| SinkError::Transient {
+            sink: self.sink.clone(),
+            message: format!("looking up topic {topic}: {e}"),
+        })
+    }
+
+    async fn create(
         &mut self,
         topic: &str,
         partitions: i32,
         config: &[(String, String)],
+        why: Why,
     ) -> Result<(), SinkError> {
         let Some(admin) = &self.admin else {
             return Ok(());
@@ -114,38 +189,69 @@ impl TopicMaker {
                 Ok(_) => tracing::info!(sink = %self.sink, topic, partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
-                    let definite = matches!(
+                    return Err(refused(
+                        &self.sink,
+                        topic,
+                        partitions,
+                        self.replication,
+                        config,
+                        why,
                         code,
-                        RDKafkaErrorCode::TopicAuthorizationFailed
-                            | RDKafkaErrorCode::ClusterAuthorizationFailed
-                            | RDKafkaErrorCode::PolicyViolation
-                            | RDKafkaErrorCode::InvalidReplicationFactor
-                            | RDKafkaErrorCode::InvalidPartitions
-                            | RDKafkaErrorCode::InvalidConfig
-                            | RDKafkaErrorCode::InvalidTopic
-                    );
-                    let message = format!(
-                        "cannot create topic {topic} ({partitions} partitions, replication \
-                         factor {}): {code}; create it yourself and set create_topics = false, \
-                         or fix topic_partitions / topic_replication_factor / topic_config",
-                        self.replication
-                    );
-                    return Err(if definite {
-                        SinkError::Definite {
-                            sink: self.sink.clone(),
-                            message,
-                        }
-                    } else {
-                        SinkError::Transient {
-                            sink: self.sink.clone(),
-                            message,
-                        }
-                    });
+                    ))
                 }
             }
         }
         self.done.insert(topic.to_string());
         Ok(())
+    }
+}
+
+/// The error for a broker's refusal to create `topic`: definite when
+/// retrying cannot help (authorization, policy, invalid settings), with
+/// the fix for the setting that asked for the topic.
+fn refused(
+    sink: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(String, String)],
+    why: Why,
+    code: RDKafkaErrorCode,
+) -> SinkError {
+    let definite = matches!(
+        code,
+        RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::InvalidTopic
+    );
+    let fix = match why {
+        Why::CreateTopics => "create it yourself and set create_topics = false, or fix \
+                              topic_partitions / topic_replication_factor / topic_config"
+            .to_string(),
+        Why::Progress => format!(
+            "it is this sink's progress topic: create it yourself (1 partition, \
+             cleanup.policy=compact) and set create_progress_topic = false, or fix \
+             topic_replication_factor (asked for {})",
+            config
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let message = format!(
+        "cannot create topic {topic} ({partitions} partitions, replication factor \
+         {replication}): {code}; {fix}"
+    );
+    let sink = sink.to_string();
+    if definite {
+        SinkError::Definite { sink, message }
+    } else {
+        SinkError::Transient { sink, message }
     }
 }
 
@@ -177,5 +283,40 @@ mod tests {
         );
         let long = "x".repeat(300);
         assert_eq!(table_topic(&cfg, &rel("s", &long)).len(), 249);
+    }
+
+    #[test]
+    fn a_refused_progress_topic_names_the_key_to_turn_off() {
+        let compact = [("cleanup.policy".to_string(), "compact".to_string())];
+        let e = refused(
+            "cdc",
+            "_pgbridge_progress",
+            1,
+            3,
+            &compact,
+            Why::Progress,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        );
+        let m = e.to_string();
+        assert!(!e.is_transient(), "{m}");
+        assert!(
+            m.contains(
+                "cannot create topic _pgbridge_progress (1 partitions, replication factor 3)"
+            ) && m.contains("create_progress_topic = false")
+                && m.contains("cleanup.policy=compact"),
+            "{m}"
+        );
+        // A broker that is not ready yet is retried.
+        let e = refused(
+            "cdc",
+            "t",
+            3,
+            -1,
+            &[],
+            Why::CreateTopics,
+            RDKafkaErrorCode::NotController,
+        );
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("set create_topics = false"), "{e}");
     }
 }
