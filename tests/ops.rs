@@ -69,6 +69,8 @@ fn backoff_resets_after_progress() {
         &src,
         "CREATE TABLE b (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE b;",
     );
+    // Made beforehand: the wait below counts its rows from the start.
+    psql(&dst, "CREATE TABLE b (id int PRIMARY KEY)");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
