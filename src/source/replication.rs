@@ -578,7 +578,19 @@ async fn run(
                 if changed.is_err() {
                     break Ok(()); // the stream handle is gone
                 }
-                // Sent on the next tick: at most 10 updates a second.
+                // Sent at once, not on the next tick: a source that lists
+                // pgbridge in synchronous_standby_names holds every commit
+                // until this reply arrives (it waited ~50 ms on the timer).
+                // What is sent is still only what the consumer confirmed;
+                // under load confirmations arrive per sink batch, so this
+                // is one small message per batch.
+                let pos = (*confirmed_rx.borrow_and_update()).max(sent);
+                if pos > sent {
+                    sent = pos;
+                    conn.queue_copy_data(status_update(sent, false))?;
+                    conn.flush().await?;
+                    last_sent_at = Instant::now();
+                }
             }
             _ = tick.tick() => {
                 let pos = (*confirmed_rx.borrow()).max(sent);
