@@ -20,5 +20,6 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod tail;
+pub mod wait;
 
 pub use lsn::Lsn;

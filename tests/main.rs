@@ -12,6 +12,7 @@ mod pipeline;
 mod sequences;
 mod shapes;
 mod source;
+mod sync;
 mod tail;
 
 use libtest_mimic::{Arguments, Trial};
@@ -30,6 +31,7 @@ fn main() {
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
+    trials.extend(sync::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();
