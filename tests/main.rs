@@ -1,6 +1,7 @@
 //! All integration tests in one binary (built once), against real PostgreSQL
 //! clusters started from the local binaries. See tests/harness.rs.
 
+mod ha;
 mod harness;
 mod kafka;
 mod kafka_pipeline;
@@ -32,6 +33,7 @@ fn main() {
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
     trials.extend(sync::trials());
+    trials.extend(ha::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();
