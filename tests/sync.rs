@@ -387,6 +387,13 @@ fn wait_http_and_cli() {
     );
     let (_, status) = http_get(http, "/status");
     assert!(status.contains("\"lag_seconds\""), "{status}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("pgbridge status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("last applied source commit"), "{text}");
     assert!(stop_run(child).success());
     psql(
         "postgres",

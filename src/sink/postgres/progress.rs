@@ -19,14 +19,16 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS pgbridge.progress (
 )";
 
 /// Stored positions never move backwards, even if an older transaction is
-/// replayed.
+/// replayed. `commit_ts` is the commit time of the last source transaction
+/// applied: a position from a keepalive (no transaction) keeps it.
 pub const UPSERT: &str = "INSERT INTO pgbridge.progress AS p \
         (pipeline, sink, end_lsn, commit_ts, updated_at) \
     VALUES ($1, $2, $3::pg_lsn, \
         timestamptz '2000-01-01 00:00:00+00' + $4::int8 * interval '1 microsecond', \
         clock_timestamp()) \
     ON CONFLICT (pipeline, sink) DO UPDATE \
-    SET end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, updated_at = EXCLUDED.updated_at \
+    SET end_lsn = EXCLUDED.end_lsn, commit_ts = coalesce(EXCLUDED.commit_ts, p.commit_ts), \
+        updated_at = EXCLUDED.updated_at \
     WHERE p.end_lsn <= EXCLUDED.end_lsn";
 
 const FIX: &str = "create them beforehand as a privileged user (CREATE SCHEMA pgbridge; CREATE TABLE pgbridge.progress (pipeline text, sink text, end_lsn pg_lsn NOT NULL, commit_ts timestamptz, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink)); GRANT ... TO the sink's user) or grant the sink's user CREATE on the database";
