@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, SinkConfig, SnapshotMode};
 use crate::pg::{self, literal};
+use crate::privileges;
 use crate::snapshot;
 use crate::source::{Connection, Mode};
 use crate::Lsn;
@@ -31,6 +32,7 @@ pub async fn check(config: &Config) -> Vec<String> {
         match c.slot_info(&src.slot).await {
             Ok(Some(s)) => {
                 if let Err(e) = c.check_slot_usable(&src.slot, &s) {
+                    let e = e.with_fix(config.resync_advice());
                     problems.push(format!("source: {e}"));
                 }
                 if let Some(pid) = s.active_pid {
@@ -75,6 +77,12 @@ pub async fn check(config: &Config) -> Vec<String> {
             }
             Err(e) => problems.push(format!("source: {e}")),
         }
+        if src.snapshot != SnapshotMode::Never {
+            match privileges::source_problems(c, &src.publications).await {
+                Ok(p) => problems.extend(p),
+                Err(e) => problems.push(format!("source: {e}")),
+            }
+        }
     }
     let tables = match snapshot::published_tables(info, &src.publications).await {
         Ok(t) => t,
@@ -91,7 +99,7 @@ pub async fn check(config: &Config) -> Vec<String> {
     for sink in &config.sinks {
         match sink {
             SinkConfig::Kafka(k) => {
-                let copies = config.source.snapshot != crate::config::SnapshotMode::Never;
+                let copies = config.source.snapshot != SnapshotMode::Never;
                 problems.extend(crate::sink::kafka::check::preflight(k, copies).await);
             }
             SinkConfig::Postgres(p) => {
@@ -111,6 +119,32 @@ pub async fn check(config: &Config) -> Vec<String> {
                     .collect();
                 if let Some(problem) = replication_role(&client, p, &selected).await {
                     problems.push(problem);
+                }
+                let written: Vec<(String, String)> = tables
+                    .iter()
+                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                    .map(|t| (t.schema.clone(), t.name.clone()))
+                    .collect();
+                let mut state = vec!["progress"];
+                if src.snapshot != SnapshotMode::Never {
+                    state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
+                }
+                if p.apply_workers > 1 {
+                    state.push("apply_progress");
+                }
+                let needs = privileges::TargetNeeds {
+                    sink: &p.name,
+                    user: &p.url.info.user,
+                    tables: &written,
+                    create_tables: p.create_tables,
+                    state_tables: &state,
+                };
+                match privileges::target_problems(&client, &needs).await {
+                    Ok(found) => problems.extend(found),
+                    Err(e) => problems.push(format!(
+                        "sink {}: reading the target user's privileges failed: {e}",
+                        p.name
+                    )),
                 }
                 for t in &p.tables {
                     if !tables.is_empty() && !published.contains_key(t) {

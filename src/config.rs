@@ -24,6 +24,9 @@ pub struct Config {
     /// `/metrics`, `/healthz`, `/status` (off when absent).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The file it was read from, as given (advice names it).
+    #[serde(skip)]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,6 +390,7 @@ impl Config {
                 message: e.message().trim().replace('\n', " "),
             }
         })?;
+        config.path = path.to_string();
         let semantic = |message: String| ConfigError::Semantic {
             path: path.to_string(),
             message,
@@ -450,6 +454,30 @@ impl Config {
     pub fn pipeline_id(&self) -> &str {
         &self.source.slot
     }
+
+    /// The command that resets this pipeline after its slot was lost (see
+    /// `crate::resync`), ready to paste into a shell.
+    pub fn resync_command(&self) -> String {
+        let path = &self.path;
+        let plain = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=".contains(c));
+        let quoted = if plain {
+            path.clone()
+        } else {
+            format!("'{}'", path.replace('\'', "'\\''"))
+        };
+        format!("pgbridge resync --config {quoted}")
+    }
+
+    /// The advice of errors that need `pgbridge resync`.
+    pub fn resync_advice(&self) -> String {
+        format!(
+            "run `{}` (it drops the slot and the sinks' positions and copy records), then start pgbridge run again: it copies every table afresh and streams from the new slot",
+            self.resync_command()
+        )
+    }
 }
 
 #[cfg(test)]
@@ -469,6 +497,20 @@ url = "postgres://writer@analytics/warehouse"
 tables = ["public.orders", "customers"]
 create_tables = true
 "#;
+
+    #[test]
+    fn resync_command_quotes_the_path() {
+        let c = Config::parse(GOOD, "/etc/pgbridge/app.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config /etc/pgbridge/app.toml"
+        );
+        let c = Config::parse(GOOD, "my dir/it's.toml").unwrap();
+        assert_eq!(
+            c.resync_command(),
+            "pgbridge resync --config 'my dir/it'\\''s.toml'"
+        );
+    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -15,6 +15,8 @@ pub mod model;
 pub mod pg;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod privileges;
+pub mod resync;
 pub mod sequences;
 pub mod sink;
 pub mod snapshot;

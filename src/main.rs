@@ -100,6 +100,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// After the slot was lost (invalidated, dropped, moved past a sink):
+    /// drop it and reset the sinks' pipeline state, so that the next run
+    /// copies everything again and streams. Resets and exits.
+    Resync {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this sink (the slot is then kept; refused when it is lost).
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// At a cutover: set the Postgres sinks' sequences to the source's
     /// values (replication does not carry them); never moves one back.
     SyncSequences {
@@ -241,6 +251,16 @@ fn main() -> ExitCode {
             Command::Status { config } => {
                 let config = load(&config)?;
                 let lines = pgbridge::check::status(&config).await?;
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            Command::Resync { config, sink } => {
+                let config = load(&config)?;
+                let lines = pgbridge::resync::resync(&config, sink.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 for l in lines {
                     println!("{l}");
                 }

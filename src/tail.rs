@@ -156,6 +156,10 @@ pub async fn run<W: Write>(
         if let Some(now) = check.slot_info(&slot).await? {
             if now.confirmed_flush > start {
                 return Err(SourceError::SlotMovedAhead {
+                    fix: format!(
+                        "drop it (SELECT pg_drop_replication_slot({})) and start again",
+                        crate::pg::literal(&slot)
+                    ),
                     slot,
                     resumed: start,
                     now: now.confirmed_flush,

@@ -287,7 +287,8 @@ fn active_killed_standby_takes_over() {
     // Kill the active one, see the other take over, start the killed one
     // again as the standby; four times, so each is killed twice.
     const ROUNDS: usize = 4;
-    let mut kills: Vec<f64> = Vec::new();
+    // (SIGKILL about to be sent, the killed process reaped).
+    let mut kills: Vec<(f64, f64)> = Vec::new();
     let mut takeovers = Vec::new();
     let mut order = vec![a.who];
     let (mut active, mut standby) = (&mut a, &mut b);
@@ -296,7 +297,7 @@ fn active_killed_standby_takes_over() {
         let killed_at = SystemTime::now();
         let t0 = Instant::now();
         active.kill9();
-        kills.push(unix_secs(killed_at));
+        kills.push((unix_secs(killed_at), unix_secs(SystemTime::now())));
         standby.wait_health("ok\n", 60);
         let healthy = t0.elapsed();
         // Writes committed after the kill reach the target through the new one.
@@ -393,10 +394,12 @@ fn active_killed_standby_takes_over() {
         order,
         "writers in time order: {summary:#?}; kills at {kills:?}"
     );
-    for (k, kill) in kills.iter().enumerate() {
+    // Each process's last write comes before it was dead, the next one's
+    // first write after the kill was sent, and the two never overlap.
+    for (k, (sent, dead)) in kills.iter().enumerate() {
         assert!(
-            runs[k].2 <= *kill && runs[k + 1].1 > *kill,
-            "write windows overlap the kill at {kill}: {summary:#?}"
+            runs[k].2 <= *dead && runs[k + 1].1 > *sent && runs[k].2 < runs[k + 1].1,
+            "write windows overlap around the kill at {sent}..{dead}: {summary:#?}"
         );
     }
     let (samples, overlaps) = both.lock().map(|s| s.clone()).unwrap_or_default();

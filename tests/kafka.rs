@@ -360,9 +360,12 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
     let fanout = Fanout::new(
         vec![(
             Route {
+                sink: "k".into(),
+                rel_ids: Default::default(),
                 tables: None,
                 durable,
                 table_start: Default::default(),
+                table_start_names: Default::default(),
             },
             tx,
             bytes.clone(),
@@ -1564,9 +1567,12 @@ fn replica_identity_full() {
         let mut fanout = Fanout::new(
             vec![(
                 Route {
+                    sink: "k".into(),
+                    rel_ids: Default::default(),
                     tables: None,
                     durable,
                     table_start: Default::default(),
+                    table_start_names: Default::default(),
                 },
                 tx,
                 bytes.clone(),
@@ -1827,9 +1833,12 @@ async fn mini_pipeline(
     let mut fanout = Fanout::new(
         vec![(
             Route {
+                sink: "k".into(),
+                rel_ids: Default::default(),
                 tables: None,
                 durable,
                 table_start: Default::default(),
+                table_start_names: Default::default(),
             },
             tx,
             bytes.clone(),
@@ -2130,7 +2139,7 @@ fn postgres_to_kafka() {
 // The initial copy into Kafka sinks, through `pgbridge run`.
 
 /// A `pgbridge run` config with one Kafka sink `cdc`.
-fn copy_config(
+pub(crate) fn copy_config(
     path: &std::path::Path,
     url: &str,
     slot: &str,
@@ -2157,10 +2166,10 @@ fn copy_config(
 }
 
 /// A `pgbridge run` child, SIGKILLed if the test panics before stopping it.
-struct Run(Option<Child>);
+pub(crate) struct Run(Option<Child>);
 
 impl Run {
-    fn spawn(config: &std::path::Path, log: &std::path::Path) -> Run {
+    pub(crate) fn spawn(config: &std::path::Path, log: &std::path::Path) -> Run {
         Run(Some(crate::pipeline::spawn_run(config, log)))
     }
 
@@ -2172,7 +2181,7 @@ impl Run {
     }
 
     /// SIGTERM and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         crate::pipeline::stop_run(self.0.take().expect("running"))
     }
 

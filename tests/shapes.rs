@@ -15,12 +15,23 @@ use crate::trial;
 pub fn trials() -> Vec<Trial> {
     vec![
         trial("shapes::two_processes_one_writer", two_processes_one_writer),
+        trial("shapes::lock_lost_during_copy", lock_lost_during_copy),
         trial("shapes::partitioned_via_root", partitioned_via_root),
         trial("shapes::partitioned_via_leaves", partitioned_via_leaves),
         trial("shapes::message_during_copy", message_during_copy),
         trial(
             "shapes::failed_first_run_drops_its_slot",
             failed_first_run_drops_its_slot,
+        ),
+        trial("shapes::rename_followed", rename_followed),
+        trial("shapes::rename_while_down", rename_while_down),
+        trial(
+            "shapes::partitioned_via_root_kafka",
+            partitioned_via_root_kafka,
+        ),
+        trial(
+            "shapes::rename_stops_with_the_fix",
+            rename_stops_with_the_fix,
         ),
     ]
 }
@@ -392,4 +403,305 @@ fn failed_first_run_drops_its_slot() {
         "0",
         "the slot is gone; log:\n{text}"
     );
+}
+
+/// A sink that lists its tables, with `create_tables`: a table renamed on
+/// the source under the running pipeline is followed by its relation id
+/// and renamed on the target too (before, its changes were dropped in
+/// silence and the slot confirmed past them). A restart with the old name
+/// still in the config stops naming it; with the new name it goes on.
+fn rename_followed() {
+    let (port, src) = harness::fresh_db("sh_ren_src");
+    let (_, dst) = harness::fresh_db("sh_ren_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    let write = |tables: &str| {
+        write_single(
+            &config,
+            &harness::url(port, &src),
+            "sh_ren",
+            "initial",
+            &harness::url(port, &dst),
+            &format!("create_tables = true\ntables = [{tables}]\n"),
+        )
+    };
+    write("\"public.t\"");
+    let run = spawn_run(&config, &log);
+    streaming("sh_ren", &log);
+    psql(&src, "INSERT INTO t VALUES (101, 'b')");
+    psql(
+        &src,
+        "ALTER TABLE t RENAME TO t2;
+         INSERT INTO t2 VALUES (102, 'c');
+         UPDATE t2 SET v = 'upd' WHERE id <= 10;
+         DELETE FROM t2 WHERE id = 50;",
+    );
+    confirmed_to_now(&src, "sh_ren", &log);
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT to_regclass('public.t') IS NULL AND to_regclass('public.t2') IS NOT NULL"
+        ),
+        "t",
+        "the target table was renamed; log:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+
+    // The config still names the old table: the run stops naming it.
+    let log2 = dir.path().join("run2.log");
+    let run = spawn_run(&config, &log2);
+    let status = crate::pipeline::wait_exit(run, &log2, "the run to refuse the old name");
+    assert!(!status.success());
+    assert!(
+        log_text(&log2).contains("public.t in its tables is not a table on the source"),
+        "{}",
+        log_text(&log2)
+    );
+    // Named by its new name, it goes on, without copying the table again
+    // (its copy record followed the rename).
+    write("\"public.t2\"");
+    let log3 = dir.path().join("run3.log");
+    let run = spawn_run(&config, &log3);
+    streaming("sh_ren", &log3);
+    assert!(
+        !log_text(&log3).contains("initial copy complete"),
+        "the renamed table was copied again:\n{}",
+        log_text(&log3)
+    );
+    psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
+    confirmed_to_now(&src, "sh_ren", &log);
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_ren')");
+}
+
+/// Without `create_tables`, a rename stops the sink with the statement to
+/// run on the target, confirming nothing past it; run as printed, the
+/// next start goes on (also across the restart, where the stream names
+/// the table only by its new name).
+fn rename_stops_with_the_fix() {
+    let (port, src) = harness::fresh_db("sh_renfix_src");
+    let (_, dst) = harness::fresh_db("sh_renfix_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR TABLE t;",
+    );
+    psql(&dst, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_renfix",
+        "initial",
+        &harness::url(port, &dst),
+        "",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_renfix", &log);
+    psql(&src, "INSERT INTO t VALUES (101, 'b')");
+    confirmed_to_now(&src, "sh_renfix", &log);
+    let before = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sh_renfix'",
+    );
+    psql(
+        &src,
+        "ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (102, 'c'); UPDATE t2 SET v = 'u' WHERE id = 1;",
+    );
+    let status = crate::pipeline::wait_exit(run, &log, "the run to stop on the rename");
+    assert!(!status.success());
+    let text = log_text(&log);
+    let fix = "ALTER TABLE \"public\".\"t\" RENAME TO \"t2\";";
+    assert!(text.contains(fix), "{text}");
+    let after = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sh_renfix'",
+    );
+    assert_eq!(before, after, "nothing confirmed past the rename");
+    psql(&dst, fix);
+    let run = spawn_run(&config, &log);
+    streaming("sh_renfix", &log);
+    psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
+    confirmed_to_now(&src, "sh_renfix", &log);
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_renfix')");
+}
+
+/// `publish_via_partition_root = true` into Kafka: the copy's read events
+/// hold every leaf's rows (before, `FROM ONLY` the root read none), and the
+/// topic rebuilds the table after streamed changes.
+fn partitioned_via_root_kafka() {
+    use crate::kafka::{consume, copy_config, reconstruct, Run, Tansu};
+    use serde_json::{json, Value as Json};
+    use std::collections::BTreeMap;
+
+    let (port, src) = harness::fresh_db("sh_part_kafka");
+    psql(
+        &src,
+        &format!(
+            "{PARTITIONED} CREATE PUBLICATION p FOR TABLE pt WITH (publish_via_partition_root = true);"
+        ),
+    );
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    copy_config(
+        &config,
+        &harness::url(port, &src),
+        "sh_part_kafka",
+        &["p"],
+        &broker.addr,
+        "shk.{table}",
+        "",
+    );
+    let run = Run::spawn(&config, &log);
+    streaming("sh_part_kafka", &log);
+    psql(&src, PARTITION_CHANGES);
+    confirmed_to_now(&src, "sh_part_kafka", &log);
+    let want = || -> BTreeMap<String, Json> {
+        let out = psql(&src, "SELECT json_agg(r ORDER BY r.id, r.k) FROM pt r");
+        let rows: Vec<Json> = serde_json::from_str(&out).expect("json");
+        rows.into_iter()
+            .map(|r| (json!({ "id": r["id"], "k": r["k"] }).to_string(), r))
+            .collect()
+    };
+    let recs = consume(&broker.addr, "shk.pt", false);
+    let reads = recs
+        .iter()
+        .filter(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r"))
+        .count();
+    assert_eq!(
+        reads,
+        1000,
+        "the copy read every leaf; log:\n{}",
+        log_text(&log)
+    );
+    assert_eq!(reconstruct(&recs), want(), "the topic rebuilds the table");
+    assert!(run.stop().success(), "{}", log_text(&log));
+    psql(
+        "postgres",
+        "SELECT pg_drop_replication_slot('sh_part_kafka')",
+    );
+}
+
+/// The lock's session ends while the copy runs: the copy's workers stop
+/// with it (before, spawned workers went on copying for a pipeline the
+/// process no longer held), the process takes the lock again and copies
+/// afresh, and the table ends with every row once.
+fn lock_lost_during_copy() {
+    let (port, src) = harness::fresh_db("sh_lost_src");
+    let (_, dst) = harness::fresh_db("sh_lost_dst");
+    const N: i64 = 1_500_000;
+    psql(
+        &src,
+        &format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, {N}) g;
+             CREATE PUBLICATION p FOR TABLE big;"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_lost",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    wait_for("the copy to start", 60, || {
+        log_text(&log).contains("initial copy started")
+    });
+    psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = 1885823602 AND granted",
+    );
+    let text = log_text(&log);
+    assert!(
+        !text.contains("initial copy complete"),
+        "the copy ended before the lock was cut; make the table larger:\n{text}"
+    );
+    streaming("sh_lost", &log);
+    let text = log_text(&log);
+    assert!(text.contains("lost the pipeline lock"), "{text}");
+    assert_eq!(counts(&dst, "big"), (N, N), "every row once");
+    psql(&src, "INSERT INTO big VALUES (0, 'after')");
+    confirmed_to_now(&src, "sh_lost", &log);
+    assert_eq!(counts(&dst, "big"), (N + 1, N + 1));
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_lost')");
+}
+
+/// A table renamed while pgbridge is not running, with changes before and
+/// after the rename still in the slot: the next run does not copy it again
+/// under the new name (before, it did, at a later consistent point, and the
+/// change under the old name then landed on top of the newer copy); the
+/// stream renames the target table and the later update wins.
+fn rename_while_down() {
+    let (port, src) = harness::fresh_db("sh_rwd_src");
+    let (_, dst) = harness::fresh_db("sh_rwd_dst");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g;
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    write_single(
+        &config,
+        &harness::url(port, &src),
+        "sh_rwd",
+        "initial",
+        &harness::url(port, &dst),
+        "create_tables = true\n",
+    );
+    let run = spawn_run(&config, &log);
+    streaming("sh_rwd", &log);
+    confirmed_to_now(&src, "sh_rwd", &log);
+    assert!(stop_run(run).success(), "{}", log_text(&log));
+    psql(
+        &src,
+        "UPDATE t SET v = 'before' WHERE id = 1;
+         ALTER TABLE t RENAME TO t2;
+         UPDATE t2 SET v = 'after' WHERE id = 1;",
+    );
+    let log2 = dir.path().join("run2.log");
+    let run = spawn_run(&config, &log2);
+    streaming("sh_rwd", &log2);
+    confirmed_to_now(&src, "sh_rwd", &log2);
+    let text = log_text(&log2);
+    assert!(
+        !text.contains("initial copy complete"),
+        "copied again:\n{text}"
+    );
+    assert_eq!(
+        psql(&dst, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"),
+        "t2",
+        "the target table follows the rename:\n{text}"
+    );
+    assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"), "{text}");
+    assert!(stop_run(run).success(), "{text}");
+    psql("postgres", "SELECT pg_drop_replication_slot('sh_rwd')");
 }

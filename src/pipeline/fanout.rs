@@ -18,30 +18,59 @@ use tokio::sync::mpsc;
 
 use super::ack::Tracker;
 use crate::model::{Event, RelationSchema};
+use crate::pgoutput::RelId;
 use crate::sink::{QueueBytes, SinkItem};
 use crate::Lsn;
 
 /// What one sink wants and already has.
+///
+/// A sink that lists its tables selects them by name, and the fan-out
+/// follows each selected table by its relation id from then on: a table
+/// renamed on the source (`ALTER TABLE t RENAME TO t2`) is still the same
+/// relation, and its changes keep going to the sink (before, they stopped
+/// matching the name and were dropped without a word while the slot was
+/// confirmed past them). The sink then sees the new name and deals with it
+/// (the Postgres sink renames its target table or stops naming the fix).
 #[derive(Debug, Clone, Default)]
 pub struct Route {
+    /// The sink's name, for the log.
+    pub sink: String,
     /// `schema.table` names; `None` = every published table.
     pub tables: Option<HashSet<String>>,
+    /// Relation ids of the selected tables: those that the source's
+    /// catalog gave the listed names at the start, and those that arrived
+    /// in Relation messages under a listed name.
+    pub rel_ids: HashSet<RelId>,
     /// Transactions committing before this were durably applied already.
     pub durable: Lsn,
-    /// Per table: changes committing before this LSN are already in the
-    /// table's snapshot copy.
-    pub table_start: HashMap<String, Lsn>,
+    /// Per table, by relation id (a rename does not change it): changes
+    /// committing before this LSN are already in the table's snapshot copy.
+    pub table_start: HashMap<RelId, Lsn>,
+    /// The same by `schema.table`, for changes of a relation that is not in
+    /// `table_start`: one dropped while pgbridge was not running, whose
+    /// name a table copied since now has (its changes are older than that
+    /// copy, and would land in the copied table).
+    pub table_start_names: HashMap<String, Lsn>,
 }
 
 impl Route {
-    fn wants(&self, rel: &RelationSchema, commit_lsn: Option<Lsn>) -> bool {
-        let name = rel.qualified_name();
-        if let Some(t) = &self.tables {
-            if !t.contains(&name) {
-                return false;
-            }
+    /// Whether the sink selects `rel` (by name or by relation id).
+    fn selects(&self, rel: &RelationSchema) -> bool {
+        match &self.tables {
+            None => true,
+            Some(t) => self.rel_ids.contains(&rel.rel_id) || t.contains(&rel.qualified_name()),
         }
-        match (commit_lsn, self.table_start.get(&name)) {
+    }
+
+    fn wants(&self, rel: &RelationSchema, commit_lsn: Option<Lsn>) -> bool {
+        if !self.selects(rel) {
+            return false;
+        }
+        let start = self
+            .table_start
+            .get(&rel.rel_id)
+            .or_else(|| self.table_start_names.get(&rel.qualified_name()));
+        match (commit_lsn, start) {
             (Some(c), Some(start)) => c >= *start,
             _ => true,
         }
@@ -138,15 +167,22 @@ impl Fanout {
             }
             Event::Relation(rel) => {
                 let ev = Arc::new(Event::Relation(rel.clone()));
+                let name = rel.qualified_name();
                 for i in 0..self.outs.len() {
-                    if self.outs[i]
-                        .route
-                        .tables
-                        .as_ref()
-                        .is_none_or(|t| t.contains(&rel.qualified_name()))
-                    {
+                    let route = &mut self.outs[i].route;
+                    let Some(listed) = &route.tables else {
                         self.send(i, SinkItem::Event(ev.clone())).await?;
+                        continue;
+                    };
+                    if listed.contains(&name) {
+                        route.rel_ids.insert(rel.rel_id);
+                    } else if route.rel_ids.contains(&rel.rel_id) {
+                        tracing::warn!(sink = %route.sink, relation_id = rel.rel_id, table = %name,
+                            "a table this sink selects was renamed on the source; following it by its relation id (name it by its new name in the sink's tables)");
+                    } else {
+                        continue;
                     }
+                    self.send(i, SinkItem::Event(ev.clone())).await?;
                 }
             }
             Event::Change(change) => {

@@ -127,8 +127,8 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
 /// consistent point, the sink's durable position covers it from there; if
 /// the stream starts past both (a new slot after an earlier copy), changes
 /// in between are missing, so that copy does not count.
-fn drop_stale_copies(
-    done: &mut HashMap<String, Lsn>,
+fn drop_stale_copies<K: std::fmt::Display>(
+    done: &mut HashMap<K, Lsn>,
     sink: &str,
     durable: Lsn,
     stream_start: Option<Lsn>,
@@ -418,6 +418,27 @@ async fn attempt_inner(
     let mut conn = Connection::connect(info, Mode::Replication).await?;
     conn.check_wal_level().await?;
     conn.check_publications(&src.publications).await?;
+    // The sinks' listed tables by relation id: a table renamed on the
+    // source is followed by its id (see `Route`). A listed name that the
+    // source does not have stops the run: a table renamed while pgbridge
+    // was down would otherwise be dropped from the stream in silence.
+    let listed: Vec<String> = config
+        .sinks
+        .iter()
+        .flat_map(|s| s.tables().iter().cloned())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let ids = snapshot::relation_ids(info, &listed).await?;
+    for s in &config.sinks {
+        if let Some(t) = s.tables().iter().find(|t| !ids.contains_key(*t)) {
+            return Err(PipelineError::Other(format!(
+                "sink {}: table {t} in its tables is not a table on the source (renamed or dropped?); \
+                 name it by its current name in the sink's tables, or remove it",
+                s.name()
+            )));
+        }
+    }
     let max = max_proto_version(conn.server_version_num());
     let proto = src.proto_version.unwrap_or(max).min(max);
 
@@ -427,7 +448,8 @@ async fn attempt_inner(
     let mut created: Option<CreatedSlot> = None;
     match &existing {
         Some(info_) => {
-            conn.check_slot_usable(&src.slot, info_)?;
+            conn.check_slot_usable(&src.slot, info_)
+                .map_err(|e| e.with_fix(config.resync_advice()))?;
             if let Some(pid) = info_.active_pid {
                 return Err(SourceError::SlotInUse {
                     slot: src.slot.clone(),
@@ -462,10 +484,17 @@ async fn attempt_inner(
         .iter()
         .zip(&durable)
         .map(|(s, d)| Route {
+            sink: s.name().to_string(),
             tables: (!s.tables().is_empty())
                 .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            rel_ids: s
+                .tables()
+                .iter()
+                .filter_map(|t| ids.get(t).copied())
+                .collect(),
             durable: *d,
             table_start: Default::default(),
+            table_start_names: Default::default(),
         })
         .collect();
     if src.snapshot != SnapshotMode::Never {
@@ -473,12 +502,16 @@ async fn attempt_inner(
         let mut todo: Vec<(usize, Vec<TableSpec>)> = Vec::new();
         for (ti, t) in targets.iter().enumerate() {
             let i = sink_index[ti];
-            let mut done = snapshot::completed(t, pipeline).await?;
+            let mut done = snapshot::completed(t, pipeline, &tables).await?;
             drop_stale_copies(&mut done, &t.sink, durable[i], stream_start);
             let missing: Vec<TableSpec> = tables
                 .iter()
-                .filter(|spec| t.wants(spec) && !done.contains_key(&spec.qualified_name()))
+                .filter(|spec| t.wants(spec) && !done.contains_key(&spec.oid))
                 .cloned()
+                .collect();
+            routes[i].table_start_names = tables
+                .iter()
+                .filter_map(|t| done.get(&t.oid).map(|l| (t.qualified_name(), *l)))
                 .collect();
             routes[i].table_start = done;
             if !missing.is_empty() {
@@ -494,7 +527,13 @@ async fn attempt_inner(
             let Built::Kafka(k) = s else {
                 continue;
             };
-            let mut done = k.snapshot_completed().await?;
+            // Recorded by name: a table renamed since is copied again, into
+            // the topic of its new name.
+            let by_name = k.snapshot_completed().await?;
+            let mut done: HashMap<u32, Lsn> = tables
+                .iter()
+                .filter_map(|t| by_name.get(&t.qualified_name()).map(|l| (t.oid, *l)))
+                .collect();
             let own = match (durable[i].is_zero(), &existing) {
                 (true, Some(e)) => e.confirmed_flush,
                 _ => durable[i],
@@ -507,9 +546,13 @@ async fn attempt_inner(
                     wants
                         .as_ref()
                         .is_none_or(|w| w.contains(&spec.qualified_name()))
-                        && !done.contains_key(&spec.qualified_name())
+                        && !done.contains_key(&spec.oid)
                 })
                 .cloned()
+                .collect();
+            routes[i].table_start_names = tables
+                .iter()
+                .filter_map(|t| done.get(&t.oid).map(|l| (t.qualified_name(), *l)))
                 .collect();
             routes[i].table_start = done;
             if !missing.is_empty() {
@@ -533,14 +576,17 @@ async fn attempt_inner(
             let start = snap.consistent_point;
             for (ti, tables) in &todo {
                 for t in tables {
-                    routes[sink_index[*ti]]
-                        .table_start
-                        .insert(t.qualified_name(), start);
+                    let route = &mut routes[sink_index[*ti]];
+                    route.table_start.insert(t.oid, start);
+                    route.table_start_names.insert(t.qualified_name(), start);
                 }
             }
             for (i, tables) in &kafka_todo {
                 for t in tables {
-                    routes[*i].table_start.insert(t.qualified_name(), start);
+                    routes[*i].table_start.insert(t.oid, start);
+                    routes[*i]
+                        .table_start_names
+                        .insert(t.qualified_name(), start);
                 }
             }
             let kafka_jobs: Vec<snapshot::kafka::KafkaJob<'_>> = sinks
@@ -606,6 +652,7 @@ async fn attempt_inner(
                 slot: src.slot.clone(),
                 resumed: min,
                 now: start,
+                fix: config.resync_advice(),
             }
             .into());
         }

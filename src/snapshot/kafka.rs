@@ -125,7 +125,7 @@ async fn copy_into(
         let stream = src
             .copy_out(sql.as_str())
             .await
-            .map_err(|e| SnapshotError::db(&what, e))?;
+            .map_err(|e| SnapshotError::source_db(&what, &source.user, e))?;
         futures_util::pin_mut!(stream);
         let mut lines = Lines::default();
         // The row read before the current one, and whether it is the
@@ -135,7 +135,7 @@ async fn copy_into(
         let mut rows = 0u64;
         loop {
             let chunk = match stream.next().await {
-                Some(c) => c.map_err(|e| SnapshotError::db(&what, e))?,
+                Some(c) => c.map_err(|e| SnapshotError::source_db(&what, &source.user, e))?,
                 None => break,
             };
             stats.bytes += chunk.len() as u64;

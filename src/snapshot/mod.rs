@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::SinkExt;
 
 use crate::pg::{self, ident, literal, qualified};
+use crate::privileges;
 use crate::source::{ConnInfo, Connection, Mode, SourceError};
 use crate::Lsn;
 
@@ -39,6 +40,8 @@ pub mod kafka;
 /// A published table and what of it is published.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
+    /// The source's relation id.
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     /// (name, source type as format_type() prints it, not null, key)
@@ -117,8 +120,9 @@ impl TableSpec {
         }
     }
 
-    /// CREATE TABLE for a target that lacks the table.
-    pub fn create_sql(&self) -> String {
+    /// CREATE TABLE for a target that lacks the table (and CREATE SCHEMA
+    /// first with `schema`).
+    pub fn create_sql(&self, schema: bool) -> String {
         let mut cols: Vec<String> = self
             .columns
             .iter()
@@ -140,12 +144,19 @@ impl TableSpec {
         if !keys.is_empty() {
             cols.push(format!("PRIMARY KEY ({})", keys.join(", ")));
         }
-        format!(
-            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})",
-            ident(&self.schema),
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
             self.sql_name(),
             cols.join(", ")
-        )
+        );
+        if schema {
+            format!(
+                "CREATE SCHEMA IF NOT EXISTS {}; {create}",
+                ident(&self.schema)
+            )
+        } else {
+            create
+        }
     }
 }
 
@@ -185,9 +196,18 @@ impl SnapshotError {
         matches!(self, SnapshotError::Transient(_))
     }
 
+    /// A target's error (the user in a GRANT it advises is
+    /// [`privileges::ROLE`] until [`SnapshotError::for_role`]).
     fn db(what: &str, e: tokio_postgres::Error) -> Self {
         let detail = match e.as_db_error() {
-            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            Some(db) => {
+                let code = db.code().code();
+                let privileges = privileges::TARGET_TABLE_PRIVILEGES.join(", ");
+                match privileges::advice(code, db.message(), privileges::ROLE, &privileges, None) {
+                    Some(fix) => format!("{} (SQLSTATE {code}); {fix}", db.message()),
+                    None => format!("{} (SQLSTATE {code})", db.message()),
+                }
+            }
             None => e.to_string(),
         };
         if pg::is_transient(&e) {
@@ -197,11 +217,46 @@ impl SnapshotError {
         }
     }
 
-    fn source(what: &str, e: SourceError) -> Self {
+    /// A source error over a client connection; `user` is the source's
+    /// user, named in a GRANT (reading needs SELECT).
+    fn source_db(what: &str, user: &str, e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            if let Some(fix) = privileges::advice(code, db.message(), user, "SELECT", None) {
+                return SnapshotError::Definite(format!(
+                    "{what}: {} (SQLSTATE {code}); {fix}",
+                    db.message()
+                ));
+            }
+        }
+        SnapshotError::db(what, e)
+    }
+
+    /// A source error; `user` is the source's user, named in a GRANT.
+    fn source(what: &str, user: &str, e: SourceError) -> Self {
+        if let SourceError::Db { error, .. } = &e {
+            if let Some(fix) = privileges::advice(&error.code, &error.message, user, "SELECT", None)
+            {
+                return SnapshotError::Definite(format!("{what}: {e}; {fix}"));
+            }
+        }
         if e.is_transient() {
             SnapshotError::Transient(format!("{what}: {e}"))
         } else {
             SnapshotError::Definite(format!("{what}: {e}"))
+        }
+    }
+}
+
+impl SnapshotError {
+    /// The same error with `user` named where its advice says
+    /// [`privileges::ROLE`].
+    pub fn for_role(self, user: &str) -> Self {
+        match self {
+            SnapshotError::Transient(m) => {
+                SnapshotError::Transient(privileges::name_role(&m, user))
+            }
+            SnapshotError::Definite(m) => SnapshotError::Definite(privileges::name_role(&m, user)),
         }
     }
 }
@@ -216,16 +271,86 @@ impl From<pg::ClientError> for SnapshotError {
     }
 }
 
-const STATE_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge;
-CREATE TABLE IF NOT EXISTS pgbridge.snapshot_tables (
+/// The copy's state tables in the target's `pgbridge` schema.
+const STATE_DDL: [(&str, &str); 3] = [
+    (
+        "snapshot_tables",
+        "CREATE TABLE IF NOT EXISTS pgbridge.snapshot_tables (
   pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
   start_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
   completed_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, sink, table_name));
-CREATE TABLE IF NOT EXISTS pgbridge.snapshot_started (
+  PRIMARY KEY (pipeline, sink, table_name))",
+    ),
+    (
+        "snapshot_started",
+        "CREATE TABLE IF NOT EXISTS pgbridge.snapshot_started (
   pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
   started_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, sink, table_name))";
+  PRIMARY KEY (pipeline, sink, table_name))",
+    ),
+    ("snapshot_indexes", indexes::DDL),
+];
+
+/// Creates what is missing of the copy's state on a target: the schema
+/// only when it does not exist, each table only when missing. `IF NOT
+/// EXISTS` alone is not enough: PostgreSQL checks CREATE on the database
+/// (for the schema) and on the schema (for a table) before it looks
+/// whether the object exists, so a user given a ready `pgbridge` schema
+/// and tables would be refused every time.
+pub async fn ensure_state(
+    client: &tokio_postgres::Client,
+    target: &Target,
+) -> Result<(), SnapshotError> {
+    let what = format!("sink {}: creating pgbridge's copy state", target.sink);
+    let names: Vec<&str> = STATE_DDL.iter().map(|(n, _)| *n).collect();
+    let rows = client
+        .query(
+            "SELECT t, EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname = 'pgbridge' AND c.relname = t) \
+             FROM unnest($1::text[]) t",
+            &[&names],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let schema: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'pgbridge')",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let mut sql = Vec::new();
+    if !schema {
+        sql.push("CREATE SCHEMA IF NOT EXISTS pgbridge");
+    }
+    for r in &rows {
+        let (name, exists): (&str, bool) = (r.get(0), r.get(1));
+        if !exists {
+            if let Some((_, ddl)) = STATE_DDL.iter().find(|(n, _)| *n == name) {
+                sql.push(ddl);
+            }
+        }
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&sql.join(";\n"))
+        .await
+        .map_err(|e| {
+            let fix = format!(
+                "or create the schema beforehand as a privileged user: CREATE SCHEMA pgbridge; GRANT USAGE, CREATE ON SCHEMA pgbridge TO {}",
+                privileges::ROLE
+            );
+            match SnapshotError::db(&what, e) {
+                SnapshotError::Definite(m) => SnapshotError::Definite(format!("{m}; {fix}")),
+                t => t,
+            }
+        })
+        .map_err(|e| e.for_role(&target.info.user))
+}
 
 /// Why a table's copy cannot empty it first.
 enum Refused {
@@ -235,34 +360,140 @@ enum Refused {
     Referenced,
 }
 
-/// Tables whose copy into `target` is complete, with the consistent point
-/// each copy belongs to.
+/// Tables of `tables` whose copy into `target` is complete, by relation id,
+/// with the consistent point each copy belongs to.
+///
+/// Copies are recorded by table name (`pgbridge.snapshot_tables`), and the
+/// name a relation was last written under is in `pgbridge.relations` (see
+/// `sink::postgres::renames`, which moves the copy record along when it
+/// follows a rename). A table counts as copied when there is a record under
+/// that name, or, for a relation the sink has no name for yet, under its
+/// current name unless another relation holds that name (a table dropped,
+/// or renamed away, and another one given its name is a new table: it is
+/// copied). Relations found copied under their current name get their
+/// `pgbridge.relations` row here, so a later rename is followed (a target
+/// set up by an older pgbridge has copy records only).
 pub async fn completed(
     target: &Target,
     pipeline: &str,
-) -> Result<HashMap<String, Lsn>, SnapshotError> {
+    tables: &[TableSpec],
+) -> Result<HashMap<u32, Lsn>, SnapshotError> {
     let client = pg::connect(&target.info).await?;
-    let ddl = format!("{STATE_DDL};\n{}", indexes::DDL);
-    client.batch_execute(&ddl).await.map_err(|e| {
-        SnapshotError::db(
-            &format!("sink {}: creating pgbridge.snapshot_tables", target.sink),
-            e,
-        )
-    })?;
+    ensure_state(&client, target).await?;
+    let what = format!("sink {}: reading snapshot state", target.sink);
     let rows = client
         .query(
             "SELECT table_name, start_lsn::text FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2",
             &[&pipeline, &target.sink],
         )
         .await
-        .map_err(|e| SnapshotError::db(&format!("sink {}: reading snapshot state", target.sink), e))?;
-    let mut done = HashMap::new();
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let mut by_name = HashMap::new();
     for r in rows {
-        let name: String = r.get(0);
-        let lsn: String = r.get(1);
-        done.insert(name, lsn.parse().unwrap_or(Lsn::ZERO));
+        let name: String = r.try_get(0).map_err(|e| SnapshotError::db(&what, e))?;
+        let lsn: String = r.try_get(1).map_err(|e| SnapshotError::db(&what, e))?;
+        by_name.insert(name, lsn.parse().unwrap_or(Lsn::ZERO));
+    }
+    let kept: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| SnapshotError::db(&what, e))?;
+    let mut stored: HashMap<u32, String> = HashMap::new();
+    if kept {
+        let rows = client
+            .query(
+                "SELECT rel_id, schema_name || '.' || table_name FROM pgbridge.relations \
+                 WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &target.sink],
+            )
+            .await
+            .map_err(|e| SnapshotError::db(&what, e))?;
+        for r in rows {
+            stored.insert(
+                r.try_get(0).map_err(|e| SnapshotError::db(&what, e))?,
+                r.try_get(1).map_err(|e| SnapshotError::db(&what, e))?,
+            );
+        }
+    }
+    let claimed: HashMap<&String, u32> = stored.iter().map(|(oid, n)| (n, *oid)).collect();
+    let mut done = HashMap::new();
+    let mut backfill = Vec::new();
+    for t in tables {
+        let current = t.qualified_name();
+        let name = match (stored.get(&t.oid), claimed.get(&current)) {
+            (Some(n), _) => n.clone(),
+            (None, Some(other)) => {
+                // Another relation that the sink wrote had this name. Gone
+                // from the source (dropped, this one created in its place):
+                // a new table, copied. Still published under another name:
+                // names were swapped while pgbridge was not running, which
+                // the stream cannot tell apart from its own renames.
+                if let Some(o) = tables.iter().find(|o| o.oid == *other) {
+                    return Err(SnapshotError::Definite(format!(
+                        "sink {}: source table {current} (relation id {}) has the name that table {} (relation id {other}) had when the sink last wrote it: tables were renamed into each other's names while pgbridge was not running, which it cannot follow; run pgbridge resync for this sink",
+                        target.sink,
+                        t.oid,
+                        o.qualified_name()
+                    )));
+                }
+                continue;
+            }
+            (None, None) => current,
+        };
+        if let Some(lsn) = by_name.get(&name) {
+            done.insert(t.oid, *lsn);
+            if kept && !stored.contains_key(&t.oid) {
+                backfill.push(t);
+            }
+        }
+    }
+    for t in backfill {
+        client
+            .execute(
+                "INSERT INTO pgbridge.relations (pipeline, sink, rel_id, schema_name, table_name) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&pipeline, &target.sink, &t.oid, &t.schema, &t.name],
+            )
+            .await
+            .map_err(|e| {
+                SnapshotError::db(&format!("sink {}: recording relation ids", target.sink), e)
+            })?;
     }
     Ok(done)
+}
+
+/// The relation ids of the tables named `schema.table` in `names` that
+/// exist on the source (names not found are absent from the map).
+pub async fn relation_ids(
+    source: &ConnInfo,
+    names: &[String],
+) -> Result<HashMap<String, u32>, SnapshotError> {
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let client = pg::connect(source).await?;
+    let what = "looking up the sinks' tables on the source";
+    let rows = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.oid FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname || '.' || c.relname = ANY($1) AND c.relkind IN ('r', 'p', 'f')",
+            &[&names],
+        )
+        .await
+        .map_err(|e| SnapshotError::db(what, e))?;
+    let mut out = HashMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get(0).map_err(|e| SnapshotError::db(what, e))?,
+            r.try_get(1).map_err(|e| SnapshotError::db(what, e))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The tables of `publications` with their published columns and filters.
@@ -402,6 +633,7 @@ pub async fn published_tables(
             .filter(|c| cols.as_ref().is_none_or(|s| s.contains(&c.name)))
             .collect();
         out.push(TableSpec {
+            oid,
             schema,
             name,
             columns,
@@ -417,6 +649,17 @@ pub async fn published_tables(
         });
     }
     Ok(out)
+}
+
+/// Spawned tasks that end with the future holding them.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// What a copy did.
@@ -542,15 +785,29 @@ async fn prepare_table(
     t: &TableSpec,
 ) -> Result<bool, SnapshotError> {
     let what = |s: &str| format!("sink {}: {s} {}", target.sink, t.qualified_name());
-    if target.create_tables {
-        client
-            .batch_execute(&t.create_sql())
-            .await
-            .map_err(|e| SnapshotError::db(&what("creating"), e))?;
-    }
-    let have = target_columns(client, t)
+    let mut have = target_columns(client, t)
         .await
         .map_err(|e| SnapshotError::db(&what("reading columns of"), e))?;
+    // Created only when missing: CREATE ... IF NOT EXISTS needs CREATE on
+    // the schema (and CREATE SCHEMA on the database) even when the object
+    // exists.
+    if target.create_tables && have.is_none() {
+        let schema: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&t.schema],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| SnapshotError::db(&what("creating"), e))?;
+        client
+            .batch_execute(&t.create_sql(!schema))
+            .await
+            .map_err(|e| SnapshotError::db(&what("creating"), e))?;
+        have = target_columns(client, t)
+            .await
+            .map_err(|e| SnapshotError::db(&what("reading columns of"), e))?;
+    }
     let Some(have) = have else {
         return Err(SnapshotError::Definite(format!(
             "sink {}: target table {} does not exist; create it or set create_tables = true",
@@ -719,11 +976,14 @@ pub async fn copy(
     let mut jobs = VecDeque::new();
     let mut total_bytes = 0u64;
     let mut ntables = 0;
+    preflight(source, &todo, targets).await?;
     for (ti, tables) in todo {
         let target = &targets[ti];
         let client = pg::connect_target(&target.info, target.role).await?;
         for t in tables {
-            let binary = prepare_table(&client, target, pipeline, &t).await?;
+            let binary = prepare_table(&client, target, pipeline, &t)
+                .await
+                .map_err(|e| e.for_role(&target.info.user))?;
             let table = Arc::new(t);
             total_bytes += table.bytes.max(0) as u64;
             ntables += 1;
@@ -775,7 +1035,10 @@ pub async fn copy(
     let jobs = Arc::new(Mutex::new(jobs));
     let copied_bytes = Arc::new(AtomicU64::new(0));
     let copied_rows = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
+    // Aborted when this future is dropped (the pipeline lost its lock, or
+    // stops): spawned workers would otherwise go on copying and completing
+    // tables for a pipeline this process no longer runs.
+    let mut handles = AbortOnDrop(Vec::new());
     for _ in 0..workers.max(1) {
         let jobs = jobs.clone();
         let source = source.clone();
@@ -785,7 +1048,7 @@ pub async fn copy(
         let progress = progress.clone();
         let copied_bytes = copied_bytes.clone();
         let copied_rows = copied_rows.clone();
-        handles.push(tokio::spawn(async move {
+        handles.0.push(tokio::spawn(async move {
             worker(
                 &source,
                 &snapshot,
@@ -801,7 +1064,7 @@ pub async fn copy(
         }));
     }
     let mut first_err = None;
-    for h in handles {
+    for h in handles.0.iter_mut() {
         match h.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -821,13 +1084,100 @@ pub async fn copy(
     }
     progress.finish();
     if let Some(e) = first_err {
-        return Err(e);
+        // A target's error names its sink; its advice, that sink's user.
+        let user = targets
+            .iter()
+            .find(|t| e.to_string().contains(&format!("sink {}: ", t.sink)))
+            .map(|t| t.info.user.as_str());
+        return Err(match user {
+            Some(u) => e.for_role(u),
+            None => e,
+        });
     }
     Ok(CopyStats {
         tables: ntables,
         rows: copied_rows.load(Ordering::Relaxed),
         bytes: copied_bytes.load(Ordering::Relaxed),
     })
+}
+
+/// Before anything is emptied or copied: the source's user may read every
+/// table to copy and each target's user may do what the copy and the
+/// stream need (see [`privileges`]); otherwise a definite error with one
+/// line per gap, each naming its GRANT.
+async fn preflight(
+    source: &ConnInfo,
+    todo: &[(usize, Vec<TableSpec>)],
+    targets: &[Target],
+) -> Result<(), SnapshotError> {
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut names: Vec<(String, String)> = todo
+        .iter()
+        .flat_map(|(_, ts)| ts.iter().map(|t| (t.schema.clone(), t.name.clone())))
+        .collect();
+    names.sort();
+    names.dedup();
+    let (schemas, tables): (Vec<String>, Vec<String>) = names.into_iter().unzip();
+    let src = pg::connect(source).await?;
+    let rows = src
+        .query(
+            "SELECT s, t, pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+             FROM unnest($1::text[], $2::text[]) AS x(s, t) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = x.s \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = x.t",
+            &[&schemas, &tables],
+        )
+        .await
+        .map_err(|e| SnapshotError::db("checking the source user's privileges", e))?;
+    for r in rows {
+        let name = privileges::table(r.get(0), r.get(1));
+        let ok: bool = r.get(2);
+        if !ok {
+            problems.push(format!(
+                "source: user {} may not read table {name}, which the initial copy reads; run GRANT SELECT ON {name} TO {}",
+                source.user,
+                privileges::ident(&source.user)
+            ));
+        }
+    }
+    for (ti, tables) in todo {
+        let target = &targets[*ti];
+        let client = pg::connect(&target.info).await?;
+        let written: Vec<(String, String)> = tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect();
+        let needs = privileges::TargetNeeds {
+            sink: &target.sink,
+            user: &target.info.user,
+            tables: &written,
+            create_tables: target.create_tables,
+            state_tables: &["snapshot_tables", "snapshot_started", "snapshot_indexes"],
+        };
+        let found = privileges::target_problems(&client, &needs)
+            .await
+            .map_err(|e| {
+                SnapshotError::db(
+                    &format!(
+                        "sink {}: checking the target user's privileges",
+                        target.sink
+                    ),
+                    e,
+                )
+            })?;
+        problems.extend(found);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SnapshotError::Definite(format!(
+            "the initial copy cannot run:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -885,7 +1235,7 @@ async fn worker(
         let what = format!("sink {}: copying {}", target.sink, t.qualified_name());
         src.start_copy_out(&out_sql)
             .await
-            .map_err(|e| SnapshotError::source(&what, e))?;
+            .map_err(|e| SnapshotError::source(&what, &source.user, e))?;
         dst.batch_execute("BEGIN")
             .await
             .map_err(|e| SnapshotError::db(&what, e))?;
@@ -902,7 +1252,7 @@ async fn worker(
             let more = src
                 .read_copy_out(&mut buf, COPY_MESSAGE_BYTES)
                 .await
-                .map_err(|e| SnapshotError::source(&what, e))?;
+                .map_err(|e| SnapshotError::source(&what, &source.user, e))?;
             if !buf.is_empty() {
                 let n = buf.len() as u64;
                 sink.feed(buf.split().freeze())
@@ -990,6 +1340,25 @@ async fn complete_table(
             &[&pipeline, &target.sink, &t.qualified_name(), &start.to_string(), &total],
         )
         .await?;
+        // The relation id the table was copied under: a rename on the
+        // source before its first streamed change is still followed (see
+        // `sink::postgres::renames`).
+        let kept: bool = dst
+            .query_one(
+                "SELECT pg_catalog.to_regclass('pgbridge.relations') IS NOT NULL",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if kept {
+            dst.execute(
+                "INSERT INTO pgbridge.relations (pipeline, sink, rel_id, schema_name, table_name) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, sink, rel_id) DO UPDATE \
+                 SET schema_name = excluded.schema_name, table_name = excluded.table_name, updated_at = now()",
+                &[&pipeline, &target.sink, &t.oid, &t.schema, &t.name],
+            )
+            .await?;
+        }
         dst.batch_execute("COMMIT").await
     };
     if let Err(e) = done.await {
@@ -1023,10 +1392,12 @@ async fn import_snapshot_raw(
 ) -> Result<Connection, SnapshotError> {
     let mut src = Connection::connect(source, Mode::Normal)
         .await
-        .map_err(|e| SnapshotError::source("connecting to the source for the copy", e))?;
+        .map_err(|e| {
+            SnapshotError::source("connecting to the source for the copy", &source.user, e)
+        })?;
     src.simple_query(&import_sql(snapshot))
         .await
-        .map_err(|e| SnapshotError::source(&import_what(snapshot), e))?;
+        .map_err(|e| SnapshotError::source(&import_what(snapshot), &source.user, e))?;
     Ok(src)
 }
 

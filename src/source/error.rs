@@ -66,13 +66,15 @@ pub enum SourceError {
         slot_db: String,
         dbname: String,
     },
-    #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; drop the slot and start again with a fresh snapshot")]
-    SlotLost { slot: String },
-    #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then start over with a fresh copy (drop the slot and the target's pgbridge schema)")]
+    /// `fix`: what to run (see [`SourceError::with_fix`]).
+    #[error("replication slot {slot:?} was invalidated (wal_status = lost): WAL it still needed was removed (max_slot_wal_keep_size), so changes are missing; {fix}")]
+    SlotLost { slot: String, fix: String },
+    #[error("replication slot {slot:?} is at {now}, past the {resumed} that a destination has: it was advanced, or dropped and recreated, by someone else, so the changes in between are lost for that destination; investigate, then {fix}")]
     SlotMovedAhead {
         slot: String,
         resumed: crate::Lsn,
         now: crate::Lsn,
+        fix: String,
     },
     #[error("publication(s) {missing} do not exist in database {dbname:?}; create them with CREATE PUBLICATION ... FOR TABLE ... (or fix the name)")]
     PublicationMissing { missing: String, dbname: String },
@@ -105,6 +107,24 @@ impl SourceError {
                     || error.code.starts_with("40")
             }
             _ => false,
+        }
+    }
+
+    /// A lost slot or one moved past a destination, with `fix` as the way
+    /// back (`pgbridge run` names its `pgbridge resync` command); other
+    /// errors unchanged.
+    pub fn with_fix(self, fix: String) -> SourceError {
+        match self {
+            SourceError::SlotLost { slot, .. } => SourceError::SlotLost { slot, fix },
+            SourceError::SlotMovedAhead {
+                slot, resumed, now, ..
+            } => SourceError::SlotMovedAhead {
+                slot,
+                resumed,
+                now,
+                fix,
+            },
+            e => e,
         }
     }
 

@@ -296,6 +296,10 @@ impl Connection {
         if info.wal_status.as_deref() == Some("lost") {
             return Err(SourceError::SlotLost {
                 slot: slot.to_string(),
+                fix: format!(
+                    "drop it (SELECT pg_drop_replication_slot({})) and start again from a fresh copy",
+                    quote_literal(slot)
+                ),
             });
         }
         Ok(())

@@ -65,7 +65,8 @@ pub enum ReadError {
 }
 
 /// Reads the progress topic to its end with `read_committed` and returns
-/// the highest position recorded under `key` (`Lsn::ZERO` when none).
+/// the highest position recorded under `key` since its last tombstone
+/// (`Lsn::ZERO` when none).
 /// Blocking: call from a blocking thread.
 pub fn read_progress(
     cfg: &KafkaSinkSection,
@@ -79,7 +80,9 @@ pub fn read_progress(
             return Ok(());
         }
         let Some(payload) = payload else {
-            return Ok(()); // a tombstone: no position
+            // A tombstone (`pgbridge resync`) forgets the position.
+            best = Lsn::ZERO;
+            return Ok(());
         };
         let p: Progress = serde_json::from_slice(payload)
             .map_err(|e| ReadError::Corrupt(format!("record at {topic}/{at}: {e}")))?;

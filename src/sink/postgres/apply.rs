@@ -34,6 +34,7 @@ use tokio_postgres::{Client, CopyInSink, Statement};
 
 use super::error::{classify, copy_line, ApplyError, Context};
 use super::progress;
+use super::renames::{self, Names};
 use super::schema::{ensure_table, TableState};
 use super::sql::{
     copy_row_into, delete_statement, exists_statement, match_params, param, truncate_statement,
@@ -132,6 +133,8 @@ pub struct Target {
     /// The source database, for what Relation messages do not say (the
     /// values of columns the source added with a default).
     source: Option<ConnInfo>,
+    /// The names each relation was written under (see [`renames`]).
+    names: Names,
 }
 
 impl Target {
@@ -148,7 +151,14 @@ impl Target {
             bytes: 0,
             lock_timeout: None,
             source: None,
+            names: Names::InMemory(HashMap::new()),
         }
+    }
+
+    /// Where the names relations were written under are kept (see
+    /// [`renames`]); in memory for this run until this is called.
+    pub fn set_names(&mut self, names: Names) {
+        self.names = names;
     }
 
     /// Sets the source database that the defaults of columns added on the
@@ -251,6 +261,7 @@ impl Target {
         }
         self.flush().await?;
         self.begin().await?;
+        renames::follow(&self.client, &mut self.names, rel, self.create_tables).await?;
         let t = Arc::new(
             ensure_table(
                 &self.client,

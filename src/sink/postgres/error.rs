@@ -38,6 +38,17 @@ impl ApplyError {
         }
     }
 
+    /// The same error with the sink's target user named where its advice
+    /// says [`crate::privileges::ROLE`] (a GRANT).
+    pub fn for_role(self, user: &str) -> ApplyError {
+        match self {
+            ApplyError::Transient(m) => {
+                ApplyError::Transient(crate::privileges::name_role(&m, user))
+            }
+            ApplyError::Definite(m) => ApplyError::Definite(crate::privileges::name_role(&m, user)),
+        }
+    }
+
     /// The same error with `note` appended to its message.
     pub fn with_note(self, note: &str) -> ApplyError {
         match self {
@@ -134,7 +145,8 @@ fn fix_for(code: &str) -> &'static str {
         "42703" => "add the column to the target table (ALTER TABLE ... ADD COLUMN ...) or set create_tables = true",
         "42P01" => "create the table on the target or set create_tables = true",
         "42704" => "create the type on the target (CREATE TYPE or CREATE EXTENSION) before the table is replicated",
-        "42501" => "grant the sink's target user the privileges it needs on that table and schema",
+        "42501" => "grant the sink's target user the privileges it needs on that table and schema (see pgbridge check)",
+        "25006" => "the target is read-only (a hot standby, or default_transaction_read_only = on); point the sink's url at the primary or turn default_transaction_read_only off for the sink's user",
         "42804" | "42846" => "make the target column's type match the source column's type",
         "23505" => "the target already has a row with that key (rows the source does not have, or a unique constraint the source lacks); remove the conflicting row or constraint on the target",
         "23502" => "the target column is NOT NULL but the source sends NULL or does not have it; drop the NOT NULL constraint or give the column a default",
@@ -196,7 +208,21 @@ pub fn classify_db(db: &DbError, ctx: &Context<'_>) -> ApplyError {
     if is_transient_code(code) {
         return ApplyError::Transient(msg);
     }
-    let _ = write!(msg, "; to fix: {}", fix_for(code));
+    let privileges = crate::privileges::TARGET_TABLE_PRIVILEGES.join(", ");
+    match crate::privileges::advice(
+        code,
+        db.message(),
+        crate::privileges::ROLE,
+        &privileges,
+        ctx.table,
+    ) {
+        Some(fix) => {
+            let _ = write!(msg, "; to fix: {fix}");
+        }
+        None => {
+            let _ = write!(msg, "; to fix: {}", fix_for(code));
+        }
+    }
     ApplyError::Definite(msg)
 }
 

@@ -92,6 +92,7 @@ pub(crate) mod conn;
 pub mod error;
 pub mod parallel;
 mod progress;
+pub mod renames;
 pub mod schema;
 pub mod sink;
 pub mod sql;

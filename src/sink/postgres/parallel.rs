@@ -289,6 +289,15 @@ struct Pending {
 }
 
 /// The dispatcher of one parallel run.
+/// A dispatcher dropped before it finished (its sink task aborted: the
+/// pipeline lost its lock, or stops) stops its workers: they roll back
+/// instead of committing jobs still queued.
+impl Drop for Dispatcher<'_> {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Dispatcher<'a> {
     config: &'a PostgresSinkConfig,
     n: usize,
@@ -342,8 +351,10 @@ impl<'a> Dispatcher<'a> {
             };
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             jobs.push(tx);
+            let names = super::renames::names(&client, &config.pipeline, &config.name).await?;
             let mut target = Target::new(client, config.create_tables);
             target.set_source(config.source.clone());
+            target.set_names(names);
             handles.push(tokio::spawn(worker(
                 target,
                 rx,

@@ -31,7 +31,9 @@ pub const UPSERT: &str = "INSERT INTO pgbridge.progress AS p \
         updated_at = EXCLUDED.updated_at \
     WHERE p.end_lsn <= EXCLUDED.end_lsn";
 
-const FIX: &str = "create them beforehand as a privileged user (CREATE SCHEMA pgbridge; CREATE TABLE pgbridge.progress (pipeline text, sink text, end_lsn pg_lsn NOT NULL, commit_ts timestamptz, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink)); GRANT ... TO the sink's user) or grant the sink's user CREATE on the database";
+/// Appended to a failed creation: the other way than the GRANT the error
+/// names (`<user>` is [`crate::privileges::ROLE`], replaced by the sink).
+const FIX: &str = "or create the schema beforehand as a privileged user: CREATE SCHEMA pgbridge; GRANT USAGE, CREATE ON SCHEMA pgbridge TO <user> (pgbridge then creates its tables there)";
 
 /// Creates schema `pgbridge` and table `pgbridge.progress` when missing.
 pub async fn setup(client: &Client) -> Result<(), ApplyError> {
@@ -64,7 +66,7 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
             Err(e) if attempt == 0 && is_unique_violation(&e) => continue,
             Err(e) => {
                 return Err(match classify(&e, &ctx) {
-                    ApplyError::Definite(m) => ApplyError::Definite(format!("{m}; or {FIX}")),
+                    ApplyError::Definite(m) => ApplyError::Definite(format!("{m}; {FIX}")),
                     t => t,
                 })
             }
@@ -168,7 +170,7 @@ pub async fn setup_workers(client: &Client) -> Result<(), ApplyError> {
             &Context::new("creating pgbridge.apply_progress on the target"),
         ) {
             ApplyError::Definite(m) => ApplyError::Definite(format!(
-                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and grant it to the sink's user"
+                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and run GRANT SELECT, INSERT, UPDATE, DELETE ON pgbridge.apply_progress TO <user>"
             )),
             t => t,
         }),

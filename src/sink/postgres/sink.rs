@@ -11,6 +11,7 @@ use super::conn;
 use super::error::ApplyError;
 use super::parallel::{Dispatcher, Plan};
 use super::progress;
+use super::renames;
 use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
 use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
@@ -98,13 +99,17 @@ impl PostgresSink {
             Ok(rows.iter().copied().min().map_or(main, |m| m.max(main)))
         }
         .await
-        .map_err(|e: ApplyError| e.into_sink_error(&self.config.name))
+        .map_err(|e: ApplyError| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 
     async fn open_inner(&mut self) -> Result<Lsn, ApplyError> {
         self.target = None;
         let client = conn::connect_target(&self.info, self.config.replication_role).await?;
         progress::setup(&client).await?;
+        renames::setup(&client).await?;
         let (pipeline, name) = (&self.config.pipeline, &self.config.name);
         let main = progress::read(&client, pipeline, name).await?;
         let rows = progress::read_workers(&client, pipeline, name).await?;
@@ -146,8 +151,10 @@ impl PostgresSink {
         } else if min.is_none() || min == max {
             self.plan = None;
         }
+        let names = renames::names(&client, pipeline, name).await?;
         let mut target = Target::new(client, self.config.create_tables);
         target.set_source(self.config.source.clone());
+        target.set_names(names);
         self.target = Some(target);
         self.durable = lsn;
         tracing::info!(sink = %self.config.name, target = %self.info, position = %lsn,
@@ -327,9 +334,10 @@ impl Sink for PostgresSink {
     /// Connects, creates `pgbridge.progress` when missing, and returns the
     /// stored end LSN of this (pipeline, sink), or `Lsn::ZERO`.
     async fn open(&mut self) -> Result<Lsn, SinkError> {
-        self.open_inner()
-            .await
-            .map_err(|e| e.into_sink_error(&self.config.name))
+        self.open_inner().await.map_err(|e| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 
     /// Applies the queue as described in the module documentation. On an
@@ -344,6 +352,9 @@ impl Sink for PostgresSink {
                 t.rollback().await;
             }
         }
-        result.map_err(|e| e.into_sink_error(&self.config.name))
+        result.map_err(|e| {
+            e.for_role(&self.info.user)
+                .into_sink_error(&self.config.name)
+        })
     }
 }
