@@ -2,7 +2,7 @@
 # Source commit latency with pgbridge as the synchronous standby, against a
 # native subscription as the synchronous standby, in one run.
 #
-#   scripts/bench-sync.sh [--rate TPS] [--secs S] [--rounds N] [--bin PATH]
+#   scripts/bench-sync.sh [--rate TPS] [--secs S] [--rounds N] [--bin PATH] [--fsync off]
 #
 # Two throwaway clusters on local binaries: the source, and a target with
 # two databases, one for pgbridge's Postgres sink and one for a native
@@ -18,18 +18,22 @@
 # latencies (pgbench --log, schedule lag excluded) are pooled per phase.
 # Prints p50/p90/p99/max per phase and pgbridge's against native's; the
 # goal is pgbridge p99 <= native p99 + 2 ms (exit 1 when missed).
+# --fsync off runs both clusters without fsync: on a shared machine the
+# disk's flush times dominate otherwise, and they are the same for both
+# contenders (the replication path is what differs).
 # PGBRIDGE_BENCH_KEEP=1 keeps the temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rate=200 secs=15 rounds=3 bin=target/release/pgbridge
+rate=200 secs=15 rounds=3 bin=target/release/pgbridge fsync=on
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) rate="$2"; shift 2 ;;
     --secs) secs="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
-    *) echo "bench-sync: unknown argument $1 (use --rate, --secs, --rounds, --bin)" >&2; exit 2 ;;
+    --fsync) fsync="$2"; shift 2 ;;
+    *) echo "bench-sync: unknown argument $1 (use --rate, --secs, --rounds, --bin, --fsync)" >&2; exit 2 ;;
   esac
 done
 if [ ! -x "$bin" ]; then
@@ -70,6 +74,8 @@ wal_level = logical
 max_wal_senders = 10
 max_replication_slots = 10
 shared_buffers = 128MB
+fsync = $fsync
+client_min_messages = warning
 EOF
   "${as[@]}" "$pgbin/pg_ctl" -D "$work/$1" -l "$work/$1.log" -w start >/dev/null
 }
@@ -133,7 +139,7 @@ phase() { # label standby-name round
   # Column 3 of pgbench's log: the transaction's latency in microseconds.
   cat "$work"/lat_"$1"_"$3".* | awk '{print $3}' >>"$work/all_$1"
 }
-echo "bench-sync: $rounds rounds x (async, pgbridge, native) x ${secs}s at $rate commits/s" >&2
+echo "bench-sync: $rounds rounds x (async, pgbridge, native) x ${secs}s at $rate commits/s, fsync $fsync, $("$pgbin/postgres" --version)" >&2
 for r in $(seq 1 "$rounds"); do
   phase async "" "$r"
   phase pgbridge "$slot" "$r"
