@@ -11,7 +11,10 @@
 //! replication started from, never moving backwards. The consumer decides what
 //! is safe to confirm: a transaction's end LSN once every destination has it,
 //! or a keepalive's `wal_end` when nothing received is still in flight (that
-//! is what keeps idle slots from pinning WAL, see LESSONS.md).
+//! is what keeps idle slots from pinning WAL, see LESSONS.md). A position
+//! that moves is sent at once (a source that lists pgbridge in
+//! `synchronous_standby_names` holds its commits until then); without news
+//! an update still goes out every `status_interval`.
 
 use std::time::{Duration, Instant};
 
