@@ -330,7 +330,9 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
                     Err(e) => format!("sink {}: unreachable: {e}", p.name),
                     Ok(client) => match client
                         .query_opt(
-                            "SELECT end_lsn::text, updated_at::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
+                            "SELECT end_lsn::text, updated_at::text, commit_ts::text, \
+                             extract(epoch FROM clock_timestamp() - commit_ts)::float8 \
+                             FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
                             &[&config.pipeline_id(), &p.name],
                         )
                         .await
@@ -357,10 +359,30 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
                                 .parse::<Lsn>()
                                 .map(|l| server_lsn.bytes_since(l).to_string())
                                 .unwrap_or_else(|_| "?".into());
-                            format!("sink {}: applied up to {lsn} at {at}, {lag} bytes behind the server", p.name)
+                            // Lag in time: the age of the last applied
+                            // source commit, while WAL is still owed.
+                            let commit: Option<String> = row.try_get(2).ok().flatten();
+                            let age: Option<f64> = row.try_get(3).ok().flatten();
+                            let behind = lag.parse::<u64>().is_ok_and(|b| b > 0);
+                            let time_lag = match (commit, age) {
+                                (Some(c), Some(a)) if behind => {
+                                    format!(", last applied source commit {c} ({a:.1} s ago)")
+                                }
+                                (Some(c), Some(_)) => {
+                                    format!(", last applied source commit {c} (caught up)")
+                                }
+                                _ => String::new(),
+                            };
+                            format!("sink {}: applied up to {lsn} at {at}{time_lag}, {lag} bytes behind the server", p.name)
                         }
                         Ok(None) => format!("sink {}: nothing applied yet", p.name),
-                        Err(e) => format!("sink {}: no progress recorded yet ({})", p.name, e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())),
+                        Err(e) => format!(
+                            "sink {}: no progress recorded yet ({})",
+                            p.name,
+                            e.as_db_error()
+                                .map(|d| d.message().to_string())
+                                .unwrap_or_else(|| e.to_string())
+                        ),
                     },
                 };
                 lines.push(line);

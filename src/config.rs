@@ -32,7 +32,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `host:port` to listen on, e.g. `127.0.0.1:9187`.
+    /// `host:port` to listen on, e.g. `127.0.0.1:9187`; `${VAR}` expands
+    /// (one config file serves every instance of a pipeline).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: std::net::SocketAddr,
     /// `/healthz` fails once a sink has had changes pending and taken or
     /// acknowledged none of them for this many seconds (0: never).
@@ -77,7 +79,7 @@ pub struct SourceConfig {
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
     /// Directory for spill files (default: the system temp directory).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_path")]
     pub spill_dir: Option<PathBuf>,
     /// Parallel COPY workers of the initial snapshot.
     #[serde(default = "default_snapshot_workers")]
@@ -250,7 +252,46 @@ pub fn expand_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<Strin
 
 pub(crate) fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = String::deserialize(d)?;
-    expand_env(&raw, |k| std::env::var(k).ok()).map_err(de::Error::custom)
+    expand(&raw).map_err(de::Error::custom)
+}
+
+fn expand(raw: &str) -> Result<String, String> {
+    expand_env(raw, |k| std::env::var(k).ok())
+}
+
+pub(crate) fn opt_expanded<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    expanded(d).map(Some)
+}
+
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    expanded(d).map(|p| Some(PathBuf::from(p)))
+}
+
+/// A list of strings, each `${VAR}`-expanded.
+pub(crate) fn expanded_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| expand(s).map_err(de::Error::custom))
+        .collect()
+}
+
+/// A table of strings whose values are `${VAR}`-expanded.
+pub(crate) fn expanded_values<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    std::collections::BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| Ok((k, expand(&v).map_err(de::Error::custom)?)))
+        .collect()
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    let s = expanded(d)?;
+    s.parse().map_err(|e| {
+        de::Error::custom(format!(
+            "{s:?} is not a socket address ({e}): write host:port with an IP address, e.g. 127.0.0.1:9187"
+        ))
+    })
 }
 
 fn conninfo<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
@@ -277,7 +318,7 @@ fn slot_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 pub(crate) fn sink_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = expanded(d)?;
     if s.is_empty()
         || s.len() > 63
         || !s
@@ -292,7 +333,7 @@ pub(crate) fn sink_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Er
 }
 
 fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
+    let v = expanded_list(d)?;
     if v.is_empty() || v.iter().any(|s| s.is_empty()) {
         return Err(de::Error::custom(
             "give at least one publication name, e.g. publications = [\"app_pub\"]",
@@ -303,7 +344,7 @@ fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 
 /// Normalises `table` to `public.table`; rejects empty parts.
 pub(crate) fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
+    let v = expanded_list(d)?;
     v.into_iter()
         .map(|t| {
             let parts: Vec<&str> = t.split('.').collect();
@@ -430,6 +471,12 @@ impl Config {
                     "source.proto_version = {p}: pgoutput has versions 1 to 4"
                 )));
             }
+        }
+        // pgbridge's sessions on the source are named after the slot
+        // unless the URL names them: a source can then list the pipeline
+        // in synchronous_standby_names, and tell pipelines apart.
+        if config.source.url.info.application_name.is_none() {
+            config.source.url.info.application_name = Some(config.source.slot.clone());
         }
         Ok(config)
     }
@@ -589,6 +636,50 @@ create_tables = true
         assert!(e.contains("socket address"), "{e}");
         let e = err(&format!("{GOOD}\n[http]\nport = 1\n"));
         assert!(e.contains("port"), "{e}");
+    }
+
+    /// One file for every instance of a pipeline: `${VAR}` expands in
+    /// every string value, `[http] listen` included.
+    #[test]
+    fn variables_expand_in_every_string_key() {
+        std::env::set_var("PGBRIDGE_TEST_LISTEN", "127.0.0.1:19187");
+        std::env::set_var("PGBRIDGE_TEST_NAME", "analytics_b");
+        std::env::set_var("PGBRIDGE_TEST_SPILL", "/tmp/spill_b");
+        let text = GOOD
+            .replace("\"analytics\"", "\"${PGBRIDGE_TEST_NAME}\"")
+            .replace("\"app_pub\"", "\"pub_${PGBRIDGE_TEST_NAME}\"")
+            .replace("\"customers\"", "\"${PGBRIDGE_TEST_NAME}.c\"")
+            .replace(
+                "publications",
+                "spill_dir = \"${PGBRIDGE_TEST_SPILL}\"\npublications",
+            )
+            + "\n[http]\nlisten = \"${PGBRIDGE_TEST_LISTEN}\"\n";
+        let c = Config::parse(&text, "x.toml").expect("valid");
+        assert_eq!(
+            c.http.map(|h| h.listen.to_string()).as_deref(),
+            Some("127.0.0.1:19187")
+        );
+        assert_eq!(c.sinks[0].name(), "analytics_b");
+        assert_eq!(c.source.publications, ["pub_analytics_b"]);
+        assert_eq!(c.sinks[0].tables()[1], "analytics_b.c");
+        assert_eq!(c.source.spill_dir, Some(PathBuf::from("/tmp/spill_b")));
+        let e = err(&format!(
+            "{GOOD}\n[http]\nlisten = \"${{PGBRIDGE_SURELY_UNSET_LISTEN}}\"\n"
+        ));
+        assert!(e.contains("PGBRIDGE_SURELY_UNSET_LISTEN"), "{e}");
+        // The source's sessions are named after the slot by default
+        // (synchronous_standby_names lists them by that name).
+        let c = Config::parse(GOOD, "x.toml").expect("valid");
+        assert_eq!(
+            c.source.url.info.application_name.as_deref(),
+            Some("pgbridge_app")
+        );
+        let c = Config::parse(
+            &GOOD.replace("db1:5432/app", "db1:5432/app?application_name=mine"),
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.source.url.info.application_name.as_deref(), Some("mine"));
     }
 
     #[test]

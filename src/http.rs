@@ -4,8 +4,13 @@
 //!   changes pending without progress for `stall_secs`), else `503` with
 //!   the reason (starting, retrying after an error, stopped, a stalled
 //!   sink and for how long).
+//!   A standby (waiting for the pipeline lock) answers `200 standby`.
 //! - `/metrics`: Prometheus text format (positions as byte offsets).
 //! - `/status`: the same as JSON, LSNs as text.
+//! - `/wait?lsn=X[&sink=NAME][&timeout_ms=N]`: returns `200` once the sink
+//!   (every sink without `sink`) holds every transaction ending at or
+//!   before X, `504` when `timeout_ms` (default 10 000) passes first,
+//!   `503` on a standby, `400`/`404` for a bad query or an unknown sink.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -18,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::pipeline::stats::{Phase, Stats};
+use crate::pipeline::stats::{Phase, Stats, WaitError};
 
 /// Binds `addr` (so that a taken port fails `run` at once, naming it).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -51,7 +56,12 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let stats = stats.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &stats)) }
+                async move {
+                    if req.uri().path() == "/wait" && req.method() == Method::GET {
+                        return Ok::<_, Infallible>(wait(&req, &stats).await);
+                    }
+                    Ok::<_, Infallible>(respond(&req, &stats))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -78,6 +88,9 @@ fn respond<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/healthz" => match stats.health() {
+            Ok(()) if stats.snapshot().phase == Phase::Standby => {
+                text(StatusCode::OK, "standby\n".into())
+            }
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
@@ -101,8 +114,72 @@ fn respond<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /metrics or /status\n".into(),
+            "not found: try /healthz, /metrics, /status or /wait?lsn=X\n".into(),
         ),
+    }
+}
+
+/// The longest `/wait` (`timeout_ms`) accepted.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `GET /wait?lsn=X[&sink=NAME][&timeout_ms=N]`.
+async fn wait<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
+    let (mut lsn, mut sink, mut timeout) = (None, None, std::time::Duration::from_secs(10));
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8_lossy()
+            .into_owned();
+        match k {
+            "lsn" => match v.parse::<crate::Lsn>() {
+                Ok(l) => lsn = Some(l),
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("lsn={v:?} is not an LSN: give one like 16/B374D848, e.g. from SELECT pg_current_wal_insert_lsn() after the commit\n"),
+                    )
+                }
+            },
+            "sink" => sink = Some(v),
+            "timeout_ms" => match v.parse::<u64>() {
+                Ok(ms) => timeout = std::time::Duration::from_millis(ms).min(MAX_WAIT),
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("timeout_ms={v:?} is not a whole number of milliseconds\n"),
+                    )
+                }
+            },
+            "" => {}
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}: use lsn, sink and timeout_ms\n"),
+                )
+            }
+        }
+    }
+    let Some(lsn) = lsn else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "give the position to wait for: /wait?lsn=X (X from SELECT pg_current_wal_insert_lsn() after the commit)\n".into(),
+        );
+    };
+    match stats.wait_for(lsn, sink.as_deref(), timeout).await {
+        Ok(positions) => text(
+            StatusCode::OK,
+            format!(
+                "ok: {}\n",
+                positions
+                    .iter()
+                    .map(|(n, p)| format!("sink {n} holds {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e @ WaitError::UnknownSink(_)) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(e @ WaitError::Standby) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e @ WaitError::Timeout { .. }) => text(StatusCode::GATEWAY_TIMEOUT, format!("{e}\n")),
     }
 }
 
@@ -151,6 +228,12 @@ pub fn metrics(stats: &Stats) -> String {
         "gauge",
         "1 for the phase the pipeline is in",
         &phases,
+    );
+    metric(
+        "pgbridge_standby",
+        "gauge",
+        "1 while this process waits as a standby for the pipeline lock that another holds",
+        &[(p.clone(), f64::from(u8::from(s.phase == Phase::Standby)))],
     );
     let bytes = |l: crate::Lsn| l.0 as f64;
     metric(
@@ -241,6 +324,12 @@ pub fn metrics(stats: &Stats) -> String {
         &per_sink(&|k| Some(k.queue_capacity as f64)),
     );
     metric(
+        "pgbridge_sink_lag_seconds",
+        "gauge",
+        "while transactions wait for the sink: age of the source commit time of the last one it made durable (0 when it has everything dispatched)",
+        &per_sink(&|k| Some(k.lag_seconds)),
+    );
+    metric(
         "pgbridge_sink_stalled_seconds",
         "gauge",
         "seconds the sink has had changes pending and made no progress (0 while it works)",
@@ -272,6 +361,26 @@ mod tests {
         assert!(m.contains(
             "pgbridge_sink_queue_items{pipeline=\"p\\\"1\",sink=\"pg\",type=\"postgres\"} 0\n"
         ));
+        assert!(
+            m.contains("pgbridge_standby{pipeline=\"p\\\"1\"} 0\n"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "pgbridge_sink_lag_seconds{pipeline=\"p\\\"1\",sink=\"pg\",type=\"postgres\"} 0\n"
+        ));
+        stats.set_phase(Phase::Standby);
+        let m2 = metrics(&stats);
+        assert!(
+            m2.contains("pgbridge_standby{pipeline=\"p\\\"1\"} 1\n"),
+            "{m2}"
+        );
+        let req = Request::get("/healthz").body(()).expect("request");
+        let r = respond(&req, &stats);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            format!("{:?}", r.body()),
+            format!("{:?}", Full::new(Bytes::from("standby\n")))
+        );
         // Every sample line belongs to a declared metric.
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split('{').next().unwrap_or_default();

@@ -22,5 +22,6 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod tail;
+pub mod wait;
 
 pub use lsn::Lsn;

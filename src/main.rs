@@ -238,6 +238,21 @@ A minimal config:
         #[arg(long = "sink")]
         sinks: Vec<String>,
     },
+    /// Return once the sinks hold every source transaction ending at or
+    /// before an LSN (read from their durable state); exit 1 on timeout.
+    Wait {
+        #[arg(long)]
+        config: PathBuf,
+        /// The position, e.g. from SELECT pg_current_wal_insert_lsn() after a commit.
+        #[arg(long)]
+        lsn: pgbridge::Lsn,
+        /// Only this sink (default: every sink).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Seconds to wait at most.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
@@ -380,6 +395,23 @@ fn main() -> ExitCode {
                     0 => Ok(()),
                     n => Err(format!("{n} problem(s) found")),
                 }
+            }
+            Command::Wait {
+                config,
+                lsn,
+                sink,
+                timeout,
+            } => {
+                let config = load(&config)?;
+                let timeout = std::time::Duration::try_from_secs_f64(timeout)
+                    .map_err(|_| format!("--timeout {timeout}: give a number of seconds >= 0"))?;
+                let positions = pgbridge::wait::wait(&config, lsn, sink.as_deref(), timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (name, at) in positions {
+                    println!("sink {name} holds {at}");
+                }
+                Ok(())
             }
         }
     });

@@ -3,6 +3,7 @@
 
 mod cli;
 mod failover;
+mod ha;
 mod harness;
 mod kafka;
 mod kafka_pipeline;
@@ -16,6 +17,7 @@ mod resync;
 mod sequences;
 mod shapes;
 mod source;
+mod sync;
 mod tail;
 
 use libtest_mimic::{Arguments, Trial};
@@ -38,6 +40,8 @@ fn main() {
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
     trials.extend(failover::trials());
+    trials.extend(sync::trials());
+    trials.extend(ha::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -15,9 +15,10 @@
 //! sends a keepalive's position to every sink as an empty transaction, so
 //! that idle slots do not pin WAL and still only advance through acks.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::Lsn;
 
@@ -44,6 +45,9 @@ struct SinkState {
     /// End LSN of the last acknowledged token, or the sink's own durable
     /// position at start.
     acked_lsn: Lsn,
+    /// Source commit time of the last transaction acknowledged, when known
+    /// (PostgreSQL microseconds since 2000-01-01).
+    acked_commit_ts: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -53,6 +57,11 @@ struct State {
     confirmed: Lsn,
     /// The position confirmed when the tracker was made.
     initial: Lsn,
+    /// (end LSN, commit time) of dispatched transactions, in commit order,
+    /// from the last one every sink acknowledged on: how a sink's
+    /// acknowledged position turns into a commit time (lag in seconds).
+    /// Bounded by the transactions in flight.
+    commit_times: VecDeque<(Lsn, i64)>,
 }
 
 /// Shared between the fan-out, the ackers and the confirm loop.
@@ -60,6 +69,8 @@ struct State {
 pub struct Tracker {
     state: Arc<Mutex<State>>,
     confirmed_tx: Arc<watch::Sender<Lsn>>,
+    /// Woken on every acknowledgement (waiters for a sink position).
+    acked: Arc<Notify>,
 }
 
 /// A sink's handle for returning tokens.
@@ -94,12 +105,15 @@ impl Tracker {
                         issued_seq: 0,
                         acked_seq: 0,
                         acked_lsn: l,
+                        acked_commit_ts: None,
                     })
                     .collect(),
                 confirmed,
                 initial: confirmed,
+                commit_times: VecDeque::new(),
             })),
             confirmed_tx: Arc::new(tx),
+            acked: Arc::new(Notify::new()),
         };
         let ackers = (0..start.len())
             .map(|sink| Acker {
@@ -139,16 +153,65 @@ impl Tracker {
         }
         s.acked_seq = token.seq;
         s.acked_lsn = s.acked_lsn.max(token.end_lsn);
+        let acked_lsn = s.acked_lsn;
+        let upto = st.commit_times.partition_point(|(l, _)| *l <= acked_lsn);
+        if let Some(&(_, ts)) = upto.checked_sub(1).and_then(|i| st.commit_times.get(i)) {
+            st.sinks[token.sink].acked_commit_ts = Some(ts);
+        }
         let min = st
             .sinks
             .iter()
             .map(|s| s.acked_lsn)
             .min()
             .unwrap_or(Lsn::ZERO);
+        // Every sink is past these: no lookup needs them any more.
+        let done = st.commit_times.partition_point(|(l, _)| *l <= min);
+        st.commit_times.drain(..done);
         if min > st.confirmed {
             st.confirmed = min;
             self.confirmed_tx.send_replace(min);
         }
+        drop(st);
+        self.acked.notify_waiters();
+    }
+
+    /// Records the commit time of the transaction ending at `end_lsn`
+    /// (call before issuing its tokens, in commit order): what
+    /// [`sink_lag`](Self::sink_lag) reports once a sink acknowledges it.
+    pub fn commit_time(&self, end_lsn: Lsn, commit_ts: i64) {
+        let mut st = self.lock();
+        if st.commit_times.back().is_none_or(|(l, _)| *l < end_lsn) {
+            st.commit_times.push_back((end_lsn, commit_ts));
+        }
+    }
+
+    /// Sink `i`'s lag in time at `now` (both PostgreSQL microseconds):
+    /// while it has transactions pending, the age of the commit time of
+    /// the last one it acknowledged (of the oldest pending one when it
+    /// has acknowledged none yet); zero with nothing pending.
+    pub fn sink_lag(&self, i: usize, now: i64) -> std::time::Duration {
+        let st = self.lock();
+        let Some(s) = st.sinks.get(i) else {
+            return std::time::Duration::ZERO;
+        };
+        if s.acked_seq == s.issued_seq {
+            return std::time::Duration::ZERO;
+        }
+        let ts = s.acked_commit_ts.or_else(|| {
+            st.commit_times
+                .iter()
+                .find(|(l, _)| *l > s.acked_lsn)
+                .map(|(_, ts)| *ts)
+        });
+        ts.map(|ts| std::time::Duration::from_micros(now.saturating_sub(ts).max(0) as u64))
+            .unwrap_or_default()
+    }
+
+    /// Resolves at the next acknowledgement of any sink. Make the future
+    /// (and `enable` it) before looking at the positions, so that an
+    /// acknowledgement in between is not missed.
+    pub fn acked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.acked.notified()
     }
 
     /// True when every issued token has been acknowledged.
@@ -222,6 +285,36 @@ mod tests {
         ackers[0].ack(a);
         assert_eq!(t.confirmed(), Lsn(50));
         assert!(!t.advanced(), "a replay is no progress");
+    }
+
+    /// Lag in time: while a sink has transactions pending, the age of
+    /// the commit time of the last one it acknowledged; nothing pending,
+    /// no lag. Commit times of transactions every sink has are let go.
+    #[test]
+    fn lag_is_the_age_of_the_last_acknowledged_commit() {
+        let s = 1_000_000; // one second in microseconds
+        let (t, ackers, _rx) = Tracker::new(&[Lsn(0), Lsn(0)], Lsn(0));
+        assert_eq!(t.sink_lag(0, 100 * s), std::time::Duration::ZERO);
+        t.commit_time(Lsn(10), 10 * s);
+        let a1 = t.issue(0, Lsn(10));
+        let b1 = t.issue(1, Lsn(10));
+        // Nothing acknowledged yet: the oldest pending commit's age.
+        assert_eq!(t.sink_lag(0, 12 * s).as_secs(), 2);
+        t.commit_time(Lsn(20), 20 * s);
+        let a2 = t.issue(0, Lsn(20));
+        let b2 = t.issue(1, Lsn(20));
+        ackers[0].ack(a1);
+        assert_eq!(t.sink_lag(0, 25 * s).as_secs(), 15, "last applied at 10 s");
+        ackers[0].ack(a2);
+        assert_eq!(
+            t.sink_lag(0, 25 * s),
+            std::time::Duration::ZERO,
+            "caught up"
+        );
+        ackers[1].ack(b1);
+        assert_eq!(t.sink_lag(1, 25 * s).as_secs(), 15);
+        ackers[1].ack(b2);
+        assert!(t.lock().commit_times.len() <= 1, "pruned");
     }
 
     proptest! {

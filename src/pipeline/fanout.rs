@@ -100,8 +100,12 @@ pub struct Fanout {
     last_idle: Option<std::time::Instant>,
 }
 
-/// At most one idle position per this interval.
-const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most one idle position per this interval (each costs every sink a
+/// write). Short, because a source that lists pgbridge in
+/// synchronous_standby_names holds a commit that touched no published
+/// table until a keepalive past it is confirmed: the pipeline keeps a
+/// keepalive that came too early and sends it when the interval is over.
+pub const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Fanout {
     pub fn new(
@@ -149,8 +153,9 @@ impl Fanout {
                     }
                 }
             }
-            Event::Commit { end_lsn, .. } => {
+            Event::Commit { end_lsn, meta } => {
                 self.commit_lsn = None;
+                self.tracker.commit_time(end_lsn, meta.commit_ts);
                 for i in 0..self.outs.len() {
                     if self.outs[i].skipping {
                         self.outs[i].skipping = false;

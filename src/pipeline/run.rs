@@ -821,7 +821,19 @@ async fn attempt_inner(
     // message (its futures made anew each time) was a tenth of pgbridge's
     // CPU on a backlog.
     const MESSAGES_PER_TURN: usize = 64;
+    // A keepalive position not yet sent to the sinks (too soon after the
+    // last, or transactions still in flight): tried again until it is
+    // sent, or data arrives after it (see `Fanout::advance_idle`).
+    let mut idle_at: Option<Lsn> = None;
     let result: Result<(), PipelineError> = 'run: loop {
+        if let Some(l) = idle_at {
+            match fanout.advance_idle(l).await {
+                Ok(true) => idle_at = None,
+                Ok(false) if l <= tracker.confirmed() => idle_at = None,
+                Ok(false) => {}
+                Err(_) => continue 'run, // the sink's task says why
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
@@ -838,6 +850,7 @@ async fn attempt_inner(
                 stream.confirm(lsn);
                 stats.confirmed(lsn);
             }
+            _ = tokio::time::sleep(super::fanout::IDLE_INTERVAL), if idle_at.is_some() => {}
             ev = stream.recv() => {
                 let mut ev = ev;
                 for turn in 1..=MESSAGES_PER_TURN {
@@ -848,6 +861,7 @@ async fn attempt_inner(
                     };
                     match msg {
                         ReplEvent::XLogData { wal_start, wal_end, data } => {
+                            idle_at = None;
                             stats.source_message(Some(wal_start), wal_end);
                             if let Err(e) = changes.push(wal_start, data).await {
                                 break 'run Err(e.into());
@@ -874,7 +888,7 @@ async fn attempt_inner(
                         ReplEvent::Keepalive { wal_end } => {
                             stats.source_message(None, wal_end);
                             if !changes.in_transaction() {
-                                let _ = fanout.advance_idle(wal_end).await;
+                                idle_at = Some(wal_end);
                             }
                         }
                     }

@@ -153,6 +153,21 @@ pub struct SinkSnapshot {
     /// Seconds the sink has had work pending and done none of it (0
     /// while it works or has nothing to do).
     pub stalled_seconds: f64,
+    /// Lag in time: while transactions wait for the sink, the age of the
+    /// source commit time of the last one it made durable; 0 when it has
+    /// everything dispatched.
+    pub lag_seconds: f64,
+}
+
+/// Why [`Stats::wait_for`] returned without the position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("no sink is named {0:?} in this pipeline")]
+    UnknownSink(String),
+    #[error("this process is a standby: ask the active one, or use `pgbridge wait --config`, which reads the sinks' positions")]
+    Standby,
+    #[error("timed out waiting for {lsn}: {positions}")]
+    Timeout { lsn: Lsn, positions: String },
 }
 
 /// Items in a sink's queue now.
@@ -398,6 +413,83 @@ impl Stats {
         }
     }
 
+    /// Waits until the sink named `sink` (every sink: `None`) holds every
+    /// transaction ending at or before `lsn`, at most `timeout`; returns
+    /// the positions. A sink holds what it acknowledged, and what the slot
+    /// was confirmed to (the slot never passes a sink).
+    pub async fn wait_for(
+        &self,
+        lsn: Lsn,
+        sink: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Lsn)>, WaitError> {
+        let which: Vec<(usize, String)> = {
+            let g = self.lock();
+            let all = g.sinks.iter().enumerate().map(|(i, s)| (i, s.name.clone()));
+            match sink {
+                None => all.collect(),
+                Some(n) => {
+                    let one: Vec<_> = all.filter(|(_, name)| name == n).collect();
+                    if one.is_empty() {
+                        return Err(WaitError::UnknownSink(n.to_string()));
+                    }
+                    one
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (phase, tracker) = {
+                let g = self.lock();
+                (g.phase, g.tracker.clone())
+            };
+            if phase == Phase::Standby {
+                return Err(WaitError::Standby);
+            }
+            // Registered before the positions are read: an acknowledgement
+            // in between wakes it.
+            let mut woken = tracker.as_ref().map(|t| Box::pin(t.acked()));
+            if let Some(n) = woken.as_mut() {
+                n.as_mut().enable();
+            }
+            let positions: Vec<(String, Lsn)> = match &tracker {
+                Some(t) => which
+                    .iter()
+                    .map(|(i, n)| (n.clone(), t.sink_position(*i).max(t.confirmed())))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let reached = !positions.is_empty() && positions.iter().all(|(_, p)| *p >= lsn);
+            if reached {
+                return Ok(positions);
+            }
+            // Woken by the next acknowledgement; looked at again at least
+            // every 100 ms (a new attempt brings a new tracker).
+            let woken = async {
+                match woken {
+                    Some(n) => n.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let positions = if positions.is_empty() {
+                        format!("the pipeline is {} (not streaming)", phase.name())
+                    } else {
+                        positions
+                            .iter()
+                            .map(|(n, p)| format!("sink {n} holds {p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(WaitError::Timeout { lsn, positions });
+                }
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.observe();
         let g = self.lock();
@@ -410,7 +502,13 @@ impl Stats {
             .enumerate()
             .map(|(i, s)| {
                 let acked = g.tracker.as_ref().map(|t| t.sink_position(i));
+                let now = crate::source::replication::pg_now();
+                let lag = g
+                    .tracker
+                    .as_ref()
+                    .map_or(Duration::ZERO, |t| t.sink_lag(i, now));
                 SinkSnapshot {
+                    lag_seconds: lag.as_secs_f64(),
                     name: s.name.clone(),
                     kind: s.kind,
                     acked,
@@ -532,6 +630,50 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.health().is_ok());
         assert!(s.snapshot().sinks[0].stalled_seconds > 0.0);
+    }
+
+    /// `wait_for` returns once the sink acknowledges the position (woken
+    /// by the acknowledgement, not a timer), times out naming where the
+    /// sinks are, and refuses on a standby or for an unknown sink.
+    #[tokio::test]
+    async fn wait_for_a_position() {
+        let s = Arc::new(Stats::new(
+            "p",
+            "slot",
+            vec![("a".into(), "postgres"), ("b".into(), "kafka")],
+        ));
+        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(0)], Lsn(5));
+        s.streaming(tracker.clone(), Vec::new());
+        // Sink b keeps no position: the slot's confirmed one stands for it.
+        let got = s.wait_for(Lsn(5), None, Duration::from_millis(10)).await;
+        assert_eq!(got, Ok(vec![("a".into(), Lsn(5)), ("b".into(), Lsn(5))]));
+        let e = s.wait_for(Lsn(9), None, Duration::from_millis(20)).await;
+        assert!(
+            matches!(&e, Err(WaitError::Timeout { positions, .. }) if positions.contains("sink a holds 0/5")),
+            "{e:?}"
+        );
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_for(Lsn(9), Some("a"), Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        ackers[0].ack(tracker.issue(0, Lsn(9)));
+        let got = waiter.await.expect("task");
+        assert_eq!(got, Ok(vec![("a".into(), Lsn(9))]));
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "woken at once"
+        );
+        assert_eq!(
+            s.wait_for(Lsn(1), Some("c"), Duration::ZERO).await,
+            Err(WaitError::UnknownSink("c".into()))
+        );
+        s.set_phase(Phase::Standby);
+        assert_eq!(
+            s.wait_for(Lsn(1), None, Duration::ZERO).await,
+            Err(WaitError::Standby)
+        );
     }
 
     #[test]

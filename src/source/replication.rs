@@ -11,7 +11,10 @@
 //! replication started from, never moving backwards. The consumer decides what
 //! is safe to confirm: a transaction's end LSN once every destination has it,
 //! or a keepalive's `wal_end` when nothing received is still in flight (that
-//! is what keeps idle slots from pinning WAL, see LESSONS.md).
+//! is what keeps idle slots from pinning WAL, see LESSONS.md). A position
+//! that moves is sent at once (a source that lists pgbridge in
+//! `synchronous_standby_names` holds its commits until then); without news
+//! an update still goes out every `status_interval`.
 
 use std::time::{Duration, Instant};
 
@@ -668,7 +671,19 @@ async fn run(
                 if changed.is_err() {
                     break Ok(()); // the stream handle is gone
                 }
-                // Sent on the next tick: at most 10 updates a second.
+                // Sent at once, not on the next tick: a source that lists
+                // pgbridge in synchronous_standby_names holds every commit
+                // until this reply arrives (it waited ~50 ms on the timer).
+                // What is sent is still only what the consumer confirmed;
+                // under load confirmations arrive per sink batch, so this
+                // is one small message per batch.
+                let pos = (*confirmed_rx.borrow_and_update()).max(sent);
+                if pos > sent {
+                    sent = pos;
+                    conn.queue_copy_data(status_update(sent, false))?;
+                    conn.flush().await?;
+                    last_sent_at = Instant::now();
+                }
             }
             _ = tick.tick() => {
                 let pos = (*confirmed_rx.borrow()).max(sent);

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::config::{expanded, sink_name, table_names};
+use crate::config::{expanded, expanded_values, opt_expanded, sink_name, table_names};
 use crate::model::{JsonOptions, NumericMode, TemporalMode};
 
 /// Value format of change events.
@@ -130,11 +130,11 @@ pub struct KafkaSinkSection {
     /// Topic of a table's change events: `{schema}` and `{table}` are
     /// replaced by the table's names (characters Kafka does not allow in
     /// topic names become `_`).
-    #[serde(default = "default_topic")]
+    #[serde(default = "default_topic", deserialize_with = "expanded")]
     pub topic: String,
     /// Per-table topic, overriding `topic`: `"schema.table" = "topic"`
     /// (placeholders allowed).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "expanded_values")]
     pub table_topics: BTreeMap<String, String>,
     /// Per-table message key columns, overriding the replica identity:
     /// `"schema.table" = ["col", ...]`.
@@ -165,7 +165,7 @@ pub struct KafkaSinkSection {
     pub exactly_once: bool,
     /// The compacted topic holding the committed source position
     /// (`exactly_once`) and the initial copy's per-table records.
-    #[serde(default = "default_progress_topic")]
+    #[serde(default = "default_progress_topic", deserialize_with = "expanded")]
     pub progress_topic: String,
     /// Create the progress topic (1 partition, `cleanup.policy=compact`)
     /// when it is missing, even without `create_topics`: it is pgbridge's
@@ -174,18 +174,18 @@ pub struct KafkaSinkSection {
     #[serde(default = "yes")]
     pub create_progress_topic: bool,
     /// Default: `pgbridge-{pipeline}-{sink}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_expanded")]
     pub transactional_id: Option<String>,
     /// Tables as `schema.table` (or `table` for `public.table`); default: all.
     #[serde(default, deserialize_with = "table_names")]
     pub tables: Vec<String>,
     /// Topic for logical decoding messages (`pg_logical_emit_message`);
     /// unset: they are not published.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_expanded")]
     pub message_topic: Option<String>,
     /// Topic for transaction BEGIN/END records (Debezium's transaction
     /// metadata); unset: none, and change events have no `transaction` block.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_expanded")]
     pub transaction_topic: Option<String>,
     #[serde(default)]
     pub temporal: TemporalSetting,
@@ -193,7 +193,7 @@ pub struct KafkaSinkSection {
     pub numeric: NumericSetting,
     /// `source.name` in events (Debezium's logical server name); default:
     /// the sink's name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_expanded")]
     pub source_name: Option<String>,
     #[serde(default)]
     pub compression: Compression,
@@ -219,10 +219,6 @@ fn default_progress_topic() -> String {
 }
 fn yes() -> bool {
     true
-}
-
-fn opt_expanded<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    expanded(d).map(Some)
 }
 
 /// pgbridge's producer defaults, before `[sink.properties]`.

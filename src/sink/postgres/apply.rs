@@ -712,8 +712,26 @@ impl Target {
                 &Context::new("preparing the progress update"),
             )
             .await?;
-        progress::write(&self.client, &upsert, pipeline, sink, end_lsn, commit_ts).await?;
-        self.commit().await
+        // The progress row and the COMMIT go out together (one round trip,
+        // not two: under synchronous replication the source's commits wait
+        // for it). Should the upsert fail, the server answers the COMMIT of
+        // the failed transaction with a ROLLBACK, and the upsert's error is
+        // returned: nothing is acknowledged.
+        let commit = async {
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))
+        };
+        let (written, committed) = tokio::join!(
+            progress::write(&self.client, &upsert, pipeline, sink, end_lsn, commit_ts),
+            commit
+        );
+        self.in_txn = false;
+        self.rows = 0;
+        self.bytes = 0;
+        written?;
+        committed
     }
 
     /// Commits the open transaction (if any) and starts counting afresh.

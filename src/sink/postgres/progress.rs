@@ -19,14 +19,16 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS pgbridge.progress (
 )";
 
 /// Stored positions never move backwards, even if an older transaction is
-/// replayed.
+/// replayed. `commit_ts` is the commit time of the last source transaction
+/// applied: a position from a keepalive (no transaction) keeps it.
 pub const UPSERT: &str = "INSERT INTO pgbridge.progress AS p \
         (pipeline, sink, end_lsn, commit_ts, updated_at) \
     VALUES ($1, $2, $3::pg_lsn, \
         timestamptz '2000-01-01 00:00:00+00' + $4::int8 * interval '1 microsecond', \
         clock_timestamp()) \
     ON CONFLICT (pipeline, sink) DO UPDATE \
-    SET end_lsn = EXCLUDED.end_lsn, commit_ts = EXCLUDED.commit_ts, updated_at = EXCLUDED.updated_at \
+    SET end_lsn = EXCLUDED.end_lsn, commit_ts = coalesce(EXCLUDED.commit_ts, p.commit_ts), \
+        updated_at = EXCLUDED.updated_at \
     WHERE p.end_lsn <= EXCLUDED.end_lsn";
 
 /// Appended to a failed creation: the other way than the GRANT the error
