@@ -240,7 +240,20 @@ A minimal config:
     },
     /// Return once the sinks hold every source transaction ending at or
     /// before an LSN (read from their durable state); exit 1 on timeout.
+    ///
+    /// Read-after-write across the bridge: an application that committed on
+    /// the source and read `pg_current_wal_insert_lsn()` runs this (or asks
+    /// `GET /wait?lsn=...` of the running pipeline) before it reads from a
+    /// target. The positions come from the sinks' durable state, not from
+    /// a running process: `pgbridge.progress` on each Postgres target, and
+    /// the slot's confirmed position, which no sink is behind. Exit 0 once
+    /// every sink (or `--sink`) holds the position, 1 when `--timeout`
+    /// passes first.
+    #[command(after_help = "Examples:
+  pgbridge wait --config /etc/pgbridge/pgbridge.toml --lsn 16/B374D848
+  pgbridge wait --config app.toml --lsn \"$(psql -Atc 'SELECT pg_current_wal_insert_lsn()' app)\" --sink analytics --timeout 5")]
     Wait {
+        /// The pipeline's TOML config file.
         #[arg(long)]
         config: PathBuf,
         /// The position, e.g. from SELECT pg_current_wal_insert_lsn() after a commit.
