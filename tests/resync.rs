@@ -121,22 +121,28 @@ fn lose_the_slot(
     let failed = wait_exit(spawn_run(config, log), log, "run on a lost slot");
     assert!(!failed.success());
     let text = std::fs::read_to_string(log).unwrap_or_default();
+    let command = resync_command(&text, "wal_status = lost");
+    assert_eq!(command[..3], ["pgbridge", "resync", "--config"], "{text}");
+    command
+}
+
+/// The `pgbridge resync ...` command printed in the last log line of `text`
+/// that contains `marker`, as words.
+fn resync_command(text: &str, marker: &str) -> Vec<String> {
     let advice = text
         .lines()
         .rev()
-        .find(|l| l.contains("wal_status = lost"))
-        .unwrap_or_else(|| panic!("no lost-slot error in:\n{text}"));
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no line with {marker:?} in:\n{text}"));
     let start = advice
         .find("`pgbridge resync")
         .unwrap_or_else(|| panic!("no resync command in: {advice}"))
         + 1;
     let len = advice[start..].find('`').expect("closing backtick");
-    let command: Vec<String> = advice[start..start + len]
+    advice[start..start + len]
         .split_whitespace()
         .map(str::to_string)
-        .collect();
-    assert_eq!(command[..3], ["pgbridge", "resync", "--config"], "{advice}");
-    command
+        .collect()
 }
 
 fn slot_status(c: &LocalCluster) -> String {
@@ -444,20 +450,7 @@ fn dropped_slot_recovers() {
     );
     assert!(!failed.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let advice = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("that a destination has"))
-        .unwrap_or_else(|| panic!("no moved-ahead error in:\n{text}"));
-    let start = advice
-        .find("`pgbridge resync")
-        .unwrap_or_else(|| panic!("no resync command in: {advice}"))
-        + 1;
-    let len = advice[start..].find('`').expect("closing backtick");
-    let command: Vec<String> = advice[start..start + len]
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let command = resync_command(&text, "that a destination has");
     // The failed run dropped the slot it had made (it never streamed).
     assert!(
         text.contains("dropped the replication slot this run created"),

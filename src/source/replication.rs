@@ -362,19 +362,7 @@ impl Connection {
                 SnapshotAction::Use => "use",
             }
         );
-        let r = match self.query_one(&sql).await {
-            Ok(r) => r,
-            Err(e) => return Err(slot_error(self, slot, e)),
-        };
-        Ok(CreatedSlot {
-            slot_name: r.get(0, "slot_name").unwrap_or(slot).to_string(),
-            consistent_point: parse_lsn(
-                self,
-                r.get(0, "consistent_point"),
-                "CREATE_REPLICATION_SLOT consistent_point",
-            )?,
-            snapshot_name: r.get(0, "snapshot_name").map(str::to_string),
-        })
+        self.run_create_slot(&sql, slot).await
     }
 
     /// ALTER_REPLICATION_SLOT ... (FAILOVER `failover`) (PostgreSQL 17+),
@@ -394,6 +382,23 @@ impl Connection {
         }
     }
 
+    /// Runs a CREATE_REPLICATION_SLOT statement and reads its answer.
+    async fn run_create_slot(&mut self, sql: &str, slot: &str) -> Result<CreatedSlot, SourceError> {
+        let r = match self.query_one(sql).await {
+            Ok(r) => r,
+            Err(e) => return Err(slot_error(self, slot, e)),
+        };
+        Ok(CreatedSlot {
+            slot_name: r.get(0, "slot_name").unwrap_or(slot).to_string(),
+            consistent_point: parse_lsn(
+                self,
+                r.get(0, "consistent_point"),
+                "CREATE_REPLICATION_SLOT consistent_point",
+            )?,
+            snapshot_name: r.get(0, "snapshot_name").map(str::to_string),
+        })
+    }
+
     pub async fn create_slot(
         &mut self,
         slot: &str,
@@ -410,19 +415,7 @@ impl Connection {
                 SnapshotAction::Use => "USE_SNAPSHOT",
             }
         );
-        let r = match self.query_one(&sql).await {
-            Ok(r) => r,
-            Err(e) => return Err(slot_error(self, slot, e)),
-        };
-        Ok(CreatedSlot {
-            slot_name: r.get(0, "slot_name").unwrap_or(slot).to_string(),
-            consistent_point: parse_lsn(
-                self,
-                r.get(0, "consistent_point"),
-                "CREATE_REPLICATION_SLOT consistent_point",
-            )?,
-            snapshot_name: r.get(0, "snapshot_name").map(str::to_string),
-        })
+        self.run_create_slot(&sql, slot).await
     }
 
     /// DROP_REPLICATION_SLOT; with `wait`, waits until the slot is released
