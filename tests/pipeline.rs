@@ -449,10 +449,12 @@ fn stopped_target_holds_the_slot() {
                 .map(|c| c == "1")
                 .unwrap_or(false)
     });
-    let applied = target
-        .psql("postgres", "SELECT end_lsn FROM pgbridge.progress")
-        .expect("progress");
     target.stop().expect("stop target");
+    // Keepalives carry other databases' WAL on the shared cluster, and an
+    // idle sink records their positions: the target may hold a position
+    // past its last rows. The slot may move up to where the next change
+    // starts, never past it.
+    let applied = psql("postgres", "SELECT pg_current_wal_insert_lsn()");
     for i in 0..20 {
         psql(&src, &format!("INSERT INTO h VALUES ({}, 'b')", 1000 + i));
     }
@@ -467,7 +469,7 @@ fn stopped_target_holds_the_slot() {
     );
     assert_eq!(
         ok, "t",
-        "slot confirmed {confirmed} past what the stopped target has ({applied})"
+        "slot confirmed {confirmed} past the changes the stopped target lacks (from {applied})"
     );
     target.restart().expect("restart target");
     wait_for("catch-up after the target returned", 120, || {
@@ -999,6 +1001,7 @@ fn definite_error_stops() {
     wait_for("the good row", 30, || {
         psql(&dst, "SELECT count(*) FROM d") == "1"
     });
+    let bad_at = psql("postgres", "SELECT pg_current_wal_insert_lsn()");
     psql(
         &src,
         "INSERT INTO d VALUES (2, 'much too long for varchar(3)')",
@@ -1023,7 +1026,7 @@ fn definite_error_stops() {
     let ok = psql(
         "postgres",
         &format!(
-            "SELECT confirmed_flush_lsn >= '{before}' AND confirmed_flush_lsn < (SELECT pg_current_wal_lsn()) \
+            "SELECT confirmed_flush_lsn >= '{before}' AND confirmed_flush_lsn <= '{bad_at}' \
              FROM pg_replication_slots WHERE slot_name = 'pl_def'"
         ),
     );
