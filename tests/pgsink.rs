@@ -1032,7 +1032,8 @@ fn parallel_collision_falls_back() {
             confirmed = c;
             match r {
                 Ok(()) => break,
-                Err(SinkError::Transient { message, .. }) => {
+                Err(e) if e.is_transient() => {
+                    let message = e.message();
                     assert!(message.contains("collided"), "attempt {attempt}: {message}");
                     fallbacks += 1;
                 }
@@ -1127,7 +1128,7 @@ fn parallel_barrier_in_large_transaction() {
             confirmed = c;
             match r {
                 Ok(()) => break,
-                Err(SinkError::Transient { message, .. }) => restarts.push(message),
+                Err(e) if e.is_transient() => restarts.push(e.message().to_string()),
                 Err(e) => panic!("{e}"),
             }
         }

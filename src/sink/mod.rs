@@ -52,6 +52,30 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A transient error of sink `sink`: retried after reconnecting.
+    pub fn transient(sink: impl Into<String>, message: impl Into<String>) -> Self {
+        SinkError::Transient {
+            sink: sink.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A definite error of sink `sink`: the run stops; `message` says what
+    /// to fix.
+    pub fn definite(sink: impl Into<String>, message: impl Into<String>) -> Self {
+        SinkError::Definite {
+            sink: sink.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The error's text without the sink's name.
+    pub fn message(&self) -> &str {
+        match self {
+            SinkError::Transient { message, .. } | SinkError::Definite { message, .. } => message,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Transient { .. })
     }

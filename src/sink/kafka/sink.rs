@@ -233,17 +233,11 @@ impl KafkaSink {
     }
 
     fn definite(&self, message: String) -> SinkError {
-        SinkError::Definite {
-            sink: self.cfg.name.clone(),
-            message,
-        }
+        SinkError::definite(&self.cfg.name, message)
     }
 
     fn transient(&self, message: String) -> SinkError {
-        SinkError::Transient {
-            sink: self.cfg.name.clone(),
-            message,
-        }
+        SinkError::transient(&self.cfg.name, message)
     }
 
     /// Maps a Kafka error to transient (retry after reconnecting) or
@@ -489,9 +483,9 @@ impl KafkaSink {
                 )
             };
             if e.retriable {
-                SinkError::Transient { sink, message }
+                SinkError::transient(sink, message)
             } else {
-                SinkError::Definite { sink, message }
+                SinkError::definite(sink, message)
             }
         })
     }
@@ -847,7 +841,7 @@ impl KafkaSink {
         let mut tries = 0;
         loop {
             match self.partition_count_once(topic).await {
-                Err(SinkError::Transient { .. }) if tries < 20 => {
+                Err(e) if e.is_transient() && tries < 20 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }

@@ -67,14 +67,12 @@ enum Why {
 impl TopicMaker {
     pub fn new(cfg: &KafkaSinkSection) -> Result<TopicMaker, SinkError> {
         let admin = if cfg.create_topics || cfg.create_progress_topic {
-            Some(
-                cfg.client_config()
-                    .create()
-                    .map_err(|e| SinkError::Definite {
-                        sink: cfg.name.clone(),
-                        message: format!("cannot create the Kafka admin client: {e}"),
-                    })?,
-            )
+            Some(cfg.client_config().create().map_err(|e| {
+                SinkError::definite(
+                    &cfg.name,
+                    format!("cannot create the Kafka admin client: {e}"),
+                )
+            })?)
         } else {
             None
         };
@@ -152,10 +150,7 @@ impl TopicMaker {
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        r.map_err(|e| SinkError::Transient {
-            sink: self.sink.clone(),
-            message: format!("looking up topic {topic}: {e}"),
-        })
+        r.map_err(|e| SinkError::transient(&self.sink, format!("looking up topic {topic}: {e}")))
     }
 
     async fn create(
@@ -176,14 +171,9 @@ impl TopicMaker {
             nt = nt.set(k, v);
         }
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-        let results =
-            admin
-                .create_topics([&nt], &opts)
-                .await
-                .map_err(|e| SinkError::Transient {
-                    sink: self.sink.clone(),
-                    message: format!("creating topic {topic}: {e}"),
-                })?;
+        let results = admin.create_topics([&nt], &opts).await.map_err(|e| {
+            SinkError::transient(&self.sink, format!("creating topic {topic}: {e}"))
+        })?;
         for r in results {
             match r {
                 Ok(_) => tracing::info!(sink = %self.sink, topic, partitions, "created topic"),
@@ -247,11 +237,10 @@ fn refused(
         "cannot create topic {topic} ({partitions} partitions, replication factor \
          {replication}): {code}; {fix}"
     );
-    let sink = sink.to_string();
     if definite {
-        SinkError::Definite { sink, message }
+        SinkError::definite(sink, message)
     } else {
-        SinkError::Transient { sink, message }
+        SinkError::transient(sink, message)
     }
 }
 

@@ -27,14 +27,8 @@ impl ApplyError {
     /// The pipeline-facing error, naming the sink.
     pub fn into_sink_error(self, sink: &str) -> SinkError {
         match self {
-            ApplyError::Transient(message) => SinkError::Transient {
-                sink: sink.to_string(),
-                message,
-            },
-            ApplyError::Definite(message) => SinkError::Definite {
-                sink: sink.to_string(),
-                message,
-            },
+            ApplyError::Transient(message) => SinkError::transient(sink, message),
+            ApplyError::Definite(message) => SinkError::definite(sink, message),
         }
     }
 

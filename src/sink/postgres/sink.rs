@@ -53,10 +53,8 @@ impl PostgresSink {
     /// A sink for `config`; connects only in [`Sink::open`]. Fails when the
     /// URL cannot be parsed.
     pub fn new(config: PostgresSinkConfig) -> Result<Self, SinkError> {
-        let info = ConnInfo::parse(&config.url).map_err(|e| SinkError::Definite {
-            sink: config.name.clone(),
-            message: format!("bad url: {e}"),
-        })?;
+        let info = ConnInfo::parse(&config.url)
+            .map_err(|e| SinkError::definite(&config.name, format!("bad url: {e}")))?;
         Ok(PostgresSink {
             config,
             info,
