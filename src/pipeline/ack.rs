@@ -31,6 +31,7 @@
 //! that idle slots do not pin WAL and still only advance through acks.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
@@ -42,6 +43,8 @@ use crate::Lsn;
 /// [`Issuer::issue`] makes one.
 #[derive(Debug)]
 pub struct CommitToken {
+    /// The tracker that issued it ([`Tracker::id`]).
+    tracker: u64,
     sink: usize,
     seq: u64,
     end_lsn: Lsn,
@@ -65,16 +68,19 @@ impl Confirmable {
     }
 }
 
-/// A token handed to the acker of a sink it was not issued for.
+/// A token handed to the acker of a sink it was not issued for (another
+/// sink's, or one of another tracker).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the commit token of sink #{token_sink} (ending at {end_lsn}) was handed back to the acker of \
-     sink #{acker_sink}; nothing was acknowledged (a bug in pgbridge's routing: please report it)"
+    "the commit token of sink #{token_sink}{} (ending at {end_lsn}) was handed back to the acker \
+     of sink #{acker_sink}; nothing was acknowledged (a bug in pgbridge's routing: please report it)",
+    if *.other_tracker { " of another tracker" } else { "" }
 )]
 pub struct ForeignToken {
     pub token_sink: usize,
     pub acker_sink: usize,
     pub end_lsn: Lsn,
+    pub other_tracker: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +113,8 @@ struct State {
 /// and the ackers. It cannot issue tokens (see [`Issuer`]).
 #[derive(Clone, Debug)]
 pub struct Tracker {
+    /// Unique per [`Tracker::new`]: its tokens are good for its ackers only.
+    id: u64,
     state: Arc<Mutex<State>>,
     confirmed_tx: Arc<watch::Sender<Confirmable>>,
     /// Woken on every acknowledgement (waiters for a sink position).
@@ -137,13 +145,14 @@ impl Acker {
     }
 
     fn check(&self, token: &CommitToken) -> Result<(), ForeignToken> {
-        if token.sink == self.sink {
+        if token.sink == self.sink && token.tracker == self.tracker.id {
             Ok(())
         } else {
             Err(ForeignToken {
                 token_sink: token.sink,
                 acker_sink: self.sink,
                 end_lsn: token.end_lsn,
+                other_tracker: token.tracker != self.tracker.id,
             })
         }
     }
@@ -157,6 +166,7 @@ impl Issuer {
         let s = &mut st.sinks[sink];
         s.issued_seq += 1;
         CommitToken {
+            tracker: self.tracker.id,
             sink,
             seq: s.issued_seq,
             end_lsn,
@@ -188,8 +198,10 @@ impl Tracker {
         start: &[Lsn],
         confirmed: Lsn,
     ) -> (Tracker, Issuer, Vec<Acker>, watch::Receiver<Confirmable>) {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let (tx, rx) = watch::channel(Confirmable(confirmed));
         let tracker = Tracker {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: Arc::new(Mutex::new(State {
                 sinks: start
                     .iter()
@@ -505,14 +517,21 @@ mod tests {
         assert!(!t.advanced(), "a replay is no progress");
     }
 
-    /// Another sink's token is an error, for the acker and for `InOrder`
-    /// alike, and releases nothing.
+    /// Another sink's token, or another tracker's, is an error, for the
+    /// acker and for `InOrder` alike, and releases nothing.
     #[test]
     fn a_foreign_token_is_an_error() {
         let (t, mut issuer, mut ackers, _rx) = Tracker::new(&[Lsn(0), Lsn(0)], Lsn(0));
         let b = issuer.issue(1, Lsn(10));
         let e = ackers[0].ack(b).expect_err("sink 1's token at sink 0");
         assert_eq!((e.token_sink, e.acker_sink, e.end_lsn), (1, 0, Lsn(10)));
+        assert!(!e.other_tracker);
+        // Sink 0 of another tracker is another sink too.
+        let (_, mut other, _, _) = Tracker::new(&[Lsn(0), Lsn(0)], Lsn(0));
+        let e = ackers[0]
+            .ack(other.issue(0, Lsn(10)))
+            .expect_err("another tracker's token");
+        assert!(e.other_tracker, "{e}");
         let mut order = InOrder::new(ackers.remove(0));
         let b = issuer.issue(1, Lsn(20));
         assert!(order.close(b).is_err());
