@@ -1,6 +1,8 @@
 //! The fan-out: events in commit order from the source to every sink's
 //! bounded queue, filtered by the sink's table selection, with one
-//! [`CommitToken`](super::ack::CommitToken) per sink per transaction.
+//! [`CommitToken`](super::ack::CommitToken) per sink per transaction, made
+//! by the pipeline's one [`Issuer`] (which the fan-out owns: nothing else
+//! can make tokens).
 //!
 //! A full queue blocks the fan-out (backpressure reaches the source as TCP
 //! flow control): a slow sink slows the stream, it never makes the bridge
