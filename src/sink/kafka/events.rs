@@ -15,7 +15,8 @@ use crate::encode::json::{
     self, EventContext, OldRow, SnapshotMarker, TransactionBlock, TxnStatus,
 };
 use crate::model::{BuildError, Change, Event, Op, RelationSchema, TxnMeta, Value};
-use crate::sink::SinkError;
+use crate::pipeline::ack::CommitToken;
+use crate::sink::{SinkError, SinkQueue};
 use crate::Lsn;
 
 const STREAMED: SnapshotMarker = SnapshotMarker::False;
@@ -436,8 +437,8 @@ impl KafkaSink {
     /// the delivery mode.
     pub(super) async fn on_commit(
         &mut self,
-        token: crate::pipeline::ack::CommitToken,
-        queue: &crate::sink::SinkQueue,
+        token: CommitToken,
+        queue: &SinkQueue,
         delivery: &mut Delivery,
     ) -> Result<(), SinkError> {
         if self.txn.as_ref().is_some_and(|t| t.begun) {
