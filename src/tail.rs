@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use crate::encode::json::{self, EnvelopeOptions};
 use crate::model::{BuildError, Event, EventBuilder, JsonOptions};
+use crate::pipeline::ack::{Acker, ForeignToken, Issuer, Tracker};
 use crate::source::changes::{ChangeError, ChangeStream};
 use crate::source::{
     max_proto_version, ConnInfo, Connection, Mode, ReplEvent, SnapshotAction, SourceError,
@@ -71,6 +72,8 @@ pub enum TailError {
         max: u32,
         version: String,
     },
+    #[error(transparent)]
+    Ack(#[from] ForeignToken),
     #[error("--publication is required: name at least one publication (CREATE PUBLICATION ... FOR TABLE ...)")]
     NoPublication,
 }
@@ -182,6 +185,7 @@ pub async fn run<W: Write>(
         ..Default::default()
     };
     let mut pending_output = false;
+    let mut flushed = Flushed::new(start);
 
     tokio::pin!(shutdown);
     loop {
@@ -206,7 +210,7 @@ pub async fn run<W: Write>(
                         changes.builder(),
                         &envelope,
                         out,
-                        &stream,
+                        &mut |lsn| flushed.confirm(&stream, lsn),
                         &mut summary,
                         &mut pending_output,
                     )?;
@@ -218,7 +222,7 @@ pub async fn run<W: Write>(
                         out.flush()?;
                         pending_output = false;
                     }
-                    stream.confirm(wal_end);
+                    flushed.confirm(&stream, wal_end)?;
                     summary.confirmed = summary.confirmed.max(wal_end);
                 }
             }
@@ -230,12 +234,46 @@ pub async fn run<W: Write>(
     Ok(summary)
 }
 
+/// Stdout is tail's one destination, and what is flushed there is
+/// durable; the position the stream confirms still comes from the ack
+/// tracker, as in `pgbridge run`.
+struct Flushed {
+    tracker: Tracker,
+    issuer: Issuer,
+    ackers: Vec<Acker>,
+}
+
+impl Flushed {
+    fn new(start: Lsn) -> Flushed {
+        let (tracker, issuer, ackers, _) = Tracker::new(&[start], start);
+        Flushed {
+            tracker,
+            issuer,
+            ackers,
+        }
+    }
+
+    /// Everything up to `lsn` is flushed to stdout: confirm it.
+    fn confirm(
+        &mut self,
+        stream: &crate::source::ReplicationStream,
+        lsn: Lsn,
+    ) -> Result<(), ForeignToken> {
+        let token = self.issuer.issue(0, lsn);
+        if let Some(acker) = self.ackers.first() {
+            acker.ack(token)?;
+        }
+        stream.confirm(self.tracker.confirmable());
+        Ok(())
+    }
+}
+
 fn handle<W: Write>(
     ev: Event,
     builder: &EventBuilder,
     envelope: &EnvelopeOptions,
     out: &mut W,
-    stream: &crate::source::ReplicationStream,
+    confirm: &mut dyn FnMut(Lsn) -> Result<(), ForeignToken>,
     summary: &mut TailSummary,
     pending_output: &mut bool,
 ) -> Result<(), TailError> {
@@ -282,7 +320,7 @@ fn handle<W: Write>(
             // Durable first, confirmed second.
             out.flush()?;
             *pending_output = false;
-            stream.confirm(end_lsn);
+            confirm(end_lsn)?;
             summary.confirmed = summary.confirmed.max(end_lsn);
             summary.transactions += 1;
         }

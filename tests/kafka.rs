@@ -358,7 +358,7 @@ struct Running {
 async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
     let mut sink = KafkaSink::new(cfg, "slot1", "appdb");
     let durable = sink.open().await.expect("open the sink");
-    let (tracker, mut ackers, _rx) = Tracker::new(&[durable], durable);
+    let (tracker, issuer, mut ackers, _rx) = Tracker::new(&[durable], durable);
     let (tx, rx) = mpsc::channel(4096);
     let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
     let fanout = Fanout::new(
@@ -374,7 +374,7 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
             tx,
             bytes.clone(),
         )],
-        tracker.clone(),
+        issuer,
     );
     let acker = ackers.remove(0);
     let task = tokio::spawn(async move {
@@ -1565,7 +1565,7 @@ fn replica_identity_full() {
     rt.block_on(async {
         let mut sink = KafkaSink::new(cfg, "slot1", &db).with_source(info);
         let durable = sink.open().await.expect("open");
-        let (tracker, mut ackers, _rx) = Tracker::new(&[durable], durable);
+        let (tracker, issuer, mut ackers, _rx) = Tracker::new(&[durable], durable);
         let (tx, rx) = mpsc::channel(64);
         let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
         let mut fanout = Fanout::new(
@@ -1581,7 +1581,7 @@ fn replica_identity_full() {
                 tx,
                 bytes.clone(),
             )],
-            tracker.clone(),
+            issuer,
         );
         let acker = ackers.remove(0);
         let task = tokio::spawn(async move {
@@ -1929,7 +1929,7 @@ async fn mini_pipeline(
         .map_err(|e| e.to_string())?;
     let mut sink = KafkaSink::new(cfg, &slot, &info.dbname).with_source(info.clone());
     let durable = sink.open().await.map_err(|e| e.to_string())?;
-    let (tracker, mut ackers, mut confirmed_rx) = Tracker::new(&[durable], start);
+    let (tracker, issuer, mut ackers, mut confirmed_rx) = Tracker::new(&[durable], start);
     let _ = tracker_out.send(tracker.clone());
     let (tx, rx) = mpsc::channel(4096);
     let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
@@ -1946,7 +1946,7 @@ async fn mini_pipeline(
             tx,
             bytes.clone(),
         )],
-        tracker.clone(),
+        issuer,
     );
     let acker = ackers.remove(0);
     // Its own task, as in `run`: the fan-out below awaits room in the
@@ -2005,7 +2005,7 @@ async fn mini_pipeline(
         Some(r) => r,
         None => sink_task.await,
     };
-    stream.confirm(tracker.confirmed());
+    stream.confirm(tracker.confirmable());
     let _ = stream.shutdown().await;
     result?;
     sink_result

@@ -190,13 +190,13 @@ async fn feed(
     start: Lsn,
     steps: Vec<Step>,
 ) -> (Result<(), SinkError>, Lsn) {
-    let (tracker, mut ackers, _rx) = Tracker::new(&[start], start);
+    let (tracker, mut issuer, mut ackers, _rx) = Tracker::new(&[start], start);
     let acker = ackers.remove(0);
     let (tx, rx) = mpsc::channel(steps.len() + 1);
     for s in steps {
         let item = match s {
             Step::Event(e) => SinkItem::Event(Arc::new(e)),
-            Step::Commit(l) => SinkItem::Commit(tracker.issue(0, l)),
+            Step::Commit(l) => SinkItem::Commit(issuer.issue(0, l)),
         };
         tx.try_send(item).expect("queue has room");
     }
@@ -803,7 +803,7 @@ fn large_transaction_streams() {
             ReplicaIdentity::Default,
             &[("id", INT4, true), ("payload", TEXT, false)],
         );
-        let (tracker, mut ackers, _rx) = Tracker::new(&[Lsn::ZERO], Lsn::ZERO);
+        let (tracker, mut issuer, mut ackers, _rx) = Tracker::new(&[Lsn::ZERO], Lsn::ZERO);
         let acker = ackers.remove(0);
         let (tx, rx) = mpsc::channel(1024);
         let run = tokio::spawn(async move {
@@ -839,7 +839,7 @@ fn large_transaction_streams() {
         })
         .await
         .expect("send");
-        tx.send(SinkItem::Commit(tracker.issue(0, Lsn(0x100_0010))))
+        tx.send(SinkItem::Commit(issuer.issue(0, Lsn(0x100_0010))))
             .await
             .expect("send");
         drop(tx);
@@ -1339,7 +1339,7 @@ fn lost_connection_is_transient() {
     runtime().block_on(async {
         let (mut sink, _) = open(config("an", &db, port, true)).await;
         let rel = relation(16413, "lost", ReplicaIdentity::Default, &[("id", INT4, true)]);
-        let (tracker, mut ackers, _rx) = Tracker::new(&[Lsn::ZERO], Lsn::ZERO);
+        let (tracker, mut issuer, mut ackers, _rx) = Tracker::new(&[Lsn::ZERO], Lsn::ZERO);
         let acker = ackers.remove(0);
         let (tx, rx) = mpsc::channel(16);
         let run = tokio::spawn(async move { sink.run(rx.into(), acker).await });
@@ -1367,7 +1367,7 @@ fn lost_connection_is_transient() {
             &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'pgbridge'"),
         );
         tx.send(SinkItem::Event(Arc::new(insert(&rel, 0x901, &[Some("2")])))).await.expect("send");
-        tx.send(SinkItem::Commit(tracker.issue(0, end(1)))).await.expect("send");
+        tx.send(SinkItem::Commit(issuer.issue(0, end(1)))).await.expect("send");
         drop(tx);
         let err = run.await.expect("join").expect_err("connection lost");
         assert!(err.is_transient(), "{err}");

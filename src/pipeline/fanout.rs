@@ -1,6 +1,8 @@
 //! The fan-out: events in commit order from the source to every sink's
 //! bounded queue, filtered by the sink's table selection, with one
-//! [`CommitToken`](super::ack::CommitToken) per sink per transaction.
+//! [`CommitToken`](super::ack::CommitToken) per sink per transaction, made
+//! by the pipeline's one [`Issuer`] (which the fan-out owns: nothing else
+//! can make tokens).
 //!
 //! A full queue blocks the fan-out (backpressure reaches the source as TCP
 //! flow control): a slow sink slows the stream, it never makes the bridge
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::ack::Tracker;
+use super::ack::{Issuer, Tracker};
 use crate::model::{Event, RelationSchema};
 use crate::pgoutput::RelId;
 use crate::sink::{QueueBytes, SinkItem};
@@ -93,7 +95,8 @@ pub struct SinkGone(pub usize);
 
 pub struct Fanout {
     outs: Vec<Out>,
-    tracker: Tracker,
+    /// The only maker of commit tokens.
+    issuer: Issuer,
     /// Commit LSN of the open transaction.
     commit_lsn: Option<Lsn>,
     /// When the last idle position went out (they cost each sink a write).
@@ -110,7 +113,7 @@ pub const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 impl Fanout {
     pub fn new(
         routes: Vec<(Route, mpsc::Sender<SinkItem>, Arc<QueueBytes>)>,
-        tracker: Tracker,
+        issuer: Issuer,
     ) -> Self {
         Fanout {
             outs: routes
@@ -122,7 +125,7 @@ impl Fanout {
                     skipping: false,
                 })
                 .collect(),
-            tracker,
+            issuer,
             commit_lsn: None,
             last_idle: None,
         }
@@ -155,13 +158,13 @@ impl Fanout {
             }
             Event::Commit { end_lsn, meta } => {
                 self.commit_lsn = None;
-                self.tracker.commit_time(end_lsn, meta.commit_ts);
+                self.issuer.commit_time(end_lsn, meta.commit_ts);
                 for i in 0..self.outs.len() {
                     if self.outs[i].skipping {
                         self.outs[i].skipping = false;
                         continue;
                     }
-                    let token = self.tracker.issue(i, end_lsn);
+                    let token = self.issuer.issue(i, end_lsn);
                     self.send(i, SinkItem::Commit(token)).await?;
                 }
             }
@@ -245,18 +248,22 @@ impl Fanout {
     /// its position keeps it in step with the slot).
     pub async fn advance_idle(&mut self, lsn: Lsn) -> Result<bool, SinkGone> {
         if self.commit_lsn.is_some()
-            || !self.tracker.idle()
-            || lsn <= self.tracker.confirmed()
+            || !self.tracker().idle()
+            || lsn <= self.tracker().confirmed()
             || self.last_idle.is_some_and(|t| t.elapsed() < IDLE_INTERVAL)
         {
             return Ok(false);
         }
         self.last_idle = Some(std::time::Instant::now());
         for i in 0..self.outs.len() {
-            let token = self.tracker.issue(i, lsn);
+            let token = self.issuer.issue(i, lsn);
             self.send(i, SinkItem::Commit(token)).await?;
         }
         Ok(true)
+    }
+
+    fn tracker(&self) -> &Tracker {
+        self.issuer.tracker()
     }
 
     /// True between a Begin and its Commit.
@@ -287,10 +294,10 @@ mod tests {
     /// wait with `SinkGone` instead of a hang.
     #[tokio::test]
     async fn byte_budget_bounds_the_queue() {
-        let (tracker, _ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
+        let (_tracker, issuer, _ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
         let (tx, rx) = mpsc::channel(4096);
         let bytes = QueueBytes::new(8 << 20);
-        let mut fanout = Fanout::new(vec![(Route::default(), tx, bytes.clone())], tracker);
+        let mut fanout = Fanout::new(vec![(Route::default(), tx, bytes.clone())], issuer);
         let mut queue = SinkQueue::new(rx, bytes.clone());
 
         fanout.dispatch(message(3)).await.expect("first fits");

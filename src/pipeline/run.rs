@@ -794,7 +794,7 @@ async fn attempt_inner(
     *fresh_slot = None;
     tracing::info!(slot = %src.slot, lsn = %start, proto, source = %source_target, "streaming");
 
-    let (tracker, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
+    let (tracker, issuer, ackers, mut confirmed_rx) = Tracker::new(&durable, start);
     let mut tasks: JoinSet<(usize, Result<(), SinkError>)> = JoinSet::new();
     let mut outs = Vec::new();
     let mut queues = Vec::new();
@@ -809,7 +809,7 @@ async fn attempt_inner(
     }
     stats.streaming(tracker.clone(), queues);
     stats.confirmed(start);
-    let mut fanout = Fanout::new(outs, tracker.clone());
+    let mut fanout = Fanout::new(outs, issuer);
     let spill = src
         .spill_dir
         .clone()
@@ -846,9 +846,9 @@ async fn attempt_inner(
                 });
             }
             Ok(()) = confirmed_rx.changed() => {
-                let lsn = *confirmed_rx.borrow();
-                stream.confirm(lsn);
-                stats.confirmed(lsn);
+                let pos = *confirmed_rx.borrow();
+                stream.confirm(pos);
+                stats.confirmed(pos.lsn());
             }
             _ = tokio::time::sleep(super::fanout::IDLE_INTERVAL), if idle_at.is_some() => {}
             ev = stream.recv() => {
@@ -915,7 +915,7 @@ async fn attempt_inner(
             sink_err.get_or_insert(e);
         }
     }
-    stream.confirm(tracker.confirmed());
+    stream.confirm(tracker.confirmable());
     stats.confirmed(tracker.confirmed());
     let _ = stream.shutdown().await;
     match (result, sink_err) {

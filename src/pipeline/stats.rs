@@ -561,7 +561,7 @@ mod tests {
         assert!(s.health().is_ok());
         s.retrying("connection refused".into());
         assert!(s.health().unwrap_err().contains("connection refused"));
-        let (tracker, _ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
+        let (tracker, _issuer, _ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
         s.streaming(tracker, Vec::new());
         assert!(s.health().is_ok());
         let snap = s.snapshot();
@@ -577,11 +577,11 @@ mod tests {
         let s = Stats::new("p", "slot", vec![("a".into(), "postgres")]);
         let first = Instant::now();
         assert_eq!(s.attempt(first), Attempt::default(), "never streamed");
-        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
+        let (tracker, mut issuer, ackers, _rx) = Tracker::new(&[Lsn(5)], Lsn(5));
         s.streaming(tracker.clone(), Vec::new());
         let a = s.attempt(first);
         assert!(a.streamed_for.is_some() && !a.confirmed_moved, "{a:?}");
-        ackers[0].ack(tracker.issue(0, Lsn(9)));
+        ackers[0].ack(issuer.issue(0, Lsn(9))).expect("own token");
         assert!(s.attempt(first).progressed());
         // The next attempt does not inherit it before it streams itself.
         std::thread::sleep(Duration::from_millis(2));
@@ -599,7 +599,7 @@ mod tests {
             vec![("a".into(), "postgres"), ("b".into(), "kafka")],
         );
         s.set_stall_limit(Some(Duration::from_millis(50)));
-        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(5)], Lsn(5));
+        let (tracker, mut issuer, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(5)], Lsn(5));
         let queues = (0..2)
             .map(|_| {
                 let (tx, _rx) = tokio::sync::mpsc::channel::<SinkItem>(4);
@@ -608,9 +608,9 @@ mod tests {
             .collect();
         s.streaming(tracker.clone(), queues);
         assert!(s.health().is_ok(), "nothing pending");
-        let token_a = tracker.issue(0, Lsn(9));
-        let token_b = tracker.issue(1, Lsn(9));
-        ackers[1].ack(token_b);
+        let token_a = issuer.issue(0, Lsn(9));
+        let token_b = issuer.issue(1, Lsn(9));
+        ackers[1].ack(token_b).expect("own token");
         assert!(s.health().is_ok(), "not stuck for long yet");
         std::thread::sleep(Duration::from_millis(80));
         let why = s.health().expect_err("sink a is stuck");
@@ -620,12 +620,12 @@ mod tests {
         );
         assert!(!why.contains("sink b"), "{why}");
         assert!(s.snapshot().sinks[0].stalled_seconds > 0.0);
-        ackers[0].ack(token_a);
+        ackers[0].ack(token_a).expect("own token");
         assert!(s.health().is_ok());
         assert_eq!(s.snapshot().sinks[0].stalled_seconds, 0.0);
         // Without a limit a stall is reported in /status only.
         s.set_stall_limit(None);
-        let _pending = tracker.issue(0, Lsn(12));
+        let _pending = issuer.issue(0, Lsn(12));
         s.observe();
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.health().is_ok());
@@ -642,7 +642,7 @@ mod tests {
             "slot",
             vec![("a".into(), "postgres"), ("b".into(), "kafka")],
         ));
-        let (tracker, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(0)], Lsn(5));
+        let (tracker, mut issuer, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(0)], Lsn(5));
         s.streaming(tracker.clone(), Vec::new());
         // Sink b keeps no position: the slot's confirmed one stands for it.
         let got = s.wait_for(Lsn(5), None, Duration::from_millis(10)).await;
@@ -658,7 +658,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let started = Instant::now();
-        ackers[0].ack(tracker.issue(0, Lsn(9)));
+        ackers[0].ack(issuer.issue(0, Lsn(9))).expect("own token");
         let got = waiter.await.expect("task");
         assert_eq!(got, Ok(vec![("a".into(), Lsn(9))]));
         assert!(

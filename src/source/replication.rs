@@ -502,10 +502,12 @@ impl ReplicationStream {
         }
     }
 
-    /// Tells the server that everything up to `lsn` is durable downstream.
-    /// Positions below the current one are ignored: confirmations never move
-    /// backwards.
-    pub fn confirm(&self, lsn: Lsn) {
+    /// Tells the server that everything up to `pos` is durable downstream:
+    /// only the ack tracker makes a [`Confirmable`](crate::pipeline::ack::Confirmable).
+    /// Positions below the current one are ignored: confirmations never
+    /// move backwards.
+    pub fn confirm(&self, pos: crate::pipeline::ack::Confirmable) {
+        let lsn = pos.lsn();
         self.confirmed.send_if_modified(|cur| {
             if lsn > *cur {
                 *cur = lsn;

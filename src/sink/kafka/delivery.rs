@@ -1,21 +1,23 @@
 //! Delivery reports → acknowledgements, in commit order.
 //!
-//! Every produced record belongs to an *epoch*: the records between two
-//! [`SinkItem::Commit`](crate::sink::SinkItem)s, i.e. one source
-//! transaction (or the non-transactional messages before a bare commit).
-//! The record's delivery opaque is its epoch number. An epoch is closed by
-//! the commit's token; the token is handed to the [`Acker`] when the epoch
-//! is closed, every one of its records has a *successful* delivery report
-//! (acks=all: in every in-sync replica) and every earlier epoch was
-//! acknowledged. A failed delivery never decrements its epoch's count, so
-//! that epoch and every later one stay unacknowledged: a position whose
-//! records are not all in Kafka cannot be confirmed, whatever happens
+//! At least once, every source transaction's records are one slot of the
+//! run's [`InOrder`] (the records between two
+//! [`SinkItem::Commit`](crate::sink::SinkItem)s, or the non-transactional
+//! messages before a bare commit): each record is a part of its slot, and
+//! its delivery opaque is the slot's number. The commit's token closes the
+//! slot; it goes back to the tracker once every record of the slot has a
+//! *successful* delivery report (acks=all: in every in-sync replica) and
+//! every earlier slot was released. A failed delivery never completes its
+//! part, so that slot and every later one stay unacknowledged: a position
+//! whose records are not all in Kafka cannot be confirmed, whatever happens
 //! afterwards. The failure is kept for the sink's task, which stops with it.
 //!
-//! The acknowledgement happens on librdkafka's polling thread, right when
-//! the last report comes in (the tracker is thread-safe).
+//! The release happens on librdkafka's polling thread, right when the last
+//! report comes in (the tracker is thread-safe). Records produced before
+//! the run (the initial copy, which waits for its own reports) and in
+//! exactly-once mode (acknowledged after the Kafka commit) belong to no
+//! slot.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,7 +27,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use crate::pipeline::ack::{Acker, CommitToken};
+use crate::pipeline::ack::{CommitToken, ForeignToken, InOrder};
+
+/// The opaque of a record that belongs to no slot.
+const NO_SLOT: usize = usize::MAX;
 
 /// A record that Kafka did not take.
 #[derive(Clone, Debug)]
@@ -36,39 +41,19 @@ pub struct DeliveryFailure {
 }
 
 #[derive(Debug, Default)]
-struct Epoch {
-    outstanding: u64,
-    /// Set when the epoch is closed by a commit.
-    token: Option<CommitToken>,
-    closed: bool,
-}
-
-#[derive(Debug, Default)]
 struct State {
-    /// Number of the epoch at `epochs[0]`.
-    front: u64,
-    /// Never empty: the last one is open.
-    epochs: VecDeque<Epoch>,
+    /// The run's ordered release (at least once).
+    order: Option<InOrder>,
     failure: Option<DeliveryFailure>,
-    acker: Option<Acker>,
     in_flight: u64,
     delivered: u64,
 }
 
 impl State {
-    /// Acknowledges the closed, fully delivered epochs at the front.
-    fn drain(&mut self) {
-        while self.epochs.len() > 1 {
-            let Some(e) = self.epochs.front() else { break };
-            if !e.closed || e.outstanding > 0 {
-                break;
-            }
-            if let Some(e) = self.epochs.pop_front() {
-                self.front += 1;
-                if let (Some(t), Some(a)) = (e.token, self.acker.as_ref()) {
-                    a.ack(t);
-                }
-            }
+    /// One part of the slot `opaque` is done.
+    fn complete(&mut self, opaque: usize) {
+        if let (Some(o), false) = (self.order.as_mut(), opaque == NO_SLOT) {
+            o.complete(opaque as u64);
         }
     }
 }
@@ -85,9 +70,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new() -> Arc<Shared> {
-        let s = Shared::default();
-        s.lock().epochs.push_back(Epoch::default());
-        Arc::new(s)
+        Arc::new(Shared::default())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -96,43 +79,37 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where acknowledgements go (non-transactional mode).
-    pub fn set_acker(&self, acker: Acker) {
-        self.lock().acker = Some(acker);
+    /// Where the run's acknowledgements go (at-least-once mode); records
+    /// produced from now on count towards its slots.
+    pub fn set_release(&self, order: InOrder) {
+        self.lock().order = Some(order);
     }
 
     /// Counts a record about to be produced; returns its opaque.
     pub fn add(&self) -> usize {
         let mut st = self.lock();
         st.in_flight += 1;
-        let id = st.front + st.epochs.len() as u64 - 1;
-        if let Some(e) = st.epochs.back_mut() {
-            e.outstanding += 1;
-        }
-        id as usize
+        st.order
+            .as_mut()
+            .map_or(NO_SLOT, |o| usize::try_from(o.add(1)).unwrap_or(NO_SLOT))
     }
 
     /// Un-counts a record that librdkafka refused to enqueue.
     pub fn remove(&self, opaque: usize) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
-        let i = (opaque as u64).wrapping_sub(st.front) as usize;
-        if let Some(e) = st.epochs.get_mut(i) {
-            e.outstanding = e.outstanding.saturating_sub(1);
-        }
-        st.drain();
+        st.complete(opaque);
     }
 
-    /// Closes the open epoch with the commit's token (acknowledged once
-    /// its records are delivered) and opens the next.
-    pub fn close(&self, token: Option<CommitToken>) {
-        let mut st = self.lock();
-        if let Some(e) = st.epochs.back_mut() {
-            e.token = token;
-            e.closed = true;
+    /// Closes the open slot with the commit's token (released once its
+    /// records are delivered) and opens the next. Another sink's token is
+    /// an error; without a run's release (exactly-once) the token is kept
+    /// by nobody and releases nothing.
+    pub fn close(&self, token: CommitToken) -> Result<(), ForeignToken> {
+        match self.lock().order.as_mut() {
+            Some(o) => o.close(token),
+            None => Ok(()),
         }
-        st.epochs.push_back(Epoch::default());
-        st.drain();
     }
 
     pub fn failure(&self) -> Option<DeliveryFailure> {
@@ -149,9 +126,9 @@ impl Shared {
         self.lock().delivered
     }
 
-    /// Closed epochs not yet acknowledged.
-    pub fn unacked_epochs(&self) -> usize {
-        self.lock().epochs.len() - 1
+    /// Closed slots not yet released.
+    pub fn unreleased(&self) -> usize {
+        self.lock().order.as_ref().map_or(0, InOrder::unreleased)
     }
 
     /// Marks that the task waits for a delivery (room in the queue).
@@ -159,17 +136,13 @@ impl Shared {
         self.waiting.store(on, Ordering::SeqCst);
     }
 
-    fn report(&self, epoch: usize, result: Result<(), DeliveryFailure>) {
+    fn report(&self, slot: usize, result: Result<(), DeliveryFailure>) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
         match result {
             Ok(()) => {
                 st.delivered += 1;
-                let i = (epoch as u64).wrapping_sub(st.front) as usize;
-                if let Some(e) = st.epochs.get_mut(i) {
-                    e.outstanding = e.outstanding.saturating_sub(1);
-                }
-                st.drain();
+                st.complete(slot);
                 drop(st);
                 if self.waiting.load(Ordering::SeqCst) {
                     self.wake.notify_one();
@@ -219,7 +192,7 @@ impl ClientContext for Context {
 impl ProducerContext for Context {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
         let r = match result {
             Ok(_) => Ok(()),
             Err((error, msg)) => Err(DeliveryFailure {
@@ -228,7 +201,7 @@ impl ProducerContext for Context {
                 partition: msg.partition(),
             }),
         };
-        self.shared.report(epoch, r);
+        self.shared.report(slot, r);
     }
 }
 
@@ -241,36 +214,36 @@ mod tests {
 
     #[test]
     fn acks_in_order_only_after_every_report() {
-        let (t, mut ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
+        let (t, mut issuer, mut ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
         let s = Shared::new();
-        s.set_acker(ackers.remove(0));
+        s.set_release(InOrder::new(ackers.remove(0)));
         let a1 = s.add();
         let a2 = s.add();
-        s.close(Some(t.issue(0, Lsn(10))));
+        s.close(issuer.issue(0, Lsn(10))).expect("own token");
         let b1 = s.add();
-        s.close(Some(t.issue(0, Lsn(20))));
-        s.close(Some(t.issue(0, Lsn(30)))); // a bare commit
+        s.close(issuer.issue(0, Lsn(20))).expect("own token");
+        s.close(issuer.issue(0, Lsn(30))).expect("own token"); // a bare commit
         s.report(b1, Ok(()));
-        assert_eq!(t.confirmed(), Lsn(0), "epoch 0 still in flight");
+        assert_eq!(t.confirmed(), Lsn(0), "slot 0 still in flight");
         s.report(a1, Ok(()));
         assert_eq!(t.confirmed(), Lsn(0));
         s.report(a2, Ok(()));
         assert_eq!(t.confirmed(), Lsn(30));
         assert_eq!(s.in_flight(), 0);
-        assert_eq!(s.unacked_epochs(), 0);
+        assert_eq!(s.unreleased(), 0);
     }
 
     #[test]
-    fn a_failed_record_blocks_its_epoch_and_every_later_one() {
-        let (t, mut ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
+    fn a_failed_record_blocks_its_slot_and_every_later_one() {
+        let (t, mut issuer, mut ackers, _rx) = Tracker::new(&[Lsn(0)], Lsn(0));
         let s = Shared::new();
-        s.set_acker(ackers.remove(0));
+        s.set_release(InOrder::new(ackers.remove(0)));
         let a = s.add();
-        s.close(Some(t.issue(0, Lsn(10))));
+        s.close(issuer.issue(0, Lsn(10))).expect("own token");
         let b = s.add();
-        s.close(Some(t.issue(0, Lsn(20))));
+        s.close(issuer.issue(0, Lsn(20))).expect("own token");
         let c = s.add();
-        s.close(Some(t.issue(0, Lsn(30))));
+        s.close(issuer.issue(0, Lsn(30))).expect("own token");
         s.report(a, Ok(()));
         assert_eq!(t.confirmed(), Lsn(10));
         s.report(

@@ -38,13 +38,20 @@
 //! object or Avro record; value = the envelope of [`crate::encode::json`] /
 //! [`crate::encode::avro`]. See docs/kafka.md for every setting.
 
+mod catalog;
 pub mod check;
 mod config;
 pub mod delivery;
+mod encoder;
 pub mod eos;
+mod events;
+mod produce;
+mod progress;
 pub mod registry;
 mod sink;
+mod snapshot_io;
 pub mod topics;
+mod transactions;
 
 pub use config::{
     Compression, Format, KafkaSinkSection, NumericSetting, PropertyValue, SchemaRegistrySection,

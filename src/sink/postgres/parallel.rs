@@ -40,8 +40,9 @@
 //! the pipeline restarts once.
 //!
 //! # Acknowledgements
-//! A batch's token goes to the acker only after every worker reported its
-//! commit of that batch, and tokens are released in order.
+//! Each batch is one slot of an [`InOrder`], one part per worker commit:
+//! its token goes back only after every worker reported its commit of that
+//! batch, and tokens are released in order.
 //!
 //! # Fallback
 //! Workers' transactions of one batch are open side by side, so target
@@ -57,7 +58,7 @@
 //! `apply_workers = 1`). The serial range lives in this process; after a
 //! crash it is simply found again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -71,7 +72,7 @@ use super::error::ApplyError;
 use super::progress;
 use crate::model::{Change, Event, Op, RelationSchema};
 use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
-use crate::pipeline::ack::{Acker, CommitToken};
+use crate::pipeline::ack::{Acker, InOrder};
 use crate::sink::{SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
@@ -274,18 +275,11 @@ enum TxnState {
 
 struct Batch {
     mode: Mode,
-    token: Option<CommitToken>,
     txns: usize,
     rows: usize,
     bytes: usize,
     /// Workers that got changes in this batch.
     data: Vec<bool>,
-}
-
-struct Pending {
-    seq: u64,
-    remaining: usize,
-    token: Option<CommitToken>,
 }
 
 /// The dispatcher of one parallel run.
@@ -322,19 +316,20 @@ pub struct Dispatcher<'a> {
     max_seen: Lsn,
     /// The highest end LSN committed by every worker.
     last_end: Lsn,
-    outstanding: VecDeque<Pending>,
-    seq: u64,
+    /// The batches' tokens: the open slot is the current batch's.
+    order: InOrder,
     worker0_parallel: bool,
     /// Whether a parallel batch may be in flight (for classifying errors).
     parallel_used: bool,
 }
 
 impl<'a> Dispatcher<'a> {
-    /// Connects the workers.
+    /// Connects the workers; the batches' tokens go back to `acker`.
     pub async fn start(
         config: &'a PostgresSinkConfig,
         info: &'a ConnInfo,
         plan: &Plan,
+        acker: Acker,
     ) -> Result<Dispatcher<'a>, ApplyError> {
         let n = plan.pos.len().max(1);
         let (report_tx, reports) = mpsc::unbounded_channel();
@@ -383,7 +378,6 @@ impl<'a> Dispatcher<'a> {
             known: HashMap::new(),
             batch: Batch {
                 mode: Mode::Parallel,
-                token: None,
                 txns: 0,
                 rows: 0,
                 bytes: 0,
@@ -396,8 +390,7 @@ impl<'a> Dispatcher<'a> {
             buf: Vec::new(),
             max_seen: Lsn::ZERO,
             last_end: min,
-            outstanding: VecDeque::new(),
-            seq: 0,
+            order: InOrder::new(acker),
             worker0_parallel: true,
             parallel_used: false,
         })
@@ -405,8 +398,8 @@ impl<'a> Dispatcher<'a> {
 
     /// Consumes the queue; see the module documentation. Always stops the
     /// workers before returning.
-    pub async fn run(mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
-        let result = self.run_inner(queue, acker).await;
+    pub async fn run(mut self, queue: &mut SinkQueue) -> Result<(), ApplyError> {
+        let result = self.run_inner(queue).await;
         let result = match result {
             Err(e) if self.parallel_used && is_collision(&e) => {
                 extend_serial(&self.config.pipeline, &self.config.name, self.max_seen);
@@ -429,19 +422,19 @@ impl<'a> Dispatcher<'a> {
         result
     }
 
-    async fn run_inner(&mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
+    async fn run_inner(&mut self, queue: &mut SinkQueue) -> Result<(), ApplyError> {
         loop {
-            self.poll_reports(acker)?;
+            self.poll_reports()?;
             let in_txn = self.state != TxnState::None;
-            let may_wait = in_txn || self.batch.token.is_none();
+            let may_wait = in_txn || self.order.open_end().is_none();
             let item = if may_wait {
                 tokio::select! {
                     item = queue.recv() => match item {
                         Some(item) => item,
-                        None => return self.closed(acker).await,
+                        None => return self.closed().await,
                     },
                     report = self.reports.recv() => {
-                        self.report(report, acker)?;
+                        self.report(report)?;
                         continue;
                     }
                 }
@@ -449,43 +442,45 @@ impl<'a> Dispatcher<'a> {
                 match queue.try_recv() {
                     Ok(item) => item,
                     Err(TryRecvError::Empty) => {
-                        self.finish(acker).await?;
+                        self.finish().await?;
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => return self.closed(acker).await,
+                    Err(TryRecvError::Disconnected) => return self.closed().await,
                 }
             };
             match item {
-                SinkItem::Event(ev) => self.event(ev, acker).await?,
+                SinkItem::Event(ev) => self.event(ev).await?,
                 SinkItem::Commit(token) => {
                     if self.state == TxnState::Buffering {
-                        self.go_parallel(acker).await?;
+                        self.go_parallel().await?;
                     }
                     self.state = TxnState::None;
                     self.batch.txns += 1;
-                    self.batch.token = Some(token);
+                    self.order
+                        .commit(token)
+                        .map_err(|e| ApplyError::Definite(e.to_string()))?;
                     let c = self.config;
                     if self.batch.txns >= c.batch_max_txns
                         || self.batch.rows >= c.batch_max_rows
                         || self.batch.bytes >= c.batch_max_bytes
                     {
-                        self.finish(acker).await?;
+                        self.finish().await?;
                     }
                 }
             }
         }
     }
 
-    fn poll_reports(&mut self, acker: &Acker) -> Result<(), ApplyError> {
+    fn poll_reports(&mut self) -> Result<(), ApplyError> {
         loop {
             match self.reports.try_recv() {
-                Ok(r) => self.report(Some(r), acker)?,
+                Ok(r) => self.report(Some(r))?,
                 Err(_) => return Ok(()),
             }
         }
     }
 
-    fn report(&mut self, report: Option<Report>, acker: &Acker) -> Result<(), ApplyError> {
+    fn report(&mut self, report: Option<Report>) -> Result<(), ApplyError> {
         match report {
             None => Err(ApplyError::Transient(
                 "every apply worker stopped".to_string(),
@@ -497,32 +492,27 @@ impl<'a> Dispatcher<'a> {
                 Err(error)
             }
             Some(Report::Done { seq }) => {
-                if let Some(p) = self.outstanding.iter_mut().find(|p| p.seq == seq) {
-                    p.remaining = p.remaining.saturating_sub(1);
-                }
-                self.ack_ready(acker);
+                self.order.complete(seq);
+                self.released();
                 Ok(())
             }
         }
     }
 
-    fn ack_ready(&mut self, acker: &Acker) {
-        while self.outstanding.front().is_some_and(|p| p.remaining == 0) {
-            if let Some(p) = self.outstanding.pop_front() {
-                if let Some(token) = p.token {
-                    self.last_end = self.last_end.max(token.end_lsn());
-                    tracing::debug!(sink = %self.config.name, end_lsn = %token.end_lsn(), "acknowledged");
-                    acker.ack(token);
-                }
-            }
+    /// Notes what the ordered release acknowledged.
+    fn released(&mut self) {
+        let end = self.order.released();
+        if end > self.last_end {
+            self.last_end = end;
+            tracing::debug!(sink = %self.config.name, end_lsn = %end, "acknowledged");
         }
     }
 
     /// Waits until every commit sent has been reported.
-    async fn drain(&mut self, acker: &Acker) -> Result<(), ApplyError> {
-        while !self.outstanding.is_empty() {
+    async fn drain(&mut self) -> Result<(), ApplyError> {
+        while self.order.unreleased() > 0 {
             let r = self.reports.recv().await;
-            self.report(r, acker)?;
+            self.report(r)?;
         }
         Ok(())
     }
@@ -581,19 +571,17 @@ impl<'a> Dispatcher<'a> {
     /// Ends the batch: every worker with a part commits it (with its own
     /// progress row); the others write their rows. A serial batch commits
     /// on worker 0 with every row.
-    async fn finish(&mut self, acker: &Acker) -> Result<(), ApplyError> {
-        let Some(token) = self.batch.token.take() else {
+    async fn finish(&mut self) -> Result<(), ApplyError> {
+        let Some(end) = self.order.open_end() else {
             return Ok(());
         };
         self.flush_chunks().await?;
-        let end = token.end_lsn();
-        self.seq += 1;
-        let seq = self.seq;
+        let seq = self.order.open_slot();
         let any = self.batch.data.iter().any(|d| *d);
         let all: Vec<i32> = (0..self.n as i32).collect();
         let remaining = if !any && end <= self.last_end {
             0 // a replayed bare commit: nothing to store
-        } else if self.batch.mode == Mode::Serial || (!any && self.outstanding.is_empty()) {
+        } else if self.batch.mode == Mode::Serial || (!any && self.order.unreleased() == 0) {
             // Nobody else has an open part: one transaction holds all rows.
             self.send(
                 0,
@@ -617,26 +605,23 @@ impl<'a> Dispatcher<'a> {
                 )
                 .await?;
             }
-            self.n
+            self.n as u64
         };
-        self.outstanding.push_back(Pending {
-            seq,
-            remaining,
-            token: Some(token),
-        });
+        self.order.add(remaining);
+        self.order.seal();
         self.batch.txns = 0;
         self.batch.rows = 0;
         self.batch.bytes = 0;
         self.batch.data.iter_mut().for_each(|d| *d = false);
-        self.ack_ready(acker);
+        self.released();
         Ok(())
     }
 
     /// Makes the current batch serial: ends a parallel one and waits for it.
-    async fn go_serial(&mut self, acker: &Acker) -> Result<(), ApplyError> {
+    async fn go_serial(&mut self) -> Result<(), ApplyError> {
         if self.batch.mode == Mode::Parallel {
-            self.finish(acker).await?;
-            self.drain(acker).await?;
+            self.finish().await?;
+            self.drain().await?;
             self.batch.mode = Mode::Serial;
         }
         if self.worker0_parallel {
@@ -653,10 +638,10 @@ impl<'a> Dispatcher<'a> {
 
     /// Makes the current batch parallel (ending and waiting for a serial
     /// one) and spreads the held-back events.
-    async fn go_parallel(&mut self, acker: &Acker) -> Result<(), ApplyError> {
+    async fn go_parallel(&mut self) -> Result<(), ApplyError> {
         if self.batch.mode == Mode::Serial {
-            self.finish(acker).await?;
-            self.drain(acker).await?;
+            self.finish().await?;
+            self.drain().await?;
             self.batch.mode = Mode::Parallel;
         }
         if !self.worker0_parallel {
@@ -713,9 +698,9 @@ impl<'a> Dispatcher<'a> {
         self.push(w, ev).await
     }
 
-    async fn event(&mut self, ev: Arc<Event>, acker: &Acker) -> Result<(), ApplyError> {
+    async fn event(&mut self, ev: Arc<Event>) -> Result<(), ApplyError> {
         let barrier = match &*ev {
-            Event::Begin(meta) => return self.begin(meta.commit_lsn, acker).await,
+            Event::Begin(meta) => return self.begin(meta.commit_lsn).await,
             Event::Commit { .. } | Event::Message { .. } => return Ok(()),
             Event::Relation(rel) => self.known.get(&rel.rel_id).is_none_or(|k| **k != **rel),
             Event::Truncate { .. } => true,
@@ -732,20 +717,20 @@ impl<'a> Dispatcher<'a> {
             // apply it as its own serial piece.
             TxnState::None => {
                 self.state = TxnState::Serial;
-                self.go_serial(acker).await?;
+                self.go_serial().await?;
                 self.serial_event(ev).await
             }
             TxnState::Serial => self.serial_event(ev).await,
             TxnState::Buffering if barrier => {
                 self.buf.push(ev);
-                self.go_serial(acker).await
+                self.go_serial().await
             }
             TxnState::Buffering => {
                 if matches!(&*ev, Event::Change(_)) {
                     self.buf.push(ev);
                 }
                 if self.buf.len() >= TXN_BUFFER {
-                    self.go_parallel(acker).await?;
+                    self.go_parallel().await?;
                 }
                 Ok(())
             }
@@ -760,10 +745,10 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    async fn begin(&mut self, commit_lsn: Lsn, acker: &Acker) -> Result<(), ApplyError> {
+    async fn begin(&mut self, commit_lsn: Lsn) -> Result<(), ApplyError> {
         if let Some(after) = self.resize_after {
             if commit_lsn >= after {
-                return self.resize(acker).await;
+                return self.resize().await;
             }
         }
         self.commit_lsn = commit_lsn;
@@ -774,7 +759,7 @@ impl<'a> Dispatcher<'a> {
         self.all_skip = self.skip.iter().all(|s| *s);
         self.buf.clear();
         if commit_lsn <= self.serial_until {
-            self.go_serial(acker).await
+            self.go_serial().await
         } else {
             self.state = TxnState::Buffering;
             Ok(())
@@ -784,9 +769,9 @@ impl<'a> Dispatcher<'a> {
     /// Past the highest stored position of a different worker count: every
     /// worker has everything before this transaction; rewrite the rows for
     /// the configured count and restart.
-    async fn resize(&mut self, acker: &Acker) -> Result<(), ApplyError> {
-        self.finish(acker).await?;
-        self.drain(acker).await?;
+    async fn resize(&mut self) -> Result<(), ApplyError> {
+        self.finish().await?;
+        self.drain().await?;
         let max = self.pos.iter().copied().max().unwrap_or(Lsn::ZERO);
         let at = max.max(self.last_end);
         let client = conn::connect(self.info).await?;
@@ -808,9 +793,9 @@ impl<'a> Dispatcher<'a> {
 
     /// The queue closed: commit what is complete (a transaction cut off in
     /// the middle rolls back with its whole batch), wait for the workers.
-    async fn closed(&mut self, acker: &Acker) -> Result<(), ApplyError> {
+    async fn closed(&mut self) -> Result<(), ApplyError> {
         if self.state == TxnState::None {
-            self.finish(acker).await?;
+            self.finish().await?;
         } else {
             tracing::info!(sink = %self.config.name, "queue closed inside a transaction; rolled back the unacknowledged batch");
         }
@@ -820,8 +805,8 @@ impl<'a> Dispatcher<'a> {
         loop {
             match self.reports.recv().await {
                 None => break,
-                Some(Report::Done { seq }) => self.report(Some(Report::Done { seq }), acker)?,
-                Some(r @ Report::Failed { .. }) => self.report(Some(r), acker)?,
+                Some(Report::Done { seq }) => self.report(Some(Report::Done { seq }))?,
+                Some(r @ Report::Failed { .. }) => self.report(Some(r))?,
             }
         }
         Ok(())

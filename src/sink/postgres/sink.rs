@@ -13,7 +13,7 @@ use super::parallel::{Dispatcher, Plan};
 use super::progress;
 use super::renames;
 use crate::model::Event;
-use crate::pipeline::ack::{Acker, CommitToken};
+use crate::pipeline::ack::{Acker, InOrder};
 use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
@@ -32,12 +32,11 @@ pub struct PostgresSink {
     plan: Option<Plan>,
 }
 
-/// Source transactions taken into the open target transaction.
+/// Source transactions taken into the open target transaction (their
+/// tokens are in the open slot of the run's [`InOrder`], sealed once the
+/// batch is committed).
 #[derive(Default)]
 struct Batch {
-    /// The token of the last complete source transaction; acknowledging it
-    /// covers the earlier ones of the batch.
-    token: Option<CommitToken>,
     txns: usize,
     /// Between a source transaction's first event and its Commit.
     in_source_txn: bool,
@@ -169,7 +168,7 @@ impl PostgresSink {
             .ok_or_else(|| ApplyError::Transient("target connection not open".into()))
     }
 
-    async fn run_inner(&mut self, queue: &mut SinkQueue, acker: &Acker) -> Result<(), ApplyError> {
+    async fn run_inner(&mut self, queue: &mut SinkQueue, acker: Acker) -> Result<(), ApplyError> {
         // Connect at the start of a run if open() was not called or the
         // connection has died since.
         let usable = self
@@ -182,28 +181,29 @@ impl PostgresSink {
         if let Some(plan) = self.plan.clone() {
             // The workers make their own connections.
             self.target = None;
-            let dispatcher = Dispatcher::start(&self.config, &self.info, &plan).await?;
-            return dispatcher.run(queue, acker).await;
+            let dispatcher = Dispatcher::start(&self.config, &self.info, &plan, acker).await?;
+            return dispatcher.run(queue).await;
         }
         let mut batch = Batch::default();
+        let mut order = InOrder::new(acker);
         loop {
             // Wait for the queue only when nothing complete is waiting to be
             // committed, or in the middle of a source transaction; else take
             // what is already queued and commit when there is none.
-            let may_wait = batch.in_source_txn || batch.token.is_none();
+            let may_wait = batch.in_source_txn || order.open_end().is_none();
             let item = if may_wait {
                 match queue.recv().await {
                     Some(item) => item,
-                    None => return self.closed(batch, acker).await,
+                    None => return self.closed(batch, &mut order).await,
                 }
             } else {
                 match queue.try_recv() {
                     Ok(item) => item,
                     Err(TryRecvError::Empty) => {
-                        self.finish(&mut batch, acker).await?;
+                        self.finish(&mut batch, &mut order).await?;
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => return self.closed(batch, acker).await,
+                    Err(TryRecvError::Disconnected) => return self.closed(batch, &mut order).await,
                 }
             };
             match item {
@@ -212,9 +212,12 @@ impl PostgresSink {
                     batch.in_source_txn = false;
                     batch.replay = false;
                     batch.txns += 1;
-                    batch.token = Some(token); // covers the one it replaces
+                    // Covers the one it replaces.
+                    order
+                        .commit(token)
+                        .map_err(|e| ApplyError::Definite(e.to_string()))?;
                     if self.limits_reached(&batch) {
-                        self.finish(&mut batch, acker).await?;
+                        self.finish(&mut batch, &mut order).await?;
                     }
                 }
             }
@@ -281,11 +284,10 @@ impl PostgresSink {
 
     /// Commits the batch with its progress row, then acknowledges its last
     /// token — never before the COMMIT returned.
-    async fn finish(&mut self, batch: &mut Batch, acker: &Acker) -> Result<(), ApplyError> {
-        let Some(token) = batch.token.take() else {
+    async fn finish(&mut self, batch: &mut Batch, order: &mut InOrder) -> Result<(), ApplyError> {
+        let Some(end) = order.open_end() else {
             return Ok(());
         };
-        let end = token.end_lsn();
         // Every acknowledged position is stored, bare commits included: the
         // pipeline checks at start that nobody moved the slot past what the
         // target has, which needs the target to have every position the
@@ -302,7 +304,7 @@ impl PostgresSink {
             self.durable = stored;
         }
         tracing::debug!(sink = %name, end_lsn = %end, txns = batch.txns, wrote = txn_open, "acknowledged");
-        acker.ack(token);
+        order.seal();
         *batch = Batch::default();
         Ok(())
     }
@@ -311,7 +313,7 @@ impl PostgresSink {
     /// off in the middle cannot be committed, and it shares the target
     /// transaction with the rest of the batch, so the whole batch is rolled
     /// back unacknowledged; it comes again after a restart.
-    async fn closed(&mut self, mut batch: Batch, acker: &Acker) -> Result<(), ApplyError> {
+    async fn closed(&mut self, mut batch: Batch, order: &mut InOrder) -> Result<(), ApplyError> {
         if batch.in_source_txn {
             if let Some(t) = self.target.as_mut() {
                 t.rollback().await;
@@ -319,7 +321,7 @@ impl PostgresSink {
             tracing::info!(sink = %self.config.name, "queue closed inside a transaction; rolled back the unacknowledged batch");
             return Ok(());
         }
-        self.finish(&mut batch, acker).await
+        self.finish(&mut batch, order).await
     }
 }
 
@@ -342,7 +344,7 @@ impl Sink for PostgresSink {
     /// error the open target transaction is rolled back, nothing of it is
     /// acknowledged, and the connection is dropped (`open` makes a new one).
     async fn run(&mut self, mut queue: SinkQueue, acker: Acker) -> Result<(), SinkError> {
-        let result = self.run_inner(&mut queue, &acker).await;
+        let result = self.run_inner(&mut queue, acker).await;
         if let Err(e) = &result {
             // The pipeline logs the error once (a retry's WARN or the exit).
             tracing::debug!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");
