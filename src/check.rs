@@ -23,66 +23,7 @@ pub async fn check(config: &Config) -> Vec<String> {
         }
     };
     if let Some(c) = conn.as_mut() {
-        if let Err(e) = c.check_wal_level().await {
-            problems.push(format!("source: {e}"));
-        }
-        if let Err(e) = c.check_publications(&src.publications).await {
-            problems.push(format!("source: {e}"));
-        }
-        match c.slot_info(&src.slot).await {
-            Ok(Some(s)) => {
-                if let Err(e) = c.check_slot_usable(&src.slot, &s) {
-                    let e = e.with_fix(config.resync_advice());
-                    problems.push(format!("source: {e}"));
-                }
-                if let Some(pid) = s.active_pid {
-                    problems.push(format!(
-                        "source: replication slot {:?} is in use by PID {pid}; is another pgbridge running?",
-                        src.slot
-                    ));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => problems.push(format!("source: {e}")),
-        }
-        let pubs = src
-            .publications
-            .iter()
-            .map(|p| literal(p))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "SELECT DISTINCT n.nspname || '.' || c.relname, c.relreplident::text \
-             FROM pg_catalog.pg_publication p \
-             JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
-             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
-             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE p.pubname IN ({pubs}) AND (p.pubupdate OR p.pubdelete) AND (c.relreplident = 'n' \
-               OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                   WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1"
-        );
-        match c.query_one(&sql).await {
-            Ok(r) => {
-                for row in &r.rows {
-                    let table = row[0].as_deref().unwrap_or("?");
-                    let ident = if row[1].as_deref() == Some("n") {
-                        "REPLICA IDENTITY NOTHING"
-                    } else {
-                        "no primary key and REPLICA IDENTITY DEFAULT"
-                    };
-                    problems.push(format!(
-                        "source: table {table} has {ident}, so its UPDATEs and DELETEs cannot be replicated; run ALTER TABLE {table} REPLICA IDENTITY FULL, or add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
-                    ));
-                }
-            }
-            Err(e) => problems.push(format!("source: {e}")),
-        }
-        if src.snapshot != SnapshotMode::Never {
-            match privileges::source_problems(c, &src.publications).await {
-                Ok(p) => problems.extend(p),
-                Err(e) => problems.push(format!("source: {e}")),
-            }
-        }
+        source_problems(config, c, &mut problems).await;
     }
     let tables = match snapshot::published_tables(info, &src.publications).await {
         Ok(t) => t,
@@ -108,98 +49,177 @@ pub async fn check(config: &Config) -> Vec<String> {
                 problems.extend(crate::sink::kafka::check::preflight(k, copies).await);
             }
             SinkConfig::Postgres(p) => {
-                let client = match pg::connect(&p.url.info).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        problems.push(format!("sink {}: {e}", p.name));
-                        continue;
-                    }
-                };
-                let published: HashMap<String, &snapshot::TableSpec> =
-                    tables.iter().map(|t| (t.qualified_name(), t)).collect();
-                let selected: Vec<String> = tables
-                    .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
-                    .map(|t| pg::qualified(&t.schema, &t.name))
-                    .collect();
-                if let Some(problem) = replication_role(&client, p, &selected).await {
-                    problems.push(problem);
-                }
-                let written: Vec<(String, String)> = tables
-                    .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
-                    .map(|t| (t.schema.clone(), t.name.clone()))
-                    .collect();
-                let mut state = vec!["progress", "relations"];
-                if src.snapshot != SnapshotMode::Never {
-                    state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
-                }
-                if p.apply_workers > 1 {
-                    state.push("apply_progress");
-                }
-                let needs = privileges::TargetNeeds {
-                    sink: &p.name,
-                    user: &p.url.info.user,
-                    tables: &written,
-                    create_tables: p.create_tables,
-                    state_tables: &state,
-                };
-                match privileges::target_problems(&client, &needs).await {
-                    Ok(found) => problems.extend(found),
-                    Err(e) => problems.push(format!(
-                        "sink {}: reading the target user's privileges failed: {e}",
-                        p.name
-                    )),
-                }
-                for t in &p.tables {
-                    if !tables.is_empty() && !published.contains_key(t) {
-                        problems.push(format!(
-                            "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
-                            p.name,
-                            src.publications.join(", ")
-                        ));
-                    }
-                }
-                for t in tables
-                    .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
-                {
-                    let have = match snapshot::target_columns(&client, t).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            problems.push(format!("sink {}: {e}", p.name));
-                            continue;
-                        }
-                    };
-                    let Some(have) = have else {
-                        if !p.create_tables {
-                            problems.push(format!(
-                                "sink {}: target table {} does not exist; create it or set create_tables = true",
-                                p.name,
-                                t.qualified_name()
-                            ));
-                        }
-                        continue;
-                    };
-
-                    for c in &t.columns {
-                        match have.get(&c.name) {
-                            None if !p.create_tables => problems.push(format!(
-                                "sink {}: target table {} has no column {} ({}); run ALTER TABLE {} ADD COLUMN {} {}, or set create_tables = true",
-                                p.name, t.qualified_name(), c.name, c.type_name, t.qualified_name(), pg::ident(&c.name), c.type_name
-                            )),
-                            Some(ty) if *ty != c.type_name => problems.push(format!(
-                                "sink {}: column {}.{} is {} on the target but {} on the source; values must convert from text or the apply will stop",
-                                p.name, t.qualified_name(), c.name, ty, c.type_name
-                            )),
-                            _ => {}
-                        }
-                    }
-                }
+                postgres_sink_problems(config, p, &tables, &mut problems).await
             }
         }
     }
     problems
+}
+
+/// The source's problems: `wal_level`, the publications, the slot, tables
+/// whose UPDATEs and DELETEs cannot be replicated, the copy's privileges.
+async fn source_problems(config: &Config, c: &mut Connection, problems: &mut Vec<String>) {
+    let src = &config.source;
+    if let Err(e) = c.check_wal_level().await {
+        problems.push(format!("source: {e}"));
+    }
+    if let Err(e) = c.check_publications(&src.publications).await {
+        problems.push(format!("source: {e}"));
+    }
+    match c.slot_info(&src.slot).await {
+        Ok(Some(s)) => {
+            if let Err(e) = c.check_slot_usable(&src.slot, &s) {
+                let e = e.with_fix(config.resync_advice());
+                problems.push(format!("source: {e}"));
+            }
+            if let Some(pid) = s.active_pid {
+                problems.push(format!(
+                    "source: replication slot {:?} is in use by PID {pid}; is another pgbridge running?",
+                    src.slot
+                ));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(format!("source: {e}")),
+    }
+    let pubs = src
+        .publications
+        .iter()
+        .map(|p| literal(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT DISTINCT n.nspname || '.' || c.relname, c.relreplident::text \
+         FROM pg_catalog.pg_publication p \
+         JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+         WHERE p.pubname IN ({pubs}) AND (p.pubupdate OR p.pubdelete) AND (c.relreplident = 'n' \
+           OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+               WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1"
+    );
+    match c.query_one(&sql).await {
+        Ok(r) => {
+            for row in &r.rows {
+                let table = row[0].as_deref().unwrap_or("?");
+                let ident = if row[1].as_deref() == Some("n") {
+                    "REPLICA IDENTITY NOTHING"
+                } else {
+                    "no primary key and REPLICA IDENTITY DEFAULT"
+                };
+                problems.push(format!(
+                    "source: table {table} has {ident}, so its UPDATEs and DELETEs cannot be replicated; run ALTER TABLE {table} REPLICA IDENTITY FULL, or add a primary key (or REPLICA IDENTITY USING INDEX on a unique index)"
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("source: {e}")),
+    }
+    if src.snapshot != SnapshotMode::Never {
+        match privileges::source_problems(c, &src.publications).await {
+            Ok(p) => problems.extend(p),
+            Err(e) => problems.push(format!("source: {e}")),
+        }
+    }
+}
+
+/// A Postgres sink's problems: the replication role, the target user's
+/// privileges, selected tables that are not published, and target tables
+/// that are missing or whose columns differ from the source's.
+async fn postgres_sink_problems(
+    config: &Config,
+    p: &crate::config::PostgresSinkSection,
+    tables: &[snapshot::TableSpec],
+    problems: &mut Vec<String>,
+) {
+    let src = &config.source;
+    let client = match pg::connect(&p.url.info).await {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("sink {}: {e}", p.name));
+            return;
+        }
+    };
+    let published: HashMap<String, &snapshot::TableSpec> =
+        tables.iter().map(|t| (t.qualified_name(), t)).collect();
+    let selected: Vec<String> = tables
+        .iter()
+        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+        .map(|t| pg::qualified(&t.schema, &t.name))
+        .collect();
+    if let Some(problem) = replication_role(&client, p, &selected).await {
+        problems.push(problem);
+    }
+    let written: Vec<(String, String)> = tables
+        .iter()
+        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    let mut state = vec!["progress", "relations"];
+    if src.snapshot != SnapshotMode::Never {
+        state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
+    }
+    if p.apply_workers > 1 {
+        state.push("apply_progress");
+    }
+    let needs = privileges::TargetNeeds {
+        sink: &p.name,
+        user: &p.url.info.user,
+        tables: &written,
+        create_tables: p.create_tables,
+        state_tables: &state,
+    };
+    match privileges::target_problems(&client, &needs).await {
+        Ok(found) => problems.extend(found),
+        Err(e) => problems.push(format!(
+            "sink {}: reading the target user's privileges failed: {e}",
+            p.name
+        )),
+    }
+    for t in &p.tables {
+        if !tables.is_empty() && !published.contains_key(t) {
+            problems.push(format!(
+                "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
+                p.name,
+                src.publications.join(", ")
+            ));
+        }
+    }
+    for t in tables
+        .iter()
+        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+    {
+        let have = match snapshot::target_columns(&client, t).await {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("sink {}: {e}", p.name));
+                continue;
+            }
+        };
+        let Some(have) = have else {
+            if !p.create_tables {
+                problems.push(format!(
+                    "sink {}: target table {} does not exist; create it or set create_tables = true",
+                    p.name,
+                    t.qualified_name()
+                ));
+            }
+            return;
+        };
+
+        for c in &t.columns {
+            match have.get(&c.name) {
+                None if !p.create_tables => problems.push(format!(
+                    "sink {}: target table {} has no column {} ({}); run ALTER TABLE {} ADD COLUMN {} {}, or set create_tables = true",
+                    p.name, t.qualified_name(), c.name, c.type_name, t.qualified_name(), pg::ident(&c.name), c.type_name
+                )),
+                Some(ty) if *ty != c.type_name => problems.push(format!(
+                    "sink {}: column {}.{} is {} on the target but {} on the source; values must convert from text or the apply will stop",
+                    p.name, t.qualified_name(), c.name, ty, c.type_name
+                )),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// A problem when the sink's sessions cannot run as

@@ -70,20 +70,7 @@ async fn checksum(conn: &mut Connection, table: &str) -> Result<(String, String)
 
 pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     eprintln!("pgbridge demo: starting a source and a target PostgreSQL cluster (throwaway, local binaries)...");
-    let (source, target) = tokio::try_join!(
-        async {
-            tokio::task::spawn_blocking(|| LocalCluster::start(&ClusterOptions::default()))
-                .await
-                .map_err(|e| DemoError::Check(e.to_string()))?
-                .map_err(DemoError::from)
-        },
-        async {
-            tokio::task::spawn_blocking(|| LocalCluster::start(&ClusterOptions::default()))
-                .await
-                .map_err(|e| DemoError::Check(e.to_string()))?
-                .map_err(DemoError::from)
-        }
-    )?;
+    let (source, target) = tokio::try_join!(start_cluster(), start_cluster())?;
     let src_url = source.url("postgres", "postgres");
     let dst_url = target.url("postgres", "postgres");
     let mut src = Connection::connect(
@@ -106,8 +93,51 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
         let _ = stop_rx.await;
     }));
 
-    eprintln!("pgbridge demo: workload running for 5 s (inserts, updates, deletes on all three tables)...");
     tokio::pin!(shutdown);
+    let interrupted = run_workload(&mut src, &mut shutdown).await?;
+    let dst_info = ConnInfo::parse(&dst_url).map_err(SourceError::from)?;
+    if !interrupted {
+        wait_for_end_marker(&dst_info, &pipeline).await;
+    }
+    let _ = stop_tx.send(());
+    pipeline
+        .await
+        .map_err(|e| DemoError::Check(e.to_string()))??;
+
+    let mut dst = Connection::connect(&dst_info, Mode::Normal).await?;
+    let ok = compare(&mut src, &mut dst).await?;
+    src.close().await;
+    dst.close().await;
+    if ok {
+        eprintln!("\npgbridge demo: OK, the selected tables are identical on the target");
+        Ok(())
+    } else if interrupted {
+        Err(DemoError::Check(
+            "interrupted before the target caught up".into(),
+        ))
+    } else {
+        Err(DemoError::Check(
+            "the target differs from the source".into(),
+        ))
+    }
+}
+
+/// A throwaway cluster on the local binaries.
+async fn start_cluster() -> Result<LocalCluster, DemoError> {
+    tokio::task::spawn_blocking(|| LocalCluster::start(&ClusterOptions::default()))
+        .await
+        .map_err(|e| DemoError::Check(e.to_string()))?
+        .map_err(DemoError::from)
+}
+
+/// Runs workload rounds on the source for 5 s (or until `shutdown`), then
+/// inserts the end marker the target is watched for. Returns whether
+/// `shutdown` cut it short.
+async fn run_workload(
+    src: &mut Connection,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<bool, SourceError> {
+    eprintln!("pgbridge demo: workload running for 5 s (inserts, updates, deletes on all three tables)...");
     let started = Instant::now();
     let mut rounds = 0u64;
     let mut interrupted = false;
@@ -115,7 +145,7 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
         let sql = workload_round(rounds);
         tokio::select! {
             r = src.simple_query(&sql) => { r?; }
-            _ = &mut shutdown => { interrupted = true; break; }
+            _ = &mut *shutdown => { interrupted = true; break; }
         }
         rounds += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -125,14 +155,21 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     eprintln!(
         "pgbridge demo: {rounds} workload transactions; waiting for the target to catch up..."
     );
+    Ok(interrupted)
+}
 
-    let dst_info = ConnInfo::parse(&dst_url).map_err(SourceError::from)?;
+/// Waits (at most 120 s, and no longer than the pipeline runs) until the
+/// end marker, the source's last write, is on the target.
+async fn wait_for_end_marker(
+    dst_info: &ConnInfo,
+    pipeline: &tokio::task::JoinHandle<Result<(), PipelineError>>,
+) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if pipeline.is_finished() || interrupted {
+        if pipeline.is_finished() {
             break;
         }
-        if let Ok(mut dst) = Connection::connect(&dst_info, Mode::Normal).await {
+        if let Ok(mut dst) = Connection::connect(dst_info, Mode::Normal).await {
             let seen = dst
                 .query_one("SELECT count(*) FROM customers WHERE id = -1")
                 .await
@@ -148,12 +185,11 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = stop_tx.send(());
-    pipeline
-        .await
-        .map_err(|e| DemoError::Check(e.to_string()))??;
+}
 
-    let mut dst = Connection::connect(&dst_info, Mode::Normal).await?;
+/// Prints the per-table comparison of source and target; whether the
+/// selected tables are identical and the other one is absent.
+async fn compare(src: &mut Connection, dst: &mut Connection) -> Result<bool, SourceError> {
     eprintln!("\npgbridge demo: per-table check (count and md5 over all rows in key order)\n");
     eprintln!(
         "  {:<12} {:>8} {:>8}  {:<34} {:<34} result",
@@ -161,8 +197,8 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     );
     let mut ok = true;
     for table in ["customers", "orders"] {
-        let (sc, sm) = checksum(&mut src, table).await?;
-        let (tc, tm) = checksum(&mut dst, table).await?;
+        let (sc, sm) = checksum(src, table).await?;
+        let (tc, tm) = checksum(dst, table).await?;
         let same = sc == tc && sm == tm;
         ok &= same;
         eprintln!(
@@ -186,18 +222,5 @@ pub async fn run(shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
             "UNEXPECTED on the target"
         }
     );
-    src.close().await;
-    dst.close().await;
-    if ok {
-        eprintln!("\npgbridge demo: OK, the selected tables are identical on the target");
-        Ok(())
-    } else if interrupted {
-        Err(DemoError::Check(
-            "interrupted before the target caught up".into(),
-        ))
-    } else {
-        Err(DemoError::Check(
-            "the target differs from the source".into(),
-        ))
-    }
+    Ok(ok)
 }

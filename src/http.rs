@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::pipeline::stats::{Phase, Stats, WaitError};
+use crate::pipeline::stats::{Phase, Snapshot, Stats, WaitError};
 
 /// Binds `addr` (so that a taken port fails `run` at once, naming it).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -201,18 +201,35 @@ pub fn metrics(stats: &Stats) -> String {
     let s = stats.snapshot();
     let p = format!("pipeline=\"{}\"", label(&s.pipeline));
     let mut out = String::new();
+    pipeline_metrics(&s, &p, &mut out);
+    sink_metrics(&s, &p, &mut out);
+    if let Some(h) = &s.source {
+        crate::source::health::metrics(h, &p, &mut out);
+    }
+    out
+}
+
+/// One metric: its HELP and TYPE lines, then one line per sample (labels,
+/// value).
+fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+/// The pipeline's own metrics (`p` is its label): the phase, the positions
+/// in the WAL, the counters.
+fn pipeline_metrics(s: &Snapshot, p: &str, out: &mut String) {
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
+        write_metric(out, name, kind, help, samples)
     };
     let up = matches!(s.phase, Phase::Copying | Phase::Streaming);
     metric(
         "pgbridge_up",
         "gauge",
         "1 while the pipeline copies or streams",
-        &[(p.clone(), f64::from(u8::from(up)))],
+        &[(p.to_string(), f64::from(u8::from(up)))],
     );
     let phases: Vec<(String, f64)> = Phase::ALL
         .iter()
@@ -233,39 +250,42 @@ pub fn metrics(stats: &Stats) -> String {
         "pgbridge_standby",
         "gauge",
         "1 while this process waits as a standby for the pipeline lock that another holds",
-        &[(p.clone(), f64::from(u8::from(s.phase == Phase::Standby)))],
+        &[(
+            p.to_string(),
+            f64::from(u8::from(s.phase == Phase::Standby)),
+        )],
     );
     let bytes = |l: crate::Lsn| l.0 as f64;
     metric(
         "pgbridge_confirmed_lsn_bytes",
         "gauge",
         "the position confirmed to the slot, as a byte offset",
-        &[(p.clone(), bytes(s.confirmed))],
+        &[(p.to_string(), bytes(s.confirmed))],
     );
     metric(
         "pgbridge_received_lsn_bytes",
         "gauge",
         "the end of the last message received from the source",
-        &[(p.clone(), bytes(s.received))],
+        &[(p.to_string(), bytes(s.received))],
     );
     metric(
         "pgbridge_source_wal_end_bytes",
         "gauge",
         "the source server's WAL end as of its last message",
-        &[(p.clone(), bytes(s.wal_end))],
+        &[(p.to_string(), bytes(s.wal_end))],
     );
     metric(
         "pgbridge_lag_bytes",
         "gauge",
         "WAL between the server's end and the confirmed position (what the slot holds)",
-        &[(p.clone(), s.lag_bytes as f64)],
+        &[(p.to_string(), s.lag_bytes as f64)],
     );
     if let Some(age) = s.last_source_message_seconds {
         metric(
             "pgbridge_source_silence_seconds",
             "gauge",
             "seconds since the last message from the source",
-            &[(p.clone(), age)],
+            &[(p.to_string(), age)],
         );
     }
     for (name, help, v) in [
@@ -290,8 +310,17 @@ pub fn metrics(stats: &Stats) -> String {
             s.copied_rows,
         ),
     ] {
-        metric(name, "counter", help, &[(p.clone(), v as f64)]);
+        metric(name, "counter", help, &[(p.to_string(), v as f64)]);
     }
+}
+
+/// One sample per sink of each sink metric, labelled with the sink's name
+/// and type besides `p`.
+fn sink_metrics(s: &Snapshot, p: &str, out: &mut String) {
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        write_metric(out, name, kind, help, samples)
+    };
+    let bytes = |l: crate::Lsn| l.0 as f64;
     let per_sink = |f: &dyn Fn(&crate::pipeline::stats::SinkSnapshot) -> Option<f64>| {
         s.sinks
             .iter()
@@ -335,10 +364,6 @@ pub fn metrics(stats: &Stats) -> String {
         "seconds the sink has had changes pending and made no progress (0 while it works)",
         &per_sink(&|k| Some(k.stalled_seconds)),
     );
-    if let Some(h) = &s.source {
-        crate::source::health::metrics(h, &p, &mut out);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pgbridge::config::Config;
 use pgbridge::logging::{self, LogFormat};
@@ -84,36 +84,7 @@ enum Command {
   pgbridge tail --source postgres://replicator@db1:5432/app --publication app_pub
   pgbridge tail --source 'host=db1 dbname=app user=replicator' --publication app_pub \\
       --slot app_tail --temporal epoch-micros --numeric double | jq .")]
-    Tail {
-        /// Source database: a postgres:// URL or a libpq key=value string.
-        #[arg(long)]
-        source: String,
-        /// Publication to stream (repeat for several).
-        #[arg(long = "publication", required = true)]
-        publications: Vec<String>,
-        /// Persistent slot to create when missing and resume from
-        /// (default: a temporary slot).
-        #[arg(long)]
-        slot: Option<String>,
-        /// pgoutput protocol version (1-4; default: the highest the server speaks).
-        #[arg(long)]
-        proto: Option<u32>,
-        /// Ask the server for column values in binary send format.
-        #[arg(long)]
-        binary: bool,
-        /// Memory for streamed in-progress transactions before spilling to disk, in MiB.
-        #[arg(long, default_value_t = 64)]
-        memory_limit_mb: usize,
-        /// Directory for spill files (default: the system temp directory).
-        #[arg(long)]
-        spill_dir: Option<PathBuf>,
-        /// How dates and times are written.
-        #[arg(long, value_enum, default_value_t = Temporal::Iso)]
-        temporal: Temporal,
-        /// How numeric values are written (string keeps every digit).
-        #[arg(long, value_enum, default_value_t = Numeric::String)]
-        numeric: Numeric,
-    },
+    Tail(TailArgs),
     /// Replicate between two throwaway local clusters and verify the result.
     ///
     /// Starts a source and a target PostgreSQL cluster in a temporary
@@ -268,6 +239,63 @@ A minimal config:
     },
 }
 
+/// The options of `pgbridge tail`.
+#[derive(Args)]
+struct TailArgs {
+    /// Source database: a postgres:// URL or a libpq key=value string.
+    #[arg(long)]
+    source: String,
+    /// Publication to stream (repeat for several).
+    #[arg(long = "publication", required = true)]
+    publications: Vec<String>,
+    /// Persistent slot to create when missing and resume from
+    /// (default: a temporary slot).
+    #[arg(long)]
+    slot: Option<String>,
+    /// pgoutput protocol version (1-4; default: the highest the server speaks).
+    #[arg(long)]
+    proto: Option<u32>,
+    /// Ask the server for column values in binary send format.
+    #[arg(long)]
+    binary: bool,
+    /// Memory for streamed in-progress transactions before spilling to disk, in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_limit_mb: usize,
+    /// Directory for spill files (default: the system temp directory).
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
+    /// How dates and times are written.
+    #[arg(long, value_enum, default_value_t = Temporal::Iso)]
+    temporal: Temporal,
+    /// How numeric values are written (string keeps every digit).
+    #[arg(long, value_enum, default_value_t = Numeric::String)]
+    numeric: Numeric,
+}
+
+impl TailArgs {
+    fn options(self) -> TailOptions {
+        let mut opts = TailOptions::new(&self.source, self.publications);
+        opts.slot = self.slot;
+        opts.proto = self.proto;
+        opts.binary = self.binary;
+        opts.memory_limit = self.memory_limit_mb.saturating_mul(1 << 20);
+        if let Some(d) = self.spill_dir {
+            opts.spill_dir = d;
+        }
+        opts.values = JsonOptions {
+            temporal: match self.temporal {
+                Temporal::Iso => TemporalMode::Iso,
+                Temporal::EpochMicros => TemporalMode::EpochMicros,
+            },
+            numeric: match self.numeric {
+                Numeric::String => NumericMode::String,
+                Numeric::Double => NumericMode::Double,
+            },
+        };
+        opts
+    }
+}
+
 fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
@@ -295,6 +323,91 @@ async fn shutdown_signal() {
     }
 }
 
+/// Runs one command; the error is what the last log line says.
+async fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::Tail(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+            tail::run(args.options(), &mut out, shutdown_signal())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Command::Demo => pgbridge::demo::run(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Run { config } => {
+            let config = load(&config)?;
+            pgbridge::pipeline::run::run(config, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            let problems = pgbridge::check::check(&config).await;
+            if problems.is_empty() {
+                println!(
+                    "ok: source, slot, publications and {} sink(s) are ready",
+                    config.sinks.len()
+                );
+                Ok(())
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                Err(format!("{} problem(s) found", problems.len()))
+            }
+        }
+        Command::Status { config } => {
+            let config = load(&config)?;
+            let lines = pgbridge::check::status(&config).await?;
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        Command::Resync { config, sink } => {
+            let config = load(&config)?;
+            let lines = pgbridge::resync::resync(&config, sink.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        Command::SyncSequences { config, sinks } => {
+            let config = load(&config)?;
+            let report = pgbridge::sequences::sync(&config, &sinks).await?;
+            for l in &report.lines {
+                println!("{l}");
+            }
+            match report.problems {
+                0 => Ok(()),
+                n => Err(format!("{n} problem(s) found")),
+            }
+        }
+        Command::Wait {
+            config,
+            lsn,
+            sink,
+            timeout,
+        } => {
+            let config = load(&config)?;
+            let timeout = std::time::Duration::try_from_secs_f64(timeout)
+                .map_err(|_| format!("--timeout {timeout}: give a number of seconds >= 0"))?;
+            let positions = pgbridge::wait::wait(&config, lsn, sink.as_deref(), timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (name, at) in positions {
+                println!("sink {name} holds {at}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.log_level.clone());
@@ -317,117 +430,7 @@ fn main() -> ExitCode {
         }
     };
     let format = cli.log_format;
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Tail {
-                source,
-                publications,
-                slot,
-                proto,
-                binary,
-                memory_limit_mb,
-                spill_dir,
-                temporal,
-                numeric,
-            } => {
-                let mut opts = TailOptions::new(&source, publications);
-                opts.slot = slot;
-                opts.proto = proto;
-                opts.binary = binary;
-                opts.memory_limit = memory_limit_mb.saturating_mul(1 << 20);
-                if let Some(d) = spill_dir {
-                    opts.spill_dir = d;
-                }
-                opts.values = JsonOptions {
-                    temporal: match temporal {
-                        Temporal::Iso => TemporalMode::Iso,
-                        Temporal::EpochMicros => TemporalMode::EpochMicros,
-                    },
-                    numeric: match numeric {
-                        Numeric::String => NumericMode::String,
-                        Numeric::Double => NumericMode::Double,
-                    },
-                };
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-                tail::run(opts, &mut out, shutdown_signal())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Command::Demo => pgbridge::demo::run(shutdown_signal())
-                .await
-                .map_err(|e| e.to_string()),
-            Command::Run { config } => {
-                let config = load(&config)?;
-                pgbridge::pipeline::run::run(config, shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Command::Check { config } => {
-                let config = load(&config)?;
-                let problems = pgbridge::check::check(&config).await;
-                if problems.is_empty() {
-                    println!(
-                        "ok: source, slot, publications and {} sink(s) are ready",
-                        config.sinks.len()
-                    );
-                    Ok(())
-                } else {
-                    for p in &problems {
-                        println!("{p}");
-                    }
-                    Err(format!("{} problem(s) found", problems.len()))
-                }
-            }
-            Command::Status { config } => {
-                let config = load(&config)?;
-                let lines = pgbridge::check::status(&config).await?;
-                for l in lines {
-                    println!("{l}");
-                }
-                Ok(())
-            }
-            Command::Resync { config, sink } => {
-                let config = load(&config)?;
-                let lines = pgbridge::resync::resync(&config, sink.as_deref())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for l in lines {
-                    println!("{l}");
-                }
-                Ok(())
-            }
-            Command::SyncSequences { config, sinks } => {
-                let config = load(&config)?;
-                let report = pgbridge::sequences::sync(&config, &sinks).await?;
-                for l in &report.lines {
-                    println!("{l}");
-                }
-                match report.problems {
-                    0 => Ok(()),
-                    n => Err(format!("{n} problem(s) found")),
-                }
-            }
-            Command::Wait {
-                config,
-                lsn,
-                sink,
-                timeout,
-            } => {
-                let config = load(&config)?;
-                let timeout = std::time::Duration::try_from_secs_f64(timeout)
-                    .map_err(|_| format!("--timeout {timeout}: give a number of seconds >= 0"))?;
-                let positions = pgbridge::wait::wait(&config, lsn, sink.as_deref(), timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for (name, at) in positions {
-                    println!("sink {name} holds {at}");
-                }
-                Ok(())
-            }
-        }
-    });
+    let result = rt.block_on(execute(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

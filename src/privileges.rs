@@ -212,9 +212,29 @@ pub async fn target_problems(
     client: &Client,
     needs: &TargetNeeds<'_>,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    let db = target_database(client, needs, &mut out).await?;
+    state_schema_problems(client, needs, &db, &mut out).await?;
+    written_table_problems(client, needs, &db, &mut out).await?;
+    Ok(out)
+}
+
+/// The target database's name and whether the sink's user may create
+/// schemas in it.
+struct TargetDatabase {
+    name: String,
+    create: bool,
+}
+
+/// Reads the target database, and adds a problem when the server takes no
+/// writes from the sink's user (a hot standby, read-only sessions).
+async fn target_database(
+    client: &Client,
+    needs: &TargetNeeds<'_>,
+    out: &mut Vec<String>,
+) -> Result<TargetDatabase, tokio_postgres::Error> {
     let (sink, user) = (needs.sink, needs.user);
     let role = ident(user);
-    let mut out = Vec::new();
     let row = client
         .query_one(
             "SELECT pg_catalog.pg_is_in_recovery(), \
@@ -240,7 +260,24 @@ pub async fn target_problems(
             ident(&db)
         ));
     }
-    // The schema pgbridge keeps its state in.
+    Ok(TargetDatabase {
+        name: db,
+        create: db_create,
+    })
+}
+
+/// The problems with the schema pgbridge keeps its state in: creating it,
+/// using it, creating pgbridge's missing tables in it, and the privileges on
+/// the tables that exist.
+async fn state_schema_problems(
+    client: &Client,
+    needs: &TargetNeeds<'_>,
+    db: &TargetDatabase,
+    out: &mut Vec<String>,
+) -> Result<(), tokio_postgres::Error> {
+    let (sink, user) = (needs.sink, needs.user);
+    let role = ident(user);
+    let (db, db_create) = (&db.name, db.create);
     let names: Vec<String> = needs.state_tables.iter().map(|s| s.to_string()).collect();
     let rows = client
         .query(
@@ -264,7 +301,7 @@ pub async fn target_problems(
     match schema {
         None if !db_create => out.push(format!(
             "sink {sink}: schema pgbridge (pgbridge's progress on the target) does not exist and user {user} may not create it; run GRANT CREATE ON DATABASE {} TO {role}, or create it as a privileged user: CREATE SCHEMA pgbridge; GRANT USAGE, CREATE ON SCHEMA pgbridge TO {role}",
-            ident(&db)
+            ident(db)
         )),
         None => {}
         Some(s) => {
@@ -298,7 +335,21 @@ pub async fn target_problems(
             }
         }
     }
-    // The tables the sink writes.
+    Ok(())
+}
+
+/// The problems with the tables the sink writes: USAGE on their schemas and
+/// [`TARGET_TABLE_PRIVILEGES`] on those that exist; with `create_tables`,
+/// creating the missing ones (and their schemas).
+async fn written_table_problems(
+    client: &Client,
+    needs: &TargetNeeds<'_>,
+    db: &TargetDatabase,
+    out: &mut Vec<String>,
+) -> Result<(), tokio_postgres::Error> {
+    let (sink, user) = (needs.sink, needs.user);
+    let role = ident(user);
+    let (db, db_create) = (&db.name, db.create);
     let (schemas, tables): (Vec<String>, Vec<String>) = needs.tables.iter().cloned().unzip();
     let rows = client
         .query(
@@ -341,7 +392,7 @@ pub async fn target_problems(
                 told.push(s.clone());
                 out.push(format!(
                     "sink {sink}: schema {s} does not exist on the target and user {user} may not create it (create_tables, for {s}.{t}); run GRANT CREATE ON DATABASE {} TO {role}, or create it as a privileged user: CREATE SCHEMA {}; GRANT USAGE, CREATE ON SCHEMA {} TO {role}",
-                    ident(&db),
+                    ident(db),
                     ident(&s),
                     ident(&s)
                 ));
@@ -354,7 +405,7 @@ pub async fn target_problems(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

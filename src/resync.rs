@@ -49,7 +49,7 @@ use crate::config::{Config, PostgresSinkSection, SinkConfig, SnapshotMode};
 use crate::pipeline::lock::PipelineLock;
 use crate::sink::kafka::KafkaSinkSection;
 use crate::snapshot::{self, TableSpec, Target};
-use crate::source::{Connection, Mode, SourceError};
+use crate::source::{Connection, Mode, SlotInfo, SourceError};
 use crate::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,26 +68,7 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// module documentation says; returns one line per thing done.
 pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, ResyncError> {
     let src = &config.source;
-    if src.snapshot == SnapshotMode::Never {
-        return Err(ResyncError::Refused(format!(
-            "source.snapshot is \"never\" in {}: after a resync the next run must copy the tables again, which this configuration never does; set snapshot = \"initial\", then run the resync",
-            config.path
-        )));
-    }
-    if let Some(name) = only {
-        if !config.sinks.iter().any(|s| s.name() == name) {
-            return Err(ResyncError::Refused(format!(
-                "there is no sink named {name:?} in {}; the sinks are {}",
-                config.path,
-                config
-                    .sinks
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
+    check_request(config, only)?;
     // The pipeline's lock (see `pipeline::lock`): a run of this pipeline
     // holds it from before its first copy until it exits, standbys wait
     // for it. Held here until the reset is done, so that no run starts in
@@ -112,37 +93,7 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
     let lost = slot
         .as_ref()
         .is_some_and(|s| s.wal_status.as_deref() == Some("lost"));
-    if let Some(s) = &slot {
-        if let Some(pid) = s.active_pid {
-            return Err(ResyncError::Refused(format!(
-                "replication slot {:?} is in use by PID {pid}: a pgbridge run (or another consumer) streams from it; stop it, then run the resync again",
-                src.slot
-            )));
-        }
-        // Another plugin's or database's slot of that name is not ours to drop.
-        if let Err(e) = conn.check_slot_usable(&src.slot, s) {
-            if !lost {
-                return Err(e.into());
-            }
-        }
-    }
-    // A run resuming a copy holds a temporary slot `<slot>_copy_<pid>`
-    // (a first copy leaves no such trace: the README says to stop every
-    // run of the pipeline first).
-    let prefix = format!("{}_copy_", src.slot);
-    let copying = conn
-        .query_one(&format!(
-            "SELECT slot_name FROM pg_catalog.pg_replication_slots \
-             WHERE temporary AND left(slot_name::text, {}) = {}",
-            prefix.chars().count(),
-            crate::pg::literal(&prefix)
-        ))
-        .await?;
-    if let Some(name) = copying.get(0, "slot_name") {
-        return Err(ResyncError::Refused(format!(
-            "a pgbridge run of this pipeline is copying (its temporary slot {name} exists); stop it, then run the resync again"
-        )));
-    }
+    check_slot_idle(&mut conn, &src.slot, slot.as_ref(), lost).await?;
     // One sink's reset keeps a usable slot; a lost or missing one is made
     // anew by the next run, which only works when no other sink remains
     // with a position behind it.
@@ -178,34 +129,114 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
         tracing::info!(sink = %sink.name(), done = %line, "resync: sink reset");
         lines.push(format!("sink {}: {line}", sink.name()));
     }
-    match &slot {
-        Some(_) if !partial || lost => {
-            conn.drop_slot(&src.slot, false).await?;
-            lines.push(format!(
-                "dropped replication slot {}{}",
-                src.slot,
-                if lost {
-                    " (it was invalidated: wal_status = lost)"
-                } else {
-                    ""
-                }
-            ));
-        }
-        Some(_) => lines.push(format!(
-            "kept replication slot {}: the stream goes on from it",
-            src.slot
-        )),
-        None => lines.push(format!(
-            "replication slot {} does not exist; the next run creates it",
-            src.slot
-        )),
-    }
+    lines.push(drop_or_keep_slot(&mut conn, &src.slot, slot.is_some(), partial, lost).await?);
     conn.close().await;
     lines.push(format!(
         "now start pgbridge run --config {}: it copies the reset sinks' tables again and streams",
         config.path
     ));
     Ok(lines)
+}
+
+/// Refuses what no resync can do: a configuration that never copies, a
+/// sink name that is not in it.
+fn check_request(config: &Config, only: Option<&str>) -> Result<(), ResyncError> {
+    let src = &config.source;
+    if src.snapshot == SnapshotMode::Never {
+        return Err(ResyncError::Refused(format!(
+            "source.snapshot is \"never\" in {}: after a resync the next run must copy the tables again, which this configuration never does; set snapshot = \"initial\", then run the resync",
+            config.path
+        )));
+    }
+    if let Some(name) = only {
+        if !config.sinks.iter().any(|s| s.name() == name) {
+            return Err(ResyncError::Refused(format!(
+                "there is no sink named {name:?} in {}; the sinks are {}",
+                config.path,
+                config
+                    .sinks
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses while something uses the pipeline's slot `slot_name` (`slot`, its
+/// state; `lost`, invalidated): a consumer streaming from it, or a run
+/// resuming a copy. A slot of another plugin or database is not ours to
+/// drop, unless it is lost anyway.
+async fn check_slot_idle(
+    conn: &mut Connection,
+    slot_name: &str,
+    slot: Option<&SlotInfo>,
+    lost: bool,
+) -> Result<(), ResyncError> {
+    if let Some(s) = slot {
+        if let Some(pid) = s.active_pid {
+            return Err(ResyncError::Refused(format!(
+                "replication slot {:?} is in use by PID {pid}: a pgbridge run (or another consumer) streams from it; stop it, then run the resync again",
+                slot_name
+            )));
+        }
+        // Another plugin's or database's slot of that name is not ours to drop.
+        if let Err(e) = conn.check_slot_usable(slot_name, s) {
+            if !lost {
+                return Err(e.into());
+            }
+        }
+    }
+    // A run resuming a copy holds a temporary slot `<slot>_copy_<pid>`
+    // (a first copy leaves no such trace: the README says to stop every
+    // run of the pipeline first).
+    let prefix = format!("{slot_name}_copy_");
+    let copying = conn
+        .query_one(&format!(
+            "SELECT slot_name FROM pg_catalog.pg_replication_slots \
+             WHERE temporary AND left(slot_name::text, {}) = {}",
+            prefix.chars().count(),
+            crate::pg::literal(&prefix)
+        ))
+        .await?;
+    if let Some(name) = copying.get(0, "slot_name") {
+        return Err(ResyncError::Refused(format!(
+            "a pgbridge run of this pipeline is copying (its temporary slot {name} exists); stop it, then run the resync again"
+        )));
+    }
+    Ok(())
+}
+
+/// Drops the slot when the resync covers every sink or the slot is lost
+/// (`exists`: there is one); the line saying what became of it.
+async fn drop_or_keep_slot(
+    conn: &mut Connection,
+    slot: &str,
+    exists: bool,
+    partial: bool,
+    lost: bool,
+) -> Result<String, ResyncError> {
+    if !exists {
+        return Ok(format!(
+            "replication slot {slot} does not exist; the next run creates it"
+        ));
+    }
+    if partial && !lost {
+        return Ok(format!(
+            "kept replication slot {slot}: the stream goes on from it"
+        ));
+    }
+    conn.drop_slot(slot, false).await?;
+    Ok(format!(
+        "dropped replication slot {slot}{}",
+        if lost {
+            " (it was invalidated: wal_status = lost)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// The tables `tables` (published) that a sink selecting `selected`
@@ -257,96 +288,110 @@ async fn reset_postgres(
     snapshot::ensure_state(&client, &target)
         .await
         .map_err(|e| e.to_string())?;
-    let has = |t: &str| present.iter().any(|x| x == t);
     let selected = selected_names(tables, &p.tables);
-    let run = async {
-        client.batch_execute("BEGIN").await?;
-        let position: Option<String> = if has("progress") {
-            client
-                .query_opt(
-                    "SELECT end_lsn::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2 FOR UPDATE",
-                    &[&pipeline, &p.name],
-                )
-                .await?
-                .map(|r| r.get(0))
-        } else {
-            None
-        };
-        let streamed = position
-            .as_deref()
-            .and_then(|l| l.parse::<Lsn>().ok())
-            .is_some_and(|l| !l.is_zero());
-        // The tables the sink holds: every copy record, and, once the
-        // stream wrote into it, every table it selects.
-        client
-            .execute(
-                "INSERT INTO pgbridge.snapshot_started (pipeline, sink, table_name) \
-                 SELECT pipeline, sink, table_name FROM pgbridge.snapshot_tables \
-                 WHERE pipeline = $1 AND sink = $2 ON CONFLICT DO NOTHING",
-                &[&pipeline, &p.name],
-            )
-            .await?;
-        if streamed {
-            client
-                .execute(
-                    "INSERT INTO pgbridge.snapshot_started (pipeline, sink, table_name) \
-                     SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
-                    &[&pipeline, &p.name, &selected],
-                )
-                .await?;
-        }
-        let copies = client
-            .execute(
-                "DELETE FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2",
-                &[&pipeline, &p.name],
-            )
-            .await?;
-        if has("progress") {
-            client
-                .execute(
-                    "DELETE FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
-                    &[&pipeline, &p.name],
-                )
-                .await?;
-        }
-        if has("apply_progress") {
-            client
-                .execute(
-                    "DELETE FROM pgbridge.apply_progress WHERE pipeline = $1 AND sink = $2",
-                    &[&pipeline, &p.name],
-                )
-                .await?;
-        }
-        client.batch_execute("COMMIT").await?;
-        Ok::<_, tokio_postgres::Error>((position, copies))
-    };
-    match run.await {
+    match forget_state(&client, pipeline, &p.name, &present, &selected).await {
         Ok((position, copies)) => Ok(format!(
             "forgot its position ({}) and the copies of {copies} table(s); the next run empties and copies its tables again",
             position.as_deref().unwrap_or("none")
         )),
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            let detail = match e.as_db_error() {
-                Some(db) => {
-                    let privileges = crate::privileges::STATE_TABLE_PRIVILEGES.join(", ");
-                    match crate::privileges::advice(
-                        db.code().code(),
-                        db.message(),
-                        &p.url.info.user,
-                        &privileges,
-                        None,
-                    ) {
-                        Some(fix) => format!("{}; {fix}", db.message()),
-                        None => db.message().to_string(),
-                    }
-                }
-                None => e.to_string(),
-            };
             Err(format!(
-                "resetting pgbridge's state on the target failed (nothing was changed): {detail}"
+                "resetting pgbridge's state on the target failed (nothing was changed): {}",
+                failure_detail(&e, &p.url.info.user)
             ))
         }
+    }
+}
+
+/// In one transaction (begun here; committed, or left for the caller to roll
+/// back): records every table the sink `sink` holds in
+/// `pgbridge.snapshot_started`, so the next copy empties it, and deletes the
+/// pipeline's position and copy records. `present` are pgbridge's tables on
+/// the target; `selected` are the tables the sink writes.
+/// Returns the position it had and the number of copy records deleted.
+async fn forget_state(
+    client: &tokio_postgres::Client,
+    pipeline: &str,
+    sink: &str,
+    present: &[String],
+    selected: &[String],
+) -> Result<(Option<String>, u64), tokio_postgres::Error> {
+    let has = |t: &str| present.iter().any(|x| x == t);
+    client.batch_execute("BEGIN").await?;
+    let position: Option<String> = if has("progress") {
+        client
+            .query_opt(
+                "SELECT end_lsn::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2 FOR UPDATE",
+                &[&pipeline, &sink],
+            )
+            .await?
+            .map(|r| r.get(0))
+    } else {
+        None
+    };
+    let streamed = position
+        .as_deref()
+        .and_then(|l| l.parse::<Lsn>().ok())
+        .is_some_and(|l| !l.is_zero());
+    // The tables the sink holds: every copy record, and, once the
+    // stream wrote into it, every table it selects.
+    client
+        .execute(
+            "INSERT INTO pgbridge.snapshot_started (pipeline, sink, table_name) \
+             SELECT pipeline, sink, table_name FROM pgbridge.snapshot_tables \
+             WHERE pipeline = $1 AND sink = $2 ON CONFLICT DO NOTHING",
+            &[&pipeline, &sink],
+        )
+        .await?;
+    if streamed {
+        client
+            .execute(
+                "INSERT INTO pgbridge.snapshot_started (pipeline, sink, table_name) \
+                 SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+                &[&pipeline, &sink, &selected],
+            )
+            .await?;
+    }
+    let copies = client
+        .execute(
+            "DELETE FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2",
+            &[&pipeline, &sink],
+        )
+        .await?;
+    if has("progress") {
+        client
+            .execute(
+                "DELETE FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &sink],
+            )
+            .await?;
+    }
+    if has("apply_progress") {
+        client
+            .execute(
+                "DELETE FROM pgbridge.apply_progress WHERE pipeline = $1 AND sink = $2",
+                &[&pipeline, &sink],
+            )
+            .await?;
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok((position, copies))
+}
+
+/// The target's message of a failed reset, with the grant that fixes it when
+/// it is a privilege problem of `user`.
+fn failure_detail(e: &tokio_postgres::Error, user: &str) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let privileges = crate::privileges::STATE_TABLE_PRIVILEGES.join(", ");
+            match crate::privileges::advice(db.code().code(), db.message(), user, &privileges, None)
+            {
+                Some(fix) => format!("{}; {fix}", db.message()),
+                None => db.message().to_string(),
+            }
+        }
+        None => e.to_string(),
     }
 }
 

@@ -110,42 +110,7 @@ pub async fn run<W: Write>(
         });
     }
 
-    let (slot, start) = match &opts.slot {
-        Some(slot) => match conn.slot_info(slot).await? {
-            Some(existing) => {
-                conn.check_slot_usable(slot, &existing)?;
-                if let Some(pid) = existing.active_pid {
-                    return Err(SourceError::SlotInUse {
-                        slot: slot.clone(),
-                        detail: format!("active for PID {pid}"),
-                    }
-                    .into());
-                }
-                (slot.clone(), existing.confirmed_flush)
-            }
-            None => {
-                let created = conn
-                    .create_slot(slot, false, SnapshotAction::NoExport)
-                    .await?;
-                tracing::info!(slot = %slot, lsn = %created.consistent_point, "created replication slot");
-                (slot.clone(), created.consistent_point)
-            }
-        },
-        None => {
-            let name = format!(
-                "pgbridge_tail_{}_{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0)
-            );
-            let created = conn
-                .create_slot(&name, true, SnapshotAction::NoExport)
-                .await?;
-            (name, created.consistent_point)
-        }
-    };
+    let (slot, start) = open_slot(&mut conn, opts.slot.as_deref()).await?;
 
     let mut start_opts = StartOptions::new(&slot, opts.publications.clone(), proto);
     start_opts.start_lsn = start;
@@ -153,24 +118,9 @@ pub async fn run<W: Write>(
     let mut stream = conn.start_replication(start_opts, start).await?;
     tracing::info!(slot = %slot, lsn = %start, proto, "streaming");
 
-    // Nobody else may move a slot we resume from (see LESSONS.md).
+    // A persistent slot resumed from must not have moved meanwhile.
     if opts.slot.is_some() {
-        let mut check = Connection::connect(&info, Mode::Normal).await?;
-        if let Some(now) = check.slot_info(&slot).await? {
-            if now.confirmed_flush > start {
-                return Err(SourceError::SlotMovedAhead {
-                    fix: format!(
-                        "drop it (SELECT pg_drop_replication_slot({})) and start again",
-                        crate::pg::literal(&slot)
-                    ),
-                    slot,
-                    resumed: start,
-                    now: now.confirmed_flush,
-                }
-                .into());
-            }
-        }
-        check.close().await;
+        check_slot_not_moved(&info, &slot, start).await?;
     }
 
     let envelope = EnvelopeOptions {
@@ -266,6 +216,71 @@ impl Flushed {
         stream.confirm(self.tracker.confirmable());
         Ok(())
     }
+}
+
+/// The slot to stream from and the position to start at: `slot` when given
+/// (created when missing; an existing one must be usable and idle), else a
+/// new temporary slot.
+async fn open_slot(conn: &mut Connection, slot: Option<&str>) -> Result<(String, Lsn), TailError> {
+    Ok(match slot {
+        Some(slot) => match conn.slot_info(slot).await? {
+            Some(existing) => {
+                conn.check_slot_usable(slot, &existing)?;
+                if let Some(pid) = existing.active_pid {
+                    return Err(SourceError::SlotInUse {
+                        slot: slot.to_string(),
+                        detail: format!("active for PID {pid}"),
+                    }
+                    .into());
+                }
+                (slot.to_string(), existing.confirmed_flush)
+            }
+            None => {
+                let created = conn
+                    .create_slot(slot, false, SnapshotAction::NoExport)
+                    .await?;
+                tracing::info!(slot = %slot, lsn = %created.consistent_point, "created replication slot");
+                (slot.to_string(), created.consistent_point)
+            }
+        },
+        None => {
+            let name = format!(
+                "pgbridge_tail_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0)
+            );
+            let created = conn
+                .create_slot(&name, true, SnapshotAction::NoExport)
+                .await?;
+            (name, created.consistent_point)
+        }
+    })
+}
+
+/// Nobody else may move a slot we resume from: changes between where we
+/// started and where the slot now is would never be printed. Fails when its
+/// confirmed position is past `start`.
+async fn check_slot_not_moved(info: &ConnInfo, slot: &str, start: Lsn) -> Result<(), TailError> {
+    let mut check = Connection::connect(info, Mode::Normal).await?;
+    if let Some(now) = check.slot_info(slot).await? {
+        if now.confirmed_flush > start {
+            return Err(SourceError::SlotMovedAhead {
+                fix: format!(
+                    "drop it (SELECT pg_drop_replication_slot({})) and start again",
+                    crate::pg::literal(slot)
+                ),
+                slot: slot.to_string(),
+                resumed: start,
+                now: now.confirmed_flush,
+            }
+            .into());
+        }
+    }
+    check.close().await;
+    Ok(())
 }
 
 fn handle<W: Write>(

@@ -324,37 +324,10 @@ impl EventBuilder {
                 let _ = t;
                 return Ok(None);
             }
-            Message::Relation(r) => {
-                let schema = RelationSchema {
-                    rel_id: r.rel_id,
-                    schema: if r.namespace.is_empty() {
-                        "pg_catalog".into()
-                    } else {
-                        r.namespace
-                    },
-                    name: r.name,
-                    replica_identity: r.replica_identity,
-                    columns: r
-                        .columns
-                        .into_iter()
-                        .map(|c| ColumnSchema {
-                            is_key: c.is_key(),
-                            type_info: self
-                                .types
-                                .get(c.type_oid)
-                                .unwrap_or_else(|| TypeInfo::other(c.type_oid, "unknown")),
-                            name: c.name,
-                            type_modifier: c.type_modifier,
-                        })
-                        .collect(),
-                };
-                let schema = Arc::new(schema);
-                if self.relations.get(&r.rel_id) == Some(&schema) {
-                    return Ok(None); // re-sent unchanged
-                }
-                self.relations.insert(r.rel_id, schema.clone());
-                Event::Relation(schema)
-            }
+            Message::Relation(r) => match self.learn_relation(r) {
+                Some(event) => event,
+                None => return Ok(None), // re-sent unchanged
+            },
             Message::Insert(i) => {
                 self.in_txn("Insert", lsn)?;
                 let relation = self.rel(lsn, i.rel_id)?;
@@ -368,42 +341,8 @@ impl EventBuilder {
                     new: Some(new),
                 })
             }
-            Message::Update(u) => {
-                self.in_txn("Update", lsn)?;
-                let relation = self.rel(lsn, u.rel_id)?;
-                let (old, old_key_only) = match &u.old {
-                    None => (None, false),
-                    Some(pgoutput::OldTuple::Key(t)) => (Some(Self::row(&relation, lsn, t)?), true),
-                    Some(pgoutput::OldTuple::Full(t)) => {
-                        (Some(Self::row(&relation, lsn, t)?), false)
-                    }
-                };
-                let new = Self::row(&relation, lsn, &u.new)?;
-                Event::Change(Change {
-                    op: Op::Update,
-                    lsn,
-                    relation,
-                    old,
-                    old_key_only,
-                    new: Some(new),
-                })
-            }
-            Message::Delete(d) => {
-                self.in_txn("Delete", lsn)?;
-                let relation = self.rel(lsn, d.rel_id)?;
-                let (old, key_only) = match &d.old {
-                    pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t)?, true),
-                    pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t)?, false),
-                };
-                Event::Change(Change {
-                    op: Op::Delete,
-                    lsn,
-                    relation,
-                    old: Some(old),
-                    old_key_only: key_only,
-                    new: None,
-                })
-            }
+            Message::Update(u) => self.update(lsn, &u)?,
+            Message::Delete(d) => self.delete(lsn, &d)?,
             Message::Truncate(t) => {
                 self.in_txn("Truncate", lsn)?;
                 let relations = t
@@ -432,6 +371,76 @@ impl EventBuilder {
             }
             // Stream and two-phase framing is consumed by the assembler.
             _ => return Ok(None),
+        }))
+    }
+
+    /// Takes a Relation message into the schema map; the event, unless the
+    /// server re-sent the relation unchanged.
+    fn learn_relation(&mut self, r: pgoutput::Relation) -> Option<Event> {
+        let schema = RelationSchema {
+            rel_id: r.rel_id,
+            schema: if r.namespace.is_empty() {
+                "pg_catalog".into()
+            } else {
+                r.namespace
+            },
+            name: r.name,
+            replica_identity: r.replica_identity,
+            columns: r
+                .columns
+                .into_iter()
+                .map(|c| ColumnSchema {
+                    is_key: c.is_key(),
+                    type_info: self
+                        .types
+                        .get(c.type_oid)
+                        .unwrap_or_else(|| TypeInfo::other(c.type_oid, "unknown")),
+                    name: c.name,
+                    type_modifier: c.type_modifier,
+                })
+                .collect(),
+        };
+        let schema = Arc::new(schema);
+        if self.relations.get(&r.rel_id) == Some(&schema) {
+            return None; // re-sent unchanged
+        }
+        self.relations.insert(r.rel_id, schema.clone());
+        Some(Event::Relation(schema))
+    }
+
+    fn update(&self, lsn: Lsn, u: &pgoutput::Update) -> Result<Event, BuildError> {
+        self.in_txn("Update", lsn)?;
+        let relation = self.rel(lsn, u.rel_id)?;
+        let (old, old_key_only) = match &u.old {
+            None => (None, false),
+            Some(pgoutput::OldTuple::Key(t)) => (Some(Self::row(&relation, lsn, t)?), true),
+            Some(pgoutput::OldTuple::Full(t)) => (Some(Self::row(&relation, lsn, t)?), false),
+        };
+        let new = Self::row(&relation, lsn, &u.new)?;
+        Ok(Event::Change(Change {
+            op: Op::Update,
+            lsn,
+            relation,
+            old,
+            old_key_only,
+            new: Some(new),
+        }))
+    }
+
+    fn delete(&self, lsn: Lsn, d: &pgoutput::Delete) -> Result<Event, BuildError> {
+        self.in_txn("Delete", lsn)?;
+        let relation = self.rel(lsn, d.rel_id)?;
+        let (old, key_only) = match &d.old {
+            pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t)?, true),
+            pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t)?, false),
+        };
+        Ok(Event::Change(Change {
+            op: Op::Delete,
+            lsn,
+            relation,
+            old: Some(old),
+            old_key_only: key_only,
+            new: None,
         }))
     }
 }

@@ -1,6 +1,6 @@
 //! `numeric`: the binary send format to the exact decimal text `numeric_out`
-//! prints, and validation of that text. Never through floating point
-//! (LESSONS.md: "numeric stays exact").
+//! prints, and validation of that text. Never through floating point: a
+//! numeric stays exact, every digit of it, whatever its precision.
 //!
 //! Binary layout (`numeric_send`): ndigits i16, weight i16, sign u16,
 //! dscale u16, then `ndigits` base-10000 digits (u16, most significant

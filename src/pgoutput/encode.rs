@@ -44,20 +44,7 @@ pub fn encode_message(msg: &Message, out: &mut BytesMut) {
             out.put_u64(m.commit_lsn.0);
             put_cstr(out, &m.name);
         }
-        Message::Relation(m) => {
-            put_xid(out, m.xid);
-            out.put_u32(m.rel_id);
-            put_cstr(out, &m.namespace);
-            put_cstr(out, &m.name);
-            out.put_u8(m.replica_identity.to_byte());
-            out.put_i16(count_i16(m.columns.len(), "relation columns"));
-            for c in &m.columns {
-                out.put_u8(c.flags);
-                put_cstr(out, &c.name);
-                out.put_u32(c.type_oid);
-                out.put_i32(c.type_modifier);
-            }
-        }
+        Message::Relation(m) => put_relation(out, m),
         Message::Type(m) => {
             put_xid(out, m.xid);
             out.put_u32(m.oid);
@@ -120,39 +107,66 @@ pub fn encode_message(msg: &Message, out: &mut BytesMut) {
                 out.put_i64(m.abort_ts.unwrap_or(0));
             }
         }
-        Message::BeginPrepare(m) => {
-            out.put_u64(m.prepare_lsn.0);
-            out.put_u64(m.end_lsn.0);
-            out.put_i64(m.prepare_ts);
-            out.put_u32(m.xid);
-            put_cstr(out, &m.gid);
-        }
-        Message::Prepare(m) | Message::StreamPrepare(m) => {
-            out.put_u8(m.flags);
-            out.put_u64(m.prepare_lsn.0);
-            out.put_u64(m.end_lsn.0);
-            out.put_i64(m.prepare_ts);
-            out.put_u32(m.xid);
-            put_cstr(out, &m.gid);
-        }
-        Message::CommitPrepared(m) => {
-            out.put_u8(m.flags);
-            out.put_u64(m.commit_lsn.0);
-            out.put_u64(m.end_lsn.0);
-            out.put_i64(m.commit_ts);
-            out.put_u32(m.xid);
-            put_cstr(out, &m.gid);
-        }
-        Message::RollbackPrepared(m) => {
-            out.put_u8(m.flags);
-            out.put_u64(m.prepare_end_lsn.0);
-            out.put_u64(m.rollback_end_lsn.0);
-            out.put_i64(m.prepare_ts);
-            out.put_i64(m.rollback_ts);
-            out.put_u32(m.xid);
-            put_cstr(out, &m.gid);
-        }
+        Message::BeginPrepare(m) => put_begin_prepare(out, m),
+        Message::Prepare(m) | Message::StreamPrepare(m) => put_prepare(out, m),
+        Message::CommitPrepared(m) => put_commit_prepared(out, m),
+        Message::RollbackPrepared(m) => put_rollback_prepared(out, m),
     }
+}
+
+/// A Relation message's body: the table and its columns.
+fn put_relation(out: &mut BytesMut, m: &Relation) {
+    put_xid(out, m.xid);
+    out.put_u32(m.rel_id);
+    put_cstr(out, &m.namespace);
+    put_cstr(out, &m.name);
+    out.put_u8(m.replica_identity.to_byte());
+    out.put_i16(count_i16(m.columns.len(), "relation columns"));
+    for c in &m.columns {
+        out.put_u8(c.flags);
+        put_cstr(out, &c.name);
+        out.put_u32(c.type_oid);
+        out.put_i32(c.type_modifier);
+    }
+}
+
+/// Begin Prepare's body; this and the next three are the two-phase messages
+/// (protocol 3 and later).
+fn put_begin_prepare(out: &mut BytesMut, m: &BeginPrepare) {
+    out.put_u64(m.prepare_lsn.0);
+    out.put_u64(m.end_lsn.0);
+    out.put_i64(m.prepare_ts);
+    out.put_u32(m.xid);
+    put_cstr(out, &m.gid);
+}
+
+/// The body of Prepare and Stream Prepare, which share their layout.
+fn put_prepare(out: &mut BytesMut, m: &PrepareMsg) {
+    out.put_u8(m.flags);
+    out.put_u64(m.prepare_lsn.0);
+    out.put_u64(m.end_lsn.0);
+    out.put_i64(m.prepare_ts);
+    out.put_u32(m.xid);
+    put_cstr(out, &m.gid);
+}
+
+fn put_commit_prepared(out: &mut BytesMut, m: &CommitPrepared) {
+    out.put_u8(m.flags);
+    out.put_u64(m.commit_lsn.0);
+    out.put_u64(m.end_lsn.0);
+    out.put_i64(m.commit_ts);
+    out.put_u32(m.xid);
+    put_cstr(out, &m.gid);
+}
+
+fn put_rollback_prepared(out: &mut BytesMut, m: &RollbackPrepared) {
+    out.put_u8(m.flags);
+    out.put_u64(m.prepare_end_lsn.0);
+    out.put_u64(m.rollback_end_lsn.0);
+    out.put_i64(m.prepare_ts);
+    out.put_i64(m.rollback_ts);
+    out.put_u32(m.xid);
+    put_cstr(out, &m.gid);
 }
 
 fn put_xid(out: &mut BytesMut, xid: Option<Xid>) {

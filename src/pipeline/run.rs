@@ -775,7 +775,7 @@ async fn attempt_inner(
         })?;
     let start = slot_info.confirmed_flush;
     // Someone else moved the slot past what a sink has? Then changes are
-    // gone for that sink (LESSONS.md). Sinks at 0/0 keep no position.
+    // gone for that sink: stop, never stream past the gap. Sinks at 0/0 keep no position.
     if let Some(min) = durable.iter().copied().filter(|l| !l.is_zero()).min() {
         if start > min {
             return Err(SourceError::SlotMovedAhead {

@@ -11,7 +11,9 @@
 //! replication started from, never moving backwards. The consumer decides what
 //! is safe to confirm: a transaction's end LSN once every destination has it,
 //! or a keepalive's `wal_end` when nothing received is still in flight (that
-//! is what keeps idle slots from pinning WAL, see LESSONS.md). A position
+//! is what keeps idle slots from pinning WAL: while the published tables are
+//! quiet, no transaction end comes, yet the server's WAL grows with every
+//! other write, and only keepalives let the slot follow it). A position
 //! that moves is sent at once (a source that lists pgbridge in
 //! `synchronous_standby_names` holds its commits until then); without news
 //! an update still goes out every `status_interval`.
@@ -634,6 +636,35 @@ fn incoming(conn: &Connection, m: Message) -> Result<Option<(ReplEvent, bool)>, 
     }
 }
 
+/// The events of `first` and of every complete message already buffered
+/// after it (up to [`MAX_BATCH`]): one hand-over to the consumer per network
+/// read, not per message (thread wake-ups dominated otherwise). Also whether
+/// the server asked for a reply, and the error that ended the batch, if one
+/// did; the events before it are still good.
+fn take_buffered(
+    conn: &mut Connection,
+    first: Result<Message, SourceError>,
+) -> (Vec<ReplEvent>, bool, Option<SourceError>) {
+    let mut batch = Vec::new();
+    let mut reply = false;
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        match m.and_then(|m| incoming(conn, m)) {
+            Ok(Some((ev, r))) => {
+                reply |= r;
+                batch.push(ev);
+            }
+            Ok(None) => {}
+            Err(e) => return (batch, reply, Some(e)),
+        }
+        if batch.len() >= MAX_BATCH {
+            break;
+        }
+        next = conn.try_parse().transpose();
+    }
+    (batch, reply, None)
+}
+
 async fn run(
     mut conn: Connection,
     opts: StartOptions,
@@ -696,30 +727,7 @@ async fn run(
                 }
             }
             m = conn.read_message(), if permit.is_some() => {
-                // Take every complete message already buffered along with
-                // this one: one hand-over to the consumer per network read,
-                // not per message (thread wake-ups dominated otherwise).
-                let mut batch = Vec::new();
-                let mut reply = false;
-                let mut failed = None;
-                let mut next = Some(m);
-                while let Some(m) = next.take() {
-                    match m.and_then(|m| incoming(&conn, m)) {
-                        Ok(Some((ev, r))) => {
-                            reply |= r;
-                            batch.push(ev);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    if batch.len() >= MAX_BATCH {
-                        break;
-                    }
-                    next = conn.try_parse().transpose();
-                }
+                let (batch, reply, failed) = take_buffered(&mut conn, m);
                 if !batch.is_empty() {
                     if let Some(p) = permit.take() {
                         p.send(Ok(batch));

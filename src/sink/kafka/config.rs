@@ -1,7 +1,7 @@
 //! The `[[sink]] type = "kafka"` section of the configuration, and the
 //! librdkafka settings derived from it.
 //!
-//! Every key is documented in docs/kafka.md. Loading rejects what would
+//! Its keys are the fields of `KafkaSinkSection` below. Loading rejects what would
 //! break the delivery guarantee (`acks` other than `all`, idempotence
 //! turned off, delivery reports for errors only) instead of running with it.
 

@@ -36,7 +36,7 @@
 //!
 //! Events: key = the replica identity columns (or `key_columns`) as a JSON
 //! object or Avro record; value = the envelope of [`crate::encode::json`] /
-//! [`crate::encode::avro`]. See docs/kafka.md for every setting.
+//! [`crate::encode::avro`]. The settings are the fields of `KafkaSinkSection`.
 
 mod catalog;
 pub mod check;
