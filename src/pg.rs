@@ -27,19 +27,12 @@ pub const TRANSACTION_TIMEOUT_OFF: &str =
     "SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
      WHERE current_setting('server_version_num')::int >= 170000";
 
-/// Connection-level, server-shutdown, resource and serialization errors
-/// are transient; everything else needs an operator.
+/// Whether a client error is worth a retry: a server error by its SQLSTATE
+/// ([`crate::sqlstate::is_transient`]), anything else (I/O, a closed
+/// connection, a timeout) always.
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
-        Some(db) => {
-            let c = db.code().code();
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c == "40001"
-                || c == "40P01"
-        }
-        // No server error: I/O, closed connection, timeout.
+        Some(db) => crate::sqlstate::is_transient(db.code().code()),
         None => true,
     }
 }

@@ -1,6 +1,6 @@
 //! The sink's errors, split the way the pipeline acts on them: transient
-//! ones (lost connection, server shutting down, out of resources,
-//! serialization failure, deadlock) are retried after reconnecting; every
+//! ones (lost connection, and the SQLSTATEs of
+//! [`crate::sqlstate::is_transient`]) are retried after reconnecting; every
 //! other server error is definite — the same change would fail again — and
 //! its message names the table, the column where known, the source LSN of
 //! the change and what to do.
@@ -99,17 +99,6 @@ impl<'a> Context<'a> {
     }
 }
 
-/// True for SQLSTATEs worth a retry: connection exceptions (08), operator
-/// intervention such as a shutdown (57P), insufficient resources (53),
-/// serialization failure (40001) and deadlock (40P01).
-pub fn is_transient_code(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("57P")
-        || code.starts_with("53")
-        || code == "40001"
-        || code == "40P01"
-}
-
 /// The column a server error is about: its column field, else the
 /// `column x` part of a COPY context line.
 pub fn error_column(db: &DbError) -> Option<String> {
@@ -199,7 +188,7 @@ pub fn classify_db(db: &DbError, ctx: &Context<'_>) -> ApplyError {
     if let Some(w) = db.where_() {
         let _ = write!(msg, "; context: {}", truncate(w, 300));
     }
-    if is_transient_code(code) {
+    if crate::sqlstate::is_transient(code) {
         return ApplyError::Transient(msg);
     }
     let privileges = crate::privileges::TARGET_TABLE_PRIVILEGES.join(", ");
