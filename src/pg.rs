@@ -2,21 +2,25 @@
 //! the snapshot copy and the Postgres sink: built from our [`ConnInfo`] so
 //! that every URL pgbridge accepts works the same everywhere.
 
+use crate::sink::postgres::ApplyError;
 use crate::source::ConnInfo;
 
 /// Why a client connection could not be made (the message names the
 /// server and the fix).
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ClientError {
-    pub message: String,
-    transient: bool,
-}
+#[error(transparent)]
+pub struct ClientError(#[from] ApplyError);
 
 impl ClientError {
-    /// Worth retrying later (the server may be down or starting).
+    /// Worth retrying later (the server may be down or starting; see
+    /// [`crate::sqlstate::is_transient`]).
     pub fn is_transient(&self) -> bool {
-        self.transient
+        self.0.is_transient()
+    }
+
+    /// The SQLSTATE of the server error behind it.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        self.0.sqlstate()
     }
 }
 
@@ -42,7 +46,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// idle-in-transaction timeout), and drives the connection in a background
 /// task.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, ClientError> {
-    client_error(crate::sink::postgres::conn::connect(info).await)
+    Ok(crate::sink::postgres::conn::connect(info).await?)
 }
 
 /// As [`connect`], for a session that writes replicated rows into a
@@ -51,23 +55,7 @@ pub async fn connect_target(
     info: &ConnInfo,
     role: crate::sink::postgres::ReplicationRole,
 ) -> Result<tokio_postgres::Client, ClientError> {
-    client_error(crate::sink::postgres::conn::connect_target(info, role).await)
-}
-
-fn client_error<T>(
-    r: Result<T, crate::sink::postgres::error::ApplyError>,
-) -> Result<T, ClientError> {
-    use crate::sink::postgres::error::ApplyError;
-    r.map_err(|e| match e {
-        ApplyError::Transient(message) => ClientError {
-            message,
-            transient: true,
-        },
-        ApplyError::Definite(message) => ClientError {
-            message,
-            transient: false,
-        },
-    })
+    Ok(crate::sink::postgres::conn::connect_target(info, role).await?)
 }
 
 /// `"name"` quoted as an SQL identifier.

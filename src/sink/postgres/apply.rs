@@ -171,7 +171,7 @@ impl Target {
             self.client
                 .batch_execute(&sql)
                 .await
-                .map_err(|e| classify(&e, &Context::new("opening a target transaction")))?;
+                .map_err(|e| classify(e, &Context::new("opening a target transaction")))?;
             self.in_txn = true;
         }
         Ok(())
@@ -195,7 +195,7 @@ impl Target {
             .client
             .prepare(sql)
             .await
-            .map_err(|e| classify(&e, ctx))?;
+            .map_err(|e| classify(e, ctx))?;
         self.statements.insert(sql.to_string(), stmt.clone());
         Ok(stmt)
     }
@@ -268,10 +268,14 @@ impl Target {
 
     async fn insert(&mut self, table: Arc<TableState>, ch: &Change) -> Result<(), ApplyError> {
         let new = ch.new.as_ref().ok_or_else(|| {
-            ApplyError::Definite(format!(
-                "insert into {} at {} carries no row (protocol violation)",
-                table.display, ch.lsn
-            ))
+            change_error(
+                &table,
+                ch.lsn,
+                format!(
+                    "insert into {} at {} carries no row (protocol violation)",
+                    table.display, ch.lsn
+                ),
+            )
         })?;
         let same = matches!(&self.pending, Pending::Copy(c) if Arc::ptr_eq(&c.table, &table));
         if !same {
@@ -342,7 +346,7 @@ impl Target {
             .join(", ");
         self.client.batch_execute(&sql).await.map_err(|e| {
             classify(
-                &e,
+                e,
                 &Context::new("applying a truncate").table(&names).lsn(lsn),
             )
         })?;
@@ -415,7 +419,7 @@ impl Target {
             self.client
                 .batch_execute("COMMIT")
                 .await
-                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))
+                .map_err(|e| classify(e, &Context::new("committing the target transaction")))
         };
         let (written, committed) = tokio::join!(
             progress::write(&self.client, &upsert, pipeline, sink, end_lsn, commit_ts),
@@ -438,7 +442,7 @@ impl Target {
             self.client
                 .batch_execute("COMMIT")
                 .await
-                .map_err(|e| classify(&e, &Context::new("committing the target transaction")))?;
+                .map_err(|e| classify(e, &Context::new("committing the target transaction")))?;
             self.in_txn = false;
         }
         self.rows = 0;
@@ -530,30 +534,38 @@ fn copy_error(chunk: &CopyChunk, e: tokio_postgres::Error) -> ApplyError {
     if let Some(at) = at {
         ctx = ctx.lsn(at);
     }
-    classify(&e, &ctx)
+    classify(e, &ctx)
+}
+
+/// A definite error about the source change at `lsn` to `table`.
+fn change_error(table: &TableState, lsn: Lsn, message: String) -> ApplyError {
+    ApplyError::definite(message)
+        .with_table(&table.display)
+        .with_lsn(lsn)
 }
 
 fn row_error(table: &TableState, lsn: Lsn, what: &str, e: RowFormatError) -> ApplyError {
-    let col = |i: usize| {
-        table
-            .source
-            .columns
-            .get(i)
-            .map(|c| c.name.as_str())
-            .unwrap_or("?")
+    let (i, problem) = match e {
+        RowFormatError::Binary(i) => (
+            i,
+            "came in binary form, but the Postgres sink needs text mode; turn off the binary option of the pipeline's source",
+        ),
+        RowFormatError::UnchangedToast(i) => (
+            i,
+            "is marked unchanged-TOAST, which an insert cannot be (protocol violation)",
+        ),
     };
-    match e {
-        RowFormatError::Binary(i) => ApplyError::Definite(format!(
-            "{what} on {} at {lsn}: column {} came in binary form, but the Postgres sink needs text mode; turn off the binary option of the pipeline's source",
-            table.display,
-            col(i)
-        )),
-        RowFormatError::UnchangedToast(i) => ApplyError::Definite(format!(
-            "{what} on {} at {lsn}: column {} is marked unchanged-TOAST, which an insert cannot be (protocol violation)",
-            table.display,
-            col(i)
-        )),
-    }
+    let col = table
+        .source
+        .columns
+        .get(i)
+        .map(|c| c.name.as_str())
+        .unwrap_or("?");
+    let message = format!(
+        "{what} on {} at {lsn}: column {col} {problem}",
+        table.display
+    );
+    change_error(table, lsn, message).with_column(col)
 }
 
 fn row_bytes(row: &Row) -> usize {

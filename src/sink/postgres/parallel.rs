@@ -63,6 +63,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 
 use super::apply::Target;
 use super::config::PostgresSinkConfig;
@@ -72,6 +73,7 @@ use super::progress;
 use crate::model::{Change, Event, Op, RelationSchema};
 use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
 use crate::pipeline::ack::{Acker, CommitToken};
+use crate::sink::ErrorKind;
 use crate::sink::{SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
@@ -163,18 +165,18 @@ fn key_change(ch: &Change) -> bool {
     ch.op == Op::Update && ch.old.is_some() && ch.relation.replica_identity != ReplicaIdentity::Full
 }
 
-/// The SQLSTATEs that rows of different workers can cause each other.
+/// An error that rows of different workers can cause each other: unique
+/// (23505) and foreign-key (23503) violations, deadlock (40P01),
+/// serialization failure (40001), lock timeout (55P03).
 fn is_collision(e: &ApplyError) -> bool {
-    let (ApplyError::Definite(m) | ApplyError::Transient(m)) = e;
-    [
-        "(SQLSTATE 23505)",
-        "(SQLSTATE 23503)",
-        "(SQLSTATE 40P01)",
-        "(SQLSTATE 40001)",
-        "(SQLSTATE 55P03)",
-    ]
-    .iter()
-    .any(|c| m.contains(c))
+    let collisions = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::LOCK_NOT_AVAILABLE,
+    ];
+    e.sqlstate().is_some_and(|c| collisions.contains(c))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -335,10 +337,11 @@ impl<'a> Dispatcher<'a> {
                 extend_serial(&self.config.pipeline, &self.config.name, self.max_seen);
                 tracing::warn!(sink = %self.config.name, serial_until = %self.max_seen, error = %e,
                     "workers collided on the target; applying up to there again on one connection");
-                Err(ApplyError::Transient(format!(
+                let message = format!(
                     "parallel apply collided on the target ({e}); the transactions up to {} are applied again serially",
                     self.max_seen
-                )))
+                );
+                Err(ApplyError::wrapping(ErrorKind::Transient, message, e))
             }
             r => r,
         };
@@ -410,7 +413,7 @@ impl<'a> Dispatcher<'a> {
 
     fn report(&mut self, report: Option<Report>, acker: &Acker) -> Result<(), ApplyError> {
         match report {
-            None => Err(ApplyError::Transient(
+            None => Err(ApplyError::transient(
                 "every apply worker stopped".to_string(),
             )),
             Some(Report::Failed { error, parallel }) => {
@@ -454,10 +457,10 @@ impl<'a> Dispatcher<'a> {
         let tx = self
             .jobs
             .get(w)
-            .ok_or_else(|| ApplyError::Transient("apply worker missing".into()))?;
+            .ok_or_else(|| ApplyError::transient("apply worker missing"))?;
         tx.send(job)
             .await
-            .map_err(|_| ApplyError::Transient(format!("apply worker {w} stopped")))
+            .map_err(|_| ApplyError::transient(format!("apply worker {w} stopped")))
     }
 
     async fn push(&mut self, w: usize, ev: Arc<Event>) -> Result<(), ApplyError> {
@@ -674,7 +677,7 @@ impl<'a> Dispatcher<'a> {
             }
             TxnState::Streaming if barrier => {
                 extend_serial(&self.config.pipeline, &self.config.name, self.commit_lsn);
-                Err(ApplyError::Transient(format!(
+                Err(ApplyError::transient(format!(
                     "the large source transaction committing at {} holds a truncate, schema change or key change after its parallel apply had begun; it is applied again serially",
                     self.commit_lsn
                 )))
@@ -723,7 +726,7 @@ impl<'a> Dispatcher<'a> {
         .await?;
         tracing::info!(sink = %self.config.name, from = self.n, to = self.config.apply_workers, position = %at,
             "apply workers changed; restarting with the new count");
-        Err(ApplyError::Transient(format!(
+        Err(ApplyError::transient(format!(
             "apply_workers changed from {} to {}: recovered up to {at}, restarting",
             self.n, self.config.apply_workers
         )))

@@ -84,7 +84,7 @@ async fn read_target(
             &[&qualified(rel)],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -93,12 +93,12 @@ async fn read_target(
         columns: Vec::new(),
     };
     for row in &rows {
-        let kind: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+        let kind: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
         table.partitioned = kind == "p";
-        let name: Option<String> = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
-        let in_pk: bool = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
-        let is_always: bool = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
-        let ty: Option<String> = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        let name: Option<String> = row.try_get(1).map_err(|e| classify(e, &ctx))?;
+        let in_pk: bool = row.try_get(2).map_err(|e| classify(e, &ctx))?;
+        let is_always: bool = row.try_get(3).map_err(|e| classify(e, &ctx))?;
+        let ty: Option<String> = row.try_get(4).map_err(|e| classify(e, &ctx))?;
         if let (Some(name), Some(ty)) = (name, ty) {
             table.columns.push((name, in_pk, is_always, ty));
         }
@@ -124,7 +124,7 @@ pub async fn ensure_table(
     let mut target = read_target(client, rel).await?;
     if target.is_none() {
         if !create {
-            return Err(ApplyError::Definite(format!(
+            return Err(ApplyError::definite(format!(
                 "target table {table_name} does not exist (needed for {why}); create it on the target, or set create_tables = true"
             )));
         }
@@ -132,7 +132,7 @@ pub async fn ensure_table(
         target = read_target(client, rel).await?;
     }
     let Some(mut target) = target else {
-        return Err(ApplyError::Definite(format!(
+        return Err(ApplyError::definite(format!(
             "target table {table_name} was created but cannot be found in the target's catalog (needed for {why}); check the search_path and permissions of the sink's user"
         )));
     };
@@ -154,7 +154,7 @@ pub async fn ensure_table(
                 .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
                 .await
                 .and_then(|r| r.try_get(0))
-                .map_err(|e| classify(&e, &ctx))?;
+                .map_err(|e| classify(e, &ctx))?;
             match source {
                 Some(src) if has_rows => defaults(src, rel, &missing).await,
                 _ => Ok(vec![Fill::Null; missing.len()]),
@@ -212,7 +212,7 @@ pub async fn ensure_table(
                     "; whether the source's existing rows got a default in the new columns is unknown ({e}): give the target's column the value they hold"
                 ));
             }
-            return Err(ApplyError::Definite(msg));
+            return Err(ApplyError::definite(msg));
         }
         let fills = fills?;
         if let Some((&i, Fill::PerRow(note))) = missing
@@ -226,7 +226,7 @@ pub async fn ensure_table(
                 .ok()
                 .and_then(|t| t.into_iter().next())
                 .unwrap_or_else(|| col.type_info.name().to_string());
-            return Err(ApplyError::Definite(format!(
+            return Err(ApplyError::definite(format!(
                 "column {} was added to the source table {table_name} and its existing rows got their own values ({note}), which the sink cannot reproduce (needed for {why}); add the column on the target yourself (ALTER TABLE {qname} ADD COLUMN {} {t}), fill it with the source's values (e.g. copy them from the source), then restart",
                 col.name,
                 quote_ident(&col.name),
@@ -263,9 +263,9 @@ pub async fn ensure_table(
         client
             .batch_execute(&sql)
             .await
-            .map_err(|e| classify(&e, &Context::new("adding columns").table(&table_name)))?;
+            .map_err(|e| classify(e, &Context::new("adding columns").table(&table_name)))?;
         target = read_target(client, rel).await?.ok_or_else(|| {
-            ApplyError::Definite(format!(
+            ApplyError::definite(format!(
                 "target table {table_name} disappeared while columns were added (needed for {why})"
             ))
         })?;
@@ -348,7 +348,7 @@ async fn without_equality(
         client
             .batch_execute("SAVEPOINT pgbridge_equality")
             .await
-            .map_err(|e| classify(&e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?;
         match client
             .prepare(&format!("SELECT NULL::{t} GROUP BY 1"))
             .await
@@ -356,17 +356,17 @@ async fn without_equality(
             Ok(_) => client
                 .batch_execute("RELEASE SAVEPOINT pgbridge_equality")
                 .await
-                .map_err(|e| classify(&e, &ctx))?,
+                .map_err(|e| classify(e, &ctx))?,
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
                 client
                     .batch_execute(
                         "ROLLBACK TO SAVEPOINT pgbridge_equality; RELEASE SAVEPOINT pgbridge_equality",
                     )
                     .await
-                    .map_err(|e| classify(&e, &ctx))?;
+                    .map_err(|e| classify(e, &ctx))?;
                 lacking.push(t.clone());
             }
-            Err(e) => return Err(classify(&e, &ctx)),
+            Err(e) => return Err(classify(e, &ctx)),
         }
     }
     Ok(lacking)
@@ -405,7 +405,7 @@ async fn defaults(
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     // Missing values exist since PostgreSQL 11; before, every ADD COLUMN
     // with a default rewrote the table.
     let missing = if version >= 110000 {
@@ -427,14 +427,14 @@ async fn defaults(
             &[&rel.rel_id, &names],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut out = vec![Fill::Null; cols.len()];
     for row in &rows {
-        let name: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-        let has_missing: bool = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
-        let value: Option<String> = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
-        let default: Option<String> = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
-        let identity: String = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        let name: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
+        let has_missing: bool = row.try_get(1).map_err(|e| classify(e, &ctx))?;
+        let value: Option<String> = row.try_get(2).map_err(|e| classify(e, &ctx))?;
+        let default: Option<String> = row.try_get(3).map_err(|e| classify(e, &ctx))?;
+        let identity: String = row.try_get(4).map_err(|e| classify(e, &ctx))?;
         let Some(k) = names.iter().position(|n| *n == name) else {
             continue;
         };
@@ -499,7 +499,7 @@ async fn create_table(
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut sql = String::new();
     if !schema_exists {
         sql.push_str(&format!(
@@ -516,7 +516,7 @@ async fn create_table(
     client
         .batch_execute(&sql)
         .await
-        .map_err(|e| classify(&e, &ctx))
+        .map_err(|e| classify(e, &ctx))
 }
 
 /// The target's spelling of the types of `cols` (see the module
@@ -543,7 +543,7 @@ async fn resolve_types(
             ));
         } else {
             if c.type_info.name() == "unknown" {
-                return Err(ApplyError::Definite(format!(
+                return Err(ApplyError::definite(format!(
                     "column {} of {table_name} has type OID {oid}, which was not resolved on the source, so its target type is unknown (needed for {why}); create the target table by hand",
                     c.name
                 )));
@@ -562,15 +562,15 @@ async fn resolve_types(
     let row = client
         .query_one(&sql, &params)
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut out = Vec::with_capacity(cols.len());
     for (k, &i) in cols.iter().enumerate() {
         let c = &rel.columns[i];
-        let t: Option<String> = row.try_get(k).map_err(|e| classify(&e, &ctx))?;
+        let t: Option<String> = row.try_get(k).map_err(|e| classify(e, &ctx))?;
         match t {
             Some(t) if t != "???" && !t.starts_with("???") => out.push(t),
             _ => {
-                return Err(ApplyError::Definite(format!(
+                return Err(ApplyError::definite(format!(
                     "type {} of column {} in {table_name} does not exist on the target (needed for {why}); create it there first (CREATE TYPE, CREATE DOMAIN or CREATE EXTENSION), pgbridge creates tables but not types",
                     c.type_info.name(),
                     c.name

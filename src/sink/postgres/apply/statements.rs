@@ -10,7 +10,9 @@ use std::task::Poll;
 
 use tokio_postgres::Statement;
 
-use super::{row_bytes, row_error, Pending, Target, PIPELINE_MAX_BYTES, PIPELINE_MAX_STMTS};
+use super::{
+    change_error, row_bytes, row_error, Pending, Target, PIPELINE_MAX_BYTES, PIPELINE_MAX_STMTS,
+};
 use crate::model::change::Row;
 use crate::model::{Change, Op};
 use crate::pgoutput::{ReplicaIdentity, TupleValue};
@@ -61,10 +63,14 @@ impl Target {
         ch: &Change,
     ) -> Result<(), ApplyError> {
         let new = ch.new.as_ref().ok_or_else(|| {
-            ApplyError::Definite(format!(
-                "update of {} at {} carries no new row (protocol violation)",
-                table.display, ch.lsn
-            ))
+            change_error(
+                &table,
+                ch.lsn,
+                format!(
+                    "update of {} at {} carries no new row (protocol violation)",
+                    table.display, ch.lsn
+                ),
+            )
         })?;
         check_text(&table, ch.lsn, "update", new)?;
         if let Some(old) = &ch.old {
@@ -160,10 +166,14 @@ impl Target {
         ch: &Change,
     ) -> Result<(), ApplyError> {
         let old = ch.old.as_ref().ok_or_else(|| {
-            ApplyError::Definite(format!(
-                "delete from {} at {} carries no old row (protocol violation)",
-                table.display, ch.lsn
-            ))
+            change_error(
+                &table,
+                ch.lsn,
+                format!(
+                    "delete from {} at {} carries no old row (protocol violation)",
+                    table.display, ch.lsn
+                ),
+            )
         })?;
         check_text(&table, ch.lsn, "delete", old)?;
         let (m, key_row) = row_match(&table, ch, old)?;
@@ -278,8 +288,8 @@ impl Target {
                 &g.params.iter().map(|p| p as _).collect::<Vec<_>>(),
             )
             .await
-            .map_err(|e| classify(&e, &ctx))?;
-        row.try_get(0).map_err(|e| classify(&e, &ctx))
+            .map_err(|e| classify(e, &ctx))?;
+        row.try_get(0).map_err(|e| classify(e, &ctx))
     }
 
     /// Awaits and checks the answers of the statements sent, oldest first,
@@ -313,8 +323,7 @@ impl Target {
                     // Statements after a failed one fail too (the
                     // transaction is aborted); the first error is the cause.
                     self.sent.clear();
-                    let err =
-                        classify(&e, &Context::new(action).table(&s.table.display).lsn(s.lsn));
+                    let err = classify(e, &Context::new(action).table(&s.table.display).lsn(s.lsn));
                     // A guarded update before it changed no row, and the
                     // aborted transaction can no longer say why: say so.
                     return Err(match missed.first() {
@@ -349,7 +358,7 @@ fn row_match<'a>(
     match rel.replica_identity {
         ReplicaIdentity::Full if !ch.old_key_only => {
             let old = ch.old.as_ref().ok_or_else(|| {
-                ApplyError::Definite(format!(
+                change_error(table, ch.lsn, format!(
                     "change to {} at {} has REPLICA IDENTITY FULL but no old row (protocol violation)",
                     table.display, ch.lsn
                 ))
@@ -373,14 +382,14 @@ fn row_match<'a>(
                 old,
             ))
         }
-        ReplicaIdentity::Nothing => Err(ApplyError::Definite(format!(
+        ReplicaIdentity::Nothing => Err(change_error(table, ch.lsn, format!(
             "table {} has REPLICA IDENTITY NOTHING, so the source change at {} does not say which row it changes; set REPLICA IDENTITY DEFAULT (with a primary key), USING INDEX or FULL on the source",
             table.display, ch.lsn
         ))),
         _ => {
             let key: Vec<usize> = rel.key_indexes().collect();
             if key.is_empty() {
-                return Err(ApplyError::Definite(format!(
+                return Err(change_error(table, ch.lsn, format!(
                     "table {} has no replica identity key, so the source change at {} does not say which row it changes; add a primary key or set REPLICA IDENTITY FULL on the source",
                     table.display, ch.lsn
                 )));
@@ -391,10 +400,11 @@ fn row_match<'a>(
                 .find(|&&i| matches!(from.0.get(i), Some(TupleValue::UnchangedToast) | None))
             {
                 let col = rel.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?");
-                return Err(ApplyError::Definite(format!(
+                let message = format!(
                     "the source change at {} to {} does not carry the value of key column {col}, so the target row cannot be found; set REPLICA IDENTITY FULL on the source table",
                     ch.lsn, table.display
-                )));
+                );
+                return Err(change_error(table, ch.lsn, message).with_column(col));
             }
             Ok((RowMatch::Key(key), from))
         }
@@ -422,12 +432,13 @@ fn identity_changed(table: &TableState, lsn: Lsn, i: usize) -> ApplyError {
         .get(i)
         .map(|c| c.name.as_str())
         .unwrap_or("?");
-    ApplyError::Definite(format!(
+    let message = format!(
         "the update of {} at {lsn} gives column {col} a new value, which the target has as GENERATED ALWAYS AS IDENTITY (an UPDATE can set it only to DEFAULT); run ALTER TABLE {} ALTER COLUMN {} SET GENERATED BY DEFAULT on the target and restart",
         table.display,
         crate::pg::qualified(&table.source.schema, &table.source.name),
         crate::pg::ident(col),
-    ))
+    );
+    change_error(table, lsn, message).with_column(col)
 }
 
 fn check_text(table: &TableState, lsn: Lsn, what: &str, row: &Row) -> Result<(), ApplyError> {
