@@ -17,11 +17,6 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         self.0.is_transient()
     }
-
-    /// The SQLSTATE of the server error behind it.
-    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
-        self.0.sqlstate()
-    }
 }
 
 /// Turns off PostgreSQL 17's `transaction_timeout` for the session (a

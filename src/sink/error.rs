@@ -96,10 +96,6 @@ impl SinkError {
         &self.message
     }
 
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
