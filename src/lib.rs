@@ -21,6 +21,7 @@ pub mod sequences;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod sqlstate;
 pub mod tail;
 pub mod wait;
 

@@ -2,21 +2,20 @@
 //! the snapshot copy and the Postgres sink: built from our [`ConnInfo`] so
 //! that every URL pgbridge accepts works the same everywhere.
 
+use crate::sink::postgres::ApplyError;
 use crate::source::ConnInfo;
 
 /// Why a client connection could not be made (the message names the
 /// server and the fix).
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ClientError {
-    pub message: String,
-    transient: bool,
-}
+#[error(transparent)]
+pub struct ClientError(#[from] ApplyError);
 
 impl ClientError {
-    /// Worth retrying later (the server may be down or starting).
+    /// Worth retrying later (the server may be down or starting; see
+    /// [`crate::sqlstate::is_transient`]).
     pub fn is_transient(&self) -> bool {
-        self.transient
+        self.0.is_transient()
     }
 }
 
@@ -27,19 +26,12 @@ pub const TRANSACTION_TIMEOUT_OFF: &str =
     "SELECT pg_catalog.set_config('transaction_timeout', '0', false) \
      WHERE current_setting('server_version_num')::int >= 170000";
 
-/// Connection-level, server-shutdown, resource and serialization errors
-/// are transient; everything else needs an operator.
+/// Whether a client error is worth a retry: a server error by its SQLSTATE
+/// ([`crate::sqlstate::is_transient`]), anything else (I/O, a closed
+/// connection, a timeout) always.
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
-        Some(db) => {
-            let c = db.code().code();
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c == "40001"
-                || c == "40P01"
-        }
-        // No server error: I/O, closed connection, timeout.
+        Some(db) => crate::sqlstate::is_transient(db.code().code()),
         None => true,
     }
 }
@@ -49,7 +41,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// idle-in-transaction timeout), and drives the connection in a background
 /// task.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, ClientError> {
-    client_error(crate::sink::postgres::conn::connect(info).await)
+    Ok(crate::sink::postgres::conn::connect(info).await?)
 }
 
 /// As [`connect`], for a session that writes replicated rows into a
@@ -58,23 +50,7 @@ pub async fn connect_target(
     info: &ConnInfo,
     role: crate::sink::postgres::ReplicationRole,
 ) -> Result<tokio_postgres::Client, ClientError> {
-    client_error(crate::sink::postgres::conn::connect_target(info, role).await)
-}
-
-fn client_error<T>(
-    r: Result<T, crate::sink::postgres::error::ApplyError>,
-) -> Result<T, ClientError> {
-    use crate::sink::postgres::error::ApplyError;
-    r.map_err(|e| match e {
-        ApplyError::Transient(message) => ClientError {
-            message,
-            transient: true,
-        },
-        ApplyError::Definite(message) => ClientError {
-            message,
-            transient: false,
-        },
-    })
+    Ok(crate::sink::postgres::conn::connect_target(info, role).await?)
 }
 
 /// `"name"` quoted as an SQL identifier.

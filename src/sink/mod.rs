@@ -26,8 +26,11 @@ use crate::model::Event;
 use crate::pipeline::ack::{Acker, CommitToken};
 use crate::Lsn;
 
+mod error;
 pub mod kafka;
 pub mod postgres;
+
+pub use error::{Cause, ErrorDetail, ErrorKind, SinkError};
 
 /// One item of a sink's queue.
 #[derive(Debug)]
@@ -37,48 +40,6 @@ pub enum SinkItem {
     Event(Arc<Event>),
     /// The end of a transaction; see the module documentation.
     Commit(CommitToken),
-}
-
-/// Why a sink stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// Worth retrying after reconnecting (connection lost, server restarting,
-    /// serialization failure, deadlock).
-    #[error("sink {sink}: {message}")]
-    Transient { sink: String, message: String },
-    /// Needs an operator: the message names the table, column and fix.
-    #[error("sink {sink}: {message}")]
-    Definite { sink: String, message: String },
-}
-
-impl SinkError {
-    /// A transient error of sink `sink`: retried after reconnecting.
-    pub fn transient(sink: impl Into<String>, message: impl Into<String>) -> Self {
-        SinkError::Transient {
-            sink: sink.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A definite error of sink `sink`: the run stops; `message` says what
-    /// to fix.
-    pub fn definite(sink: impl Into<String>, message: impl Into<String>) -> Self {
-        SinkError::Definite {
-            sink: sink.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The error's text without the sink's name.
-    pub fn message(&self) -> &str {
-        match self {
-            SinkError::Transient { message, .. } | SinkError::Definite { message, .. } => message,
-        }
-    }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SinkError::Transient { .. })
-    }
 }
 
 /// A destination. See the module documentation for the ordering and

@@ -123,14 +123,7 @@ impl SourceError {
             | SourceError::Closed { .. }
             | SourceError::SlotInUse { .. } => true,
             SourceError::NoSuitableHost { transient, .. } => *transient,
-            SourceError::Db { error, .. } => {
-                // Class 08 connection exceptions, 57P0x shutdown/crash,
-                // 53 insufficient resources, 40 serialization/deadlock.
-                error.code.starts_with("08")
-                    || error.code.starts_with("57P")
-                    || error.code.starts_with("53")
-                    || error.code.starts_with("40")
-            }
+            SourceError::Db { error, .. } => crate::sqlstate::is_transient(&error.code),
             _ => false,
         }
     }

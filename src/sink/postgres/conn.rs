@@ -51,10 +51,11 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
                         &[],
                     )
                     .await
-                    .map_err(|e| classify(&e, &ErrCtx::new("asking the server whether it is a standby")))?;
+                    .map_err(|e| classify(e, &ErrCtx::new("asking the server whether it is a standby")))?;
                 let get = |i| {
                     row.try_get::<_, bool>(i).map_err(|e| {
-                        ApplyError::Transient(format!("reading pg_is_in_recovery() from {one}: {e}"))
+                        ApplyError::transient(format!("reading pg_is_in_recovery() from {one}: {e}"))
+                            .with_cause(e)
                     })
                 };
                 Some(SessionState {
@@ -74,10 +75,10 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ApplyError> {
         );
         let definite = refused
             .iter()
-            .any(|(_, r)| matches!(r, Refusal::Failed(ApplyError::Definite(_))));
+            .any(|(_, r)| matches!(r, Refusal::Failed(e) if !e.is_transient()));
         match definite {
-            true => ApplyError::Definite(message),
-            false => ApplyError::Transient(message),
+            true => ApplyError::definite(message),
+            false => ApplyError::transient(message),
         }
     })
 }
@@ -104,13 +105,10 @@ async fn connect_one(info: &ConnInfo) -> Result<Client, ApplyError> {
     }
     let tls = MakeRustls::new(info)?;
     let ctx = ErrCtx::new("connecting to the server");
-    let (client, connection) = cfg.connect(tls).await.map_err(|e| {
-        let err = classify(&e, &ctx);
-        match err {
-            ApplyError::Transient(m) => ApplyError::Transient(format!("{m} ({info})")),
-            ApplyError::Definite(m) => ApplyError::Definite(format!("{m} ({info})")),
-        }
-    })?;
+    let (client, connection) = cfg
+        .connect(tls)
+        .await
+        .map_err(|e| classify(e, &ctx).with_note(&info.to_string()))?;
     let target = info.to_string();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -125,7 +123,7 @@ async fn connect_one(info: &ConnInfo) -> Result<Client, ApplyError> {
             crate::pg::TRANSACTION_TIMEOUT_OFF
         ))
         .await
-        .map_err(|e| classify(&e, &ErrCtx::new("setting up the target session")))?;
+        .map_err(|e| classify(e, &ErrCtx::new("setting up the target session")))?;
     Ok(client)
 }
 
@@ -157,13 +155,13 @@ pub async fn connect_target(info: &ConnInfo, role: ReplicationRole) -> Result<Cl
             });
             Ok(client)
         }
-        Err(e) if is_denied(&e) => Err(ApplyError::Definite(format!(
+        Err(e) if is_denied(&e) => Err(ApplyError::definite(format!(
             "target user {} may not set session_replication_role = replica ({info}); make it a superuser, run GRANT SET ON PARAMETER session_replication_role TO {} (PostgreSQL 15+), or set session_replication_role = \"origin\" for the sink (the target's triggers and foreign keys then fire for replicated rows)",
             info.user,
             crate::pg::ident(&info.user)
         ))),
         Err(e) => Err(classify(
-            &e,
+            e,
             &ErrCtx::new("setting session_replication_role on the target"),
         )),
     }
@@ -196,7 +194,7 @@ impl MakeRustls {
     /// The connector for `info.sslmode` (unused with `disable`).
     pub fn new(info: &ConnInfo) -> Result<Self, ApplyError> {
         let config = crate::source::tls::client_config(info)
-            .map_err(|why| ApplyError::Definite(format!("TLS setup for {info} failed: {why}")))?;
+            .map_err(|why| ApplyError::definite(format!("TLS setup for {info} failed: {why}")))?;
         Ok(MakeRustls {
             config: Arc::new(config),
         })

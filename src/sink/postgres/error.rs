@@ -1,6 +1,6 @@
 //! The sink's errors, split the way the pipeline acts on them: transient
-//! ones (lost connection, server shutting down, out of resources,
-//! serialization failure, deadlock) are retried after reconnecting; every
+//! ones (lost connection, and the SQLSTATEs of
+//! [`crate::sqlstate::is_transient`]) are retried after reconnecting; every
 //! other server error is definite — the same change would fail again — and
 //! its message names the table, the column where known, the source LSN of
 //! the change and what to do.
@@ -9,50 +9,125 @@ use std::fmt::Write as _;
 
 use tokio_postgres::error::{DbError, SqlState};
 
-use crate::sink::SinkError;
+use crate::sink::{Cause, ErrorDetail, ErrorKind, SinkError};
 use crate::Lsn;
 
-/// An error of the Postgres sink, before the sink's name is attached.
+/// An error of the Postgres sink, before the sink's name is attached: the
+/// message an operator reads, what it is about (SQLSTATE, table, column,
+/// source LSN) for code to decide on, and the client or server error that
+/// caused it.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// Worth retrying after reconnecting.
-    #[error("{0}")]
-    Transient(String),
-    /// Needs an operator; the message says what to fix.
-    #[error("{0}")]
-    Definite(String),
+#[error("{message}")]
+pub struct ApplyError {
+    kind: ErrorKind,
+    message: String,
+    /// Boxed to keep the error small: it travels in every `Result`.
+    detail: Box<ErrorDetail>,
+    #[source]
+    cause: Option<Cause>,
 }
 
 impl ApplyError {
+    /// Worth retrying after reconnecting.
+    pub fn transient(message: impl Into<String>) -> Self {
+        ApplyError::new(ErrorKind::Transient, message)
+    }
+
+    /// Needs an operator; `message` says what to fix.
+    pub fn definite(message: impl Into<String>) -> Self {
+        ApplyError::new(ErrorKind::Definite, message)
+    }
+
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApplyError {
+            kind,
+            message: message.into(),
+            detail: Box::default(),
+            cause: None,
+        }
+    }
+
+    /// The same error about table `table` (`schema.table`, unquoted).
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.detail.table = Some(table.into());
+        self
+    }
+
+    /// The same error about column `column`.
+    pub fn with_column(mut self, column: impl Into<String>) -> Self {
+        self.detail.column = Some(column.into());
+        self
+    }
+
+    /// The same error about the source change at `lsn`.
+    pub fn with_lsn(mut self, lsn: Lsn) -> Self {
+        self.detail.lsn = Some(lsn);
+        self
+    }
+
+    /// The same error, caused by `cause` (its `source()`).
+    pub fn with_cause(mut self, cause: impl Into<Cause>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// The same error about the table and source LSN of `ctx` and `column`.
+    fn with_context(mut self, ctx: &Context<'_>, column: Option<String>) -> Self {
+        self.detail.table = ctx.table.map(str::to_string);
+        self.detail.lsn = ctx.lsn;
+        self.detail.column = column;
+        self
+    }
+
+    /// A new error with `message` and `kind` that stands for `inner`: about
+    /// what `inner` is about, caused by it.
+    pub fn wrapping(kind: ErrorKind, message: impl Into<String>, inner: ApplyError) -> Self {
+        ApplyError {
+            kind,
+            message: message.into(),
+            detail: inner.detail.clone(),
+            cause: Some(Box::new(inner)),
+        }
+    }
+
     /// The pipeline-facing error, naming the sink.
     pub fn into_sink_error(self, sink: &str) -> SinkError {
-        match self {
-            ApplyError::Transient(message) => SinkError::transient(sink, message),
-            ApplyError::Definite(message) => SinkError::definite(sink, message),
+        let e = SinkError::new(sink, self.kind, self.message).with_detail(*self.detail);
+        match self.cause {
+            Some(cause) => e.with_cause(cause),
+            None => e,
         }
     }
 
     /// The same error with the sink's target user named where its advice
     /// says [`crate::privileges::ROLE`] (a GRANT).
     pub fn for_role(self, user: &str) -> ApplyError {
-        match self {
-            ApplyError::Transient(m) => {
-                ApplyError::Transient(crate::privileges::name_role(&m, user))
-            }
-            ApplyError::Definite(m) => ApplyError::Definite(crate::privileges::name_role(&m, user)),
-        }
+        self.map_message(|m| crate::privileges::name_role(&m, user))
     }
 
     /// The same error with `note` appended to its message.
     pub fn with_note(self, note: &str) -> ApplyError {
-        match self {
-            ApplyError::Transient(m) => ApplyError::Transient(format!("{m} ({note})")),
-            ApplyError::Definite(m) => ApplyError::Definite(format!("{m} ({note})")),
-        }
+        self.map_message(|m| format!("{m} ({note})"))
+    }
+
+    /// The same error with its message rewritten by `f`.
+    pub fn map_message(mut self, f: impl FnOnce(String) -> String) -> ApplyError {
+        self.message = f(self.message);
+        self
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, ApplyError::Transient(_))
+        self.kind == ErrorKind::Transient
+    }
+
+    /// The SQLSTATE of the server error behind it.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        self.detail.sqlstate.as_ref()
+    }
+
+    /// What the error is about (SQLSTATE, table, column, source LSN).
+    pub fn detail(&self) -> &ErrorDetail {
+        &self.detail
     }
 }
 
@@ -99,17 +174,6 @@ impl<'a> Context<'a> {
     }
 }
 
-/// True for SQLSTATEs worth a retry: connection exceptions (08), operator
-/// intervention such as a shutdown (57P), insufficient resources (53),
-/// serialization failure (40001) and deadlock (40P01).
-pub fn is_transient_code(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("57P")
-        || code.starts_with("53")
-        || code == "40001"
-        || code == "40P01"
-}
-
 /// The column a server error is about: its column field, else the
 /// `column x` part of a COPY context line.
 pub fn error_column(db: &DbError) -> Option<String> {
@@ -154,35 +218,45 @@ fn fix_for(code: &str) -> &'static str {
     }
 }
 
-/// Classifies a client error; the message names what was being done.
-pub fn classify(e: &tokio_postgres::Error, ctx: &Context<'_>) -> ApplyError {
-    let what = ctx.describe();
-    let Some(db) = e.as_db_error() else {
-        let text = chain(e);
-        // tokio-postgres' error kinds are private; their messages are not.
-        // These need a fix on our side or in the configuration; everything
-        // else without a server error is the connection breaking, timing
-        // out or closing.
-        const DEFINITE: &[&str] = &[
-            "error serializing parameter",
-            "expected ",
-            "error deserializing",
-            "invalid configuration",
-            "authentication error",
-            "error performing TLS handshake",
-        ];
-        if DEFINITE.iter().any(|p| text.starts_with(p)) {
-            return ApplyError::Definite(format!(
-                "{what} failed: {text}; check the sink's url (user, password, sslmode) and report a bug if it is not a configuration problem"
-            ));
-        }
-        return ApplyError::Transient(format!("{what} failed: {text}"));
+/// Classifies a client error; the message names what was being done, the
+/// fields what it was about, and `e` becomes its cause.
+pub fn classify(e: tokio_postgres::Error, ctx: &Context<'_>) -> ApplyError {
+    let err = match e.as_db_error() {
+        Some(db) => classify_db(db, ctx),
+        None => classify_client(&e, ctx),
     };
-    classify_db(db, ctx)
+    err.with_cause(e)
 }
 
-/// Classifies a server error; see [`classify`].
-pub fn classify_db(db: &DbError, ctx: &Context<'_>) -> ApplyError {
+/// A client error without a server error behind it.
+fn classify_client(e: &tokio_postgres::Error, ctx: &Context<'_>) -> ApplyError {
+    let what = ctx.describe();
+    let text = chain(e);
+    // tokio-postgres' error kinds are private; their messages are not.
+    // These need a fix on our side or in the configuration; everything
+    // else without a server error is the connection breaking, timing out
+    // or closing.
+    const DEFINITE: &[&str] = &[
+        "error serializing parameter",
+        "expected ",
+        "error deserializing",
+        "invalid configuration",
+        "authentication error",
+        "error performing TLS handshake",
+    ];
+    let err = if DEFINITE.iter().any(|p| text.starts_with(p)) {
+        ApplyError::definite(format!(
+            "{what} failed: {text}; check the sink's url (user, password, sslmode) and report a bug if it is not a configuration problem"
+        ))
+    } else {
+        ApplyError::transient(format!("{what} failed: {text}"))
+    };
+    err.with_context(ctx, ctx.column.map(str::to_string))
+}
+
+/// A server error: transient or not by its SQLSTATE
+/// ([`crate::sqlstate::is_transient`]); a definite one says what to fix.
+fn classify_db(db: &DbError, ctx: &Context<'_>) -> ApplyError {
     let code = db.code().code();
     let what = ctx.describe();
     let mut msg = format!("{what} failed: {} (SQLSTATE {code})", db.message());
@@ -199,25 +273,27 @@ pub fn classify_db(db: &DbError, ctx: &Context<'_>) -> ApplyError {
     if let Some(w) = db.where_() {
         let _ = write!(msg, "; context: {}", truncate(w, 300));
     }
-    if is_transient_code(code) {
-        return ApplyError::Transient(msg);
-    }
-    let privileges = crate::privileges::TARGET_TABLE_PRIVILEGES.join(", ");
-    match crate::privileges::advice(
-        code,
-        db.message(),
-        crate::privileges::ROLE,
-        &privileges,
-        ctx.table,
-    ) {
-        Some(fix) => {
-            let _ = write!(msg, "; to fix: {fix}");
-        }
-        None => {
-            let _ = write!(msg, "; to fix: {}", fix_for(code));
-        }
-    }
-    ApplyError::Definite(msg)
+    let err = if crate::sqlstate::is_transient(code) {
+        ApplyError::transient(msg)
+    } else {
+        let privileges = crate::privileges::TARGET_TABLE_PRIVILEGES.join(", ");
+        let fix = crate::privileges::advice(
+            code,
+            db.message(),
+            crate::privileges::ROLE,
+            &privileges,
+            ctx.table,
+        );
+        let _ = write!(
+            msg,
+            "; to fix: {}",
+            fix.as_deref().unwrap_or_else(|| fix_for(code))
+        );
+        ApplyError::definite(msg)
+    };
+    let mut err = err.with_context(ctx, column);
+    err.detail.sqlstate = Some(db.code().clone());
+    err
 }
 
 /// True for the server's "unique_violation" (used to retry racing
@@ -248,4 +324,52 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_and_cause_reach_the_sink_error() {
+        let inner = ApplyError::definite("applying an insert failed: duplicate key")
+            .with_table("public.t")
+            .with_column("id")
+            .with_lsn(Lsn::from(0x16B3D48))
+            .with_cause(std::io::Error::other("server said no"));
+        let outer = ApplyError::wrapping(
+            ErrorKind::Transient,
+            format!("parallel apply collided on the target ({inner})"),
+            inner,
+        );
+        assert!(outer.is_transient());
+        assert_eq!(outer.detail().table.as_deref(), Some("public.t"));
+        let e = outer.into_sink_error("analytics");
+        assert_eq!(
+            e.to_string(),
+            "sink analytics: parallel apply collided on the target (applying an insert failed: duplicate key)"
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.detail().column.as_deref(), Some("id"));
+        assert_eq!(e.detail().lsn, Some(Lsn::from(0x16B3D48)));
+        let cause = std::error::Error::source(&e).map(|c| c.to_string());
+        assert_eq!(
+            cause.as_deref(),
+            Some("applying an insert failed: duplicate key")
+        );
+    }
+
+    #[test]
+    fn notes_and_roles_keep_kind_and_fields() {
+        let e = ApplyError::definite(format!(
+            "run GRANT SELECT ON t TO {}",
+            crate::privileges::ROLE
+        ))
+        .with_table("public.t")
+        .for_role("writer")
+        .with_note("db1:5432");
+        assert_eq!(e.to_string(), "run GRANT SELECT ON t TO writer (db1:5432)");
+        assert!(!e.is_transient());
+        assert_eq!(e.detail().table.as_deref(), Some("public.t"));
+    }
 }

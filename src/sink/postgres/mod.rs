@@ -58,9 +58,10 @@
 //! [`schema::ensure_table`]).
 //!
 //! # Errors
-//! Lost connections and SQLSTATEs 08xxx, 57Pxx, 53xxx, 40001 and 40P01 are
-//! [`SinkError::Transient`](crate::sink::SinkError::Transient); all other
-//! server errors are definite, with the table, column, source LSN and what
+//! Lost connections and the SQLSTATEs of [`crate::sqlstate::is_transient`]
+//! (08xxx, 53xxx, 57Pxx, 40001, 40P01, 40003) are transient
+//! ([`SinkError::is_transient`](crate::sink::SinkError::is_transient)); all
+//! other server errors are definite, with the table, column, source LSN and what
 //! to do in the message.
 //!
 //! # Insert path measurement

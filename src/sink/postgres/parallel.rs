@@ -64,6 +64,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 
 use super::apply::Target;
 use super::config::PostgresSinkConfig;
@@ -73,9 +74,13 @@ use super::progress;
 use crate::model::{Change, Event, Op, RelationSchema};
 use crate::pgoutput::{RelId, ReplicaIdentity, TupleValue};
 use crate::pipeline::ack::{Acker, InOrder};
+use crate::sink::ErrorKind;
 use crate::sink::{SinkItem, SinkQueue};
 use crate::source::ConnInfo;
 use crate::Lsn;
+use worker::{worker, Job, Report};
+
+mod worker;
 
 /// Events of a transaction held back before its parallel apply begins.
 pub const TXN_BUFFER: usize = 2048;
@@ -161,98 +166,18 @@ fn key_change(ch: &Change) -> bool {
     ch.op == Op::Update && ch.old.is_some() && ch.relation.replica_identity != ReplicaIdentity::Full
 }
 
-/// The SQLSTATEs that rows of different workers can cause each other.
+/// An error that rows of different workers can cause each other: unique
+/// (23505) and foreign-key (23503) violations, deadlock (40P01),
+/// serialization failure (40001), lock timeout (55P03).
 fn is_collision(e: &ApplyError) -> bool {
-    let (ApplyError::Definite(m) | ApplyError::Transient(m)) = e;
-    [
-        "(SQLSTATE 23505)",
-        "(SQLSTATE 23503)",
-        "(SQLSTATE 40P01)",
-        "(SQLSTATE 40001)",
-        "(SQLSTATE 55P03)",
-    ]
-    .iter()
-    .any(|c| m.contains(c))
-}
-
-enum Job {
-    Events(Vec<Arc<Event>>),
-    /// Commit the open part (if any) and upsert the rows of `workers`.
-    Commit {
-        seq: u64,
-        workers: Vec<i32>,
-        end: Lsn,
-    },
-    /// Serial (`false`) or parallel batches from now on (worker 0 only).
-    Parallel(bool),
-}
-
-enum Report {
-    Done { seq: u64 },
-    Failed { error: ApplyError, parallel: bool },
-}
-
-async fn worker(
-    mut target: Target,
-    mut jobs: mpsc::Receiver<Job>,
-    reports: mpsc::UnboundedSender<Report>,
-    abort: Arc<AtomicBool>,
-    pipeline: String,
-    sink: String,
-) {
-    let mut parallel = true;
-    target.set_lock_timeout(Some(PARALLEL_LOCK_TIMEOUT));
-    while let Some(job) = jobs.recv().await {
-        if abort.load(Ordering::Relaxed) {
-            break;
-        }
-        let result = match job {
-            Job::Events(events) => {
-                let mut r = Ok(());
-                for ev in events {
-                    r = match &*ev {
-                        Event::Change(ch) => target.change(ch).await,
-                        Event::Relation(rel) => target.relation(rel).await,
-                        Event::Truncate {
-                            lsn,
-                            relations,
-                            cascade,
-                            restart_identity,
-                        } => {
-                            target
-                                .truncate(*lsn, relations, *cascade, *restart_identity)
-                                .await
-                        }
-                        _ => Ok(()),
-                    };
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                r
-            }
-            Job::Commit { seq, workers, end } => target
-                .commit_with_workers(&pipeline, &sink, &workers, end)
-                .await
-                .map(|()| {
-                    let _ = reports.send(Report::Done { seq });
-                }),
-            Job::Parallel(p) => {
-                parallel = p;
-                target.set_lock_timeout(p.then_some(PARALLEL_LOCK_TIMEOUT));
-                Ok(())
-            }
-        };
-        if let Err(error) = result {
-            target.rollback().await;
-            let _ = reports.send(Report::Failed { error, parallel });
-            // Keep taking messages so that the dispatcher never blocks on
-            // a full queue; it stops everything when it reads the report.
-            while jobs.recv().await.is_some() {}
-            return;
-        }
-    }
-    target.rollback().await;
+    let collisions = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::LOCK_NOT_AVAILABLE,
+    ];
+    e.sqlstate().is_some_and(|c| collisions.contains(c))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -405,10 +330,11 @@ impl<'a> Dispatcher<'a> {
                 extend_serial(&self.config.pipeline, &self.config.name, self.max_seen);
                 tracing::warn!(sink = %self.config.name, serial_until = %self.max_seen, error = %e,
                     "workers collided on the target; applying up to there again on one connection");
-                Err(ApplyError::Transient(format!(
+                let message = format!(
                     "parallel apply collided on the target ({e}); the transactions up to {} are applied again serially",
                     self.max_seen
-                )))
+                );
+                Err(ApplyError::wrapping(ErrorKind::Transient, message, e))
             }
             r => r,
         };
@@ -458,7 +384,7 @@ impl<'a> Dispatcher<'a> {
                     self.batch.txns += 1;
                     self.order
                         .commit(token)
-                        .map_err(|e| ApplyError::Definite(e.to_string()))?;
+                        .map_err(|e| ApplyError::definite(e.to_string()).with_cause(e))?;
                     let c = self.config;
                     if self.batch.txns >= c.batch_max_txns
                         || self.batch.rows >= c.batch_max_rows
@@ -482,7 +408,7 @@ impl<'a> Dispatcher<'a> {
 
     fn report(&mut self, report: Option<Report>) -> Result<(), ApplyError> {
         match report {
-            None => Err(ApplyError::Transient(
+            None => Err(ApplyError::transient(
                 "every apply worker stopped".to_string(),
             )),
             Some(Report::Failed { error, parallel }) => {
@@ -521,10 +447,10 @@ impl<'a> Dispatcher<'a> {
         let tx = self
             .jobs
             .get(w)
-            .ok_or_else(|| ApplyError::Transient("apply worker missing".into()))?;
+            .ok_or_else(|| ApplyError::transient("apply worker missing"))?;
         tx.send(job)
             .await
-            .map_err(|_| ApplyError::Transient(format!("apply worker {w} stopped")))
+            .map_err(|_| ApplyError::transient(format!("apply worker {w} stopped")))
     }
 
     async fn push(&mut self, w: usize, ev: Arc<Event>) -> Result<(), ApplyError> {
@@ -736,7 +662,7 @@ impl<'a> Dispatcher<'a> {
             }
             TxnState::Streaming if barrier => {
                 extend_serial(&self.config.pipeline, &self.config.name, self.commit_lsn);
-                Err(ApplyError::Transient(format!(
+                Err(ApplyError::transient(format!(
                     "the large source transaction committing at {} holds a truncate, schema change or key change after its parallel apply had begun; it is applied again serially",
                     self.commit_lsn
                 )))
@@ -785,7 +711,7 @@ impl<'a> Dispatcher<'a> {
         .await?;
         tracing::info!(sink = %self.config.name, from = self.n, to = self.config.apply_workers, position = %at,
             "apply workers changed; restarting with the new count");
-        Err(ApplyError::Transient(format!(
+        Err(ApplyError::transient(format!(
             "apply_workers changed from {} to {}: recovered up to {at}, restarting",
             self.n, self.config.apply_workers
         )))

@@ -46,10 +46,10 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
                 &[],
             )
             .await
-            .map_err(|e| classify(&e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?;
         let (table, schema): (bool, bool) = (
-            row.try_get(0).map_err(|e| classify(&e, &ctx))?,
-            row.try_get(1).map_err(|e| classify(&e, &ctx))?,
+            row.try_get(0).map_err(|e| classify(e, &ctx))?,
+            row.try_get(1).map_err(|e| classify(e, &ctx))?,
         );
         if table {
             return Ok(());
@@ -65,10 +65,11 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
             // violation on the catalog; the second look finds it.
             Err(e) if attempt == 0 && is_unique_violation(&e) => continue,
             Err(e) => {
-                return Err(match classify(&e, &ctx) {
-                    ApplyError::Definite(m) => ApplyError::Definite(format!("{m}; {FIX}")),
-                    t => t,
-                })
+                let err = classify(e, &ctx);
+                return Err(match err.is_transient() {
+                    true => err,
+                    false => err.map_message(|m| format!("{m}; {FIX}")),
+                });
             }
         }
     }
@@ -84,13 +85,13 @@ pub async fn read(client: &Client, pipeline: &str, sink: &str) -> Result<Lsn, Ap
             &[&pipeline, &sink],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let Some(row) = row else {
         return Ok(Lsn::ZERO);
     };
-    let text: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+    let text: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
     text.parse().map_err(|e| {
-        ApplyError::Definite(format!(
+        ApplyError::definite(format!(
             "pgbridge.progress holds {text:?} for pipeline {pipeline:?}, sink {sink:?}: {e}"
         ))
     })
@@ -115,7 +116,7 @@ pub async fn write(
     client
         .execute_raw(upsert, params.iter())
         .await
-        .map_err(|e| classify(&e, &Context::new("updating pgbridge.progress")))?;
+        .map_err(|e| classify(e, &Context::new("updating pgbridge.progress")))?;
     Ok(())
 }
 
@@ -153,7 +154,7 @@ pub async fn workers_table_exists(client: &Client) -> Result<bool, ApplyError> {
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| classify(&e, &ctx))
+        .map_err(|e| classify(e, &ctx))
 }
 
 /// Creates `pgbridge.apply_progress` when missing (`pgbridge.progress`
@@ -165,15 +166,18 @@ pub async fn setup_workers(client: &Client) -> Result<(), ApplyError> {
     match client.batch_execute(CREATE_WORKERS).await {
         Ok(()) => Ok(()),
         Err(e) if is_unique_violation(&e) => Ok(()),
-        Err(e) => Err(match classify(
-            &e,
-            &Context::new("creating pgbridge.apply_progress on the target"),
-        ) {
-            ApplyError::Definite(m) => ApplyError::Definite(format!(
-                "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and run GRANT SELECT, INSERT, UPDATE, DELETE ON pgbridge.apply_progress TO <user>"
-            )),
-            t => t,
-        }),
+        Err(e) => {
+            let err = classify(
+                e,
+                &Context::new("creating pgbridge.apply_progress on the target"),
+            );
+            Err(match err.is_transient() {
+                true => err,
+                false => err.map_message(|m| format!(
+                    "{m}; or create it beforehand as a privileged user ({CREATE_WORKERS}) and run GRANT SELECT, INSERT, UPDATE, DELETE ON pgbridge.apply_progress TO <user>"
+                )),
+            })
+        }
     }
 }
 
@@ -195,18 +199,18 @@ pub async fn read_workers(
             &[&pipeline, &sink],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let w: i32 = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-        let text: String = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
+        let w: i32 = row.try_get(0).map_err(|e| classify(e, &ctx))?;
+        let text: String = row.try_get(1).map_err(|e| classify(e, &ctx))?;
         if w != i as i32 {
-            return Err(ApplyError::Definite(format!(
+            return Err(ApplyError::definite(format!(
                 "pgbridge.apply_progress for pipeline {pipeline:?}, sink {sink:?} has no row for worker {i} (found worker {w}); the rows must be numbered from 0 without gaps — do not edit them by hand"
             )));
         }
         out.push(text.parse().map_err(|e| {
-            ApplyError::Definite(format!(
+            ApplyError::definite(format!(
                 "pgbridge.apply_progress holds {text:?} for pipeline {pipeline:?}, sink {sink:?}, worker {w}: {e}"
             ))
         })?);
@@ -271,7 +275,7 @@ pub async fn reset_workers(
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            Err(classify(&e, &ctx))
+            Err(classify(e, &ctx))
         }
     }
 }
@@ -304,6 +308,6 @@ pub async fn write_workers(
     client
         .execute_raw(upsert, params.iter())
         .await
-        .map_err(|e| classify(&e, &Context::new("updating pgbridge.apply_progress")))?;
+        .map_err(|e| classify(e, &Context::new("updating pgbridge.apply_progress")))?;
     Ok(())
 }

@@ -58,7 +58,7 @@ async fn kept(client: &Client, ctx: &Context<'_>) -> Result<bool, ApplyError> {
         )
         .await
         .and_then(|row| row.try_get(0))
-        .map_err(|e| classify(&e, ctx))
+        .map_err(|e| classify(e, ctx))
 }
 
 /// Creates `pgbridge.relations` when missing (the sink's user needs CREATE
@@ -78,7 +78,7 @@ pub async fn setup(client: &Client) -> Result<(), ApplyError> {
                 DDL.split_whitespace().collect::<Vec<_>>().join(" "));
             Ok(())
         }
-        Err(e) => Err(classify(&e, &ctx)),
+        Err(e) => Err(classify(e, &ctx)),
     }
 }
 
@@ -118,11 +118,11 @@ pub async fn follow(
                     &[&*pipeline, &*sink, &rel.rel_id],
                 )
                 .await
-                .map_err(|e| classify(&e, &ctx))?;
+                .map_err(|e| classify(e, &ctx))?;
             match row {
                 Some(r) => Some((
-                    r.try_get(0).map_err(|e| classify(&e, &ctx))?,
-                    r.try_get(1).map_err(|e| classify(&e, &ctx))?,
+                    r.try_get(0).map_err(|e| classify(e, &ctx))?,
+                    r.try_get(1).map_err(|e| classify(e, &ctx))?,
                 )),
                 None => None,
             }
@@ -157,7 +157,7 @@ async fn move_copy_records(
             .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
             .await
             .and_then(|r| r.try_get(0))
-            .map_err(|e| classify(&e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?;
         if !there {
             continue;
         }
@@ -170,7 +170,7 @@ async fn move_copy_records(
                 &[pipeline, sink, &from, &to],
             )
             .await
-            .map_err(|e| classify(&e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?;
     }
     Ok(())
 }
@@ -196,7 +196,7 @@ async fn record(
                 .map_err(|e| {
                     let display = rel.qualified_name();
                     classify(
-                        &e,
+                        e,
                         &Context::new("updating pgbridge.relations").table(&display),
                     )
                 })?;
@@ -216,12 +216,12 @@ async fn exists(client: &Client, schema: &str, name: &str) -> Result<bool, Apply
         .map_err(|e| {
             let display = format!("{schema}.{name}");
             classify(
-                &e,
+                e,
                 &Context::new("reading the target catalog").table(&display),
             )
         })?;
     row.try_get(0)
-        .map_err(|e| classify(&e, &Context::new("reading the target catalog")))
+        .map_err(|e| classify(e, &Context::new("reading the target catalog")))
 }
 
 /// The statements that rename `old` to `rel`'s name on the target.
@@ -267,7 +267,7 @@ async fn rename_target(
             ddl.push_str(&sql);
             client.batch_execute(&ddl).await.map_err(|e| {
                 classify(
-                    &e,
+                    e,
                     &Context::new("renaming the target table as the source did").table(&old_name),
                 )
             })?;
@@ -275,11 +275,12 @@ async fn rename_target(
                 "the source renamed a table; renamed the target table too");
             Ok(())
         }
-        (true, false) => Err(ApplyError::Definite(format!(
+        (true, false) => Err(ApplyError::definite(format!(
             "the source renamed table {old_name} to {new_name} (relation id {}); rename it on the target too \
              ({sql}), or set create_tables = true to have pgbridge do it, then start again",
             rel.rel_id
-        ))),
+        ))
+        .with_table(old_name)),
         (false, true) | (false, false) => {
             // Renamed on the target already, or not there at all (the
             // table check that follows creates it or names the fix).
@@ -287,13 +288,14 @@ async fn rename_target(
                 "the source renamed a table; writing to the new name");
             Ok(())
         }
-        (true, true) => Err(ApplyError::Definite(format!(
+        (true, true) => Err(ApplyError::definite(format!(
             "the source renamed table {old_name} to {new_name} (relation id {}), and the target has both \
              tables: the rows pgbridge wrote are in {old_name}; drop or rename the other one \
              (e.g. DROP TABLE {} and then {sql}), then start again",
             rel.rel_id,
             qualified(rel)
-        ))),
+        ))
+        .with_table(old_name)),
     }
 }
 

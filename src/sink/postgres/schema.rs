@@ -84,7 +84,7 @@ async fn read_target(
             &[&qualified(rel)],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -93,12 +93,12 @@ async fn read_target(
         columns: Vec::new(),
     };
     for row in &rows {
-        let kind: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
+        let kind: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
         table.partitioned = kind == "p";
-        let name: Option<String> = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
-        let in_pk: bool = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
-        let is_always: bool = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
-        let ty: Option<String> = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        let name: Option<String> = row.try_get(1).map_err(|e| classify(e, &ctx))?;
+        let in_pk: bool = row.try_get(2).map_err(|e| classify(e, &ctx))?;
+        let is_always: bool = row.try_get(3).map_err(|e| classify(e, &ctx))?;
+        let ty: Option<String> = row.try_get(4).map_err(|e| classify(e, &ctx))?;
         if let (Some(name), Some(ty)) = (name, ty) {
             table.columns.push((name, in_pk, is_always, ty));
         }
@@ -119,24 +119,7 @@ pub async fn ensure_table(
     create: bool,
     why: &str,
 ) -> Result<TableState, ApplyError> {
-    let qname = qualified(rel);
-    let table_name = rel.qualified_name();
-    let mut target = read_target(client, rel).await?;
-    if target.is_none() {
-        if !create {
-            return Err(ApplyError::Definite(format!(
-                "target table {table_name} does not exist (needed for {why}); create it on the target, or set create_tables = true"
-            )));
-        }
-        create_table(client, rel, why).await?;
-        target = read_target(client, rel).await?;
-    }
-    let Some(mut target) = target else {
-        return Err(ApplyError::Definite(format!(
-            "target table {table_name} was created but cannot be found in the target's catalog (needed for {why}); check the search_path and permissions of the sink's user"
-        )));
-    };
-
+    let target = existing_or_created(client, rel, create, why).await?;
     let missing: Vec<usize> = rel
         .columns
         .iter()
@@ -144,133 +127,247 @@ pub async fn ensure_table(
         .filter(|(_, c)| !target.columns.iter().any(|t| t.0 == c.name))
         .map(|(i, _)| i)
         .collect();
-    if !missing.is_empty() {
-        // What the source's existing rows hold in the new columns: they
-        // were filled by ADD COLUMN ... DEFAULT without a change event.
-        // An empty target table has no rows to fill.
-        let fills = async {
-            let ctx = Context::new("checking whether the target table has rows").table(&table_name);
-            let has_rows: bool = client
-                .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {qname})"), &[])
-                .await
-                .and_then(|r| r.try_get(0))
-                .map_err(|e| classify(&e, &ctx))?;
-            match source {
-                Some(src) if has_rows => defaults(src, rel, &missing).await,
-                _ => Ok(vec![Fill::Null; missing.len()]),
-            }
-        }
-        .await;
-        if !create {
-            // Only for the message: without the source's answer it names
-            // no default and says why.
-            let (fills, unknown) = match fills {
-                Ok(f) => (f, None),
-                Err(e) => (vec![Fill::Null; missing.len()], Some(e)),
-            };
-            let types = match resolve_types(client, rel, &missing, why).await {
-                Ok(t) => t,
-                // Only for the message: fall back to the source's type names.
-                Err(_) => missing
-                    .iter()
-                    .map(|&i| rel.columns[i].type_info.name().to_string())
-                    .collect(),
-            };
-            let names: Vec<String> = missing
-                .iter()
-                .map(|&i| rel.columns[i].name.clone())
-                .collect();
-            let adds: Vec<String> = missing
-                .iter()
-                .zip(&types)
-                .zip(&fills)
-                .map(|((&i, t), fill)| {
-                    let name = quote_ident(&rel.columns[i].name);
-                    match fill {
-                        Fill::Value(v) => {
-                            format!("ADD COLUMN {name} {t} DEFAULT {}::{t}", quote_literal(v))
-                        }
-                        _ => format!("ADD COLUMN {name} {t}"),
-                    }
-                })
-                .collect();
-            let mut msg = format!(
-                "target table {table_name} has no column {} (needed for {why}); run ALTER TABLE {qname} {}; on the target, or set create_tables = true",
-                names.join(", "),
-                adds.join(", ")
-            );
-            for (&i, fill) in missing.iter().zip(&fills) {
-                if let Fill::PerRow(note) = fill {
-                    msg.push_str(&format!(
-                        "; the source's existing rows got their own values of column {} ({note}): fill the target's column with the source's values before restarting",
-                        rel.columns[i].name
-                    ));
-                }
-            }
-            if let Some(e) = unknown {
-                msg.push_str(&format!(
-                    "; whether the source's existing rows got a default in the new columns is unknown ({e}): give the target's column the value they hold"
-                ));
-            }
-            return Err(ApplyError::Definite(msg));
-        }
-        let fills = fills?;
-        if let Some((&i, Fill::PerRow(note))) = missing
+    let target = if missing.is_empty() {
+        target
+    } else {
+        add_columns(client, source, rel, &missing, create, why).await?
+    };
+    table_state(client, rel, target).await
+}
+
+/// The target's catalog entry of `rel`'s table, created first when it
+/// does not exist and `create` is set.
+async fn existing_or_created(
+    client: &Client,
+    rel: &Arc<RelationSchema>,
+    create: bool,
+    why: &str,
+) -> Result<TargetTable, ApplyError> {
+    let table_name = rel.qualified_name();
+    if let Some(target) = read_target(client, rel).await? {
+        return Ok(target);
+    }
+    if !create {
+        return Err(ApplyError::definite(format!(
+            "target table {table_name} does not exist (needed for {why}); create it on the target, or set create_tables = true"
+        ))
+        .with_table(table_name));
+    }
+    create_table(client, rel, why).await?;
+    read_target(client, rel).await?.ok_or_else(|| {
+        ApplyError::definite(format!(
+            "target table {table_name} was created but cannot be found in the target's catalog (needed for {why}); check the search_path and permissions of the sink's user"
+        ))
+        .with_table(&table_name)
+    })
+}
+
+/// Adds the source columns `missing` (indexes into `rel.columns`) to the
+/// target table, or, without `create`, returns the error that names the
+/// statement that would; returns the widened table's catalog entry.
+async fn add_columns(
+    client: &Client,
+    source: Option<&ConnInfo>,
+    rel: &Arc<RelationSchema>,
+    missing: &[usize],
+    create: bool,
+    why: &str,
+) -> Result<TargetTable, ApplyError> {
+    let table_name = rel.qualified_name();
+    let fills = existing_rows_fill(client, source, rel, missing).await;
+    if !create {
+        return Err(missing_columns_error(client, rel, missing, fills, why).await);
+    }
+    let fills = fills?;
+    if let Some((&i, Fill::PerRow(note))) = missing
+        .iter()
+        .zip(&fills)
+        .find(|(_, f)| matches!(f, Fill::PerRow(_)))
+    {
+        return Err(per_row_error(client, rel, i, note, why).await);
+    }
+    let types = resolve_types(client, rel, missing, why).await?;
+    let sql = add_columns_sql(rel, missing, &types, &fills);
+    tracing::info!(table = %table_name, columns = missing.len(), "adding columns to the target table");
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| classify(e, &Context::new("adding columns").table(&table_name)))?;
+    read_target(client, rel).await?.ok_or_else(|| {
+        ApplyError::definite(format!(
+            "target table {table_name} disappeared while columns were added (needed for {why})"
+        ))
+        .with_table(&table_name)
+    })
+}
+
+/// What the source's existing rows hold in the columns `missing`: they
+/// were filled by ADD COLUMN ... DEFAULT without a change event. An empty
+/// target table has no rows to fill.
+async fn existing_rows_fill(
+    client: &Client,
+    source: Option<&ConnInfo>,
+    rel: &RelationSchema,
+    missing: &[usize],
+) -> Result<Vec<Fill>, ApplyError> {
+    let table_name = rel.qualified_name();
+    let ctx = Context::new("checking whether the target table has rows").table(&table_name);
+    let has_rows: bool = client
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(rel)),
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| classify(e, &ctx))?;
+    match source {
+        Some(src) if has_rows => defaults(src, rel, missing).await,
+        _ => Ok(vec![Fill::Null; missing.len()]),
+    }
+}
+
+/// The error for columns `missing` without `create_tables`: the ALTER
+/// TABLE that adds them (with the default the source's rows got), and
+/// what else the operator must do. `fills` only shapes the message:
+/// without the source's answer it names no default and says why.
+async fn missing_columns_error(
+    client: &Client,
+    rel: &RelationSchema,
+    missing: &[usize],
+    fills: Result<Vec<Fill>, ApplyError>,
+    why: &str,
+) -> ApplyError {
+    let table_name = rel.qualified_name();
+    let qname = qualified(rel);
+    let (fills, unknown) = match fills {
+        Ok(f) => (f, None),
+        Err(e) => (vec![Fill::Null; missing.len()], Some(e)),
+    };
+    let types = match resolve_types(client, rel, missing, why).await {
+        Ok(t) => t,
+        // Only for the message: fall back to the source's type names.
+        Err(_) => missing
             .iter()
-            .zip(&fills)
-            .find(|(_, f)| matches!(f, Fill::PerRow(_)))
-        {
-            let col = &rel.columns[i];
-            let t = resolve_types(client, rel, &[i], why)
-                .await
-                .ok()
-                .and_then(|t| t.into_iter().next())
-                .unwrap_or_else(|| col.type_info.name().to_string());
-            return Err(ApplyError::Definite(format!(
-                "column {} was added to the source table {table_name} and its existing rows got their own values ({note}), which the sink cannot reproduce (needed for {why}); add the column on the target yourself (ALTER TABLE {qname} ADD COLUMN {} {t}), fill it with the source's values (e.g. copy them from the source), then restart",
-                col.name,
-                quote_ident(&col.name),
-            )));
-        }
-        let types = resolve_types(client, rel, &missing, why).await?;
-        let mut adds = Vec::new();
-        let mut drop_defaults = Vec::new();
-        for ((&i, t), fill) in missing.iter().zip(&types).zip(&fills) {
+            .map(|&i| rel.columns[i].type_info.name().to_string())
+            .collect(),
+    };
+    let names: Vec<String> = missing
+        .iter()
+        .map(|&i| rel.columns[i].name.clone())
+        .collect();
+    let adds: Vec<String> = missing
+        .iter()
+        .zip(&types)
+        .zip(&fills)
+        .map(|((&i, t), fill)| {
             let name = quote_ident(&rel.columns[i].name);
             match fill {
-                // The column comes with the value the source's rows got
-                // (PostgreSQL 11+ stores it once, without rewriting the
-                // table); the default goes again, as the target's other
-                // columns have none (the sink writes every value).
                 Fill::Value(v) => {
-                    adds.push(format!(
-                        "ADD COLUMN IF NOT EXISTS {name} {t} DEFAULT {}::{t}",
-                        quote_literal(v)
-                    ));
-                    drop_defaults.push(format!("ALTER COLUMN {name} DROP DEFAULT"));
+                    format!("ADD COLUMN {name} {t} DEFAULT {}::{t}", quote_literal(v))
                 }
-                _ => adds.push(format!("ADD COLUMN IF NOT EXISTS {name} {t}")),
+                _ => format!("ADD COLUMN {name} {t}"),
             }
-        }
-        let mut sql = format!("ALTER TABLE {qname} {}", adds.join(", "));
-        if !drop_defaults.is_empty() {
-            sql.push_str(&format!(
-                ";\nALTER TABLE {qname} {}",
-                drop_defaults.join(", ")
+        })
+        .collect();
+    let mut msg = format!(
+        "target table {table_name} has no column {} (needed for {why}); run ALTER TABLE {qname} {}; on the target, or set create_tables = true",
+        names.join(", "),
+        adds.join(", ")
+    );
+    for (&i, fill) in missing.iter().zip(&fills) {
+        if let Fill::PerRow(note) = fill {
+            msg.push_str(&format!(
+                "; the source's existing rows got their own values of column {} ({note}): fill the target's column with the source's values before restarting",
+                rel.columns[i].name
             ));
         }
-        tracing::info!(table = %table_name, columns = missing.len(), "adding columns to the target table");
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| classify(&e, &Context::new("adding columns").table(&table_name)))?;
-        target = read_target(client, rel).await?.ok_or_else(|| {
-            ApplyError::Definite(format!(
-                "target table {table_name} disappeared while columns were added (needed for {why})"
-            ))
-        })?;
     }
+    if let Some(e) = unknown {
+        msg.push_str(&format!(
+            "; whether the source's existing rows got a default in the new columns is unknown ({e}): give the target's column the value they hold"
+        ));
+    }
+    let err = ApplyError::definite(msg).with_table(table_name);
+    match names.as_slice() {
+        [one] => err.with_column(one),
+        _ => err,
+    }
+}
 
+/// The error for column `i`, whose existing rows on the source got a value
+/// each (`note` says why), which the sink cannot reproduce.
+async fn per_row_error(
+    client: &Client,
+    rel: &RelationSchema,
+    i: usize,
+    note: &str,
+    why: &str,
+) -> ApplyError {
+    let table_name = rel.qualified_name();
+    let col = &rel.columns[i];
+    let t = resolve_types(client, rel, &[i], why)
+        .await
+        .ok()
+        .and_then(|t| t.into_iter().next())
+        .unwrap_or_else(|| col.type_info.name().to_string());
+    ApplyError::definite(format!(
+        "column {} was added to the source table {table_name} and its existing rows got their own values ({note}), which the sink cannot reproduce (needed for {why}); add the column on the target yourself (ALTER TABLE {} ADD COLUMN {} {t}), fill it with the source's values (e.g. copy them from the source), then restart",
+        col.name,
+        qualified(rel),
+        quote_ident(&col.name),
+    ))
+    .with_table(table_name)
+    .with_column(&col.name)
+}
+
+/// The ALTER TABLE statements that add the columns `missing` of `rel`
+/// with the target types `types`, each column with the value the source's
+/// rows got (`fills`).
+fn add_columns_sql(
+    rel: &RelationSchema,
+    missing: &[usize],
+    types: &[String],
+    fills: &[Fill],
+) -> String {
+    let qname = qualified(rel);
+    let mut adds = Vec::new();
+    let mut drop_defaults = Vec::new();
+    for ((&i, t), fill) in missing.iter().zip(types).zip(fills) {
+        let name = quote_ident(&rel.columns[i].name);
+        match fill {
+            // The column comes with the value the source's rows got
+            // (PostgreSQL 11+ stores it once, without rewriting the
+            // table); the default goes again, as the target's other
+            // columns have none (the sink writes every value).
+            Fill::Value(v) => {
+                adds.push(format!(
+                    "ADD COLUMN IF NOT EXISTS {name} {t} DEFAULT {}::{t}",
+                    quote_literal(v)
+                ));
+                drop_defaults.push(format!("ALTER COLUMN {name} DROP DEFAULT"));
+            }
+            _ => adds.push(format!("ADD COLUMN IF NOT EXISTS {name} {t}")),
+        }
+    }
+    let mut sql = format!("ALTER TABLE {qname} {}", adds.join(", "));
+    if !drop_defaults.is_empty() {
+        sql.push_str(&format!(
+            ";\nALTER TABLE {qname} {}",
+            drop_defaults.join(", ")
+        ));
+    }
+    sql
+}
+
+/// What the sink keeps about the checked table `target` of `rel`: how rows
+/// are found (the primary key under REPLICA IDENTITY FULL, which types
+/// compare as text) and which columns an UPDATE leaves out.
+async fn table_state(
+    client: &Client,
+    rel: &Arc<RelationSchema>,
+    target: TargetTable,
+) -> Result<TableState, ApplyError> {
+    let table_name = rel.qualified_name();
     let full_key = if rel.replica_identity == ReplicaIdentity::Full {
         let pk: Vec<Option<usize>> = target
             .columns
@@ -348,7 +445,7 @@ async fn without_equality(
         client
             .batch_execute("SAVEPOINT pgbridge_equality")
             .await
-            .map_err(|e| classify(&e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?;
         match client
             .prepare(&format!("SELECT NULL::{t} GROUP BY 1"))
             .await
@@ -356,17 +453,17 @@ async fn without_equality(
             Ok(_) => client
                 .batch_execute("RELEASE SAVEPOINT pgbridge_equality")
                 .await
-                .map_err(|e| classify(&e, &ctx))?,
+                .map_err(|e| classify(e, &ctx))?,
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
                 client
                     .batch_execute(
                         "ROLLBACK TO SAVEPOINT pgbridge_equality; RELEASE SAVEPOINT pgbridge_equality",
                     )
                     .await
-                    .map_err(|e| classify(&e, &ctx))?;
+                    .map_err(|e| classify(e, &ctx))?;
                 lacking.push(t.clone());
             }
-            Err(e) => return Err(classify(&e, &ctx)),
+            Err(e) => return Err(classify(e, &ctx)),
         }
     }
     Ok(lacking)
@@ -405,7 +502,7 @@ async fn defaults(
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     // Missing values exist since PostgreSQL 11; before, every ADD COLUMN
     // with a default rewrote the table.
     let missing = if version >= 110000 {
@@ -427,14 +524,14 @@ async fn defaults(
             &[&rel.rel_id, &names],
         )
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut out = vec![Fill::Null; cols.len()];
     for row in &rows {
-        let name: String = row.try_get(0).map_err(|e| classify(&e, &ctx))?;
-        let has_missing: bool = row.try_get(1).map_err(|e| classify(&e, &ctx))?;
-        let value: Option<String> = row.try_get(2).map_err(|e| classify(&e, &ctx))?;
-        let default: Option<String> = row.try_get(3).map_err(|e| classify(&e, &ctx))?;
-        let identity: String = row.try_get(4).map_err(|e| classify(&e, &ctx))?;
+        let name: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
+        let has_missing: bool = row.try_get(1).map_err(|e| classify(e, &ctx))?;
+        let value: Option<String> = row.try_get(2).map_err(|e| classify(e, &ctx))?;
+        let default: Option<String> = row.try_get(3).map_err(|e| classify(e, &ctx))?;
+        let identity: String = row.try_get(4).map_err(|e| classify(e, &ctx))?;
         let Some(k) = names.iter().position(|n| *n == name) else {
             continue;
         };
@@ -499,7 +596,7 @@ async fn create_table(
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut sql = String::new();
     if !schema_exists {
         sql.push_str(&format!(
@@ -516,7 +613,7 @@ async fn create_table(
     client
         .batch_execute(&sql)
         .await
-        .map_err(|e| classify(&e, &ctx))
+        .map_err(|e| classify(e, &ctx))
 }
 
 /// The target's spelling of the types of `cols` (see the module
@@ -543,10 +640,12 @@ async fn resolve_types(
             ));
         } else {
             if c.type_info.name() == "unknown" {
-                return Err(ApplyError::Definite(format!(
+                return Err(ApplyError::definite(format!(
                     "column {} of {table_name} has type OID {oid}, which was not resolved on the source, so its target type is unknown (needed for {why}); create the target table by hand",
                     c.name
-                )));
+                ))
+                .with_table(table_name)
+                .with_column(&c.name));
             }
             names.push(quote_ident(c.type_info.name()));
             exprs.push(format!(
@@ -562,19 +661,21 @@ async fn resolve_types(
     let row = client
         .query_one(&sql, &params)
         .await
-        .map_err(|e| classify(&e, &ctx))?;
+        .map_err(|e| classify(e, &ctx))?;
     let mut out = Vec::with_capacity(cols.len());
     for (k, &i) in cols.iter().enumerate() {
         let c = &rel.columns[i];
-        let t: Option<String> = row.try_get(k).map_err(|e| classify(&e, &ctx))?;
+        let t: Option<String> = row.try_get(k).map_err(|e| classify(e, &ctx))?;
         match t {
             Some(t) if t != "???" && !t.starts_with("???") => out.push(t),
             _ => {
-                return Err(ApplyError::Definite(format!(
+                return Err(ApplyError::definite(format!(
                     "type {} of column {} in {table_name} does not exist on the target (needed for {why}); create it there first (CREATE TYPE, CREATE DOMAIN or CREATE EXTENSION), pgbridge creates tables but not types",
                     c.type_info.name(),
                     c.name
-                )))
+                ))
+                .with_table(table_name)
+                .with_column(&c.name))
             }
         }
     }

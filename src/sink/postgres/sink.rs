@@ -85,7 +85,7 @@ impl PostgresSink {
                 .await
                 .and_then(|r| r.try_get(0))
                 .map_err(|e| {
-                    super::error::classify(&e, &super::error::Context::new("reading progress"))
+                    super::error::classify(e, &super::error::Context::new("reading progress"))
                 })?;
             if !exists {
                 return Ok(Lsn::ZERO);
@@ -165,7 +165,7 @@ impl PostgresSink {
     fn target(&mut self) -> Result<&mut Target, ApplyError> {
         self.target
             .as_mut()
-            .ok_or_else(|| ApplyError::Transient("target connection not open".into()))
+            .ok_or_else(|| ApplyError::transient("target connection not open"))
     }
 
     async fn run_inner(&mut self, queue: &mut SinkQueue, acker: Acker) -> Result<(), ApplyError> {
@@ -215,7 +215,7 @@ impl PostgresSink {
                     // Covers the one it replaces.
                     order
                         .commit(token)
-                        .map_err(|e| ApplyError::Definite(e.to_string()))?;
+                        .map_err(|e| ApplyError::definite(e.to_string()).with_cause(e))?;
                     if self.limits_reached(&batch) {
                         self.finish(&mut batch, &mut order).await?;
                     }

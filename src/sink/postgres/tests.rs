@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
-use super::error::is_transient_code;
 use super::sql::*;
 use super::PostgresSinkConfig;
 use crate::model::{ColumnSchema, RelationSchema, TypeInfo};
@@ -228,20 +227,6 @@ fn truncate_as_sent() {
         truncate_statement(&[b], true, true),
         "TRUNCATE \"public\".\"b\" RESTART IDENTITY CASCADE"
     );
-}
-
-#[test]
-fn transient_sqlstates() {
-    for c in [
-        "08006", "08P01", "57P01", "57P03", "53100", "53300", "40001", "40P01",
-    ] {
-        assert!(is_transient_code(c), "{c}");
-    }
-    for c in [
-        "42703", "42P01", "22P02", "23505", "23502", "57014", "40002", "25P02",
-    ] {
-        assert!(!is_transient_code(c), "{c}");
-    }
 }
 
 #[test]
