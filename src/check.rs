@@ -119,7 +119,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                     tables.iter().map(|t| (t.qualified_name(), t)).collect();
                 let selected: Vec<String> = tables
                     .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                    .filter(|t| p.tables.contains(&t.qualified_name()))
                     .map(|t| pg::qualified(&t.schema, &t.name))
                     .collect();
                 if let Some(problem) = replication_role(&client, p, &selected).await {
@@ -127,7 +127,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                 }
                 let written: Vec<(String, String)> = tables
                     .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                    .filter(|t| p.tables.contains(&t.qualified_name()))
                     .map(|t| (t.schema.clone(), t.name.clone()))
                     .collect();
                 let mut state = vec!["progress", "relations"];
@@ -151,7 +151,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                         p.name
                     )),
                 }
-                for t in &p.tables {
+                for t in p.tables.listed() {
                     if !tables.is_empty() && !published.contains_key(t) {
                         problems.push(format!(
                             "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
@@ -162,7 +162,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                 }
                 for t in tables
                     .iter()
-                    .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+                    .filter(|t| p.tables.contains(&t.qualified_name()))
                 {
                     let have = match snapshot::target_columns(&client, t).await {
                         Ok(r) => r,

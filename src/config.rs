@@ -138,8 +138,8 @@ impl SinkConfig {
         }
     }
 
-    /// `schema.table` selection; empty means every published table.
-    pub fn tables(&self) -> &[String] {
+    /// The sink's table selection.
+    pub fn tables(&self) -> &TableSelection {
         match self {
             SinkConfig::Postgres(p) => &p.tables,
             SinkConfig::Kafka(k) => &k.tables,
@@ -155,8 +155,8 @@ pub struct PostgresSinkSection {
     #[serde(deserialize_with = "conninfo")]
     pub url: Url,
     /// Tables as `schema.table` (or `table` for `public.table`).
-    #[serde(default, deserialize_with = "table_names")]
-    pub tables: Vec<String>,
+    #[serde(default)]
+    pub tables: TableSelection,
     #[serde(default)]
     pub create_tables: bool,
     /// The initial copy drops a table's indexes and rebuilds them after.
@@ -343,20 +343,58 @@ fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 }
 
 /// Normalises `table` to `public.table`; rejects empty parts.
-pub(crate) fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = expanded_list(d)?;
-    v.into_iter()
-        .map(|t| {
-            let parts: Vec<&str> = t.split('.').collect();
-            match parts.as_slice() {
-                [table] if !table.is_empty() => Ok(format!("public.{table}")),
-                [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(t.clone()),
-                _ => Err(de::Error::custom(format!(
-                    "table {t:?} is not of the form schema.table"
-                ))),
-            }
+/// A sink's table selection, parsed once from its `tables` key: the
+/// listed `schema.table` names (`table` means `public.table`), or, when
+/// the key is missing or empty, every published table. Every part of
+/// pgbridge that asks "does this sink take that table" (the fan-out, the
+/// copy's plan, `check`, `sync-sequences`, `resync`) asks this type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TableSelection {
+    /// Every table of the source's publications.
+    #[default]
+    All,
+    /// These `schema.table` names only, in the order listed.
+    Listed(Vec<String>),
+}
+
+impl TableSelection {
+    /// Whether the sink takes the table named `qualified` (`schema.table`).
+    pub fn contains(&self, qualified: &str) -> bool {
+        match self {
+            TableSelection::All => true,
+            TableSelection::Listed(names) => names.iter().any(|n| n == qualified),
+        }
+    }
+
+    /// The listed names; empty for [`TableSelection::All`].
+    pub fn listed(&self) -> &[String] {
+        match self {
+            TableSelection::All => &[],
+            TableSelection::Listed(names) => names,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TableSelection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = expanded_list(d)?
+            .into_iter()
+            .map(|t| {
+                let parts: Vec<&str> = t.split('.').collect();
+                match parts.as_slice() {
+                    [table] if !table.is_empty() => Ok(format!("public.{table}")),
+                    [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(t.clone()),
+                    _ => Err(de::Error::custom(format!(
+                        "table {t:?} is not of the form schema.table"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<String>, D::Error>>()?;
+        Ok(match names.is_empty() {
+            true => TableSelection::All,
+            false => TableSelection::Listed(names),
         })
-        .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -549,7 +587,10 @@ create_tables = true
         assert_eq!(c.source.slot, "pgbridge_app");
         assert_eq!(c.source.snapshot, SnapshotMode::Initial);
         assert_eq!(c.sinks.len(), 1);
-        assert_eq!(c.sinks[0].tables(), ["public.orders", "public.customers"]);
+        assert_eq!(
+            c.sinks[0].tables().listed(),
+            ["public.orders", "public.customers"]
+        );
         let SinkConfig::Postgres(p) = &c.sinks[0] else {
             panic!("a postgres sink")
         };
@@ -574,6 +615,29 @@ create_tables = true
 
     fn err(text: &str) -> String {
         Config::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    /// No `tables` key and an empty list both select every published
+    /// table; a listed selection takes exactly its names.
+    #[test]
+    fn table_selection() {
+        let all = Config::parse(
+            &GOOD.replace(r#"tables = ["public.orders", "customers"]"#, ""),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(all.sinks[0].tables(), &TableSelection::All);
+        let empty = Config::parse(
+            &GOOD.replace(r#"tables = ["public.orders", "customers"]"#, "tables = []"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(empty.sinks[0].tables(), &TableSelection::All);
+        assert!(TableSelection::All.contains("s.anything"));
+        let good = Config::parse(GOOD, "x.toml").unwrap();
+        let listed = good.sinks[0].tables();
+        assert!(listed.contains("public.customers"));
+        assert!(!listed.contains("public.other"));
     }
 
     /// Every example in deploy/examples, and the compose setup's config,
@@ -661,7 +725,7 @@ create_tables = true
         );
         assert_eq!(c.sinks[0].name(), "analytics_b");
         assert_eq!(c.source.publications, ["pub_analytics_b"]);
-        assert_eq!(c.sinks[0].tables()[1], "analytics_b.c");
+        assert_eq!(c.sinks[0].tables().listed()[1], "analytics_b.c");
         assert_eq!(c.source.spill_dir, Some(PathBuf::from("/tmp/spill_b")));
         let e = err(&format!(
             "{GOOD}\n[http]\nlisten = \"${{PGBRIDGE_SURELY_UNSET_LISTEN}}\"\n"

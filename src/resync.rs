@@ -45,7 +45,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::config::{Config, PostgresSinkSection, SinkConfig, SnapshotMode};
+use crate::config::{Config, PostgresSinkSection, SinkConfig, SnapshotMode, TableSelection};
 use crate::pipeline::lock::PipelineLock;
 use crate::sink::kafka::KafkaSinkSection;
 use crate::snapshot::{self, TableSpec, Target};
@@ -210,11 +210,11 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
 
 /// The tables `tables` (published) that a sink selecting `selected`
 /// (empty: all) writes, as `schema.table`.
-fn selected_names(tables: &[TableSpec], selected: &[String]) -> Vec<String> {
+fn selected_names(tables: &[TableSpec], selected: &TableSelection) -> Vec<String> {
     tables
         .iter()
         .map(|t| t.qualified_name())
-        .filter(|n| selected.is_empty() || selected.contains(n))
+        .filter(|n| selected.contains(n))
         .collect()
 }
 
@@ -248,7 +248,7 @@ async fn reset_postgres(
     let target = Target {
         sink: p.name.clone(),
         info: p.url.info.clone(),
-        tables: None,
+        tables: TableSelection::All,
         create_tables: p.create_tables,
         defer_indexes: p.defer_indexes,
         role: p.session_replication_role,

@@ -149,7 +149,7 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
         let selected: Vec<String> = tables
             .iter()
             .map(|t| t.qualified_name())
-            .filter(|t| sink.tables.is_empty() || sink.tables.contains(t))
+            .filter(|t| sink.tables.contains(t))
             .collect();
         let mine: Vec<Used> = used
             .iter()

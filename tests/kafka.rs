@@ -366,7 +366,7 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
             Route {
                 sink: "k".into(),
                 rel_ids: Default::default(),
-                tables: None,
+                tables: Default::default(),
                 durable,
                 table_start: Default::default(),
                 table_start_names: Default::default(),
@@ -1573,7 +1573,7 @@ fn replica_identity_full() {
                 Route {
                     sink: "k".into(),
                     rel_ids: Default::default(),
-                    tables: None,
+                    tables: Default::default(),
                     durable,
                     table_start: Default::default(),
                     table_start_names: Default::default(),
@@ -1938,7 +1938,7 @@ async fn mini_pipeline(
             Route {
                 sink: "k".into(),
                 rel_ids: Default::default(),
-                tables: None,
+                tables: Default::default(),
                 durable,
                 table_start: Default::default(),
                 table_start_names: Default::default(),

@@ -123,17 +123,9 @@ fn build_sinks(config: &Config) -> Result<Vec<Built>, SinkError> {
         .iter()
         .map(|s| -> Result<Built, SinkError> {
             match s {
-                SinkConfig::Postgres(p) => {
-                    let mut c = PostgresSinkConfig::new(&p.name, &p.url.raw, config.pipeline_id());
-                    c.create_tables = p.create_tables;
-                    c.batch_max_rows = p.batch_max_rows;
-                    c.batch_max_bytes = p.batch_max_bytes;
-                    c.batch_max_txns = p.batch_max_txns;
-                    c.apply_workers = p.apply_workers;
-                    c.replication_role = p.session_replication_role;
-                    c.source = Some(config.source.url.info.clone());
-                    Ok(Built::Other(Box::new(PostgresSink::new(c)?)))
-                }
+                SinkConfig::Postgres(p) => Ok(Built::Other(Box::new(PostgresSink::new(
+                    PostgresSinkConfig::from_section(p, config),
+                )?))),
                 SinkConfig::Kafka(k) => {
                     Ok(Built::Kafka(Box::new(KafkaSink::for_pipeline(k, config))))
                 }
@@ -179,7 +171,7 @@ fn targets(config: &Config) -> Vec<(usize, Target)> {
                 Target {
                     sink: p.name.clone(),
                     info: p.url.info.clone(),
-                    tables: (!p.tables.is_empty()).then(|| p.tables.iter().cloned().collect()),
+                    tables: p.tables.clone(),
                     create_tables: p.create_tables,
                     defer_indexes: p.defer_indexes,
                     role: p.session_replication_role,
@@ -538,13 +530,13 @@ async fn attempt_inner(
     let listed: Vec<String> = config
         .sinks
         .iter()
-        .flat_map(|s| s.tables().iter().cloned())
+        .flat_map(|s| s.tables().listed().iter().cloned())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let ids = snapshot::relation_ids(info, &listed).await?;
     for s in &config.sinks {
-        if let Some(t) = s.tables().iter().find(|t| !ids.contains_key(*t)) {
+        if let Some(t) = s.tables().listed().iter().find(|t| !ids.contains_key(*t)) {
             return Err(PipelineError::Other(format!(
                 "sink {}: table {t} in its tables is not a table on the source (renamed or dropped?); \
                  name it by its current name in the sink's tables, or remove it",
@@ -615,10 +607,10 @@ async fn attempt_inner(
         .zip(&durable)
         .map(|(s, d)| Route {
             sink: s.name().to_string(),
-            tables: (!s.tables().is_empty())
-                .then(|| s.tables().iter().cloned().collect::<HashSet<_>>()),
+            tables: s.tables().clone(),
             rel_ids: s
                 .tables()
+                .listed()
                 .iter()
                 .filter_map(|t| ids.get(t).copied())
                 .collect(),
@@ -669,14 +661,11 @@ async fn attempt_inner(
                 _ => durable[i],
             };
             drop_stale_copies(&mut done, config.sinks[i].name(), own, stream_start);
-            let wants = routes[i].tables.clone();
+            let wants = config.sinks[i].tables();
             let missing: Vec<TableSpec> = tables
                 .iter()
                 .filter(|spec| {
-                    wants
-                        .as_ref()
-                        .is_none_or(|w| w.contains(&spec.qualified_name()))
-                        && !done.contains_key(&spec.oid)
+                    wants.contains(&spec.qualified_name()) && !done.contains_key(&spec.oid)
                 })
                 .cloned()
                 .collect();

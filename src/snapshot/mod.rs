@@ -165,8 +165,7 @@ impl TableSpec {
 pub struct Target {
     pub sink: String,
     pub info: ConnInfo,
-    /// `schema.table`; `None` = every published table.
-    pub tables: Option<HashSet<String>>,
+    pub tables: crate::config::TableSelection,
     pub create_tables: bool,
     /// Drop the table's indexes for the copy and rebuild them after it
     /// (see `indexes`).
@@ -177,9 +176,7 @@ pub struct Target {
 
 impl Target {
     pub fn wants(&self, t: &TableSpec) -> bool {
-        self.tables
-            .as_ref()
-            .is_none_or(|s| s.contains(&t.qualified_name()))
+        self.tables.contains(&t.qualified_name())
     }
 }
 
