@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::config::{Config, SinkConfig, SnapshotMode};
 use crate::pg::{self, literal};
 use crate::privileges;
-use crate::snapshot;
+use crate::source::published;
 use crate::source::{Connection, Mode};
 use crate::Lsn;
 
@@ -84,7 +84,7 @@ pub async fn check(config: &Config) -> Vec<String> {
             }
         }
     }
-    let tables = match snapshot::published_tables(info, &src.publications).await {
+    let tables = match published::published_tables(info, &src.publications).await {
         Ok(t) => t,
         Err(e) => {
             if conn.is_some() {
@@ -107,6 +107,10 @@ pub async fn check(config: &Config) -> Vec<String> {
                 let copies = config.source.snapshot != SnapshotMode::Never;
                 problems.extend(crate::sink::kafka::check::preflight(k, copies).await);
             }
+            SinkConfig::Other(o) => problems.push(format!(
+                "sink {}: type {:?} is not a sink type pgbridge has (postgres, kafka)",
+                o.name, o.kind
+            )),
             SinkConfig::Postgres(p) => {
                 let client = match pg::connect(&p.url.info).await {
                     Ok(c) => c,
@@ -115,7 +119,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                         continue;
                     }
                 };
-                let published: HashMap<String, &snapshot::TableSpec> =
+                let published: HashMap<String, &published::TableSpec> =
                     tables.iter().map(|t| (t.qualified_name(), t)).collect();
                 let selected: Vec<String> = tables
                     .iter()
@@ -164,7 +168,7 @@ pub async fn check(config: &Config) -> Vec<String> {
                     .iter()
                     .filter(|t| p.tables.contains(&t.qualified_name()))
                 {
-                    let have = match snapshot::target_columns(&client, t).await {
+                    let have = match crate::sink::postgres::copy::target_columns(&client, t).await {
                         Ok(r) => r,
                         Err(e) => {
                             problems.push(format!("sink {}: {e}", p.name));
@@ -389,6 +393,9 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
             }
             SinkConfig::Kafka(k) => {
                 lines.push(crate::sink::kafka::check::status(k, config.pipeline_id()).await);
+            }
+            SinkConfig::Other(o) => {
+                lines.push(format!("sink {}: type {:?}: no status", o.name, o.kind));
             }
         }
     }

@@ -122,12 +122,53 @@ impl std::fmt::Debug for Url {
     }
 }
 
-/// One destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// One destination, by its `type` key.
+#[derive(Debug, Clone)]
 pub enum SinkConfig {
     Postgres(PostgresSinkSection),
     Kafka(KafkaSinkSection),
+    /// Any other `type`: a sink type that a program embedding pgbridge
+    /// registers (see `pipeline::registry`); [`Config::parse`] accepts
+    /// only the two above.
+    Other(OtherSinkSection),
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.get("type") {
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(_) => return Err(de::Error::custom("the sink's type must be a string")),
+            None => return Err(de::Error::missing_field("type")),
+        };
+        let section = |table: toml::Table| toml::Value::Table(table);
+        let parsed = match kind.as_str() {
+            "postgres" => {
+                table.remove("type");
+                PostgresSinkSection::deserialize(section(table)).map(SinkConfig::Postgres)
+            }
+            "kafka" => {
+                table.remove("type");
+                KafkaSinkSection::deserialize(section(table)).map(SinkConfig::Kafka)
+            }
+            _ => OtherSinkSection::deserialize(section(table)).map(SinkConfig::Other),
+        };
+        parsed.map_err(|e| de::Error::custom(e.message()))
+    }
+}
+
+/// A sink of a type pgbridge does not build in: its name, table selection
+/// and type, and the rest of its keys for its constructor to read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OtherSinkSection {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(deserialize_with = "sink_name")]
+    pub name: String,
+    #[serde(default)]
+    pub tables: TableSelection,
+    #[serde(flatten)]
+    pub settings: toml::Table,
 }
 
 impl SinkConfig {
@@ -135,6 +176,16 @@ impl SinkConfig {
         match self {
             SinkConfig::Postgres(p) => &p.name,
             SinkConfig::Kafka(k) => &k.name,
+            SinkConfig::Other(o) => &o.name,
+        }
+    }
+
+    /// The `type` key.
+    pub fn kind(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Other(o) => &o.kind,
         }
     }
 
@@ -143,6 +194,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Postgres(p) => &p.tables,
             SinkConfig::Kafka(k) => &k.tables,
+            SinkConfig::Other(o) => &o.tables,
         }
     }
 }
@@ -423,8 +475,19 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses `text`; `path` is used in messages.
+    /// Parses `text`; `path` is used in messages. Sinks are of pgbridge's
+    /// own types, `postgres` and `kafka`.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_sink_types(text, path, &["postgres", "kafka"])
+    }
+
+    /// [`Config::parse`] allowing the sink types `types` (those of a
+    /// program that registers its own, see `pipeline::registry`).
+    pub fn parse_with_sink_types(
+        text: &str,
+        path: &str,
+        types: &[&str],
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -445,6 +508,14 @@ impl Config {
             return Err(semantic(
                 "no [[sink]] section: add at least one destination".into(),
             ));
+        }
+        if let Some(s) = config.sinks.iter().find(|s| !types.contains(&s.kind())) {
+            return Err(semantic(format!(
+                "sink {:?}: unknown type {:?}; known: {}",
+                s.name(),
+                s.kind(),
+                types.join(", ")
+            )));
         }
         let mut names = HashSet::new();
         for s in &config.sinks {

@@ -2661,8 +2661,8 @@ async fn copy_directly(
     slot: &str,
     publication: &str,
     sinks: Vec<&mut KafkaSink>,
-) -> (Lsn, pgbridge::snapshot::CopyStats) {
-    use pgbridge::snapshot::kafka::{copy, KafkaJob};
+) -> (Lsn, pgbridge::pipeline::copy::CopyStats) {
+    use pgbridge::pipeline::copy::{copy, CopyJob};
     use pgbridge::source::{Connection, Mode, SnapshotAction};
     let mut conn = Connection::connect(info, Mode::Replication)
         .await
@@ -2671,14 +2671,14 @@ async fn copy_directly(
         .create_slot(slot, true, SnapshotAction::Export)
         .await
         .expect("slot");
-    let tables = pgbridge::snapshot::published_tables(info, &[publication.to_string()])
+    let tables = pgbridge::source::published::published_tables(info, &[publication.to_string()])
         .await
         .expect("tables");
     let mut jobs = Vec::new();
     for sink in sinks {
         sink.open().await.expect("open");
         assert!(sink.snapshot_completed().await.expect("state").is_empty());
-        jobs.push(KafkaJob {
+        jobs.push(CopyJob {
             sink,
             tables: tables.clone(),
         });
@@ -2688,6 +2688,7 @@ async fn copy_directly(
         snap.snapshot_name.as_deref().expect("exported"),
         snap.consistent_point,
         jobs,
+        1,
     )
     .await
     .expect("copy");
