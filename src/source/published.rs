@@ -310,67 +310,15 @@ pub async fn published_tables(
     let mut out = Vec::new();
     let binary_io = binary_io_sql("a.atttypid", version);
     for (oid, schema, name, cols, filters, mut pages, mut bytes, partitioned) in by_oid {
-        let mut partitions = Vec::new();
-        if partitioned {
-            let what = format!("listing the partitions of {schema}.{name}");
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT n.nspname::text, c.relname::text, {pages_sql}, pg_relation_size(c.oid) \
-                         FROM pg_catalog.pg_partition_tree($1::oid::regclass) p \
-                         JOIN pg_catalog.pg_class c ON c.oid = p.relid \
-                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE p.isleaf ORDER BY 1, 2"
-                    ),
-                    &[&oid],
-                )
-                .await
-                .map_err(|e| CopyReadError::db(&what, &source.user, e))?;
-            for r in rows {
-                let part = Partition {
-                    schema: r
-                        .try_get(0)
-                        .map_err(|e| CopyReadError::db(&what, &source.user, e))?,
-                    name: r
-                        .try_get(1)
-                        .map_err(|e| CopyReadError::db(&what, &source.user, e))?,
-                    pages: r
-                        .try_get(2)
-                        .map_err(|e| CopyReadError::db(&what, &source.user, e))?,
-                    bytes: r
-                        .try_get(3)
-                        .map_err(|e| CopyReadError::db(&what, &source.user, e))?,
-                };
-                pages += part.pages;
-                bytes += part.bytes;
-                partitions.push(part);
-            }
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-                     coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
-                       WHERE i.indrelid = a.attrelid AND (i.indisprimary OR (i.indisreplident AND NOT EXISTS \
-                       (SELECT 1 FROM pg_catalog.pg_index p WHERE p.indrelid = a.attrelid AND p.indisprimary)))), false), \
-                     {binary_io} \
-                     FROM pg_catalog.pg_attribute a \
-                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-                     ORDER BY a.attnum"
-                ),
-                &[&oid],
-            )
-            .await
-            .map_err(|e| CopyReadError::db(&format!("reading columns of {schema}.{name}"), &source.user, e))?;
-        let columns = rows
-            .iter()
-            .map(|r| ColumnSpec {
-                name: r.get(0),
-                type_name: r.get(1),
-                not_null: r.get(2),
-                key: r.get(3),
-                binary_io: r.get(4),
-            })
+        let partitions = match partitioned {
+            true => leaves(&client, &source.user, pages_sql, oid, &schema, &name).await?,
+            false => Vec::new(),
+        };
+        pages += partitions.iter().map(|p| p.pages).sum::<i64>();
+        bytes += partitions.iter().map(|p| p.bytes).sum::<i64>();
+        let columns = columns(&client, &source.user, &binary_io, oid, &schema, &name)
+            .await?
+            .into_iter()
             .filter(|c| cols.as_ref().is_none_or(|s| s.contains(&c.name)))
             .collect();
         out.push(TableSpec {
@@ -392,6 +340,90 @@ pub async fn published_tables(
     Ok(out)
 }
 
+/// The leaf partitions of the partitioned table `oid` (`schema.name`).
+async fn leaves(
+    client: &tokio_postgres::Client,
+    user: &str,
+    pages_sql: &str,
+    oid: u32,
+    schema: &str,
+    name: &str,
+) -> Result<Vec<Partition>, CopyReadError> {
+    let mut partitions = Vec::new();
+    let what = format!("listing the partitions of {schema}.{name}");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text, {pages_sql}, pg_relation_size(c.oid) \
+                 FROM pg_catalog.pg_partition_tree($1::oid::regclass) p \
+                 JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE p.isleaf ORDER BY 1, 2"
+            ),
+            &[&oid],
+        )
+        .await
+        .map_err(|e| CopyReadError::db(&what, user, e))?;
+    for r in rows {
+        let part = Partition {
+            schema: r
+                .try_get(0)
+                .map_err(|e| CopyReadError::db(&what, user, e))?,
+            name: r
+                .try_get(1)
+                .map_err(|e| CopyReadError::db(&what, user, e))?,
+            pages: r
+                .try_get(2)
+                .map_err(|e| CopyReadError::db(&what, user, e))?,
+            bytes: r
+                .try_get(3)
+                .map_err(|e| CopyReadError::db(&what, user, e))?,
+        };
+        partitions.push(part);
+    }
+    Ok(partitions)
+}
+
+/// The columns of table `oid` (`schema.name`), generated ones left out;
+/// `binary_io` is [`binary_io_sql`] for the server.
+async fn columns(
+    client: &tokio_postgres::Client,
+    user: &str,
+    binary_io: &str,
+    oid: u32,
+    schema: &str,
+    name: &str,
+) -> Result<Vec<ColumnSpec>, CopyReadError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                 coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
+                   WHERE i.indrelid = a.attrelid AND (i.indisprimary OR (i.indisreplident AND NOT EXISTS \
+                   (SELECT 1 FROM pg_catalog.pg_index p WHERE p.indrelid = a.attrelid AND p.indisprimary)))), false), \
+                 {binary_io} \
+                 FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                 ORDER BY a.attnum"
+            ),
+            &[&oid],
+        )
+        .await
+        .map_err(|e| CopyReadError::db(&format!("reading columns of {schema}.{name}"), user, e))?;
+    Ok(rows
+        .iter()
+        .map(|r| ColumnSpec {
+            name: r.get(0),
+            type_name: r.get(1),
+            not_null: r.get(2),
+            key: r.get(3),
+            binary_io: r.get(4),
+        })
+        .collect())
+}
+
+/// A scalar SQL expression: whether values of type `typ` (an SQL
+/// expression of type oid) can be sent and received in binary on a server
 /// of version `version`. Binary COPY calls the type's send and receive
 /// functions, and those of every type inside it: a domain's base type,
 /// an array's element, a composite's fields, a range's subtype, a
