@@ -112,94 +112,105 @@ pub async fn check(config: &Config) -> Vec<String> {
                 o.name, o.kind
             )),
             SinkConfig::Postgres(p) => {
-                let client = match pg::connect(&p.url.info).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        problems.push(format!("sink {}: {e}", p.name));
-                        continue;
-                    }
-                };
-                let published: HashMap<String, &published::TableSpec> =
-                    tables.iter().map(|t| (t.qualified_name(), t)).collect();
-                let selected: Vec<String> = tables
-                    .iter()
-                    .filter(|t| p.tables.contains(&t.qualified_name()))
-                    .map(|t| pg::qualified(&t.schema, &t.name))
-                    .collect();
-                if let Some(problem) = replication_role(&client, p, &selected).await {
-                    problems.push(problem);
-                }
-                let written: Vec<(String, String)> = tables
-                    .iter()
-                    .filter(|t| p.tables.contains(&t.qualified_name()))
-                    .map(|t| (t.schema.clone(), t.name.clone()))
-                    .collect();
-                let mut state = vec!["progress", "relations"];
-                if src.snapshot != SnapshotMode::Never {
-                    state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
-                }
-                if p.apply_workers > 1 {
-                    state.push("apply_progress");
-                }
-                let needs = privileges::TargetNeeds {
-                    sink: &p.name,
-                    user: &p.url.info.user,
-                    tables: &written,
-                    create_tables: p.create_tables,
-                    state_tables: &state,
-                };
-                match privileges::target_problems(&client, &needs).await {
-                    Ok(found) => problems.extend(found),
-                    Err(e) => problems.push(format!(
-                        "sink {}: reading the target user's privileges failed: {e}",
-                        p.name
-                    )),
-                }
-                for t in p.tables.listed() {
-                    if !tables.is_empty() && !published.contains_key(t) {
-                        problems.push(format!(
-                            "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
-                            p.name,
-                            src.publications.join(", ")
-                        ));
-                    }
-                }
-                for t in tables
-                    .iter()
-                    .filter(|t| p.tables.contains(&t.qualified_name()))
-                {
-                    let have = match crate::sink::postgres::copy::target_columns(&client, t).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            problems.push(format!("sink {}: {e}", p.name));
-                            continue;
-                        }
-                    };
-                    let Some(have) = have else {
-                        if !p.create_tables {
-                            problems.push(format!(
-                                "sink {}: target table {} does not exist; create it or set create_tables = true",
-                                p.name,
-                                t.qualified_name()
-                            ));
-                        }
-                        continue;
-                    };
+                problems.extend(postgres_sink_problems(config, p, &tables).await);
+            }
+        }
+    }
+    problems
+}
 
-                    for c in &t.columns {
-                        match have.get(&c.name) {
-                            None if !p.create_tables => problems.push(format!(
-                                "sink {}: target table {} has no column {} ({}); run ALTER TABLE {} ADD COLUMN {} {}, or set create_tables = true",
-                                p.name, t.qualified_name(), c.name, c.type_name, t.qualified_name(), pg::ident(&c.name), c.type_name
-                            )),
-                            Some(ty) if *ty != c.type_name => problems.push(format!(
-                                "sink {}: column {}.{} is {} on the target but {} on the source; values must convert from text or the apply will stop",
-                                p.name, t.qualified_name(), c.name, ty, c.type_name
-                            )),
-                            _ => {}
-                        }
-                    }
-                }
+/// What `check` finds wrong with Postgres sink `p`: its target, its
+/// user's privileges, and the selected tables (`tables` are the
+/// published ones) on the target.
+async fn postgres_sink_problems(
+    config: &Config,
+    p: &crate::config::PostgresSinkSection,
+    tables: &[published::TableSpec],
+) -> Vec<String> {
+    let src = &config.source;
+    let mut problems = Vec::new();
+    let client = match pg::connect(&p.url.info).await {
+        Ok(c) => c,
+        Err(e) => return vec![format!("sink {}: {e}", p.name)],
+    };
+    let published: HashMap<String, &published::TableSpec> =
+        tables.iter().map(|t| (t.qualified_name(), t)).collect();
+    let selected: Vec<String> = tables
+        .iter()
+        .filter(|t| p.tables.contains(&t.qualified_name()))
+        .map(|t| pg::qualified(&t.schema, &t.name))
+        .collect();
+    if let Some(problem) = replication_role(&client, p, &selected).await {
+        problems.push(problem);
+    }
+    let written: Vec<(String, String)> = tables
+        .iter()
+        .filter(|t| p.tables.contains(&t.qualified_name()))
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    let mut state = vec!["progress", "relations"];
+    if src.snapshot != SnapshotMode::Never {
+        state.extend(["snapshot_tables", "snapshot_started", "snapshot_indexes"]);
+    }
+    if p.apply_workers > 1 {
+        state.push("apply_progress");
+    }
+    let needs = privileges::TargetNeeds {
+        sink: &p.name,
+        user: &p.url.info.user,
+        tables: &written,
+        create_tables: p.create_tables,
+        state_tables: &state,
+    };
+    match privileges::target_problems(&client, &needs).await {
+        Ok(found) => problems.extend(found),
+        Err(e) => problems.push(format!(
+            "sink {}: reading the target user's privileges failed: {e}",
+            p.name
+        )),
+    }
+    for t in p.tables.listed() {
+        if !tables.is_empty() && !published.contains_key(t) {
+            problems.push(format!(
+                "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
+                p.name,
+                src.publications.join(", ")
+            ));
+        }
+    }
+    for t in tables
+        .iter()
+        .filter(|t| p.tables.contains(&t.qualified_name()))
+    {
+        let have = match crate::sink::postgres::copy::target_columns(&client, t).await {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("sink {}: {e}", p.name));
+                continue;
+            }
+        };
+        let Some(have) = have else {
+            if !p.create_tables {
+                problems.push(format!(
+                    "sink {}: target table {} does not exist; create it or set create_tables = true",
+                    p.name,
+                    t.qualified_name()
+                ));
+            }
+            continue;
+        };
+
+        for c in &t.columns {
+            match have.get(&c.name) {
+                None if !p.create_tables => problems.push(format!(
+                    "sink {}: target table {} has no column {} ({}); run ALTER TABLE {} ADD COLUMN {} {}, or set create_tables = true",
+                    p.name, t.qualified_name(), c.name, c.type_name, t.qualified_name(), pg::ident(&c.name), c.type_name
+                )),
+                Some(ty) if *ty != c.type_name => problems.push(format!(
+                    "sink {}: column {}.{} is {} on the target but {} on the source; values must convert from text or the apply will stop",
+                    p.name, t.qualified_name(), c.name, ty, c.type_name
+                )),
+                _ => {}
             }
         }
     }
