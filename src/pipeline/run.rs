@@ -1,9 +1,10 @@
 //! `pgbridge run`: one pipeline from its configuration until a signal or a
 //! definite error.
 //!
-//! Each attempt: open the sinks (they say what they durably have), open
-//! the replication connection, create the slot when missing (exporting a
-//! snapshot for the initial copy), copy what the sinks still need, stream.
+//! Each attempt runs the phases of [`phases`]: open the sinks (they say
+//! what they durably have), open the replication connection, create the
+//! slot when missing (exporting a snapshot for the initial copy), plan and
+//! copy what the sinks still need; then it streams ([`Streaming`]).
 //! A transient error (a connection lost to the source or a target, a
 //! server restart) ends the attempt; the next one starts after a backoff
 //! from the durable positions. A definite error stops the pipeline with a
