@@ -257,3 +257,48 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    /// A copy counts while its consistent point, or the sink's durable
+    /// position past it, reaches where the stream starts; an older one
+    /// (a new slot after an earlier copy) is copied again.
+    #[test]
+    fn copies_older_than_the_stream_start_are_dropped() {
+        let mut done = HashMap::from([(1, lsn("0/100")), (2, lsn("0/300")), (3, lsn("0/50"))]);
+        drop_stale_copies(&mut done, "s", lsn("0/200"), Some(lsn("0/200")));
+        assert_eq!(
+            done,
+            HashMap::from([(1, lsn("0/100")), (2, lsn("0/300")), (3, lsn("0/50"))])
+        );
+        drop_stale_copies(&mut done, "s", Lsn::ZERO, Some(lsn("0/200")));
+        assert_eq!(done, HashMap::from([(2, lsn("0/300"))]));
+        // A copy-only run has no stream start: every copy counts.
+        let mut all = HashMap::from([(1, lsn("0/1"))]);
+        drop_stale_copies(&mut all, "s", Lsn::ZERO, None);
+        assert_eq!(all.len(), 1);
+    }
+
+    #[test]
+    fn stats_add_up() {
+        let a = CopyStats {
+            tables: 1,
+            rows: 2,
+            bytes: 3,
+        };
+        assert_eq!(
+            a + a,
+            CopyStats {
+                tables: 2,
+                rows: 4,
+                bytes: 6
+            }
+        );
+    }
+}
