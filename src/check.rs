@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::config::{Config, SinkConfig, SnapshotMode};
 use crate::pg::{self, literal};
 use crate::privileges;
-use crate::snapshot;
+use crate::source::published;
 use crate::source::{Connection, Mode};
 use crate::Lsn;
 
@@ -25,7 +25,7 @@ pub async fn check(config: &Config) -> Vec<String> {
     if let Some(c) = conn.as_mut() {
         source_problems(config, c, &mut problems).await;
     }
-    let tables = match snapshot::published_tables(info, &src.publications).await {
+    let tables = match published::published_tables(info, &src.publications).await {
         Ok(t) => t,
         Err(e) => {
             if conn.is_some() {
@@ -48,8 +48,12 @@ pub async fn check(config: &Config) -> Vec<String> {
                 let copies = config.source.snapshot != SnapshotMode::Never;
                 problems.extend(crate::sink::kafka::check::preflight(k, copies).await);
             }
+            SinkConfig::Other(o) => problems.push(format!(
+                "sink {}: type {:?} is not a sink type pgbridge has (postgres, kafka)",
+                o.name, o.kind
+            )),
             SinkConfig::Postgres(p) => {
-                postgres_sink_problems(config, p, &tables, &mut problems).await
+                problems.extend(postgres_sink_problems(config, p, &tables).await);
             }
         }
     }
@@ -122,28 +126,25 @@ async fn source_problems(config: &Config, c: &mut Connection, problems: &mut Vec
     }
 }
 
-/// A Postgres sink's problems: the replication role, the target user's
-/// privileges, selected tables that are not published, and target tables
-/// that are missing or whose columns differ from the source's.
+/// What `check` finds wrong with Postgres sink `p`: its target, its
+/// user's privileges, and the selected tables (`tables` are the
+/// published ones) on the target.
 async fn postgres_sink_problems(
     config: &Config,
     p: &crate::config::PostgresSinkSection,
-    tables: &[snapshot::TableSpec],
-    problems: &mut Vec<String>,
-) {
+    tables: &[published::TableSpec],
+) -> Vec<String> {
     let src = &config.source;
+    let mut problems = Vec::new();
     let client = match pg::connect(&p.url.info).await {
         Ok(c) => c,
-        Err(e) => {
-            problems.push(format!("sink {}: {e}", p.name));
-            return;
-        }
+        Err(e) => return vec![format!("sink {}: {e}", p.name)],
     };
-    let published: HashMap<String, &snapshot::TableSpec> =
+    let published: HashMap<String, &published::TableSpec> =
         tables.iter().map(|t| (t.qualified_name(), t)).collect();
     let selected: Vec<String> = tables
         .iter()
-        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+        .filter(|t| p.tables.contains(&t.qualified_name()))
         .map(|t| pg::qualified(&t.schema, &t.name))
         .collect();
     if let Some(problem) = replication_role(&client, p, &selected).await {
@@ -151,7 +152,7 @@ async fn postgres_sink_problems(
     }
     let written: Vec<(String, String)> = tables
         .iter()
-        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+        .filter(|t| p.tables.contains(&t.qualified_name()))
         .map(|t| (t.schema.clone(), t.name.clone()))
         .collect();
     let mut state = vec!["progress", "relations"];
@@ -175,7 +176,7 @@ async fn postgres_sink_problems(
             p.name
         )),
     }
-    for t in &p.tables {
+    for t in p.tables.listed() {
         if !tables.is_empty() && !published.contains_key(t) {
             problems.push(format!(
                 "sink {}: table {t} is selected but not in publication(s) {}; add it with ALTER PUBLICATION ... ADD TABLE {t}, or remove it from tables",
@@ -186,9 +187,9 @@ async fn postgres_sink_problems(
     }
     for t in tables
         .iter()
-        .filter(|t| p.tables.is_empty() || p.tables.contains(&t.qualified_name()))
+        .filter(|t| p.tables.contains(&t.qualified_name()))
     {
-        let have = match snapshot::target_columns(&client, t).await {
+        let have = match crate::sink::postgres::copy::target_columns(&client, t).await {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("sink {}: {e}", p.name));
@@ -203,7 +204,7 @@ async fn postgres_sink_problems(
                     t.qualified_name()
                 ));
             }
-            return;
+            continue;
         };
 
         for c in &t.columns {
@@ -220,6 +221,7 @@ async fn postgres_sink_problems(
             }
         }
     }
+    problems
 }
 
 /// A problem when the sink's sessions cannot run as
@@ -409,6 +411,9 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
             }
             SinkConfig::Kafka(k) => {
                 lines.push(crate::sink::kafka::check::status(k, config.pipeline_id()).await);
+            }
+            SinkConfig::Other(o) => {
+                lines.push(format!("sink {}: type {:?}: no status", o.name, o.kind));
             }
         }
     }

@@ -122,12 +122,53 @@ impl std::fmt::Debug for Url {
     }
 }
 
-/// One destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// One destination, by its `type` key.
+#[derive(Debug, Clone)]
 pub enum SinkConfig {
     Postgres(PostgresSinkSection),
     Kafka(KafkaSinkSection),
+    /// Any other `type`: a sink type that a program embedding pgbridge
+    /// registers (see `pipeline::registry`); [`Config::parse`] accepts
+    /// only the two above.
+    Other(OtherSinkSection),
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.get("type") {
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(_) => return Err(de::Error::custom("the sink's type must be a string")),
+            None => return Err(de::Error::missing_field("type")),
+        };
+        let section = |table: toml::Table| toml::Value::Table(table);
+        let parsed = match kind.as_str() {
+            "postgres" => {
+                table.remove("type");
+                PostgresSinkSection::deserialize(section(table)).map(SinkConfig::Postgres)
+            }
+            "kafka" => {
+                table.remove("type");
+                KafkaSinkSection::deserialize(section(table)).map(SinkConfig::Kafka)
+            }
+            _ => OtherSinkSection::deserialize(section(table)).map(SinkConfig::Other),
+        };
+        parsed.map_err(|e| de::Error::custom(e.message()))
+    }
+}
+
+/// A sink of a type pgbridge does not build in: its name, table selection
+/// and type, and the rest of its keys for its constructor to read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OtherSinkSection {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(deserialize_with = "sink_name")]
+    pub name: String,
+    #[serde(default)]
+    pub tables: TableSelection,
+    #[serde(flatten)]
+    pub settings: toml::Table,
 }
 
 impl SinkConfig {
@@ -135,14 +176,25 @@ impl SinkConfig {
         match self {
             SinkConfig::Postgres(p) => &p.name,
             SinkConfig::Kafka(k) => &k.name,
+            SinkConfig::Other(o) => &o.name,
         }
     }
 
-    /// `schema.table` selection; empty means every published table.
-    pub fn tables(&self) -> &[String] {
+    /// The `type` key.
+    pub fn kind(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Other(o) => &o.kind,
+        }
+    }
+
+    /// The sink's table selection.
+    pub fn tables(&self) -> &TableSelection {
         match self {
             SinkConfig::Postgres(p) => &p.tables,
             SinkConfig::Kafka(k) => &k.tables,
+            SinkConfig::Other(o) => &o.tables,
         }
     }
 }
@@ -155,8 +207,8 @@ pub struct PostgresSinkSection {
     #[serde(deserialize_with = "conninfo")]
     pub url: Url,
     /// Tables as `schema.table` (or `table` for `public.table`).
-    #[serde(default, deserialize_with = "table_names")]
-    pub tables: Vec<String>,
+    #[serde(default)]
+    pub tables: TableSelection,
     #[serde(default)]
     pub create_tables: bool,
     /// The initial copy drops a table's indexes and rebuilds them after.
@@ -343,20 +395,58 @@ fn nonempty_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 }
 
 /// Normalises `table` to `public.table`; rejects empty parts.
-pub(crate) fn table_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = expanded_list(d)?;
-    v.into_iter()
-        .map(|t| {
-            let parts: Vec<&str> = t.split('.').collect();
-            match parts.as_slice() {
-                [table] if !table.is_empty() => Ok(format!("public.{table}")),
-                [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(t.clone()),
-                _ => Err(de::Error::custom(format!(
-                    "table {t:?} is not of the form schema.table"
-                ))),
-            }
+/// A sink's table selection, parsed once from its `tables` key: the
+/// listed `schema.table` names (`table` means `public.table`), or, when
+/// the key is missing or empty, every published table. Every part of
+/// pgbridge that asks "does this sink take that table" (the fan-out, the
+/// copy's plan, `check`, `sync-sequences`, `resync`) asks this type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TableSelection {
+    /// Every table of the source's publications.
+    #[default]
+    All,
+    /// These `schema.table` names only, in the order listed.
+    Listed(Vec<String>),
+}
+
+impl TableSelection {
+    /// Whether the sink takes the table named `qualified` (`schema.table`).
+    pub fn contains(&self, qualified: &str) -> bool {
+        match self {
+            TableSelection::All => true,
+            TableSelection::Listed(names) => names.iter().any(|n| n == qualified),
+        }
+    }
+
+    /// The listed names; empty for [`TableSelection::All`].
+    pub fn listed(&self) -> &[String] {
+        match self {
+            TableSelection::All => &[],
+            TableSelection::Listed(names) => names,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TableSelection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = expanded_list(d)?
+            .into_iter()
+            .map(|t| {
+                let parts: Vec<&str> = t.split('.').collect();
+                match parts.as_slice() {
+                    [table] if !table.is_empty() => Ok(format!("public.{table}")),
+                    [schema, table] if !schema.is_empty() && !table.is_empty() => Ok(t.clone()),
+                    _ => Err(de::Error::custom(format!(
+                        "table {t:?} is not of the form schema.table"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<String>, D::Error>>()?;
+        Ok(match names.is_empty() {
+            true => TableSelection::All,
+            false => TableSelection::Listed(names),
         })
-        .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,8 +475,19 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses `text`; `path` is used in messages.
+    /// Parses `text`; `path` is used in messages. Sinks are of pgbridge's
+    /// own types, `postgres` and `kafka`.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_sink_types(text, path, &["postgres", "kafka"])
+    }
+
+    /// [`Config::parse`] allowing the sink types `types` (those of a
+    /// program that registers its own, see `pipeline::registry`).
+    pub fn parse_with_sink_types(
+        text: &str,
+        path: &str,
+        types: &[&str],
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -407,6 +508,14 @@ impl Config {
             return Err(semantic(
                 "no [[sink]] section: add at least one destination".into(),
             ));
+        }
+        if let Some(s) = config.sinks.iter().find(|s| !types.contains(&s.kind())) {
+            return Err(semantic(format!(
+                "sink {:?}: unknown type {:?}; known: {}",
+                s.name(),
+                s.kind(),
+                types.join(", ")
+            )));
         }
         let mut names = HashSet::new();
         for s in &config.sinks {
@@ -549,7 +658,10 @@ create_tables = true
         assert_eq!(c.source.slot, "pgbridge_app");
         assert_eq!(c.source.snapshot, SnapshotMode::Initial);
         assert_eq!(c.sinks.len(), 1);
-        assert_eq!(c.sinks[0].tables(), ["public.orders", "public.customers"]);
+        assert_eq!(
+            c.sinks[0].tables().listed(),
+            ["public.orders", "public.customers"]
+        );
         let SinkConfig::Postgres(p) = &c.sinks[0] else {
             panic!("a postgres sink")
         };
@@ -574,6 +686,29 @@ create_tables = true
 
     fn err(text: &str) -> String {
         Config::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    /// No `tables` key and an empty list both select every published
+    /// table; a listed selection takes exactly its names.
+    #[test]
+    fn table_selection() {
+        let all = Config::parse(
+            &GOOD.replace(r#"tables = ["public.orders", "customers"]"#, ""),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(all.sinks[0].tables(), &TableSelection::All);
+        let empty = Config::parse(
+            &GOOD.replace(r#"tables = ["public.orders", "customers"]"#, "tables = []"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(empty.sinks[0].tables(), &TableSelection::All);
+        assert!(TableSelection::All.contains("s.anything"));
+        let good = Config::parse(GOOD, "x.toml").unwrap();
+        let listed = good.sinks[0].tables();
+        assert!(listed.contains("public.customers"));
+        assert!(!listed.contains("public.other"));
     }
 
     /// Every example in deploy/examples, and the compose setup's config,
@@ -661,7 +796,7 @@ create_tables = true
         );
         assert_eq!(c.sinks[0].name(), "analytics_b");
         assert_eq!(c.source.publications, ["pub_analytics_b"]);
-        assert_eq!(c.sinks[0].tables()[1], "analytics_b.c");
+        assert_eq!(c.sinks[0].tables().listed()[1], "analytics_b.c");
         assert_eq!(c.source.spill_dir, Some(PathBuf::from("/tmp/spill_b")));
         let e = err(&format!(
             "{GOOD}\n[http]\nlisten = \"${{PGBRIDGE_SURELY_UNSET_LISTEN}}\"\n"

@@ -19,7 +19,6 @@ pub mod privileges;
 pub mod resync;
 pub mod sequences;
 pub mod sink;
-pub mod snapshot;
 pub mod source;
 pub mod sqlstate;
 pub mod tail;

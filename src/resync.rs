@@ -20,7 +20,7 @@
 //!   are kept, and one is added for every table the sink held (copied, or
 //!   written by the stream): they are what lets the next copy empty those
 //!   tables (rows from anywhere else are never thrown away, see
-//!   `crate::snapshot`). `pgbridge.snapshot_indexes` is kept: it holds the
+//!   `crate::sink::postgres::copy`). `pgbridge.snapshot_indexes` is kept: it holds the
 //!   definitions of indexes an interrupted copy took off, which the next
 //!   copy rebuilds.
 //! - Kafka: each table's record in the progress topic is replaced by an
@@ -45,10 +45,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::config::{Config, PostgresSinkSection, SinkConfig, SnapshotMode};
+use crate::config::{Config, PostgresSinkSection, SinkConfig, SnapshotMode, TableSelection};
 use crate::pipeline::lock::PipelineLock;
 use crate::sink::kafka::KafkaSinkSection;
-use crate::snapshot::{self, TableSpec, Target};
+use crate::source::published::{self, TableSpec};
 use crate::source::{Connection, Mode, SlotInfo, SourceError};
 use crate::Lsn;
 
@@ -110,7 +110,7 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
             config.resync_command()
         )));
     }
-    let tables = snapshot::published_tables(&src.url.info, &src.publications)
+    let tables = published::published_tables(&src.url.info, &src.publications)
         .await
         .map_err(|e| ResyncError::Refused(format!("source: {e}")))?;
     let mut lines = Vec::new();
@@ -121,6 +121,10 @@ pub async fn resync(config: &Config, only: Option<&str>) -> Result<Vec<String>, 
         let line = match sink {
             SinkConfig::Postgres(p) => reset_postgres(config, p, &tables).await,
             SinkConfig::Kafka(k) => reset_kafka(config, k).await,
+            SinkConfig::Other(o) => Err(format!(
+                "resync knows the sink types postgres and kafka, not {:?}",
+                o.kind
+            )),
         }
         .map_err(|message| ResyncError::Sink {
             sink: sink.name().to_string(),
@@ -241,11 +245,11 @@ async fn drop_or_keep_slot(
 
 /// The tables `tables` (published) that a sink selecting `selected`
 /// (empty: all) writes, as `schema.table`.
-fn selected_names(tables: &[TableSpec], selected: &[String]) -> Vec<String> {
+fn selected_names(tables: &[TableSpec], selected: &TableSelection) -> Vec<String> {
     tables
         .iter()
         .map(|t| t.qualified_name())
-        .filter(|n| selected.is_empty() || selected.contains(n))
+        .filter(|n| selected.contains(n))
         .collect()
 }
 
@@ -276,16 +280,8 @@ async fn reset_postgres(
     if present.is_empty() {
         return Ok("no pgbridge state on the target; nothing to reset".into());
     }
-    let target = Target {
-        sink: p.name.clone(),
-        info: p.url.info.clone(),
-        tables: None,
-        create_tables: p.create_tables,
-        defer_indexes: p.defer_indexes,
-        role: p.session_replication_role,
-    };
     // snapshot_started keeps the tables the next copy may empty.
-    snapshot::ensure_state(&client, &target)
+    crate::sink::postgres::copy_state::ensure_state(&client, &p.name, &p.url.info.user)
         .await
         .map_err(|e| e.to_string())?;
     let selected = selected_names(tables, &p.tables);

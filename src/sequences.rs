@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{Config, SinkConfig};
 use crate::pg::{self, qualified};
-use crate::snapshot;
+use crate::source::published;
 
 /// What one sync did: a line per sequence and sink, and how many of them
 /// were problems (the command then exits non-zero).
@@ -106,6 +106,12 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
                     "sink {name} is a Kafka sink; sequences are synced to Postgres sinks only"
                 ))
             }
+            Some(SinkConfig::Other(o)) => {
+                return Err(format!(
+                "sink {name} is a sink of type {:?}; sequences are synced to Postgres sinks only",
+                o.kind
+            ))
+            }
             None => {
                 return Err(format!(
                     "no sink named {name} in the config; its sinks are: {}",
@@ -133,7 +139,7 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
         );
     }
     let src = &config.source;
-    let tables = snapshot::published_tables(&src.url.info, &src.publications)
+    let tables = published::published_tables(&src.url.info, &src.publications)
         .await
         .map_err(|e| format!("source: {e}"))?;
     let source = pg::connect(&src.url.info)
@@ -149,7 +155,7 @@ pub async fn sync(config: &Config, only: &[String]) -> Result<Report, String> {
         let selected: Vec<String> = tables
             .iter()
             .map(|t| t.qualified_name())
-            .filter(|t| sink.tables.is_empty() || sink.tables.contains(t))
+            .filter(|t| sink.tables.contains(t))
             .collect();
         let mine: Vec<Used> = used
             .iter()

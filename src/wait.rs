@@ -101,7 +101,7 @@ impl Reader {
         for s in sinks {
             let own = match s {
                 SinkConfig::Postgres(p) => self.postgres_position(config, p).await?,
-                SinkConfig::Kafka(_) => Lsn::ZERO,
+                SinkConfig::Kafka(_) | SinkConfig::Other(_) => Lsn::ZERO,
             };
             out.push((s.name().to_string(), own.max(slot)));
         }

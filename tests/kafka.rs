@@ -366,7 +366,7 @@ async fn start(cfg: KafkaSinkSection) -> (Running, Lsn) {
             Route {
                 sink: "k".into(),
                 rel_ids: Default::default(),
-                tables: None,
+                tables: Default::default(),
                 durable,
                 table_start: Default::default(),
                 table_start_names: Default::default(),
@@ -1573,7 +1573,7 @@ fn replica_identity_full() {
                 Route {
                     sink: "k".into(),
                     rel_ids: Default::default(),
-                    tables: None,
+                    tables: Default::default(),
                     durable,
                     table_start: Default::default(),
                     table_start_names: Default::default(),
@@ -1895,17 +1895,19 @@ fn progress_topic_created() {
 // pipeline::run drives it) with one Kafka sink, a real slot, a broker
 // outage and a crash.
 
-/// Streams `slot` into a Kafka sink until stopped (Ok) or an error.
+/// Streams `slot` into a Kafka sink until stopped (Ok) or an error,
+/// with the pipeline's own stream loop ([`Streaming`]).
 async fn mini_pipeline(
     url: String,
     slot: String,
     cfg: KafkaSinkSection,
     tracker_out: tokio::sync::oneshot::Sender<Tracker>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    use pgbridge::source::changes::ChangeStream;
+    use pgbridge::pipeline::stats::Stats;
+    use pgbridge::pipeline::stream::{StreamSource, Streaming};
     use pgbridge::source::{
-        max_proto_version, ConnInfo, Connection, Mode, ReplEvent, SnapshotAction, StartOptions,
+        max_proto_version, ConnInfo, Connection, Mode, SnapshotAction, StartOptions,
     };
     let info = ConnInfo::parse(&url).map_err(|e| e.to_string())?;
     let mut conn = Connection::connect(&info, Mode::Replication)
@@ -1921,96 +1923,31 @@ async fn mini_pipeline(
         }
     };
     let proto = max_proto_version(conn.server_version_num());
-    let mut opts = StartOptions::new(&slot, vec!["kpub".into()], proto);
-    opts.status_interval = Duration::from_millis(500);
-    let mut stream = conn
-        .start_replication(opts, start)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut options = StartOptions::new(&slot, vec!["kpub".into()], proto);
+    options.status_interval = Duration::from_millis(500);
     let mut sink = KafkaSink::new(cfg, &slot, &info.dbname).with_source(info.clone());
     let durable = sink.open().await.map_err(|e| e.to_string())?;
-    let (tracker, issuer, mut ackers, mut confirmed_rx) = Tracker::new(&[durable], start);
-    let _ = tracker_out.send(tracker.clone());
-    let (tx, rx) = mpsc::channel(4096);
-    let bytes = pgbridge::sink::QueueBytes::new(8 << 20);
-    let mut fanout = Fanout::new(
-        vec![(
-            Route {
-                sink: "k".into(),
-                rel_ids: Default::default(),
-                tables: None,
-                durable,
-                table_start: Default::default(),
-                table_start_names: Default::default(),
-            },
-            tx,
-            bytes.clone(),
-        )],
-        issuer,
-    );
-    let acker = ackers.remove(0);
-    // Its own task, as in `run`: the fan-out below awaits room in the
-    // queue inside a select! arm, which would never come if the sink were
-    // only polled by that same select!.
-    let queue = pgbridge::sink::SinkQueue::new(rx, bytes);
-    let mut sink_task = tokio::spawn(async move { sink.run(queue, acker).await });
-    let mut sink_done = None;
-    let mut changes = ChangeStream::new(
-        info.clone(),
-        16 << 20,
-        std::env::temp_dir().join("pgbridge-test-spill"),
-    );
-    let result: Result<(), String> = loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break Ok(()),
-            r = &mut sink_task => {
-                let why = format!("sink stopped: {r:?}");
-                sink_done = Some(r);
-                break Err(why);
-            }
-            Ok(()) = confirmed_rx.changed() => {
-                let c = *confirmed_rx.borrow();
-                stream.confirm(c);
-            }
-            ev = stream.recv() => match ev {
-                Some(Ok(ReplEvent::XLogData { wal_start, data, .. })) => {
-                    if let Err(e) = changes.push(wal_start, data).await {
-                        break Err(e.to_string());
-                    }
-                    loop {
-                        match changes.next_event() {
-                            Ok(Some(ev)) => {
-                                if fanout.dispatch(ev).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Err(e.to_string()),
-                        }
-                    }
-                }
-                Some(Ok(ReplEvent::Keepalive { wal_end })) => {
-                    if !changes.in_transaction() {
-                        let _ = fanout.advance_idle(wal_end).await;
-                    }
-                }
-                Some(Err(e)) => break Err(e.to_string()),
-                None => break Err("replication stream closed".into()),
-            },
-        }
+    let route = Route {
+        sink: "k".into(),
+        rel_ids: Default::default(),
+        tables: Default::default(),
+        durable,
+        table_start: Default::default(),
+        table_start_names: Default::default(),
     };
-    drop(fanout);
-    let sink_result = match sink_done {
-        Some(r) => r,
-        None => sink_task.await,
+    let stats = Stats::new(&slot, &slot, vec![("k".into(), "kafka")]);
+    let source = StreamSource {
+        info: info.clone(),
+        options,
+        memory_limit: 16 << 20,
+        spill_dir: std::env::temp_dir().join("pgbridge-test-spill"),
     };
-    stream.confirm(tracker.confirmable());
-    let _ = stream.shutdown().await;
-    result?;
-    sink_result
-        .map_err(|e| format!("sink task: {e}"))?
-        .map_err(|e| e.to_string())
+    let sinks: Vec<(Box<dyn Sink>, Route)> = vec![(Box::new(sink), route)];
+    let streaming = Streaming::start(conn, source, start, sinks, &stats)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tracker_out.send(streaming.tracker().clone());
+    streaming.run(stop).await.map_err(|e| e.to_string())
 }
 
 struct Mini {
@@ -2661,8 +2598,8 @@ async fn copy_directly(
     slot: &str,
     publication: &str,
     sinks: Vec<&mut KafkaSink>,
-) -> (Lsn, pgbridge::snapshot::CopyStats) {
-    use pgbridge::snapshot::kafka::{copy, KafkaJob};
+) -> (Lsn, pgbridge::pipeline::copy::CopyStats) {
+    use pgbridge::pipeline::copy::{copy, CopyJob};
     use pgbridge::source::{Connection, Mode, SnapshotAction};
     let mut conn = Connection::connect(info, Mode::Replication)
         .await
@@ -2671,14 +2608,14 @@ async fn copy_directly(
         .create_slot(slot, true, SnapshotAction::Export)
         .await
         .expect("slot");
-    let tables = pgbridge::snapshot::published_tables(info, &[publication.to_string()])
+    let tables = pgbridge::source::published::published_tables(info, &[publication.to_string()])
         .await
         .expect("tables");
     let mut jobs = Vec::new();
     for sink in sinks {
         sink.open().await.expect("open");
         assert!(sink.snapshot_completed().await.expect("state").is_empty());
-        jobs.push(KafkaJob {
+        jobs.push(CopyJob {
             sink,
             tables: tables.clone(),
         });
@@ -2688,6 +2625,7 @@ async fn copy_directly(
         snap.snapshot_name.as_deref().expect("exported"),
         snap.consistent_point,
         jobs,
+        1,
     )
     .await
     .expect("copy");

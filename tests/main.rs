@@ -2,6 +2,7 @@
 //! clusters started from the local binaries. See tests/harness.rs.
 
 mod cli;
+mod custom_sink;
 mod failover;
 mod ha;
 mod harness;
@@ -30,6 +31,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(custom_sink::trials());
     trials.extend(pgtypes::trials());
     trials.extend(perms::trials());
     trials.extend(resync::trials());

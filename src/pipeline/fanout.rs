@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::ack::{Issuer, Tracker};
+use crate::config::TableSelection;
 use crate::model::{Event, RelationSchema};
 use crate::pgoutput::RelId;
 use crate::sink::{QueueBytes, SinkItem};
@@ -37,8 +38,8 @@ use crate::Lsn;
 pub struct Route {
     /// The sink's name, for the log.
     pub sink: String,
-    /// `schema.table` names; `None` = every published table.
-    pub tables: Option<HashSet<String>>,
+    /// The sink's table selection from its configuration.
+    pub tables: TableSelection,
     /// Relation ids of the selected tables: those that the source's
     /// catalog gave the listed names at the start, and those that arrived
     /// in Relation messages under a listed name.
@@ -59,8 +60,8 @@ impl Route {
     /// Whether the sink selects `rel` (by name or by relation id).
     fn selects(&self, rel: &RelationSchema) -> bool {
         match &self.tables {
-            None => true,
-            Some(t) => self.rel_ids.contains(&rel.rel_id) || t.contains(&rel.qualified_name()),
+            TableSelection::All => true,
+            t => self.rel_ids.contains(&rel.rel_id) || t.contains(&rel.qualified_name()),
         }
     }
 
@@ -173,11 +174,11 @@ impl Fanout {
                 let name = rel.qualified_name();
                 for i in 0..self.outs.len() {
                     let route = &mut self.outs[i].route;
-                    let Some(listed) = &route.tables else {
+                    if matches!(route.tables, TableSelection::All) {
                         self.send(i, SinkItem::Event(ev.clone())).await?;
                         continue;
-                    };
-                    if listed.contains(&name) {
+                    }
+                    if route.tables.contains(&name) {
                         route.rel_ids.insert(rel.rel_id);
                     } else if route.rel_ids.contains(&rel.rel_id) {
                         tracing::warn!(sink = %route.sink, relation_id = rel.rel_id, table = %name,

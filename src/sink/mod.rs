@@ -16,14 +16,28 @@
 //!   delivery from the slot); [`Sink::open`] tells the pipeline which
 //!   positions the destination already has, and the pipeline does not send
 //!   transactions that committed before it.
+//!
+//! Every sink also takes the initial copy ([`Destination`]): between
+//! `open` and `run` the pipeline asks which tables the destination holds
+//! complete, and copies the others into it through a [`Copier`].
+//!
+//! Adding a sink: implement [`Sink`] and [`Destination`] in
+//! `src/sink/<name>/`, and give `pipeline::registry` an entry from the
+//! config's sink `type` to its constructor.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::model::Event;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::encode::json::SnapshotMarker;
+use crate::model::{Event, RelationSchema, Value};
 use crate::pipeline::ack::{Acker, CommitToken};
+use crate::source::published::TableSpec;
 use crate::Lsn;
 
 mod error;
@@ -59,6 +73,135 @@ pub trait Sink: Send {
     /// and acknowledging what it has) or an error stops it. Implementations
     /// must never acknowledge a token before its transaction is durable.
     async fn run(&mut self, queue: SinkQueue, acker: Acker) -> Result<(), SinkError>;
+}
+
+/// The whole contract of a sink: streaming ([`Sink`]) and the initial
+/// copy. The pipeline calls, in this order: [`Sink::open`],
+/// [`Destination::copied_tables`], [`Destination::copier`] when tables are
+/// missing (the copier is dropped before the next call), [`Sink::run`].
+///
+/// The hand-off between copy and stream: a table copied under an exported
+/// snapshot whose consistent point is `start` holds every change that
+/// committed before `start`; the pipeline sends the sink that table's
+/// changes committing at or after `start` only. A copy that is not
+/// complete counts for nothing: it is copied again from its first row
+/// (the sink empties what an earlier attempt left, or tells its consumers
+/// to), so a sink must tolerate a table's copy being begun more than once.
+#[async_trait::async_trait]
+pub trait Destination: Sink {
+    /// Of `tables` (the published tables), those whose copy into the
+    /// destination is complete, by relation id, each with the consistent
+    /// point its copy belongs to. Called after [`Sink::open`].
+    async fn copied_tables(&mut self, tables: &[TableSpec])
+        -> Result<HashMap<u32, Lsn>, SinkError>;
+
+    /// Whether the destination keeps no position of its own while
+    /// [`Sink::open`] returns `Lsn::ZERO`: then an existing slot's
+    /// confirmed position stands for it (the slot cannot pass what the
+    /// sink has not delivered), which decides whether an earlier copy is
+    /// still recent enough for the stream.
+    fn position_in_slot(&self) -> bool {
+        false
+    }
+
+    /// Takes the copy of the tables [`Destination::copied_tables`] left
+    /// out. The sink says here which form of rows it takes.
+    async fn copier(&mut self) -> Result<Copier<'_>, SinkError>;
+}
+
+/// How a sink takes the initial copy's rows.
+pub enum Copier<'a> {
+    /// COPY data exactly as the source's `COPY ... TO STDOUT` sends it,
+    /// written by several workers at once, each a chunk of a table (a page
+    /// range, or one partition of a partitioned root) in a transaction of
+    /// its own. No row is decoded on the way.
+    Raw(std::sync::Arc<dyn RawCopier>),
+    /// Decoded rows, one table after the other, each table in one read.
+    Rows(Box<dyn RowCopier + 'a>),
+}
+
+/// The COPY format a [`RawCopier`] takes for a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Binary,
+    Text,
+}
+
+impl CopyFormat {
+    /// The word in `COPY ... (FORMAT ...)`.
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            CopyFormat::Binary => "binary",
+            CopyFormat::Text => "text",
+        }
+    }
+}
+
+/// A sink's side of a copy that moves COPY data through unchanged. Shared
+/// by the copy's workers: every method may run concurrently with the
+/// others, for other chunks and tables.
+#[async_trait::async_trait]
+pub trait RawCopier: Send + Sync {
+    /// Before anything is emptied or written: what would stop the copy of
+    /// `tables` (a missing privilege), one line each naming its fix.
+    async fn preflight(&self, tables: &[TableSpec]) -> Result<Vec<String>, SinkError>;
+
+    /// Begins a table's copy: the destination table is made ready and
+    /// empty (rows of an earlier, incomplete copy are gone). Returns the
+    /// format its chunks are to come in.
+    async fn begin_table(&self, table: &TableSpec) -> Result<CopyFormat, SinkError>;
+
+    /// Opens the write of one chunk of `table`, begun with
+    /// [`RawCopier::begin_table`]. Nothing of the chunk counts until
+    /// [`ChunkWriter::finish`] returns.
+    async fn begin_chunk(
+        &self,
+        table: &TableSpec,
+        format: CopyFormat,
+    ) -> Result<Box<dyn ChunkWriter>, SinkError>;
+
+    /// Every chunk of `table` is written (`rows` in all): the table's copy
+    /// is complete at consistent point `start`, durably, in what
+    /// [`Destination::copied_tables`] reads.
+    async fn finish_table(&self, table: &TableSpec, start: Lsn, rows: u64)
+        -> Result<(), SinkError>;
+}
+
+/// One chunk's write, see [`RawCopier::begin_chunk`]. Dropped without
+/// [`ChunkWriter::finish`], nothing of it is kept.
+#[async_trait::async_trait]
+pub trait ChunkWriter: Send {
+    /// The next COPY data, whole rows or not.
+    async fn write(&mut self, data: Bytes) -> Result<(), SinkError>;
+
+    /// Makes the chunk durable; returns its row count.
+    async fn finish(self: Box<Self>) -> Result<u64, SinkError>;
+}
+
+/// A sink's side of a copy of decoded rows, driven one table after the
+/// other: [`RowCopier::begin_table`], its rows, [`RowCopier::finish_table`].
+#[async_trait::async_trait]
+pub trait RowCopier: Send {
+    /// Before the first row of `rel`'s copy (consistent point `start`).
+    async fn begin_table(&mut self, rel: &Arc<RelationSchema>, start: Lsn)
+        -> Result<(), SinkError>;
+
+    /// One row of `rel`, values in its column order; `marker` says where
+    /// in the copy it stands (first of all, first of its table, ...).
+    async fn write_row(
+        &mut self,
+        rel: &Arc<RelationSchema>,
+        start: Lsn,
+        values: &[Value],
+        marker: SnapshotMarker,
+    ) -> Result<(), SinkError>;
+
+    /// After the last row: the table's copy (`rows` rows) is complete at
+    /// `start`, durably, in what [`Destination::copied_tables`] reads.
+    async fn finish_table(&mut self, table: &str, start: Lsn, rows: u64) -> Result<(), SinkError>;
+
+    /// The copy failed: whatever the sink holds open for it is given up.
+    async fn abort(&mut self);
 }
 
 impl SinkItem {

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod conninfo;
 pub mod error;
 pub mod health;
+pub mod published;
 pub mod replication;
 pub(crate) mod tls;
 

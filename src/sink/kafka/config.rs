@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::config::{expanded, expanded_values, opt_expanded, sink_name, table_names};
+use crate::config::{expanded, expanded_values, opt_expanded, sink_name, TableSelection};
 use crate::model::{JsonOptions, NumericMode, TemporalMode};
 
 /// Value format of change events.
@@ -177,8 +177,8 @@ pub struct KafkaSinkSection {
     #[serde(default, deserialize_with = "opt_expanded")]
     pub transactional_id: Option<String>,
     /// Tables as `schema.table` (or `table` for `public.table`); default: all.
-    #[serde(default, deserialize_with = "table_names")]
-    pub tables: Vec<String>,
+    #[serde(default)]
+    pub tables: TableSelection,
     /// Topic for logical decoding messages (`pg_logical_emit_message`);
     /// unset: they are not published.
     #[serde(default, deserialize_with = "opt_expanded")]
@@ -336,7 +336,7 @@ impl KafkaSinkSection {
             progress_topic: default_progress_topic(),
             create_progress_topic: true,
             transactional_id: None,
-            tables: Vec::new(),
+            tables: TableSelection::All,
             message_topic: None,
             transaction_topic: None,
             temporal: TemporalSetting::default(),
@@ -556,7 +556,7 @@ numeric = "double"
         )
         .unwrap();
         assert_eq!(k.topic, "app.{schema}.{table}");
-        assert_eq!(k.tables, ["public.orders", "public.customers"]);
+        assert_eq!(k.tables.listed(), ["public.orders", "public.customers"]);
         assert_eq!(k.table_topic("public.orders"), Some("orders-v2"));
         assert_eq!(k.table_topic("public.customers"), None);
         assert_eq!(

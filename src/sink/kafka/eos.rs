@@ -17,7 +17,7 @@
 //!
 //! The same topic holds the initial copy's per-table records (in both
 //! modes), under keys `<pipeline>/<sink>/snapshot/<schema.table>`: see
-//! [`SnapshotRecord`] and `crate::snapshot::kafka`.
+//! [`SnapshotRecord`] and `crate::sink::kafka::copy`.
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -28,7 +28,7 @@
 //!   waits for delivery reports, and the pipeline's queue backs up to the
 //!   source. A transaction's size does not matter.
 //!
-//! - **Initial copy** (`crate::snapshot::kafka` drives the sink between
+//! - **Initial copy** ([`copy`]; `crate::pipeline::copy` drives the sink between
 //!   `open()` and `run()`): snapshot reads (`op` `r`) through the same
 //!   encoders; per-table progress records in the progress topic
 //!   ([`eos::SnapshotRecord`]), a table's completion written only after
@@ -41,6 +41,7 @@
 mod catalog;
 pub mod check;
 mod config;
+mod copy;
 pub mod delivery;
 mod encoder;
 pub mod eos;

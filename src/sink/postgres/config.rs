@@ -51,6 +51,9 @@ pub struct PostgresSinkConfig {
     pub apply_workers: usize,
     /// The target sessions' `session_replication_role`.
     pub replication_role: ReplicationRole,
+    /// The initial copy drops a target table's indexes and rebuilds them
+    /// once the table's copy is complete (see [`indexes`](super::indexes)).
+    pub defer_indexes: bool,
     /// The pipeline's source database. With `create_tables`, a column the
     /// source added with a default is added to the target with the value
     /// the source's existing rows got, read from the source's catalog
@@ -85,7 +88,29 @@ impl PostgresSinkConfig {
             batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
             apply_workers: Self::DEFAULT_APPLY_WORKERS,
             replication_role: ReplicationRole::Auto,
+            defer_indexes: true,
             source: None,
+        }
+    }
+
+    /// The settings of the `[[sink]]` section `section` of `config`: the
+    /// one place the TOML layer's keys become the sink's settings.
+    pub fn from_section(
+        section: &crate::config::PostgresSinkSection,
+        config: &crate::config::Config,
+    ) -> Self {
+        PostgresSinkConfig {
+            name: section.name.clone(),
+            url: section.url.raw.clone(),
+            pipeline: config.pipeline_id().to_string(),
+            create_tables: section.create_tables,
+            batch_max_rows: section.batch_max_rows,
+            batch_max_bytes: section.batch_max_bytes,
+            batch_max_txns: section.batch_max_txns,
+            apply_workers: section.apply_workers,
+            replication_role: section.session_replication_role,
+            defer_indexes: section.defer_indexes,
+            source: Some(config.source.url.info.clone()),
         }
     }
 }

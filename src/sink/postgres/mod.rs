@@ -90,7 +90,10 @@
 pub mod apply;
 pub mod config;
 pub(crate) mod conn;
+pub mod copy;
+pub(crate) mod copy_state;
 pub mod error;
+mod indexes;
 pub mod parallel;
 mod progress;
 pub mod renames;

@@ -1,6 +1,7 @@
 //! [`PostgresSink`]: the queue loop, the grouping of source transactions
 //! into target transactions, and the acknowledgements.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc::error::TryRecvError;
@@ -8,13 +9,16 @@ use tokio::sync::mpsc::error::TryRecvError;
 use super::apply::Target;
 use super::config::PostgresSinkConfig;
 use super::conn;
+use super::copy::PgCopier;
+use super::copy_state::{self, Owner};
 use super::error::ApplyError;
 use super::parallel::{Dispatcher, Plan};
 use super::progress;
 use super::renames;
 use crate::model::Event;
 use crate::pipeline::ack::{Acker, InOrder};
-use crate::sink::{Sink, SinkError, SinkItem, SinkQueue};
+use crate::sink::{Copier, Destination, Sink, SinkError, SinkItem, SinkQueue};
+use crate::source::published::TableSpec;
 use crate::source::ConnInfo;
 use crate::Lsn;
 
@@ -356,5 +360,30 @@ impl Sink for PostgresSink {
             e.for_role(&self.info.user)
                 .into_sink_error(&self.config.name)
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Destination for PostgresSink {
+    /// From `pgbridge.snapshot_tables` (see [`copy_state`]).
+    async fn copied_tables(
+        &mut self,
+        tables: &[TableSpec],
+    ) -> Result<HashMap<u32, Lsn>, SinkError> {
+        let owner = Owner {
+            pipeline: &self.config.pipeline,
+            sink: &self.config.name,
+            user: &self.info.user,
+        };
+        copy_state::completed(&self.info, owner, tables).await
+    }
+
+    /// COPY data as the source sends it, into `COPY ... FROM STDIN` (see
+    /// [`copy`](super::copy)).
+    async fn copier(&mut self) -> Result<Copier<'_>, SinkError> {
+        Ok(Copier::Raw(Arc::new(PgCopier::new(
+            &self.config,
+            &self.info,
+        ))))
     }
 }

@@ -1,79 +1,50 @@
-//! The initial copy into Kafka sinks: every selected table's rows, read
-//! under the same exported snapshot as the Postgres copy, produced as
-//! Debezium read events (`op` `r`) through the sink's own table state,
-//! encoders and producer (see `KafkaSink::snapshot_read`), so keys, topics,
-//! formats and value conversions are those of streamed changes.
+//! The copy into sinks that take decoded rows
+//! ([`Copier::Rows`](crate::sink::Copier)): each such sink copies its
+//! tables one after the other on one source connection in the exported
+//! snapshot; several sinks copy concurrently, next to the raw copy.
 //!
 //! Rows arrive as text COPY of the published columns (column list and row
 //! filter respected) and are decoded with the column types of a
 //! [`RelationSchema`] built from the catalog under the snapshot, as the
 //! stream's Relation message would describe the table. Memory does not grow
-//! with table size: the COPY stream is read as the producer takes records
-//! (the producer queue is bounded and the sink waits for delivery reports
-//! when it is full), and one row is held back to know which is a table's
-//! last (its `source.snapshot` marker).
-//!
-//! Progress: before a table's first read an "incomplete" record, and once
-//! every record of the table has a successful delivery report a
-//! "complete" one (key `<pipeline>/<sink>/snapshot/<schema.table>`, value
-//! with the consistent point and the row count) go to the sink's progress
-//! topic; the pipeline reads them on start and copies only what is not
-//! complete. A table interrupted in the middle is copied again from its
-//! first row under a new snapshot (at least once: its earlier reads stay
-//! in the topic), after a truncate event, so that a consumer rebuilding
-//! the table drops rows deleted in between. In exactly-once mode a table's
-//! reads and its completion record are one Kafka transaction: an
-//! interrupted table leaves nothing visible to `read_committed` consumers.
-//!
-//! Each Kafka sink copies its tables one after the other on one source
-//! connection (the sink encodes and produces on one task); several Kafka
-//! sinks copy concurrently, next to the Postgres copy.
+//! with table size: the COPY stream is read as the sink takes rows, and one
+//! row is held back to know which is a table's last (its marker).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::{CopyStats, SnapshotError, TableSpec};
+use super::{import_snapshot, CopyError, CopyStats};
 use crate::encode::json::SnapshotMarker;
-use crate::model::{decode_value, ColumnSchema, RelationSchema, TypeRegistry, Value};
+use crate::model::{decode_value, RelationSchema, TypeRegistry, Value};
 use crate::pg::ident;
-use crate::pgoutput::{ReplicaIdentity, TupleValue};
-use crate::sink::kafka::KafkaSink;
-use crate::sink::SinkError;
+use crate::pgoutput::TupleValue;
+use crate::sink::RowCopier;
 use crate::source::catalog::TypeResolver;
+use crate::source::published::{relation, CopyReadError, TableSpec};
 use crate::source::ConnInfo;
 use crate::Lsn;
 
-/// One Kafka sink and the tables it still needs.
-pub struct KafkaJob<'a> {
-    pub sink: &'a mut KafkaSink,
+/// One sink's tables and its copier.
+pub(super) struct RowSink<'a> {
+    pub sink: String,
+    pub copier: Box<dyn RowCopier + 'a>,
     pub tables: Vec<TableSpec>,
 }
 
-impl From<SinkError> for SnapshotError {
-    fn from(e: SinkError) -> Self {
-        if e.is_transient() {
-            SnapshotError::Transient(e.to_string())
-        } else {
-            SnapshotError::Definite(e.to_string())
-        }
-    }
-}
-
-/// Copies each job's tables into its sink under `snapshot` (consistent
-/// point `start`); the sinks are open and not running yet.
-pub async fn copy(
+/// Copies each sink's tables under `snapshot` (consistent point
+/// `start`); the sinks are open and not running yet.
+pub(super) async fn copy(
     source: &ConnInfo,
     snapshot: &str,
     start: Lsn,
-    jobs: Vec<KafkaJob<'_>>,
-) -> Result<CopyStats, SnapshotError> {
-    let runs = jobs.into_iter().map(|job| async move {
-        let r = copy_into(source, snapshot, start, &mut *job.sink, &job.tables).await;
+    sinks: Vec<RowSink<'_>>,
+) -> Result<CopyStats, CopyError> {
+    let runs = sinks.into_iter().map(|mut s| async move {
+        let r = copy_into(source, snapshot, start, &s.sink, &mut *s.copier, &s.tables).await;
         if r.is_err() {
-            job.sink.snapshot_abort().await;
+            s.copier.abort().await;
         }
         r
     });
@@ -91,12 +62,11 @@ async fn copy_into(
     source: &ConnInfo,
     snapshot: &str,
     start: Lsn,
-    sink: &mut KafkaSink,
+    name: &str,
+    sink: &mut (dyn RowCopier + '_),
     tables: &[TableSpec],
-) -> Result<CopyStats, SnapshotError> {
-    use crate::sink::Sink;
-    let name = sink.name().to_string();
-    let src = super::import_snapshot(source, snapshot).await?;
+) -> Result<CopyStats, CopyError> {
+    let src = import_snapshot(source, snapshot).await?;
     let mut resolver = TypeResolver::new(source.clone());
     let mut registry = TypeRegistry::default();
     let mut stats = CopyStats::default();
@@ -105,7 +75,7 @@ async fn copy_into(
         let last_table = n + 1 == tables.len();
         let table = spec.qualified_name();
         let what = format!("sink {name}: copying {table}");
-        let rel = Arc::new(relation(&src, spec, &mut resolver, &mut registry).await?);
+        let rel = Arc::new(relation(&src, &source.user, spec, &mut resolver, &mut registry).await?);
         let columns = rel
             .columns
             .iter()
@@ -121,11 +91,11 @@ async fn copy_into(
             "COPY (SELECT {columns} FROM {}{filter}) TO STDOUT (FORMAT text)",
             spec.from_clause()
         );
-        sink.snapshot_table_start(&rel, start).await?;
+        sink.begin_table(&rel, start).await?;
         let stream = src
             .copy_out(sql.as_str())
             .await
-            .map_err(|e| SnapshotError::source_db(&what, &source.user, e))?;
+            .map_err(|e| CopyReadError::db(&what, &source.user, e))?;
         futures_util::pin_mut!(stream);
         let mut lines = Lines::default();
         // The row read before the current one, and whether it is the
@@ -135,7 +105,7 @@ async fn copy_into(
         let mut rows = 0u64;
         loop {
             let chunk = match stream.next().await {
-                Some(c) => c.map_err(|e| SnapshotError::source_db(&what, &source.user, e))?,
+                Some(c) => c.map_err(|e| CopyReadError::db(&what, &source.user, e))?,
                 None => break,
             };
             stats.bytes += chunk.len() as u64;
@@ -152,15 +122,16 @@ async fn copy_into(
                     } else {
                         SnapshotMarker::True
                     };
-                    sink.snapshot_read(&rel, start, &prev, marker).await?;
+                    sink.write_row(&rel, start, &prev, marker).await?;
                 }
                 held = Some((values, rows == 1));
             }
         }
         if !lines.is_empty() {
-            return Err(SnapshotError::Definite(format!(
+            return Err(CopyReadError::Definite(format!(
                 "{what}: the COPY output ended in the middle of a row"
-            )));
+            ))
+            .into());
         }
         if let Some((prev, _)) = held.take() {
             let marker = if last_table {
@@ -169,9 +140,9 @@ async fn copy_into(
                 SnapshotMarker::LastInDataCollection
             };
             first_of_copy = false;
-            sink.snapshot_read(&rel, start, &prev, marker).await?;
+            sink.write_row(&rel, start, &prev, marker).await?;
         }
-        sink.snapshot_table_done(&table, start, rows).await?;
+        sink.finish_table(&table, start, rows).await?;
         stats.tables += 1;
         stats.rows += rows;
         tracing::info!(sink = %name, table = %table, rows, lsn = %start, "table copied");
@@ -180,86 +151,8 @@ async fn copy_into(
     Ok(stats)
 }
 
-/// `spec`'s table as pgoutput's Relation message would describe it (only
-/// the published columns, in column order; key flags from the replica
-/// identity), read under the snapshot.
-async fn relation(
-    src: &tokio_postgres::Client,
-    spec: &TableSpec,
-    resolver: &mut TypeResolver,
-    registry: &mut TypeRegistry,
-) -> Result<RelationSchema, SnapshotError> {
-    let table = spec.qualified_name();
-    let what = format!("reading the columns of {table}");
-    let r = src
-        .query_one(
-            "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&spec.schema, &spec.name],
-        )
-        .await
-        .map_err(|e| SnapshotError::db(&what, e))?;
-    let oid: u32 = r.get(0);
-    let ident_kind: String = r.get(1);
-    let replica_identity = ident_kind
-        .bytes()
-        .next()
-        .and_then(ReplicaIdentity::from_byte)
-        .unwrap_or(ReplicaIdentity::Default);
-    // pgoutput flags a column as key when it is in the replica identity
-    // index (the primary key for DEFAULT), and every column for FULL.
-    let rows = src
-        .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, \
-             $2 = 'f' OR coalesce((SELECT bool_or(a.attnum = ANY(i.indkey)) FROM pg_catalog.pg_index i \
-               WHERE i.indrelid = a.attrelid AND CASE $2 WHEN 'd' THEN i.indisprimary \
-               WHEN 'i' THEN i.indisreplident ELSE false END), false) \
-             FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-             ORDER BY a.attnum",
-            &[&oid, &ident_kind],
-        )
-        .await
-        .map_err(|e| SnapshotError::db(&what, e))?;
-    let published: HashSet<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
-    let cols: Vec<(String, u32, i32, bool)> = rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .filter(|c: &(String, u32, i32, bool)| published.contains(c.0.as_str()))
-        .collect();
-    let mut oids: Vec<u32> = cols.iter().map(|c| c.1).collect();
-    oids.sort_unstable();
-    oids.dedup();
-    resolver
-        .resolve(registry, &oids)
-        .await
-        .map_err(|e| SnapshotError::Transient(format!("{what}: looking up column types: {e}")))?;
-    let mut columns = Vec::with_capacity(cols.len());
-    for (name, type_oid, type_modifier, is_key) in cols {
-        let type_info = registry.get(type_oid).ok_or_else(|| {
-            SnapshotError::Definite(format!(
-                "{what}: the type (oid {type_oid}) of column {name:?} is unknown"
-            ))
-        })?;
-        columns.push(ColumnSchema {
-            name,
-            type_info,
-            type_modifier,
-            is_key,
-        });
-    }
-    Ok(RelationSchema {
-        rel_id: oid,
-        schema: spec.schema.clone(),
-        name: spec.name.clone(),
-        replica_identity,
-        columns,
-    })
-}
-
 /// One line of text COPY output into typed values, in `rel`'s column order.
-fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, SnapshotError> {
+fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, CopyReadError> {
     // A table without columns (`CREATE TABLE t ()`): each row is an empty
     // line, which would split into one empty field.
     if rel.columns.is_empty() && line.is_empty() {
@@ -267,7 +160,7 @@ fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, Snapshot
     }
     let fields = split_fields(line);
     if fields.len() != rel.columns.len() {
-        return Err(SnapshotError::Definite(format!(
+        return Err(CopyReadError::Definite(format!(
             "copying {}: a COPY row has {} fields, the table {} published columns",
             rel.qualified_name(),
             fields.len(),
@@ -279,7 +172,7 @@ fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, Snapshot
         .zip(&rel.columns)
         .map(|(v, col)| {
             decode_value(&col.type_info, v).map_err(|e| {
-                SnapshotError::Definite(format!(
+                CopyReadError::Definite(format!(
                     "copying {}: column {:?} ({}): {e}",
                     rel.qualified_name(),
                     col.name,
@@ -390,6 +283,7 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pgoutput::ReplicaIdentity;
 
     fn texts(v: &[TupleValue]) -> Vec<Option<Vec<u8>>> {
         v.iter()

@@ -19,10 +19,10 @@
 
 use tokio_postgres::Client;
 
-use super::TableSpec;
 use crate::pg::ident;
+use crate::source::published::TableSpec;
 
-pub(super) const DDL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.snapshot_indexes (
+pub(crate) const DDL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.snapshot_indexes (
   pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
   name text NOT NULL, ord int NOT NULL, restore text NOT NULL,
   PRIMARY KEY (pipeline, sink, table_name, name))";
@@ -47,7 +47,7 @@ const LIST: &str = "SELECT ic.relname::text, i.indexrelid::regclass::text, con.c
 /// In the caller's transaction: saves the definitions of the target
 /// table's indexes and drops them. Returns how many were deferred (0 when
 /// the table is left alone; see the module documentation).
-pub(super) async fn defer(
+pub(crate) async fn defer(
     client: &Client,
     pipeline: &str,
     sink: &str,
@@ -105,7 +105,7 @@ const INDEX_BUILD_MEMORY_KB: i64 = 1024 * 1024;
 
 /// In the caller's transaction: rebuilds the indexes saved for the table
 /// and forgets them. Returns how many; on failure, the index's name.
-pub(super) async fn restore(
+pub(crate) async fn restore(
     client: &Client,
     pipeline: &str,
     sink: &str,

@@ -1,0 +1,312 @@
+//! The copy into sinks that take COPY data as it comes
+//! ([`Copier::Raw`](crate::sink::Copier)): parallel workers, each with one
+//! source connection in the exported snapshot, take chunks from one queue
+//! shared by every such sink. A large table is split into chunks of pages
+//! (TID ranges), a partitioned root into its leaves (each in page chunks of
+//! its own, written under the root's name). The source's CopyData goes
+//! into the sink's [`ChunkWriter`] as read, coalesced into large messages,
+//! never decoded.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{import_snapshot_raw, CopyError, CopyStats, Progress};
+use crate::pg::{self, qualified};
+use crate::privileges;
+use crate::sink::{CopyFormat, RawCopier};
+use crate::source::published::{CopyReadError, TableSpec};
+use crate::source::ConnInfo;
+use crate::Lsn;
+
+/// One sink's tables and its copier.
+pub(super) struct RawSink {
+    pub sink: String,
+    pub copier: Arc<dyn RawCopier>,
+    pub tables: Vec<TableSpec>,
+}
+
+/// Pages per chunk: 16 MiB of heap, small enough that the workers finish
+/// a large table at about the same time.
+const CHUNK_PAGES: i64 = 2048;
+
+/// The size of the CopyData messages the copy sends to a sink: whole rows
+/// up to this, a larger row alone (never above the server's 1 GB message
+/// limit, which a merged message near a 1 GB row could pass).
+const COPY_MESSAGE_BYTES: usize = 128 * 1024;
+
+struct Job {
+    sink: Arc<str>,
+    copier: Arc<dyn RawCopier>,
+    table: Arc<TableSpec>,
+    /// The relation read: the table itself, or one leaf partition of it.
+    read_from: String,
+    format: CopyFormat,
+    /// Page range [from, to); `to = None` is open-ended.
+    from: i64,
+    to: Option<i64>,
+    /// Chunks left for this (sink, table), shared by its jobs.
+    remaining: Arc<AtomicU64>,
+    rows: Arc<AtomicU64>,
+}
+
+/// Spawned tasks that end with the future holding them.
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// What the workers share.
+struct Shared {
+    source: ConnInfo,
+    snapshot: String,
+    start: Lsn,
+    jobs: Mutex<VecDeque<Job>>,
+    progress: Progress,
+    bytes: AtomicU64,
+    rows: AtomicU64,
+}
+
+/// Copies each sink's tables under `snapshot` (consistent point `start`)
+/// with `workers` parallel workers.
+pub(super) async fn copy(
+    source: &ConnInfo,
+    snapshot: &str,
+    start: Lsn,
+    sinks: Vec<RawSink>,
+    workers: usize,
+) -> Result<CopyStats, CopyError> {
+    if sinks.iter().all(|s| s.tables.is_empty()) {
+        return Ok(CopyStats::default());
+    }
+    preflight(source, &sinks).await?;
+    let mut jobs = VecDeque::new();
+    let mut total_bytes = 0u64;
+    let mut ntables = 0;
+    for s in sinks {
+        let sink: Arc<str> = s.sink.into();
+        for t in s.tables {
+            let format = s.copier.begin_table(&t).await?;
+            total_bytes += t.bytes.max(0) as u64;
+            ntables += 1;
+            jobs.extend(chunks(&sink, &s.copier, Arc::new(t), format));
+        }
+    }
+    let shared = Arc::new(Shared {
+        source: source.clone(),
+        snapshot: snapshot.to_string(),
+        start,
+        jobs: Mutex::new(jobs),
+        progress: Progress::new(total_bytes, ntables),
+        bytes: AtomicU64::new(0),
+        rows: AtomicU64::new(0),
+    });
+    // Aborted when this future is dropped (the pipeline lost its lock, or
+    // stops): spawned workers would otherwise go on copying and completing
+    // tables for a pipeline this process no longer runs.
+    let mut handles = AbortOnDrop(Vec::new());
+    for _ in 0..workers.max(1) {
+        let shared = shared.clone();
+        handles
+            .0
+            .push(tokio::spawn(async move { worker(&shared).await }));
+    }
+    let mut first_err = None;
+    for h in handles.0.iter_mut() {
+        let err = match h.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => CopyReadError::Definite(format!("copy worker failed: {e}")).into(),
+        };
+        first_err.get_or_insert(err);
+        // Let the others stop: no more jobs.
+        if let Ok(mut j) = shared.jobs.lock() {
+            j.clear();
+        }
+    }
+    shared.progress.finish();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(CopyStats {
+        tables: ntables,
+        rows: shared.rows.load(Ordering::Relaxed),
+        bytes: shared.bytes.load(Ordering::Relaxed),
+    })
+}
+
+/// The jobs of one table's copy into one sink.
+fn chunks(
+    sink: &Arc<str>,
+    copier: &Arc<dyn RawCopier>,
+    table: Arc<TableSpec>,
+    format: CopyFormat,
+) -> Vec<Job> {
+    // The relations read, each with its pages: the table, or each leaf of
+    // a partitioned root (in page chunks of their own).
+    let reads: Vec<(String, i64)> = if table.partitions.is_empty() {
+        vec![(table.sql_name(), table.pages)]
+    } else {
+        table
+            .partitions
+            .iter()
+            .map(|p| (qualified(&p.schema, &p.name), p.pages))
+            .collect()
+    };
+    let mut chunks: Vec<(String, i64, i64)> = reads
+        .into_iter()
+        .flat_map(|(rel, pages)| {
+            let n = (pages / CHUNK_PAGES + 1).max(1);
+            (0..n).map(move |k| (rel.clone(), k, n))
+        })
+        .collect();
+    // A partitioned root without partitions still completes.
+    if chunks.is_empty() {
+        chunks.push((table.sql_name(), 0, 1));
+    }
+    let remaining = Arc::new(AtomicU64::new(chunks.len() as u64));
+    let rows = Arc::new(AtomicU64::new(0));
+    chunks
+        .into_iter()
+        .map(|(read_from, k, n)| Job {
+            sink: sink.clone(),
+            copier: copier.clone(),
+            table: table.clone(),
+            read_from,
+            format,
+            from: k * CHUNK_PAGES,
+            to: (k + 1 < n).then_some((k + 1) * CHUNK_PAGES),
+            remaining: remaining.clone(),
+            rows: rows.clone(),
+        })
+        .collect()
+}
+
+/// Before anything is emptied or copied: the source's user may read every
+/// table to copy and each sink may take its tables; otherwise a definite
+/// error with one line per gap, each naming its GRANT.
+async fn preflight(source: &ConnInfo, sinks: &[RawSink]) -> Result<(), CopyError> {
+    let mut problems = Vec::new();
+    let mut names: Vec<(String, String)> = sinks
+        .iter()
+        .flat_map(|s| s.tables.iter().map(|t| (t.schema.clone(), t.name.clone())))
+        .collect();
+    names.sort();
+    names.dedup();
+    let (schemas, tables): (Vec<String>, Vec<String>) = names.into_iter().unzip();
+    let src = pg::connect(source).await.map_err(CopyReadError::from)?;
+    let rows = src
+        .query(
+            "SELECT s, t, pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+             FROM unnest($1::text[], $2::text[]) AS x(s, t) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = x.s \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = x.t",
+            &[&schemas, &tables],
+        )
+        .await
+        .map_err(|e| CopyReadError::db("checking the source user's privileges", &source.user, e))?;
+    for r in rows {
+        let name = privileges::table(r.get(0), r.get(1));
+        let ok: bool = r.get(2);
+        if !ok {
+            problems.push(format!(
+                "source: user {} may not read table {name}, which the initial copy reads; run GRANT SELECT ON {name} TO {}",
+                source.user,
+                privileges::ident(&source.user)
+            ));
+        }
+    }
+    for s in sinks.iter().filter(|s| !s.tables.is_empty()) {
+        problems.extend(s.copier.preflight(&s.tables).await?);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CopyReadError::Definite(format!(
+            "the initial copy cannot run:\n  {}",
+            problems.join("\n  ")
+        ))
+        .into())
+    }
+}
+
+async fn worker(shared: &Shared) -> Result<(), CopyError> {
+    let source = &shared.source;
+    let mut src = import_snapshot_raw(source, &shared.snapshot).await?;
+    loop {
+        let job = match shared.jobs.lock() {
+            Ok(mut j) => j.pop_front(),
+            Err(_) => None,
+        };
+        let Some(job) = job else {
+            break;
+        };
+        let t = &job.table;
+        let mut conds = Vec::new();
+        if job.from > 0 || job.to.is_some() {
+            conds.push(format!("ctid >= '({},0)'::tid", job.from));
+        }
+        if let Some(to) = job.to {
+            conds.push(format!("ctid < '({to},0)'::tid"));
+        }
+        if let Some(f) = &t.row_filter {
+            conds.push(f.clone());
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let out_sql = format!(
+            "COPY (SELECT {} FROM ONLY {}{where_}) TO STDOUT (FORMAT {})",
+            t.column_list(),
+            job.read_from,
+            job.format.as_sql()
+        );
+        let what = format!("sink {}: copying {}", job.sink, t.qualified_name());
+        src.start_copy_out(&out_sql)
+            .await
+            .map_err(|e| CopyReadError::source(&what, &source.user, e))?;
+        let mut sink = job.copier.begin_chunk(t, job.format).await?;
+        // The source sends one CopyData message per row; they are read
+        // straight off the socket and sent on coalesced into large
+        // messages, which saves the per-row message handling on both ends.
+        let mut buf = bytes::BytesMut::with_capacity(COPY_MESSAGE_BYTES * 2);
+        loop {
+            let more = src
+                .read_copy_out(&mut buf, COPY_MESSAGE_BYTES)
+                .await
+                .map_err(|e| CopyReadError::source(&what, &source.user, e))?;
+            if !buf.is_empty() {
+                let n = buf.len() as u64;
+                sink.write(buf.split().freeze()).await?;
+                shared.bytes.fetch_add(n, Ordering::Relaxed);
+                shared.progress.add(n);
+            }
+            if !more {
+                break;
+            }
+        }
+        let rows = sink.finish().await?;
+        job.rows.fetch_add(rows, Ordering::Relaxed);
+        shared.rows.fetch_add(rows, Ordering::Relaxed);
+        // The chunk that commits last completes the table: every chunk is
+        // committed by then.
+        if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let total = job.rows.load(Ordering::Relaxed);
+            tracing::debug!(sink = %job.sink, table = %t.qualified_name(), "every chunk copied; completing the table");
+            job.copier.finish_table(t, shared.start, total).await?;
+            shared
+                .progress
+                .table_done(&job.sink, &t.qualified_name(), total);
+        }
+    }
+    let _ = src.simple_query("COMMIT").await;
+    src.close().await;
+    Ok(())
+}
