@@ -13,8 +13,8 @@ use pgbridge::cluster::{free_port, ClusterOptions, LocalCluster};
 use pgbridge::source::{ConnInfo, Connection, Mode};
 
 use crate::harness;
-use crate::migration::pg17_bin;
-use crate::pipeline::{http_get, sample, spawn_run, stop_run, wait_exit, wait_for};
+use crate::harness::bridge::{http_get, sample, spawn_run, stop_run, wait_exit, wait_for};
+use crate::harness::pg17_bin;
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {

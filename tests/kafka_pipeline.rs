@@ -32,9 +32,9 @@ use pgbridge::source::{ConnInfo, Connection, Mode};
 use pgbridge::Lsn;
 use serde_json::{json, Value as Json};
 
+use crate::harness::bridge::{slot_confirmed, spawn_run, stop_run, wait_for, wait_streaming};
+use crate::harness::kafka::{consume, reconstruct, Rec, Tansu};
 use crate::harness::{self, psql};
-use crate::kafka::{consume, reconstruct, slot_confirmed, Rec, Tansu};
-use crate::pipeline::{spawn_run, stop_run, wait_for, wait_streaming};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {

@@ -5,10 +5,10 @@ use std::process::{Child, Command, Stdio};
 
 use libtest_mimic::Trial;
 
-use crate::harness::{self, psql};
-use crate::pipeline::{
+use crate::harness::bridge::{
     http_get, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
 };
+use crate::harness::{self, psql};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {

@@ -7,8 +7,10 @@ use std::process::Command;
 
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{
+    spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+};
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
