@@ -126,7 +126,7 @@ fn writer(url: String, next: Arc<AtomicI64>, stop: Arc<AtomicBool>) {
 const CONTENTS: &str =
     "SELECT count(*) || ' ' || count(DISTINCT seq) || ' ' || md5(coalesce(string_agg(seq::text, ',' ORDER BY seq), '')) FROM t";
 
-/// The must-show: a PostgreSQL 17 primary with a physical standby
+/// Failover end to end: a PostgreSQL 17 primary with a physical standby
 /// (sync_replication_slots, hot_standby_feedback, synchronized_standby_slots
 /// naming the standby's slot); pgbridge streams with `source.url` listing
 /// the standby first, then the primary; writes run; the primary is killed

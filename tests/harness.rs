@@ -4,7 +4,7 @@
 //! and topics read back ([`kafka`]).
 //!
 //! [`config`], [`run`] and [`tansu`] are shared with the end-to-end
-//! benchmark (`benches/pipeline.rs` includes them by path): they use
+//! benchmark (`benches/pipeline/main.rs` includes them by path): they use
 //! nothing of the test binary.
 
 pub mod bridge;
