@@ -33,6 +33,7 @@ use pgbridge::Lsn;
 use serde_json::{json, Value as Json};
 
 use crate::harness::bridge::{slot_confirmed, spawn_run, stop_run, wait_for, wait_streaming};
+use crate::harness::config::Config;
 use crate::harness::kafka::{consume, reconstruct, Rec, Tansu};
 use crate::harness::{self, psql};
 use crate::trial;
@@ -61,18 +62,18 @@ const DDL: &str = "CREATE TABLE kp (id bigint PRIMARY KEY, v text, n int); \
 /// A `run` config: one Kafka sink (topic `kp.{table}`, 3 partitions) and
 /// optionally a Postgres sink at `pg`.
 fn write_config(path: &std::path::Path, source: &str, slot: &str, brokers: &str, pg: Option<&str>) {
-    let mut s = format!(
-        "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\n\
-         snapshot = \"never\"\nstatus_interval_secs = 1\n\n\
-         [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-         topic = \"kp.{{table}}\"\ncreate_topics = true\ntopic_partitions = 3\n"
-    );
+    let mut c = Config::source(source, slot, &["p"])
+        .key("snapshot", "\"never\"")
+        .key("status_interval_secs", 1)
+        .kafka_sink("cdc", brokers)
+        .key("topic", "\"kp.{table}\"")
+        .key("create_topics", true)
+        .key("topic_partitions", 3);
     if let Some(url) = pg {
-        s.push_str(&format!(
-            "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{url}\"\n"
-        ));
+        c = c.postgres_sink("pg", url);
     }
-    std::fs::write(path, s).expect("write config");
+    c.write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
 fn now_ms() -> i64 {

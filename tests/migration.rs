@@ -15,6 +15,7 @@ use crate::harness::bridge::{
     run_sync_sequences, run_to_exit, spawn_run, stop_run, stream_and_check_uncut, wait_for,
     write_single, TIMEOUT_TABLES,
 };
+use crate::harness::config::Config;
 use crate::harness::pg17_bin;
 use crate::harness::run::streaming_sql;
 use crate::harness::{self, psql};
@@ -157,14 +158,11 @@ fn write_config(
     snapshot: &str,
     target: &str,
 ) {
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"{publication}\"]\n\
-             snapshot = \"{snapshot}\"\n\n[[sink]]\nname = \"target\"\ntype = \"postgres\"\nurl = \"{target}\"\n"
-        ),
-    )
-    .expect("write config");
+    Config::source(source, slot, &[publication])
+        .key("snapshot", format!("\"{snapshot}\""))
+        .postgres_sink("target", target)
+        .write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
 /// Whether a walsender streams from `slot` (as `wait_streaming`, on any

@@ -13,6 +13,7 @@ use crate::harness::bridge::{
     http_get, run_to_exit, sample, spawn_run, stop_run, stream_and_check_uncut, wait_exit,
     wait_for, wait_streaming, write_single, TIMEOUT_TABLES,
 };
+use crate::harness::config::{quoted_list, Config};
 use crate::harness::{self, psql};
 use crate::trial;
 
@@ -66,21 +67,17 @@ fn write_config_with(
     sinks: &[(&str, String, &[&str])],
     extra: &[&str],
 ) {
-    let mut s = format!(
-        "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot_workers = 2\n"
-    );
+    let mut c = Config::source(source, slot, &["p"]).key("snapshot_workers", 2);
     for (i, (name, url, tables)) in sinks.iter().enumerate() {
-        let tables = tables
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        s.push_str(&format!(
-            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [{tables}]\ncreate_tables = true\n{}\n",
-            extra.get(i).copied().unwrap_or("")
-        ));
+        c = c
+            .postgres_sink(name, url)
+            .key("tables", format!("[{}]", quoted_list(tables)))
+            .key("create_tables", true)
+            .raw(extra.get(i).copied().unwrap_or(""))
+            .raw("\n");
     }
-    std::fs::write(path, s).expect("write config");
+    c.write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
 const SOURCE_DDL: &str = "
