@@ -32,7 +32,7 @@ use pgbridge::source::{ConnInfo, Connection, Mode};
 use pgbridge::Lsn;
 use serde_json::{json, Value as Json};
 
-use crate::harness::bridge::{slot_confirmed, spawn_run, stop_run, wait_for, wait_streaming};
+use crate::harness::bridge::{run_streaming, slot_confirmed, spawn_run, stop_run, wait_for};
 use crate::harness::config::Config;
 use crate::harness::kafka::{consume, reconstruct, Rec, Tansu};
 use crate::harness::{self, psql};
@@ -392,8 +392,7 @@ fn broker_outage_holds_the_slot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
     write_config(&config, &url, slot, &broker.addr, None);
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let sampler = Sampler::start(&db, slot);
     let writer = Writer::start(&db, Duration::from_millis(3), 0, 1);
     std::thread::sleep(Duration::from_secs(4));
@@ -446,8 +445,7 @@ fn kill_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
     write_config(&config, &url, slot, &broker.addr, None);
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let writer = Writer::start(&db, Duration::from_millis(2), 150, 1);
     let mut child = Some(child);
     let mut seed: u64 = 7;
@@ -572,8 +570,7 @@ fn postgres_and_kafka() {
         &broker.addr,
         Some(&target.url("postgres", "postgres")),
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let sampler = Sampler::start(&db, slot);
 
     // 1. The broker stops: Postgres keeps receiving until the Kafka sink's

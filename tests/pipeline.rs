@@ -10,8 +10,8 @@ use libtest_mimic::Trial;
 use pgbridge::source::{ConnInfo, Connection, Mode};
 
 use crate::harness::bridge::{
-    http_get, run_to_exit, sample, spawn_run, stop_run, stream_and_check_uncut, wait_exit,
-    wait_for, wait_streaming, write_single, TIMEOUT_TABLES,
+    http_get, run_streaming, run_to_exit, sample, spawn_run, stop_run, stream_and_check_uncut,
+    wait_exit, wait_for, write_single, TIMEOUT_TABLES,
 };
 use crate::harness::config::{quoted_list, Config};
 use crate::harness::{self, psql};
@@ -362,8 +362,7 @@ fn stopped_target_holds_the_slot() {
         "pl_hold",
         &[("t", target.url("postgres", "postgres"), &[])],
     );
-    let mut child = spawn_run(&config, &log);
-    wait_streaming("pl_hold");
+    let mut child = run_streaming(&config, &log, "pl_hold");
     psql(
         &src,
         "INSERT INTO h SELECT g, 'a' FROM generate_series(1, 100) g",
@@ -539,8 +538,7 @@ fn copy_only_filters_then_stream() {
         "INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(2000, 2010) g",
     );
     write("initial");
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_copy");
+    let child = run_streaming(&config, &log, "pl_copy");
     psql(&src, "INSERT INTO f VALUES (3000, 1, 'x'), (3001, 1, 'x')");
     wait_for("rows copied again and streamed", 60, || {
         psql(&dst, "SELECT count(*) FROM f") == "507"
@@ -748,8 +746,7 @@ fn http_endpoints() {
     );
     drop(listener);
 
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_http");
+    let child = run_streaming(&config, &log, "pl_http");
     wait_for("/healthz to answer 200", 30, || {
         http_get(http, "/healthz") == (200, "ok\n".to_string())
     });
@@ -826,8 +823,7 @@ fn definite_error_stops() {
         &harness::url(port, &dst),
         "",
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_def");
+    let child = run_streaming(&config, &log, "pl_def");
     let before = psql(
         "postgres",
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",
@@ -914,8 +910,7 @@ fn identity_always_columns() {
             .iter()
             .all(|t| rows(&src, t) == rows(&dst, t))
     };
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_ident");
+    let child = run_streaming(&config, &log, "pl_ident");
     // A plain update, a key change (the identity value unknown to the
     // sink: matched, not set), and updates under REPLICA IDENTITY FULL
     // (the old value known), of the key itself too.
@@ -1076,8 +1071,7 @@ fn copy_keeps_rows_it_did_not_copy() {
         )
     };
     stream_then("never");
-    let child = spawn_run(&config2, &log);
-    wait_streaming("pl_keep2");
+    let child = run_streaming(&config2, &log, "pl_keep2");
     psql(&src, "INSERT INTO k VALUES (2000, 'streamed')");
     wait_for("the streamed row", 60, || {
         psql(&dst2, "SELECT count(*) FROM k") == "1"

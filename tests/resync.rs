@@ -8,7 +8,7 @@ use pgbridge::cluster::{ClusterOptions, LocalCluster};
 use serde_json::{json, Value as Json};
 
 use crate::harness::bridge::{
-    spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, write_single,
 };
 use crate::harness::kafka::{consume, reconstruct, Tansu};
 use crate::harness::run::streaming_sql;
@@ -322,8 +322,7 @@ fn one_sink_keeps_the_slot() {
         psql(&src, CONTENT) == psql(&dst, CONTENT)
             && reconstruct(&consume(&broker.addr, "rs1.t", false)) == rows()
     };
-    let child = spawn_run(&config, &log);
-    wait_streaming("rs_one");
+    let child = run_streaming(&config, &log, "rs_one");
     psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
     wait_for("copy and stream", 60, same);
     assert!(stop_run(child).success());
@@ -381,8 +380,7 @@ fn one_sink_keeps_the_slot() {
         ),
         "1"
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming("rs_one");
+    let child = run_streaming(&config, &log, "rs_one");
     psql(&src, "INSERT INTO t VALUES (1001, 'after')");
     wait_for("both sinks to match the source again", 90, same);
     assert!(
@@ -420,8 +418,7 @@ fn dropped_slot_recovers() {
         "create_tables = true\n",
     );
     let same = || psql(&src, CONTENT) == psql(&dst, CONTENT);
-    let child = spawn_run(&config, &log);
-    wait_streaming("rs_drop");
+    let child = run_streaming(&config, &log, "rs_drop");
     psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
     wait_for("copy and stream", 60, same);
     assert!(stop_run(child).success());
@@ -452,8 +449,7 @@ fn dropped_slot_recovers() {
         "{stdout}"
     );
     assert!(stdout.contains("now start pgbridge run"), "{stdout}");
-    let child = spawn_run(&config, &log);
-    wait_streaming("rs_drop");
+    let child = run_streaming(&config, &log, "rs_drop");
     psql(&src, "INSERT INTO t VALUES (1002, 'after')");
     wait_for("the target identical to the source", 60, same);
     assert!(stop_run(child).success());

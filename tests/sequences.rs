@@ -4,7 +4,7 @@
 
 use libtest_mimic::Trial;
 
-use crate::harness::bridge::{run_sync_sequences, spawn_run, stop_run, wait_for, wait_streaming};
+use crate::harness::bridge::{run_streaming, run_sync_sequences, stop_run, wait_for};
 use crate::harness::{self, psql};
 use crate::trial;
 
@@ -78,8 +78,7 @@ fn cutover_moves_target_sequences_forward() {
     );
 
     // Copy, then stream more rows; stop the writes and let it converge.
-    let child = spawn_run(&config, &log);
-    wait_streaming("seq_cut");
+    let child = run_streaming(&config, &log, "seq_cut");
     psql(&src, rows);
     // Identity columns GENERATED ALWAYS refuse explicit values in INSERT
     // and UPDATE; the sink must still apply both.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 use crate::harness::bridge::{
-    spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
 };
 use crate::harness::{self, psql};
 use crate::trial;
@@ -121,8 +121,7 @@ fn two_processes_one_writer() {
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_two'",
         ) == "1"
     });
-    let b = spawn_run(&config, &log_b);
-    wait_streaming("sh_two");
+    let b = run_streaming(&config, &log_b, "sh_two");
     // Both had their chance to copy by now.
     std::thread::sleep(Duration::from_secs(2));
     assert!(

@@ -19,7 +19,7 @@ use pgbridge::cluster::{ClusterOptions, LocalCluster};
 use pgbridge::Lsn;
 
 use crate::harness::bridge::{
-    http_get, spawn_run, stop_run, wait_for, wait_streaming, write_single,
+    http_get, run_streaming, spawn_run, stop_run, wait_for, write_single,
 };
 use crate::harness::kafka::{consume, Tansu};
 use crate::harness::{self, psql};
@@ -325,8 +325,7 @@ fn wait_http_and_cli() {
         &harness::url(port, &dst),
         &format!("create_tables = true\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let cli = |lsn: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_pgbridge"))
             .args(["wait", "--config"])

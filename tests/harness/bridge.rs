@@ -67,6 +67,14 @@ pub fn spawn_run(config: &Path, log: &Path) -> Child {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Starts `pgbridge run` on `config` (log appended to `log`) and waits
+/// until it streams from `slot`.
+pub fn run_streaming(config: &Path, log: &Path, slot: &str) -> Child {
+    let child = spawn_run(config, log);
+    wait_streaming(slot);
+    child
+}
+
 /// SIGTERM to a `run` and its exit status.
 pub fn stop_run(mut child: Child) -> ExitStatus {
     signal(child.id(), "-TERM");
