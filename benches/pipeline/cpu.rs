@@ -10,6 +10,7 @@ use crate::R;
 /// Process trees (/proc scans) and backend lists are refreshed every this many polls.
 const REFRESH_EVERY: u32 = 8;
 
+/// Clock ticks per second (`getconf CLK_TCK`, else 100).
 pub fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -107,6 +108,7 @@ pub struct Watch {
     polls: u32,
 }
 
+/// CPU seconds of one measured run, by where they were spent.
 #[derive(Clone, Copy, Default)]
 pub struct CpuUse {
     pub source: f64,
@@ -127,6 +129,7 @@ async fn backend_pids(db: &Db, dbname: &str) -> R<Vec<u32>> {
 }
 
 impl Watch {
+    /// Starts watching: processes alive now count only from now on.
     pub async fn begin(env: &Env, src_db: &str, tgt_db: Option<&str>) -> R<Watch> {
         let mut w = Watch {
             src_db: src_db.to_string(),
@@ -145,6 +148,7 @@ impl Watch {
         Ok(w)
     }
 
+    /// The external tool's process (its tree is counted as `tool`).
     pub fn tool(&mut self, pid: Option<u32>) {
         self.tool = pid;
     }
@@ -173,6 +177,7 @@ impl Watch {
         Ok(())
     }
 
+    /// The CPU seconds used since `begin`.
     pub async fn finish(&mut self, env: &Env) -> R<CpuUse> {
         self.refresh(env).await?;
         self.src.sample();
@@ -197,6 +202,7 @@ pub fn vm_hwm_mib(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
+/// `(peak RSS N MiB)` for a note, or nothing.
 pub fn peak_rss_mb(pid: u32) -> String {
     vm_hwm_mib(pid)
         .map(|mib| format!("(peak RSS {mib:.0} MiB)"))

@@ -12,6 +12,7 @@ pub struct Db {
 }
 
 impl Db {
+    /// A session on `url`.
     pub async fn connect(url: &str) -> R<Db> {
         let (client, conn) = tokio_postgres::connect(url, NoTls)
             .await
@@ -25,6 +26,7 @@ impl Db {
         })
     }
 
+    /// Runs `sql` (one or more statements).
     pub async fn exec(&self, sql: &str) -> R<()> {
         self.client
             .batch_execute(sql)
@@ -60,6 +62,7 @@ impl Db {
             .ok_or_else(|| format!("{sql}\n  on {}: no value", self.name))
     }
 
+    /// The first value of the first row as a number.
     pub async fn number<T: std::str::FromStr>(&self, sql: &str) -> R<T> {
         let v = self.value(sql).await?;
         v.parse()

@@ -12,24 +12,31 @@ use crate::cpu::clock_ticks;
 use crate::db::Db;
 use crate::R;
 
+/// Everything a part needs: the clusters, admin sessions on them, the
+/// contenders' binaries (or why one is missing), the temporary directory
+/// and the options.
 pub struct Env {
     pub src: LocalCluster,
     pub tgt: LocalCluster,
     /// Sessions on the `postgres` databases, for pg_stat_activity and slots.
     pub src_admin: Db,
     pub tgt_admin: Db,
+    /// The PostgreSQL server binaries' directory (pg_recvlogical, pgbench).
     pub bin: PathBuf,
     pub pgbridge: Result<PathBuf, String>,
     pub pgcopydb: Result<String, String>,
     pub tmp: tempfile::TempDir,
+    /// Clock ticks per second, for /proc CPU times.
     pub ticks: f64,
     pub args: Args,
 }
 
 impl Env {
+    /// URL of database `db` on the source, as user postgres.
     pub fn src_url(&self, db: &str) -> String {
         self.src.url(db, "postgres")
     }
+    /// URL of database `db` on the target, as user postgres.
     pub fn tgt_url(&self, db: &str) -> String {
         self.tgt.url(db, "postgres")
     }
@@ -40,6 +47,7 @@ impl Env {
             self.src.port()
         )
     }
+    /// A PostgreSQL client program (pg_recvlogical, pgbench).
     pub fn tool(&self, name: &str) -> PathBuf {
         self.bin.join(name)
     }
@@ -105,6 +113,7 @@ fn find_pgcopydb() -> Result<String, String> {
     Ok(prog)
 }
 
+/// Starts both clusters, warms their WAL and finds the contenders.
 pub async fn start_env(args: Args) -> R<Env> {
     let common = [
         "shared_buffers = 256MB",

@@ -46,6 +46,7 @@ impl Line {
     }
 }
 
+/// Everything the bench prints at the end.
 #[derive(Default)]
 pub struct Report {
     pub lines: Vec<Line>,
@@ -56,6 +57,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds one run of a contender (one failed run fails its line).
     pub fn add(
         &mut self,
         part: &'static str,
@@ -336,6 +338,7 @@ fn line_result<'a>(
         .map(|l| &l.result)
 }
 
+/// One PASS/FAIL line per target of the parts that ran.
 pub fn summary(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
     for q in RATIOS.iter().filter(|q| q.limit.is_some()) {

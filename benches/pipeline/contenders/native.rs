@@ -39,6 +39,8 @@ pub async fn backlog(
     Ok(Measured { secs, cpu, note })
 }
 
+/// Native tablesync into target database `name`: a subscription with
+/// copy_data, timed until the table is synchronized.
 pub async fn copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let tgt = Db::connect(&env.tgt_url(name)).await?;
     let mut watch = Watch::begin(env, "csrc", Some(name)).await?;

@@ -188,6 +188,8 @@ pub async fn kafka(env: &Env, src: &Db, slot: &str, w: &Written) -> R<Measured> 
     })
 }
 
+/// `pgbridge run` with `snapshot = "initial_only"` into target database
+/// `name`, timed until it exits.
 pub async fn copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let config = postgres_config(
         env,

@@ -11,6 +11,7 @@ use crate::process::{spawn_logged, wait_exit};
 use crate::report::Measured;
 use crate::R;
 
+/// `pgcopydb copy table-data --table-jobs 2` into target database `name`.
 pub async fn copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let prog = env.pgcopydb.as_ref().map_err(|e| e.clone())?;
     let tgt = Db::connect(&env.tgt_url(name)).await?;

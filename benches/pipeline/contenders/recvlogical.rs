@@ -14,6 +14,8 @@ use crate::report::Measured;
 use crate::scenarios::backlog::Written;
 use crate::R;
 
+/// `pg_recvlogical` from `slot` to /dev/null until `end`: the source's
+/// drain limit (decoding and sending only).
 pub async fn drain(env: &Env, db: &str, slot: &str, end: &str) -> R<Measured> {
     let log = env.tmp.path().join(format!("{slot}.log"));
     let mut watch = Watch::begin(env, db, None).await?;

@@ -10,10 +10,12 @@ use crate::report::Report;
 use crate::scenarios::scaled;
 use crate::R;
 
+/// The backlog's table (also the kafka and memory parts').
 pub const BL_TABLE: &str =
     "CREATE TABLE bl (id bigserial PRIMARY KEY, a int NOT NULL, b text NOT NULL, \
                         c timestamptz NOT NULL, d numeric NOT NULL)";
 
+/// Shape (b)'s five secondary indexes on the target.
 const BL_INDEXES: &str = "CREATE INDEX ON bl (a); CREATE INDEX ON bl (b); CREATE INDEX ON bl (c); \
                           CREATE INDEX ON bl (d); CREATE INDEX ON bl (a, c);";
 
@@ -36,6 +38,7 @@ impl Written {
         self.singles + self.big + self.updates + self.deletes
     }
 
+    /// The report's line describing the backlog.
     pub fn header(&self) -> String {
         format!(
             "{} one-row INSERT txns, 1 txn of {} rows, {} one-row UPDATE txns, \
@@ -119,6 +122,7 @@ pub async fn write_backlog(src: &Db, s: f64) -> R<Written> {
     })
 }
 
+/// The backlog part.
 pub async fn run(env: &Env, report: &mut Report) -> R<()> {
     let s = env.args.scale;
     env.src_admin.exec("CREATE DATABASE bsrc").await?;

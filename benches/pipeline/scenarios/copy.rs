@@ -14,6 +14,7 @@ const BIG_TABLE: &str =
     "CREATE TABLE big (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, \
                          c timestamptz NOT NULL, d numeric NOT NULL)";
 
+/// The copy part.
 pub async fn run(env: &Env, report: &mut Report) -> R<()> {
     let rows = scaled(5_000_000, env.args.scale);
     env.src_admin.exec("CREATE DATABASE csrc").await?;

@@ -134,6 +134,7 @@ impl Broker {
     }
 }
 
+/// The kafka part.
 pub async fn run(env: &Env, report: &mut Report) -> R<()> {
     env.src_admin.exec("CREATE DATABASE ksrc").await?;
     let src = Db::connect(&env.src_url("ksrc")).await?;

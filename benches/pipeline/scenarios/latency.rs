@@ -13,6 +13,7 @@ use crate::env::{settle, Env};
 use crate::report::Report;
 use crate::R;
 
+/// Percentiles of commit-to-visible times, in ms.
 #[derive(Clone, Copy, Default)]
 pub struct Pcts {
     pub p50: f64,
@@ -29,12 +30,15 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// Rows measured.
     pub fn rows(&self) -> usize {
         self.ms.len()
     }
+    /// pgbench's mean tps over the slices.
     pub fn tps(&self) -> f64 {
         self.tps.iter().sum::<f64>() / self.tps.len().max(1) as f64
     }
+    /// The percentiles of every slice's rows.
     pub fn pcts(&self) -> Pcts {
         percentiles(self.ms.clone())
     }
@@ -54,6 +58,7 @@ fn percentiles(mut v: Vec<f64>) -> Pcts {
     }
 }
 
+/// The latency part.
 pub async fn run(env: &Env, report: &mut Report) -> R<()> {
     let secs = ((30.0 * env.args.scale).round() as u64).max(5);
     let rate = env.args.latency_rate;
