@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The naive peer of pgbridge's Kafka sink in benches/pipeline.rs (part
-`kafka`): `pg_recvlogical --plugin wal2json` (format-version 2, one JSON
-object per change) piped into this script, which produces every change, line
-by line, to one topic with confluent-kafka (librdkafka), acks=all and
-idempotence as pgbridge's producer. Exits after stdin ends and every record
+"""The naive peer of pgbridge's Kafka sink in the end-to-end bench
+(benches/pipeline/, part `kafka`): `pg_recvlogical --plugin wal2json`
+(format-version 2, one JSON object per change) piped into this script,
+which produces every change, line by line, to one topic with
+confluent-kafka (librdkafka), acks=all and idempotence as pgbridge's
+producer. Exits after stdin ends and every record
 has a delivery report; exit 1 when any record failed.
 
     pg_recvlogical ... -o format-version=2 -o include-pk=1 -f - \

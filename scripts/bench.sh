@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The end-to-end benchmark (benches/pipeline.rs): pgbridge against
+# The end-to-end benchmark (benches/pipeline/): pgbridge against
 # pg_recvlogical, native logical replication and pgcopydb on two throwaway
 # local clusters, printed as times and ratios of one run.
 #
 #   scripts/bench.sh [backlog|copy|latency|kafka|memory|all]... [--scale F] [--runs N]
 #                    [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
+#                    [--apply-workers N] [--pgbridge-proto N]
+#
+# (`cargo bench --bench pipeline -- --help` describes every option.)
 #
 # A full run (--scale 1, 3 runs per contender) takes about 11 minutes on 2
 # cores and needs about 10 GB of free disk in $TMPDIR (3 GB of WAL segments

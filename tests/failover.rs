@@ -13,8 +13,8 @@ use pgbridge::cluster::{free_port, ClusterOptions, LocalCluster};
 use pgbridge::source::{ConnInfo, Connection, Mode};
 
 use crate::harness;
-use crate::migration::pg17_bin;
-use crate::pipeline::{http_get, sample, spawn_run, stop_run, wait_exit, wait_for};
+use crate::harness::bridge::{http_get, sample, spawn_run, stop_run, wait_exit, wait_for};
+use crate::harness::pg17_bin;
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -126,7 +126,7 @@ fn writer(url: String, next: Arc<AtomicI64>, stop: Arc<AtomicBool>) {
 const CONTENTS: &str =
     "SELECT count(*) || ' ' || count(DISTINCT seq) || ' ' || md5(coalesce(string_agg(seq::text, ',' ORDER BY seq), '')) FROM t";
 
-/// The must-show: a PostgreSQL 17 primary with a physical standby
+/// Failover end to end: a PostgreSQL 17 primary with a physical standby
 /// (sync_replication_slots, hot_standby_feedback, synchronized_standby_slots
 /// naming the standby's slot); pgbridge streams with `source.url` listing
 /// the standby first, then the primary; writes run; the primary is killed

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{http_get, stop_run, wait_for, wait_streaming};
 use crate::harness::{self, psql};
-use crate::pipeline::{http_get, stop_run, wait_for, wait_streaming};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -242,13 +242,13 @@ fn active_killed_standby_takes_over() {
     .expect("config");
     let mut a = Instance {
         who: "pgb_a",
-        http: crate::kafka::free_port(),
+        http: pgbridge::cluster::free_port(),
         log: dir.path().join("a.log"),
         child: None,
     };
     let mut b = Instance {
         who: "pgb_b",
-        http: crate::kafka::free_port(),
+        http: pgbridge::cluster::free_port(),
         log: dir.path().join("b.log"),
         child: None,
     };

@@ -1,6 +1,19 @@
 //! Shared fixtures: one PostgreSQL cluster per test binary (started on first
-//! use, stopped at the end of `main`), one database per test.
+//! use, stopped at the end of `main`), one database per test; the
+//! `pgbridge` binary run as the tests need it ([`bridge`]); tansu brokers
+//! and topics read back ([`kafka`]).
+//!
+//! [`config`], [`run`] and [`tansu`] are shared with the end-to-end
+//! benchmark (`benches/pipeline/main.rs` includes them by path): they use
+//! nothing of the test binary.
 
+pub mod bridge;
+pub mod config;
+pub mod kafka;
+pub mod run;
+pub mod tansu;
+
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
@@ -88,7 +101,6 @@ pub fn fresh_db(name: &str) -> (u16, String) {
 }
 
 /// psql as superuser on the shared cluster.
-#[allow(dead_code)]
 pub fn psql(db: &str, sql: &str) -> String {
     with_cluster(|c| c.psql(db, sql)).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -107,7 +119,6 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// A CA certificate that did not sign the test cluster's certificate
 /// (made with openssl in `dir`).
-#[allow(dead_code)]
 pub fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
     let out = std::process::Command::new("openssl")
         .args([
@@ -132,4 +143,23 @@ pub fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     dir.join("other-ca.crt")
+}
+
+/// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
+/// scripts/deps.sh puts them (`$PGBRIDGE_PG17_DIR/bin`).
+pub fn pg17_bin() -> PathBuf {
+    let bin = std::env::var("PGBRIDGE_PG17_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("PGBRIDGE_PG17_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("/opt/pgbridge/postgresql-17"))
+                .join("bin")
+        });
+    assert!(
+        bin.join("postgres").is_file(),
+        "no PostgreSQL 17 server in {}: run scripts/deps.sh (or set PGBRIDGE_PG17_BIN)",
+        bin.display()
+    );
+    bin
 }

@@ -21,9 +21,7 @@
 //!   answers), which is harsher than a clean shutdown.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,14 +40,13 @@ use pgbridge::sink::kafka::{
 use pgbridge::sink::{Sink, SinkError};
 use pgbridge::Lsn;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::harness::bridge::{copy_config, slot_confirmed, wait_for, wait_streaming, Run};
+use crate::harness::kafka::{consume, reconstruct, Rec, Tansu};
 use crate::harness::runtime;
 use crate::trial;
 
@@ -102,120 +99,6 @@ pub fn trials() -> Vec<Trial> {
         )
         .with_ignored_flag(true),
     ]
-}
-
-// ---------------------------------------------------------------------------
-// tansu
-
-/// A tansu broker on a free loopback port, killed on drop.
-pub struct Tansu {
-    child: Child,
-    pub addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-fn tansu_bin() -> String {
-    if let Ok(p) = std::env::var("TANSU") {
-        return p;
-    }
-    if let Ok(home) = std::env::var("HOME") {
-        let p = format!("{home}/.cargo/bin/tansu");
-        if std::path::Path::new(&p).exists() {
-            return p;
-        }
-    }
-    "tansu".into()
-}
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-impl Tansu {
-    pub fn start() -> Tansu {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start tansu ({e}); install it: cargo install tansu --locked --features dynostore"
-                )
-            });
-        let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(err) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if l.len() < 2000 {
-                        l.push(line);
-                    }
-                }
-            });
-        }
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "tansu exited at start ({status}): {:?}",
-                    log.lock().map(|l| l.clone())
-                );
-            }
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Tansu { child, addr, log }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} tansu");
-    }
-
-    /// SIGSTOP: the broker holds its connections but answers nothing.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    #[allow(dead_code)]
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -413,133 +296,7 @@ async fn stop(r: Running) -> Result<(), SinkError> {
 }
 
 // ---------------------------------------------------------------------------
-// Consuming
-
-#[derive(Debug, Clone)]
-pub(crate) struct Rec {
-    pub(crate) partition: i32,
-    /// The record's timestamp (CreateTime: when the producer made it), ms.
-    pub(crate) timestamp: Option<i64>,
-    pub(crate) key: Option<Json>,
-    pub(crate) value: Option<Json>,
-    raw_key: Option<Vec<u8>>,
-    raw_value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Rec {
-    fn header_json(&self, name: &str) -> Option<Json> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_ref())
-            .and_then(|v| serde_json::from_slice(v).ok())
-    }
-}
-
-/// Every record of `topic` (all partitions, from the beginning, to the end).
-pub(crate) fn consume(brokers: &str, topic: &str, committed_only: bool) -> Vec<Rec> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "pgbridge-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set(
-            "isolation.level",
-            if committed_only {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if parts.is_empty() {
-        return Vec::new(); // not created yet
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut eof = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while eof.len() < parts.len() {
-        assert!(Instant::now() < deadline, "reading {topic} to its end");
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                eof.insert(p);
-            }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
-            Some(Ok(m)) => {
-                eof.remove(&m.partition());
-                let parse = |b: Option<&[u8]>| b.and_then(|b| serde_json::from_slice(b).ok());
-                out.push(Rec {
-                    partition: m.partition(),
-                    timestamp: m.timestamp().to_millis(),
-                    key: parse(m.key()),
-                    value: parse(m.payload()),
-                    raw_key: m.key().map(|k| k.to_vec()),
-                    raw_value: m.payload().map(|v| v.to_vec()),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Replays change events per partition, as a consumer keeping a table would.
-pub(crate) fn reconstruct(recs: &[Rec]) -> BTreeMap<String, Json> {
-    let mut parts: BTreeMap<i32, BTreeMap<String, Json>> = BTreeMap::new();
-    for r in recs {
-        let state = parts.entry(r.partition).or_default();
-        let Some(v) = &r.value else {
-            continue; // tombstone
-        };
-        match v["op"].as_str() {
-            Some("c" | "u" | "r") => {
-                let key = r.key.as_ref().expect("a key").to_string();
-                let mut after = v["after"].clone();
-                // Unchanged TOAST columns keep their previous value.
-                if let (Some(list), Some(prev)) = (v["unchanged_toast"].as_array(), state.get(&key))
-                {
-                    for c in list {
-                        if let Some(c) = c.as_str() {
-                            after[c] = prev[c].clone();
-                        }
-                    }
-                }
-                state.insert(key, after);
-            }
-            Some("d") => {
-                state.remove(&r.key.as_ref().expect("a key").to_string());
-            }
-            Some("t") => state.clear(),
-            other => panic!("unexpected op {other:?} in {v}"),
-        }
-    }
-    parts.into_values().flatten().collect()
-}
+// Sink configuration
 
 fn base_cfg(brokers: &str) -> KafkaSinkSection {
     let mut cfg = KafkaSinkSection::new("cdc", brokers);
@@ -1691,7 +1448,7 @@ fn memory_large_transaction() {
         for i in 0..rows {
             if pause > 0 && i == rows / 10 {
                 broker.pause();
-                let pid = broker.child.id().to_string();
+                let pid = broker.pid().to_string();
                 resumer = Some(std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_secs(pause));
                     let _ = Command::new("kill").args(["-CONT", &pid]).status();
@@ -1741,7 +1498,7 @@ fn definite_errors_and_check() {
     let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&cfg, true));
     assert!(problems.is_empty(), "{problems:?}");
     let mut bad = cfg.clone();
-    bad.brokers = format!("127.0.0.1:{}", free_port());
+    bad.brokers = format!("127.0.0.1:{}", pgbridge::cluster::free_port());
     bad.create_topics = false;
     bad.message_topic = Some("nope".into());
     let problems = rt.block_on(pgbridge::sink::kafka::check::preflight(&bad, true));
@@ -1977,16 +1734,6 @@ async fn mini_start(url: &str, slot: &str, cfg: &KafkaSinkSection) -> Mini {
     }
 }
 
-pub(crate) fn slot_confirmed(db: &str, slot: &str) -> Lsn {
-    crate::harness::psql(
-        db,
-        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-    )
-    .trim()
-    .parse()
-    .expect("an LSN")
-}
-
 /// The source table as the events should reconstruct it.
 fn source_rows(db: &str) -> BTreeMap<String, Json> {
     let out = crate::harness::psql(
@@ -2178,68 +1925,6 @@ fn postgres_to_kafka() {
 // ---------------------------------------------------------------------------
 // The initial copy into Kafka sinks, through `pgbridge run`.
 
-/// A `pgbridge run` config with one Kafka sink `cdc`.
-pub(crate) fn copy_config(
-    path: &std::path::Path,
-    url: &str,
-    slot: &str,
-    pubs: &[&str],
-    brokers: &str,
-    topic: &str,
-    extra: &str,
-) {
-    let pubs = pubs
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublications = [{pubs}]\n\
-             snapshot = \"initial\"\nstatus_interval_secs = 1\n\n\
-             [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-             topic = \"{topic}\"\ncreate_topics = true\n{extra}"
-        ),
-    )
-    .expect("write config");
-}
-
-/// A `pgbridge run` child, SIGKILLed if the test panics before stopping it.
-pub(crate) struct Run(Option<Child>);
-
-impl Run {
-    pub(crate) fn spawn(config: &std::path::Path, log: &std::path::Path) -> Run {
-        Run(Some(crate::pipeline::spawn_run(config, log)))
-    }
-
-    fn pid(&self) -> String {
-        self.0
-            .as_ref()
-            .map(|c| c.id().to_string())
-            .unwrap_or_default()
-    }
-
-    /// SIGTERM and the exit status.
-    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
-        crate::pipeline::stop_run(self.0.take().expect("running"))
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// `sql`'s single JSON array result as rows keyed by `{"id": ...}`.
 fn json_rows(db: &str, sql: &str) -> BTreeMap<String, Json> {
     let out = crate::harness::psql(
@@ -2385,7 +2070,7 @@ fn initial_copy_then_stream() {
         ));
         std::thread::sleep(Duration::from_millis(200));
     }
-    crate::pipeline::wait_streaming(slot);
+    wait_streaming(slot);
     let kc = wait_topic_equals(&broker.addr, "kc.kc", || json_rows(&db, KC_JSON), 60);
     let kf_want = || json_rows(&db, "SELECT id, name, region FROM kf WHERE region = 'eu'");
     let kf = wait_topic_equals(&broker.addr, "kc.kf", kf_want, 30);
@@ -2470,7 +2155,7 @@ fn initial_copy_then_stream() {
 
     // A second run: nothing is copied again, the stream continues.
     let child = Run::spawn(&config, &log);
-    crate::pipeline::wait_streaming(slot);
+    wait_streaming(slot);
     psql("UPDATE kc SET t = 'second run' WHERE id = 2; INSERT INTO kf VALUES (3000, 'second', 'x', 'eu');");
     let kc2 = wait_topic_equals(&broker.addr, "kc.kc", || json_rows(&db, KC_JSON), 30);
     wait_topic_equals(&broker.addr, "kc.kf", kf_want, 30);
@@ -2528,7 +2213,7 @@ fn copy_killed_and_resumed() {
     };
     let t0 = Instant::now();
     let mut child = Run::spawn(&config, &log);
-    crate::pipeline::wait_for("part of the copy", 60, || watermark("kb.kb") >= N / 10);
+    wait_for("part of the copy", 60, || watermark("kb.kb") >= N / 10);
     child.kill(); // SIGKILL
     let at_kill = watermark("kb.kb");
     let done = completions(&broker.addr, slot);
@@ -2546,7 +2231,7 @@ fn copy_killed_and_resumed() {
     );
 
     let child = Run::spawn(&config, &log);
-    crate::pipeline::wait_for("the copy to complete", 60, || {
+    wait_for("the copy to complete", 60, || {
         completions(&broker.addr, slot).len() == 2
     });
     eprintln!("copy complete after {:?}", t0.elapsed());

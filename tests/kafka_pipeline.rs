@@ -32,9 +32,10 @@ use pgbridge::source::{ConnInfo, Connection, Mode};
 use pgbridge::Lsn;
 use serde_json::{json, Value as Json};
 
+use crate::harness::bridge::{run_streaming, slot_confirmed, spawn_run, stop_run, wait_for};
+use crate::harness::config::Config;
+use crate::harness::kafka::{consume, reconstruct, Rec, Tansu};
 use crate::harness::{self, psql};
-use crate::kafka::{consume, reconstruct, slot_confirmed, Rec, Tansu};
-use crate::pipeline::{spawn_run, stop_run, wait_for, wait_streaming};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -61,18 +62,18 @@ const DDL: &str = "CREATE TABLE kp (id bigint PRIMARY KEY, v text, n int); \
 /// A `run` config: one Kafka sink (topic `kp.{table}`, 3 partitions) and
 /// optionally a Postgres sink at `pg`.
 fn write_config(path: &std::path::Path, source: &str, slot: &str, brokers: &str, pg: Option<&str>) {
-    let mut s = format!(
-        "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\n\
-         snapshot = \"never\"\nstatus_interval_secs = 1\n\n\
-         [[sink]]\nname = \"cdc\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-         topic = \"kp.{{table}}\"\ncreate_topics = true\ntopic_partitions = 3\n"
-    );
+    let mut c = Config::source(source, slot, &["p"])
+        .key("snapshot", "\"never\"")
+        .key("status_interval_secs", 1)
+        .kafka_sink("cdc", brokers)
+        .key("topic", "\"kp.{table}\"")
+        .key("create_topics", true)
+        .key("topic_partitions", 3);
     if let Some(url) = pg {
-        s.push_str(&format!(
-            "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{url}\"\n"
-        ));
+        c = c.postgres_sink("pg", url);
     }
-    std::fs::write(path, s).expect("write config");
+    c.write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
 fn now_ms() -> i64 {
@@ -391,8 +392,7 @@ fn broker_outage_holds_the_slot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
     write_config(&config, &url, slot, &broker.addr, None);
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let sampler = Sampler::start(&db, slot);
     let writer = Writer::start(&db, Duration::from_millis(3), 0, 1);
     std::thread::sleep(Duration::from_secs(4));
@@ -445,8 +445,7 @@ fn kill_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
     write_config(&config, &url, slot, &broker.addr, None);
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let writer = Writer::start(&db, Duration::from_millis(2), 150, 1);
     let mut child = Some(child);
     let mut seed: u64 = 7;
@@ -571,8 +570,7 @@ fn postgres_and_kafka() {
         &broker.addr,
         Some(&target.url("postgres", "postgres")),
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let sampler = Sampler::start(&db, slot);
 
     // 1. The broker stops: Postgres keeps receiving until the Kafka sink's

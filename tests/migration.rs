@@ -4,7 +4,6 @@
 //! cutover with sync-sequences, then the way back (17 to 15) for a
 //! rollback.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +11,14 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
 
-use crate::harness::{self, psql};
-use crate::pipeline::{
-    run_to_exit, spawn_run, stop_run, stream_and_check_uncut, wait_for, write_single,
-    TIMEOUT_TABLES,
+use crate::harness::bridge::{
+    run_sync_sequences, run_to_exit, spawn_run, stop_run, stream_and_check_uncut, wait_for,
+    write_single, TIMEOUT_TABLES,
 };
+use crate::harness::config::Config;
+use crate::harness::pg17_bin;
+use crate::harness::run::streaming_sql;
+use crate::harness::{self, psql};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -80,25 +82,6 @@ fn pg17_source_copy_ignores_transaction_timeout() {
     stream_and_check_uncut(child, &log, &dst, &|sql| {
         on_new("src", sql);
     });
-}
-
-/// PostgreSQL 17's server binaries: `$PGBRIDGE_PG17_BIN`, else where
-/// scripts/deps.sh puts them (`$PGBRIDGE_PG17_DIR/bin`).
-pub(crate) fn pg17_bin() -> PathBuf {
-    let bin = std::env::var("PGBRIDGE_PG17_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var("PGBRIDGE_PG17_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from("/opt/pgbridge/postgresql-17"))
-                .join("bin")
-        });
-    assert!(
-        bin.join("postgres").is_file(),
-        "no PostgreSQL 17 server in {}: run scripts/deps.sh (or set PGBRIDGE_PG17_BIN)",
-        bin.display()
-    );
-    bin
 }
 
 /// What a production schema has and a migration must keep working:
@@ -175,28 +158,21 @@ fn write_config(
     snapshot: &str,
     target: &str,
 ) {
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"{publication}\"]\n\
-             snapshot = \"{snapshot}\"\n\n[[sink]]\nname = \"target\"\ntype = \"postgres\"\nurl = \"{target}\"\n"
-        ),
-    )
-    .expect("write config");
+    Config::source(source, slot, &[publication])
+        .key("snapshot", format!("\"{snapshot}\""))
+        .postgres_sink("target", target)
+        .write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
-/// Whether a walsender streams from `slot` (as `pipeline::wait_streaming`,
-/// on any cluster).
+/// Whether a walsender streams from `slot` (as `wait_streaming`, on any
+/// cluster).
 fn streaming(run: &dyn Fn(&str) -> String, slot: &str) -> bool {
-    run(&format!(
-        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
-         ON r.pid = s.active_pid WHERE s.slot_name = '{slot}' \
-         AND s.confirmed_flush_lsn IS NOT NULL AND r.state = 'streaming'"
-    )) == "1"
+    run(&streaming_sql(slot)) == "1"
 }
 
 fn sync_sequences(config: &std::path::Path) -> String {
-    let out = crate::sequences::sync(config, &[]);
+    let out = run_sync_sequences(config, &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

@@ -5,10 +5,10 @@ use std::process::{Child, Command, Stdio};
 
 use libtest_mimic::Trial;
 
-use crate::harness::{self, psql};
-use crate::pipeline::{
-    http_get, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+use crate::harness::bridge::{
+    http_get, run_streaming, stop_run, wait_exit, wait_for, wait_streaming, write_single,
 };
+use crate::harness::{self, psql};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -82,8 +82,7 @@ fn backoff_resets_after_progress() {
         &harness::url(port, &dst),
         "create_tables = true\n",
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming("ops_backoff");
+    let child = run_streaming(&config, &log, "ops_backoff");
     const BLIPS: usize = 4;
     for i in 1..=BLIPS {
         psql(&src, &format!("INSERT INTO b VALUES ({i})"));
@@ -247,8 +246,7 @@ fn healthz_reports_a_stalled_sink() {
         &harness::url(port, &dst),
         &format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\nstall_secs = 2\n"),
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming("ops_stall");
+    let child = run_streaming(&config, &log, "ops_stall");
     wait_for("/healthz to answer 200", 30, || {
         http_get(http, "/healthz") == (200, "ok\n".to_string())
     });

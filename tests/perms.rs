@@ -7,8 +7,10 @@ use std::process::Command;
 
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, write_single,
+};
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -241,8 +243,7 @@ fn run_names_the_grant() {
     psql(&dst, "REVOKE INSERT ON t FROM pm_run_dst");
     write("never");
     std::fs::remove_file(&log).ok();
-    let child = spawn_run(&config, &log);
-    wait_streaming("pm_run");
+    let child = run_streaming(&config, &log, "pm_run");
     psql(&src, "INSERT INTO t VALUES (2, 'b')");
     let status = wait_exit(child, &log, "run did not stop on the insert");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -289,8 +290,7 @@ fn premade_schema_is_enough() {
     let (ok, out) = check(&config);
     assert!(ok, "check:\n{out}");
     for round in 0..2 {
-        let child = spawn_run(&config, &log);
-        wait_streaming("pm_pre");
+        let child = run_streaming(&config, &log, "pm_pre");
         psql(
             &src,
             &format!("INSERT INTO t VALUES ({}, 'new')", 1000 + round),

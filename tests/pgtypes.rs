@@ -6,8 +6,8 @@
 
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{spawn_run, stop_run, wait_exit, wait_for, write_single};
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_exit, wait_for, write_single};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {

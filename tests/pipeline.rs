@@ -1,14 +1,19 @@
 //! `pgbridge run` end to end: real source, real targets, the real binary,
 //! killed with SIGKILL at random moments.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libtest_mimic::Trial;
 use pgbridge::source::{ConnInfo, Connection, Mode};
 
+use crate::harness::bridge::{
+    http_get, run_streaming, run_to_exit, sample, spawn_run, stop_run, stream_and_check_uncut,
+    wait_exit, wait_for, write_single, TIMEOUT_TABLES,
+};
+use crate::harness::config::{quoted_list, Config};
 use crate::harness::{self, psql};
 use crate::trial;
 
@@ -62,58 +67,17 @@ fn write_config_with(
     sinks: &[(&str, String, &[&str])],
     extra: &[&str],
 ) {
-    let mut s = format!(
-        "[source]\nurl = \"{source}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot_workers = 2\n"
-    );
+    let mut c = Config::source(source, slot, &["p"]).key("snapshot_workers", 2);
     for (i, (name, url, tables)) in sinks.iter().enumerate() {
-        let tables = tables
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        s.push_str(&format!(
-            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [{tables}]\ncreate_tables = true\n{}\n",
-            extra.get(i).copied().unwrap_or("")
-        ));
+        c = c
+            .postgres_sink(name, url)
+            .key("tables", format!("[{}]", quoted_list(tables)))
+            .key("create_tables", true)
+            .raw(extra.get(i).copied().unwrap_or(""))
+            .raw("\n");
     }
-    std::fs::write(path, s).expect("write config");
-}
-
-pub(crate) fn spawn_run(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("PGBRIDGE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn pgbridge run")
-}
-
-/// Writes a config with one source (slot `slot`, publication `p`,
-/// `snapshot` mode) and one Postgres sink named `d`; `extra` is appended
-/// (sink keys first, then further sections).
-pub(crate) fn write_single(
-    path: &std::path::Path,
-    src_url: &str,
-    slot: &str,
-    snapshot: &str,
-    dst_url: &str,
-    extra: &str,
-) {
-    std::fs::write(
-        path,
-        format!(
-            "[source]\nurl = \"{src_url}\"\nslot = \"{slot}\"\npublications = [\"p\"]\nsnapshot = \"{snapshot}\"\n\n\
-             [[sink]]\nname = \"d\"\ntype = \"postgres\"\nurl = \"{dst_url}\"\n{extra}"
-        ),
-    )
-    .expect("write config");
+    c.write(path)
+        .unwrap_or_else(|e| panic!("write config: {e}"));
 }
 
 const SOURCE_DDL: &str = "
@@ -248,41 +212,6 @@ fn assert_same(src: &str, dst: &str, table: &str, key: &str) {
             a.get(first),
             b.get(first)
         );
-    }
-}
-
-/// Waits until a `run` streams from `slot`: its walsender has started
-/// replication. An active slot alone is not enough: while
-/// CREATE_REPLICATION_SLOT still waits for the transactions running at its
-/// start (other tests' on the shared cluster), the slot shows as active, and
-/// a row committed then lies before the slot's consistent point and is
-/// never decoded.
-pub(crate) fn wait_streaming(slot: &str) {
-    wait_for("the slot to stream", 60, || {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
-                 ON r.pid = s.active_pid WHERE s.slot_name = '{slot}' \
-                 AND s.confirmed_flush_lsn IS NOT NULL AND r.state = 'streaming'"
-            ),
-        ) == "1"
-    });
-}
-
-/// SIGTERM to a `run` and its exit status.
-pub(crate) fn stop_run(mut child: Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().expect("wait for pgbridge run")
-}
-
-pub(crate) fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -433,8 +362,7 @@ fn stopped_target_holds_the_slot() {
         "pl_hold",
         &[("t", target.url("postgres", "postgres"), &[])],
     );
-    let mut child = spawn_run(&config, &log);
-    wait_streaming("pl_hold");
+    let mut child = run_streaming(&config, &log, "pl_hold");
     psql(
         &src,
         "INSERT INTO h SELECT g, 'a' FROM generate_series(1, 100) g",
@@ -610,8 +538,7 @@ fn copy_only_filters_then_stream() {
         "INSERT INTO f SELECT g, g * 10, 'hidden' FROM generate_series(2000, 2010) g",
     );
     write("initial");
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_copy");
+    let child = run_streaming(&config, &log, "pl_copy");
     psql(&src, "INSERT INTO f VALUES (3000, 1, 'x'), (3001, 1, 'x')");
     wait_for("rows copied again and streamed", 60, || {
         psql(&dst, "SELECT count(*) FROM f") == "507"
@@ -669,71 +596,6 @@ fn copy_ignores_source_timeouts() {
         psql(&src, sql);
     });
     psql("postgres", "SELECT pg_drop_replication_slot('pl_tmo')");
-}
-
-/// The timeout tests' source tables: about 40 MB of heap (three chunks,
-/// each COPY well over their 20 ms), and a small table to stream into.
-pub(crate) const TIMEOUT_TABLES: &str = "CREATE TABLE big (id int PRIMARY KEY, pad text);
-     INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;
-     CREATE TABLE small (id int PRIMARY KEY, v int);
-     INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;
-     ANALYZE big;
-     CREATE PUBLICATION p FOR TABLE big, small;";
-
-/// After a timeout test's copy: a row inserted on the source (by
-/// `on_source`) streams to `dst`, the run stops cleanly, `big` arrived
-/// whole, and the copy was never interrupted.
-pub(crate) fn stream_and_check_uncut(
-    child: Child,
-    log: &std::path::Path,
-    dst: &str,
-    on_source: &dyn Fn(&str),
-) {
-    on_source("INSERT INTO small VALUES (1000, 1)");
-    wait_for("a streamed row", 60, || {
-        psql(dst, "SELECT count(*) FROM small") == "101"
-    });
-    let status = stop_run(child);
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(status.success(), "SIGTERM exit: {status}\n{text}");
-    assert_eq!(
-        psql(dst, "SELECT count(*), sum(length(pad)) FROM big"),
-        "300000|28800000",
-        "{text}"
-    );
-    assert!(
-        !text.contains("retrying"),
-        "the copy was interrupted:\n{text}"
-    );
-}
-
-/// Runs `pgbridge run` on `config` until it exits by itself (a copy-only
-/// run); returns whether it succeeded.
-pub(crate) fn run_to_exit(config: &std::path::Path, log: &std::path::Path) -> bool {
-    wait_exit(spawn_run(config, log), log, "a copy-only run did not exit").success()
-}
-
-/// Waits up to 60 s for a `run` to exit by itself and returns its status;
-/// past that, kills it and fails with `what` and the run's log.
-pub(crate) fn wait_exit(
-    mut child: Child,
-    log: &std::path::Path,
-    what: &str,
-) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{what}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The initial copy takes a target table's indexes off and rebuilds them
@@ -851,34 +713,6 @@ fn copy_defers_and_rebuilds_indexes() {
     );
 }
 
-/// One HTTP/1.1 GET on loopback: (status code, body).
-pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("read response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
-}
-
-/// The value of one sample in a Prometheus exposition.
-pub(crate) fn sample(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{metrics}"))
-}
-
 /// `[http]`: /healthz answers 200 while streaming, /metrics counts the
 /// transactions and shows the positions, /status is JSON; a taken port
 /// stops `run` with one line naming `http.listen`.
@@ -912,8 +746,7 @@ fn http_endpoints() {
     );
     drop(listener);
 
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_http");
+    let child = run_streaming(&config, &log, "pl_http");
     wait_for("/healthz to answer 200", 30, || {
         http_get(http, "/healthz") == (200, "ok\n".to_string())
     });
@@ -990,8 +823,7 @@ fn definite_error_stops() {
         &harness::url(port, &dst),
         "",
     );
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_def");
+    let child = run_streaming(&config, &log, "pl_def");
     let before = psql(
         "postgres",
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'pl_def'",
@@ -1085,8 +917,7 @@ fn identity_always_columns() {
             .iter()
             .all(|t| rows(&src, t) == rows(&dst, t))
     };
-    let child = spawn_run(&config, &log);
-    wait_streaming("pl_ident");
+    let child = run_streaming(&config, &log, "pl_ident");
     // A plain update, a key change (the identity value unknown to the
     // sink: matched, not set), and updates under REPLICA IDENTITY FULL
     // (the old value known), of the key itself too.
@@ -1247,8 +1078,7 @@ fn copy_keeps_rows_it_did_not_copy() {
         )
     };
     stream_then("never");
-    let child = spawn_run(&config2, &log);
-    wait_streaming("pl_keep2");
+    let child = run_streaming(&config2, &log, "pl_keep2");
     psql(&src, "INSERT INTO k VALUES (2000, 'streamed')");
     wait_for("the streamed row", 60, || {
         psql(&dst2, "SELECT count(*) FROM k") == "1"

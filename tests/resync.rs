@@ -2,14 +2,16 @@
 //! `max_slot_wal_keep_size`, followed exactly as `run` prints it.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
 use serde_json::{json, Value as Json};
 
-use crate::kafka::{consume, reconstruct, Tansu};
-use crate::pipeline::{spawn_run, stop_run, wait_exit};
+use crate::harness::bridge::{
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, write_single,
+};
+use crate::harness::kafka::{consume, reconstruct, Tansu};
+use crate::harness::run::streaming_sql;
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -31,24 +33,10 @@ fn sql(c: &LocalCluster, db: &str, q: &str) -> String {
     c.psql(db, q).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn wait_streaming(c: &LocalCluster, slot: &str) {
-    wait("the slot to stream", 60, || {
-        sql(
-            c,
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
-                 ON r.pid = s.active_pid WHERE s.slot_name = '{slot}' AND r.state = 'streaming'"
-            ),
-        ) == "1"
+/// Waits until a walsender of the test's own cluster `c` streams from `slot`.
+fn wait_streaming_on(c: &LocalCluster, slot: &str) {
+    wait_for("the slot to stream", 60, || {
+        sql(c, "postgres", &streaming_sql(slot)) == "1"
     });
 }
 
@@ -91,9 +79,9 @@ fn lose_the_slot(
     same: &dyn Fn() -> bool,
 ) -> Vec<String> {
     let child = spawn_run(config, log);
-    wait_streaming(c, "rs_slot");
+    wait_streaming_on(c, "rs_slot");
     sql(c, "src", "INSERT INTO t VALUES (5000, 'streamed')");
-    wait("copy and stream", 60, same);
+    wait_for("copy and stream", 60, same);
     assert!(stop_run(child).success());
 
     // Changes the stopped pipeline misses, then WAL until the slot is lost.
@@ -220,13 +208,13 @@ fn invalidated_slot_recovers() {
 
     follow(&command, "rs_slot");
     let child = spawn_run(&config, &log);
-    wait_streaming(&c, "rs_slot");
+    wait_streaming_on(&c, "rs_slot");
     sql(
         &c,
         "src",
         "UPDATE t SET v = 'after' WHERE id = 1; INSERT INTO t VALUES (7000, 'after')",
     );
-    wait("both targets identical to the source", 90, same);
+    wait_for("both targets identical to the source", 90, same);
     assert!(stop_run(child).success());
     c.stop().ok();
 }
@@ -271,13 +259,13 @@ fn invalidated_slot_recovers_kafka() {
     let command = lose_the_slot(&c, &config, &log, &same);
     follow(&command, "rs_slot");
     let child = spawn_run(&config, &log);
-    wait_streaming(&c, "rs_slot");
+    wait_streaming_on(&c, "rs_slot");
     sql(
         &c,
         "src",
         "UPDATE t SET v = 'after' WHERE id = 1; INSERT INTO t VALUES (7000, 'after')",
     );
-    wait("the topic to rebuild the source table", 90, same);
+    wait_for("the topic to rebuild the source table", 90, same);
     assert!(stop_run(child).success());
     c.stop().ok();
 }
@@ -334,10 +322,9 @@ fn one_sink_keeps_the_slot() {
         psql(&src, CONTENT) == psql(&dst, CONTENT)
             && reconstruct(&consume(&broker.addr, "rs1.t", false)) == rows()
     };
-    let child = crate::pipeline::spawn_run(&config, &log);
-    crate::pipeline::wait_streaming("rs_one");
+    let child = run_streaming(&config, &log, "rs_one");
     psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
-    wait("copy and stream", 60, same);
+    wait_for("copy and stream", 60, same);
     assert!(stop_run(child).success());
     assert_eq!(reads(), 300);
 
@@ -393,10 +380,9 @@ fn one_sink_keeps_the_slot() {
         ),
         "1"
     );
-    let child = crate::pipeline::spawn_run(&config, &log);
-    crate::pipeline::wait_streaming("rs_one");
+    let child = run_streaming(&config, &log, "rs_one");
     psql(&src, "INSERT INTO t VALUES (1001, 'after')");
-    wait("both sinks to match the source again", 90, same);
+    wait_for("both sinks to match the source again", 90, same);
     assert!(
         reads() >= 300 + 299,
         "the Kafka sink copied its table again"
@@ -423,7 +409,7 @@ fn dropped_slot_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pgbridge.toml");
     let log = dir.path().join("pgbridge.log");
-    crate::pipeline::write_single(
+    write_single(
         &config,
         &harness::url(port, &src),
         "rs_drop",
@@ -432,10 +418,9 @@ fn dropped_slot_recovers() {
         "create_tables = true\n",
     );
     let same = || psql(&src, CONTENT) == psql(&dst, CONTENT);
-    let child = crate::pipeline::spawn_run(&config, &log);
-    crate::pipeline::wait_streaming("rs_drop");
+    let child = run_streaming(&config, &log, "rs_drop");
     psql(&src, "INSERT INTO t VALUES (1000, 'streamed')");
-    wait("copy and stream", 60, same);
+    wait_for("copy and stream", 60, same);
     assert!(stop_run(child).success());
     psql("postgres", "SELECT pg_drop_replication_slot('rs_drop')");
     psql(
@@ -443,11 +428,7 @@ fn dropped_slot_recovers() {
         "DELETE FROM t WHERE id % 4 = 0; INSERT INTO t VALUES (1001, 'gap')",
     );
 
-    let failed = wait_exit(
-        crate::pipeline::spawn_run(&config, &log),
-        &log,
-        "run on a new slot",
-    );
+    let failed = wait_exit(spawn_run(&config, &log), &log, "run on a new slot");
     assert!(!failed.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let command = resync_command(&text, "that a destination has");
@@ -468,10 +449,9 @@ fn dropped_slot_recovers() {
         "{stdout}"
     );
     assert!(stdout.contains("now start pgbridge run"), "{stdout}");
-    let child = crate::pipeline::spawn_run(&config, &log);
-    crate::pipeline::wait_streaming("rs_drop");
+    let child = run_streaming(&config, &log, "rs_drop");
     psql(&src, "INSERT INTO t VALUES (1002, 'after')");
-    wait("the target identical to the source", 60, same);
+    wait_for("the target identical to the source", 60, same);
     assert!(stop_run(child).success());
     psql("postgres", "SELECT pg_drop_replication_slot('rs_drop')");
 }

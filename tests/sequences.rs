@@ -2,12 +2,10 @@
 //! the target's sequences set from the source, so the new primary's next
 //! `INSERT ... DEFAULT` does not collide with a replicated key.
 
-use std::process::{Command, Output};
-
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{run_streaming, run_sync_sequences, stop_run, wait_for};
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_for, wait_streaming};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -27,16 +25,6 @@ CREATE TABLE c (id bigint PRIMARY KEY DEFAULT nextval('shared'), v text);
 CREATE SEQUENCE down INCREMENT BY -1;
 CREATE TABLE e (id bigint PRIMARY KEY DEFAULT nextval('down'), v text);
 CREATE TABLE z (id serial PRIMARY KEY, v text);";
-
-/// `pgbridge sync-sequences --config CONFIG EXTRA...`.
-pub(crate) fn sync(config: &std::path::Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(["sync-sequences", "--config"])
-        .arg(config)
-        .args(extra)
-        .output()
-        .expect("run pgbridge sync-sequences")
-}
 
 fn seq(db: &str, name: &str) -> String {
     psql(
@@ -82,7 +70,7 @@ fn cutover_moves_target_sequences_forward() {
     .expect("write config");
 
     // Before any run: unknown sink names are refused.
-    let out = sync(&config, &["--sink", "nope"]);
+    let out = run_sync_sequences(&config, &["--sink", "nope"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("no sink named nope") && err.contains("new_primary"),
@@ -90,8 +78,7 @@ fn cutover_moves_target_sequences_forward() {
     );
 
     // Copy, then stream more rows; stop the writes and let it converge.
-    let child = spawn_run(&config, &log);
-    wait_streaming("seq_cut");
+    let child = run_streaming(&config, &log, "seq_cut");
     psql(&src, rows);
     // Identity columns GENERATED ALWAYS refuse explicit values in INSERT
     // and UPDATE; the sink must still apply both.
@@ -112,7 +99,7 @@ fn cutover_moves_target_sequences_forward() {
     // Replication carried the rows, not the sequences.
     assert_eq!(seq(&dst, "a_id_seq"), "1 false");
 
-    let out = sync(&config, &[]);
+    let out = run_sync_sequences(&config, &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -159,7 +146,7 @@ fn cutover_moves_target_sequences_forward() {
     );
 
     // Again: nothing moves back, not even a's (the target drew from it).
-    let out = sync(&config, &["--sink", "new_primary"]);
+    let out = run_sync_sequences(&config, &["--sink", "new_primary"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
     assert!(
@@ -184,7 +171,7 @@ fn cutover_moves_target_sequences_forward() {
         text.replacen("postgres://postgres@", "postgres://seq_reader@", 1),
     )
     .expect("write config");
-    let out = sync(&limited, &["--sink", "new_primary"]);
+    let out = run_sync_sequences(&limited, &["--sink", "new_primary"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "{text}");
     assert!(

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 
+use crate::harness::bridge::{
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+};
 use crate::harness::{self, psql};
-use crate::pipeline::{spawn_run, stop_run, wait_for, wait_streaming, write_single};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -119,8 +121,7 @@ fn two_processes_one_writer() {
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_two'",
         ) == "1"
     });
-    let b = spawn_run(&config, &log_b);
-    wait_streaming("sh_two");
+    let b = run_streaming(&config, &log_b, "sh_two");
     // Both had their chance to copy by now.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -404,7 +405,7 @@ fn failed_first_run_drops_its_slot() {
         "",
     );
     let run = spawn_run(&config, &log);
-    let status = crate::pipeline::wait_exit(run, &log, "the run to stop on the missing table");
+    let status = wait_exit(run, &log, "the run to stop on the missing table");
     assert!(!status.success());
     let text = log_text(&log);
     assert!(text.contains("created replication slot"), "{text}");
@@ -474,7 +475,7 @@ fn rename_followed() {
     // The config still names the old table: the run stops naming it.
     let log2 = dir.path().join("run2.log");
     let run = spawn_run(&config, &log2);
-    let status = crate::pipeline::wait_exit(run, &log2, "the run to refuse the old name");
+    let status = wait_exit(run, &log2, "the run to refuse the old name");
     assert!(!status.success());
     assert!(
         log_text(&log2).contains("public.t in its tables is not a table on the source"),
@@ -532,7 +533,7 @@ fn rename_stops_with_the_fix() {
         &src,
         "ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (102, 'after the rename'); UPDATE t2 SET v = 'u' WHERE id = 1;",
     );
-    let status = crate::pipeline::wait_exit(run, &log, "the run to stop on the rename");
+    let status = wait_exit(run, &log, "the run to stop on the rename");
     assert!(!status.success());
     let text = log_text(&log);
     let fix = "ALTER TABLE \"public\".\"t\" RENAME TO \"t2\";";
@@ -562,7 +563,8 @@ fn rename_stops_with_the_fix() {
 /// hold every leaf's rows (before, `FROM ONLY` the root read none), and the
 /// topic rebuilds the table after streamed changes.
 fn partitioned_via_root_kafka() {
-    use crate::kafka::{consume, copy_config, reconstruct, Run, Tansu};
+    use crate::harness::bridge::{copy_config, Run};
+    use crate::harness::kafka::{consume, reconstruct, Tansu};
     use serde_json::{json, Value as Json};
     use std::collections::BTreeMap;
 

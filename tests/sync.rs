@@ -18,8 +18,11 @@ use libtest_mimic::Trial;
 use pgbridge::cluster::{ClusterOptions, LocalCluster};
 use pgbridge::Lsn;
 
+use crate::harness::bridge::{
+    http_get, run_streaming, spawn_run, stop_run, wait_for, write_single,
+};
+use crate::harness::kafka::{consume, Tansu};
 use crate::harness::{self, psql};
-use crate::pipeline::{http_get, spawn_run, stop_run, wait_for};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
@@ -129,7 +132,7 @@ fn postgres_read_after_write() {
     let slot = "sy_pg";
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
-    crate::pipeline::write_single(
+    write_single(
         &config,
         &src.url("postgres", "postgres"),
         slot,
@@ -220,7 +223,7 @@ fn kafka_read_after_write() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
     let src = source_cluster();
-    let broker = crate::kafka::Tansu::start();
+    let broker = Tansu::start();
     let slot = "sy_kafka";
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
@@ -284,7 +287,7 @@ fn kafka_read_after_write() {
         misses.len(),
         &misses[..misses.len().min(10)]
     );
-    let recs = crate::kafka::consume(&broker.addr, "sy.t", false);
+    let recs = consume(&broker.addr, "sy.t", false);
     let mut ids: Vec<i64> = recs
         .iter()
         .filter_map(|r| r.value.as_ref()?["after"]["id"].as_i64())
@@ -310,11 +313,11 @@ fn wait_http_and_cli() {
         "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int);
          CREATE PUBLICATION p FOR TABLE t;",
     );
-    let http = crate::kafka::free_port();
+    let http = pgbridge::cluster::free_port();
     let slot = "sy_wait";
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
-    crate::pipeline::write_single(
+    write_single(
         &config,
         &harness::url(port, &src),
         slot,
@@ -322,8 +325,7 @@ fn wait_http_and_cli() {
         &harness::url(port, &dst),
         &format!("create_tables = true\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
     );
-    let child = spawn_run(&config, &log);
-    crate::pipeline::wait_streaming(slot);
+    let child = run_streaming(&config, &log, slot);
     let cli = |lsn: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_pgbridge"))
             .args(["wait", "--config"])
