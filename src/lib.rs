@@ -1,6 +1,7 @@
 //! pgbridge: PostgreSQL logical replication (pgoutput) to other systems.
 //!
-//! The data flow and the public contracts are described in DESIGN.md; each
+//! The README describes the data flow, the public contracts (CLI, config,
+//! Kafka event format, delivery guarantee) and the module map; each
 //! module's doc comment says what it owns.
 
 pub mod check;
