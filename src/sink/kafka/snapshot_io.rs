@@ -1,4 +1,4 @@
-//! The initial copy's side of the sink (driven by `crate::snapshot::kafka`,
+//! The initial copy's side of the sink (driven by its `Destination` in `copy.rs`,
 //! after `open()` and before `run()`): snapshot reads go through the same
 //! table state, encoders and producer as streamed changes, and per-table
 //! progress records go to the progress topic ([`super::eos::SnapshotRecord`]).
@@ -58,7 +58,7 @@ impl KafkaSink {
     /// that no longer exist. At least once: an "incomplete" record goes to
     /// the progress topic (and is delivered) before any read, so a later
     /// run knows that reads may be in the topic.
-    pub async fn snapshot_table_start(
+    pub(super) async fn snapshot_table_start(
         &mut self,
         rel: &Arc<RelationSchema>,
         lsn: Lsn,
@@ -86,7 +86,7 @@ impl KafkaSink {
     /// Produces one snapshot read (`op` `r`) of `rel`'s row `values` (in
     /// the relation's column order), read under the snapshot of consistent
     /// point `lsn`. Waits for room in the producer queue.
-    pub async fn snapshot_read(
+    pub(super) async fn snapshot_read(
         &mut self,
         rel: &Arc<RelationSchema>,
         lsn: Lsn,
@@ -112,7 +112,7 @@ impl KafkaSink {
     /// completion record to the progress topic and waits for it too.
     /// Exactly-once: the reads and the completion record are one Kafka
     /// transaction, committed here.
-    pub async fn snapshot_table_done(
+    pub(super) async fn snapshot_table_done(
         &mut self,
         table: &str,
         lsn: Lsn,
@@ -133,14 +133,16 @@ impl KafkaSink {
             let r = tokio::task::spawn_blocking(move || p.commit_transaction(KAFKA_CALL_TIMEOUT))
                 .await
                 .map_err(|e| self.transient(format!("commit task: {e}")))?;
-            self.ktxn = KafkaTxn::default();
             if let Err(e) = r {
+                // Still open: the failed commit's transaction is aborted
+                // (and the state reset) here.
                 self.snapshot_abort().await;
                 return Err(self.kafka_error(
                     &e,
                     &format!("committing the Kafka transaction of the copy of {table}"),
                 ));
             }
+            self.ktxn = KafkaTxn::default();
             return self.check_failure();
         }
         self.wait_delivered().await
@@ -148,7 +150,7 @@ impl KafkaSink {
 
     /// A copy failed: exactly-once aborts the open Kafka transaction (its
     /// reads never become visible to `read_committed` consumers).
-    pub async fn snapshot_abort(&mut self) {
+    pub(super) async fn snapshot_abort(&mut self) {
         if !(self.cfg.exactly_once && self.ktxn.open) {
             return;
         }
