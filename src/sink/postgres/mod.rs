@@ -88,6 +88,7 @@
 //! `sslrootcert`), through rustls with the source connection's verifiers.
 
 pub mod apply;
+pub mod check;
 pub mod config;
 pub(crate) mod conn;
 pub mod copy;
