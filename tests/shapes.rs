@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 use crate::harness::bridge::{
-    run_streaming, spawn_run, stop_run, wait_exit, wait_for, wait_streaming, write_single,
+    run_streaming, spawn_run, stop_run, wait_exit, wait_for, wait_for_run, wait_streaming,
+    write_single,
 };
 use crate::harness::{self, psql};
 use crate::trial;
@@ -115,7 +116,7 @@ fn two_processes_one_writer() {
     );
     let mut a = spawn_run(&config, &log_a);
     // The slot exists once the first process has begun its copy.
-    wait_for("the first process to create its slot", 60, || {
+    wait_for_run("the first process to create its slot", 120, &log_a, || {
         psql(
             "postgres",
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_two'",

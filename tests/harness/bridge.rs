@@ -153,6 +153,26 @@ impl Drop for Run {
     }
 }
 
+/// As [`wait_for`], with the end of `log` (a `pgbridge run`'s) and the
+/// source cluster's sessions in the failure: what the run was doing.
+pub fn wait_for_run(what: &str, secs: u64, log: &std::path::Path, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() >= deadline {
+            let sessions = psql(
+                "postgres",
+                "SELECT string_agg(format('%s %s %s/%s: %s', pid, datname, wait_event_type, wait_event, left(query, 80)), E'\n') \
+                 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle'",
+            );
+            panic!(
+                "timed out waiting for {what}\nrun log:\n{}\nactive sessions:\n{sessions}",
+                super::run::log_tail(log, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls `f` every 200 ms until it holds; fails after `secs` naming `what`.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
