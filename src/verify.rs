@@ -550,6 +550,9 @@ async fn compare(
             read_target_at(ctx, dst, table, from, &job.range, at, deadline).await?;
         let (after, next) = read_source(src, table, &job.range).await?;
         if target == before || target == after {
+            tracing::info!(sink = %ctx.sink.name, table = %table.name,
+                range = %table.describe(&job.range), rounds = attempt,
+                "range differed at the first read, identical once read again");
             return Ok(None);
         }
         if before == after {
