@@ -248,8 +248,9 @@ A minimal config:
     /// primary key or replica identity index is compared as a whole. Works
     /// while writes continue and `run` streams: a range that differs is
     /// read again once the sink's stored position has reached the one the
-    /// source was read at (waiting at most `--timeout`), a few times, and
-    /// only a difference that persists is reported. Prints one line per
+    /// source was read at (waiting at most `--timeout`), then the source
+    /// range once more; only a difference that persists while the source
+    /// range holds still is reported. Prints one line per
     /// differing table and key range, then `verify: N tables identical` or
     /// `verify: M of N tables differ`. Exit status 0 when identical, 1 when
     /// a table differs, 2 on an error (a server unreachable, an unknown

@@ -231,6 +231,16 @@ fn under_load_identical_then_tampered_ranges_named() {
         code == 2 && all.contains("table public.missing is not published"),
         "{all}"
     );
+    let unreachable = dir.path().join("unreachable.toml");
+    Config::source(&harness::url(port, &src), "verify_slot", &["p"])
+        .postgres_sink("d", "postgres://postgres@127.0.0.1:1/none?sslmode=disable")
+        .write(&unreachable)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, all) = outcome(&verify(&unreachable, &[]));
+    assert!(
+        code == 2 && all.contains("error: sink d:") && stdout.is_empty(),
+        "{all}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("the load thread");
