@@ -1,6 +1,8 @@
 //! `pgbridge verify` while `run` streams under a write load: identical
 //! targets pass; rows changed, deleted and added on a target behind
-//! pgbridge's back are named by table and key range, and only those.
+//! pgbridge's back are named by table and key range, and only those;
+//! selection by sink and table; errors exit 2; a stopped pipeline is
+//! waited for at most `--timeout`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -245,4 +247,21 @@ fn under_load_identical_then_tampered_ranges_named() {
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("the load thread");
     assert!(stop_run(child).success());
+
+    // With the pipeline stopped, a differing range waits at most --timeout
+    // for the sink, then is compared as it is.
+    psql(&src, "INSERT INTO acct VALUES (3000, 0, 'after the stop')");
+    let t0 = std::time::Instant::now();
+    let (code, stdout, all) = outcome(&verify(
+        &config,
+        &["--sink", "d2", "--table", "acct", "--timeout", "1"],
+    ));
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        stdout.contains("sink d2: table public.acct differs in key range id > 1000")
+            && stdout.contains("the sink had applied up to")
+            && stdout.ends_with("verify: 1 of 1 tables differ\n"),
+        "{all}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{all}");
 }
