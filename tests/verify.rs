@@ -26,7 +26,8 @@ pub fn trials() -> Vec<Trial> {
 
 /// `acct` (keyed, 1000 rows), `nokey` (no key: compared whole), `shaped`
 /// (published with a column list and a row filter; `secret` is not
-/// published, nor are the rows with `id % 3 = 0`).
+/// published, nor are the rows with `id % 3 = 0`), `parted` (partitioned,
+/// published through its root: ranges span its partitions).
 const DDL: &str = "
 CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL, note text);
 INSERT INTO acct SELECT g, g, 'n' || g FROM generate_series(1, 1000) g;
@@ -35,7 +36,12 @@ ALTER TABLE nokey REPLICA IDENTITY FULL;
 INSERT INTO nokey SELECT g, 'b' || g FROM generate_series(1, 50) g;
 CREATE TABLE shaped (id int PRIMARY KEY, v int, secret text);
 INSERT INTO shaped SELECT g, g, 's' || g FROM generate_series(1, 300) g;
-CREATE PUBLICATION p FOR TABLE acct, nokey, shaped (id, v) WHERE (id % 3 <> 0);";
+CREATE TABLE parted (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (150);
+CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (150) TO (1000);
+INSERT INTO parted SELECT g, g FROM generate_series(1, 300) g;
+CREATE PUBLICATION p FOR TABLE acct, nokey, shaped (id, v) WHERE (id % 3 <> 0), parted
+    WITH (publish_via_partition_root = true);";
 
 /// `pgbridge verify --config CONFIG EXTRA...`.
 fn verify(config: &Path, extra: &[&str]) -> Output {
@@ -57,10 +63,10 @@ fn outcome(out: &Output) -> (i32, String, String) {
 
 /// Transactions on the source until `stop`: updates of `acct` ids
 /// 501-1000, inserts of new `acct` rows (some deleted again), updates of
-/// `nokey` rows 11-50 and `shaped` rows 151-300, and of `shaped`'s
-/// unpublished column. Rows the test changes on the target stay out of it
-/// (a replicated update of a row changed there would repair it, or find
-/// no row).
+/// `nokey` rows 11-50, `shaped` rows 151-300 (and its unpublished column)
+/// and `parted` rows 101-200 (across its two partitions). Rows the test
+/// changes on the target stay out of it (a replicated update of a row
+/// changed there would repair it, or find no row).
 fn load(src: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
     let mut seed: u64 = 7;
     let mut next = 100_001;
@@ -76,9 +82,11 @@ fn load(src: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
             sql.push_str(&format!(
                 "BEGIN; UPDATE acct SET v = v + 1 WHERE id = {}; \
                  INSERT INTO acct VALUES ({next}, 0, 'load'); \
-                 UPDATE shaped SET v = v + 1, secret = secret || 'x' WHERE id = {}; ",
+                 UPDATE shaped SET v = v + 1, secret = secret || 'x' WHERE id = {}; \
+                 UPDATE parted SET v = v + 1 WHERE id = {}; ",
                 501 + rand(500),
-                151 + rand(150)
+                151 + rand(150),
+                101 + rand(100)
             ));
             if i % 4 == 0 {
                 sql.push_str(&format!("DELETE FROM acct WHERE id = {}; ", next - 2));
@@ -142,7 +150,7 @@ fn under_load_identical_then_tampered_ranges_named() {
         assert_eq!(code, 0, "{all}");
         assert_eq!(
             stdout.lines().last(),
-            Some("verify: 4 tables identical"),
+            Some("verify: 5 tables identical"),
             "{all}"
         );
         assert!(
@@ -201,7 +209,7 @@ fn under_load_identical_then_tampered_ranges_named() {
         .filter(|l| l.contains(" differs in "))
         .collect();
     assert_eq!(differing.len(), 5, "only the changed ranges:\n{all}");
-    assert_eq!(lines.last(), Some(&"verify: 3 of 4 tables differ"), "{all}");
+    assert_eq!(lines.last(), Some(&"verify: 3 of 5 tables differ"), "{all}");
     assert!(
         done.load(Ordering::Relaxed) > before,
         "the load ran during verify"
