@@ -23,6 +23,7 @@ pub mod sink;
 pub mod source;
 pub mod sqlstate;
 pub mod tail;
+pub mod verify;
 pub mod wait;
 
 pub use lsn::Lsn;

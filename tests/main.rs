@@ -20,6 +20,7 @@ mod shapes;
 mod source;
 mod sync;
 mod tail;
+mod verify;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -36,6 +37,7 @@ fn main() {
     trials.extend(perms::trials());
     trials.extend(resync::trials());
     trials.extend(sequences::trials());
+    trials.extend(verify::trials());
     trials.extend(shapes::trials());
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
