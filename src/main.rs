@@ -365,8 +365,8 @@ async fn shutdown_signal() {
 }
 
 /// Runs one command; the error is what the last log line says.
-async fn execute(command: Command) -> Result<(), String> {
-    match command {
+async fn execute(command: Command) -> Result<ExitCode, String> {
+    let done: Result<(), String> = match command {
         Command::Tail(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -448,8 +448,15 @@ async fn execute(command: Command) -> Result<(), String> {
         }
         // Its own exit statuses (1: a table differs, 2: an error): `main`
         // runs it through `verify`.
-        Command::Verify { .. } => unreachable!("main runs verify itself"),
-    }
+        Command::Verify {
+            config,
+            sinks,
+            tables,
+            chunk_rows,
+            timeout,
+        } => return verify(config, sinks, tables, chunk_rows, timeout).await,
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// `pgbridge verify`: exit 0 when identical, 1 when a table differs, 2
@@ -505,22 +512,12 @@ fn main() -> ExitCode {
         }
     };
     let format = cli.log_format;
-    let (result, error_code) = match cli.command {
-        Command::Verify {
-            config,
-            sinks,
-            tables,
-            chunk_rows,
-            timeout,
-        } => (
-            rt.block_on(verify(config, sinks, tables, chunk_rows, timeout)),
-            ExitCode::from(2),
-        ),
-        command => (
-            rt.block_on(execute(command)).map(|()| ExitCode::SUCCESS),
-            ExitCode::FAILURE,
-        ),
+    // verify exits 1 for a difference, so its errors exit 2.
+    let error_code = match cli.command {
+        Command::Verify { .. } => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     };
+    let result = rt.block_on(execute(cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {
