@@ -46,7 +46,9 @@ pub struct SessionOrigin {
     pub mode: ReplicationOrigin,
     /// `pgbridge_<slot>.<sink>`, then `.w<i>` for a parallel worker or
     /// `.c<i>` for a copy connection: an origin serves one session at a
-    /// time. Slot and sink names hold no `.`, so names do not collide.
+    /// time (when it is in use the session tries `~1`, `~2`, ... after
+    /// it). Slot and sink names hold no `.` or `~`, so names do not
+    /// collide.
     pub name: String,
 }
 

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::Client;
 
@@ -182,9 +183,13 @@ async fn set_role(
     }
 }
 
-/// Sets the session up to commit under `origin.name` (created when
-/// missing), so that the transactions it commits carry that origin in the
-/// WAL and pgoutput sends an Origin message with them.
+/// Sets the session up to commit under origin `origin.name` (created
+/// when missing), so that the transactions it commits carry that origin in
+/// the WAL and pgoutput sends an Origin message with them. An origin serves
+/// one session at a time: while another session holds it (one this
+/// session replaces that has not ended yet, or a sink of the same names
+/// writing into another database of the cluster), `<name>~1`, `~2`, ...
+/// are tried in turn.
 async fn set_origin(
     client: &Client,
     info: &ConnInfo,
@@ -193,51 +198,40 @@ async fn set_origin(
     if origin.mode == ReplicationOrigin::Off {
         return Ok(());
     }
-    let name = origin.name.as_str();
-    let result = async {
-        let known = client
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1",
-                &[&name],
-            )
-            .await?;
-        if known.is_none() {
-            match client
-                .execute(
-                    "SELECT pg_catalog.pg_replication_origin_create($1)",
-                    &[&name],
-                )
-                .await
-            {
-                // Another session of the sink created it meanwhile.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-                r => {
-                    r?;
-                }
+    let mut name = origin.name.clone();
+    let mut tries = 0;
+    let result = loop {
+        match setup_origin(client, &name).await {
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && tries < ORIGIN_ALTERNATIVES => {
+                tries += 1;
+                name = format!("{}~{tries}", origin.name);
             }
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                return Err(ApplyError::transient(format!(
+                    "replication origins {}~1 to ~{ORIGIN_ALTERNATIVES} on {info} are all in use by other sessions: {e}",
+                    origin.name
+                ))
+                .with_cause(e));
+            }
+            result => break result,
         }
-        client
-            .execute(
-                "SELECT pg_catalog.pg_replication_origin_session_setup($1)",
-                &[&name],
-            )
-            .await
-    }
-    .await;
+    };
+    let full =
+        |e: &tokio_postgres::Error| e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED);
     match result {
-        Ok(_) => {
+        Ok(()) => {
             once(&format!("origin {info}"), || {
-                tracing::info!(target_db = %info, origin = %name, "target sessions apply under replication origin pgbridge_*: a pipeline reading this database skips these transactions (its source's origin)");
+                tracing::info!(target_db = %info, origin = %name, "target sessions apply under replication origins (pgbridge_*): a pipeline reading this database skips what they write (its source.origin)");
             });
             Ok(())
         }
-        Err(e) if origin.mode == ReplicationOrigin::Auto && is_denied(&e) => {
+        Err(e) if origin.mode == ReplicationOrigin::Auto && (is_denied(&e) || full(&e)) => {
             once(&format!("origin {info}"), || {
                 tracing::warn!(
                     target_db = %info,
                     user = %info.user,
-                    "the target user may not set up a replication origin: replicated rows are written without one, so a pipeline reading this database (the way back) sends them on again ({})",
+                    error = %e,
+                    "the target session cannot set up a replication origin: replicated rows are written without one, so a pipeline reading this database (the way back) sends them on again ({}; each session's origin takes one of the target's max_replication_slots)",
                     origin_grants(&info.user)
                 );
             });
@@ -248,11 +242,52 @@ async fn set_origin(
             info.user,
             origin_grants(&info.user)
         ))),
+        Err(e) if full(&e) => Err(ApplyError::definite(format!(
+            "replication origin {name} on {info}: {e}; each target session of a sink takes one of the target's max_replication_slots for its origin (the apply session, each apply worker and copy connection): raise max_replication_slots on the target, drop pgbridge_* origins no longer used (pg_replication_origin_drop), or set replication_origin = \"off\" or \"auto\""
+        ))),
         Err(e) => Err(classify(
             e,
             &ErrCtx::new("setting up the replication origin on the target"),
         )),
     }
+}
+
+/// How many other names ([`set_origin`]) a session tries when its
+/// origin is in use.
+const ORIGIN_ALTERNATIVES: usize = 8;
+
+/// Creates origin `name` when missing and sets the session up with it.
+async fn setup_origin(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    let known = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[&name],
+        )
+        .await?;
+    if known.is_none() {
+        let created = client
+            .execute(
+                "SELECT pg_catalog.pg_replication_origin_create($1)",
+                &[&name],
+            )
+            .await;
+        match created {
+            // Another session of the sink created it meanwhile.
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+            r => {
+                r?;
+            }
+        }
+    }
+    client
+        .execute(
+            "SELECT pg_catalog.pg_replication_origin_session_setup($1)",
+            &[&name],
+        )
+        .await?;
+    Ok(())
 }
 
 /// What lets `user` set up a replication origin.
