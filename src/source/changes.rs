@@ -155,3 +155,25 @@ impl ChangeStream {
         &self.builder
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OriginFilter;
+
+    #[test]
+    fn origin_filter() {
+        let ours = Some("pgbridge_fwd.sink.w0");
+        let other = Some("pg_16384");
+        assert!(OriginFilter::Pgbridge.skips(ours));
+        assert!(!OriginFilter::Pgbridge.skips(other));
+        assert!(OriginFilter::None.skips(ours) && OriginFilter::None.skips(other));
+        assert!(!OriginFilter::Any.skips(ours) && !OriginFilter::Any.skips(other));
+        for f in [
+            OriginFilter::Pgbridge,
+            OriginFilter::None,
+            OriginFilter::Any,
+        ] {
+            assert!(!f.skips(None));
+        }
+    }
+}
