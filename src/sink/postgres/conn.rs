@@ -226,7 +226,7 @@ async fn set_origin(
             Ok(())
         }
         Err(e) if origin.mode == ReplicationOrigin::Auto && (is_denied(&e) || full(&e)) => {
-            once(&format!("origin {info}"), || {
+            once(&format!("no origin {info}"), || {
                 tracing::warn!(
                     target_db = %info,
                     user = %info.user,
