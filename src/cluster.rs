@@ -183,7 +183,9 @@ impl LocalCluster {
             ),
             format!("wal_level = {}", opts.wal_level),
             "max_wal_senders = 40".into(),
-            "max_replication_slots = 40".into(),
+            // Also the size of the replication origin table, which every
+            // sink session's origin on this cluster takes a place in.
+            "max_replication_slots = 200".into(),
             "fsync = off".into(),
             "full_page_writes = off".into(),
             "shared_buffers = 64MB".into(),

@@ -92,6 +92,12 @@ pub struct SourceConfig {
     /// on where the server has them.
     #[serde(default)]
     pub failover_slot: Option<bool>,
+    /// pgbridge | none | any: which transactions that carry a replication
+    /// origin are skipped (see [`OriginFilter`]).
+    ///
+    /// [`OriginFilter`]: crate::source::changes::OriginFilter
+    #[serde(default)]
+    pub origin: crate::source::changes::OriginFilter,
 }
 
 /// `connect_timeout` of a `source.url` with several hosts that sets none.
@@ -227,6 +233,12 @@ pub struct PostgresSinkSection {
     /// keys fire for replicated rows (see [`ReplicationRole`]).
     #[serde(default)]
     pub session_replication_role: crate::sink::postgres::ReplicationRole,
+    /// auto | on | off: whether the target sessions apply under a
+    /// replication origin of their own (see [`ReplicationOrigin`]).
+    ///
+    /// [`ReplicationOrigin`]: crate::sink::postgres::ReplicationOrigin
+    #[serde(default)]
+    pub replication_origin: crate::sink::postgres::ReplicationOrigin,
 }
 
 fn default_apply_workers() -> usize {

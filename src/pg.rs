@@ -45,12 +45,14 @@ pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, ClientEr
 }
 
 /// As [`connect`], for a session that writes replicated rows into a
-/// target: with the sink's `session_replication_role`.
+/// target: with the sink's `session_replication_role` and replication
+/// origin.
 pub async fn connect_target(
     info: &ConnInfo,
     role: crate::sink::postgres::ReplicationRole,
+    origin: &crate::sink::postgres::SessionOrigin,
 ) -> Result<tokio_postgres::Client, ClientError> {
-    Ok(crate::sink::postgres::conn::connect_target(info, role).await?)
+    Ok(crate::sink::postgres::conn::connect_target(info, role, origin).await?)
 }
 
 /// `"name"` quoted as an SQL identifier.

@@ -10,6 +10,7 @@ mod kafka;
 mod kafka_pipeline;
 mod migration;
 mod ops;
+mod origins;
 mod perms;
 mod pgsink;
 mod pgtypes;
@@ -43,6 +44,7 @@ fn main() {
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
+    trials.extend(origins::trials());
     trials.extend(failover::trials());
     trials.extend(sync::trials());
     trials.extend(ha::trials());

@@ -60,6 +60,47 @@ fn apply_workers_range() {
     }
 }
 
+#[test]
+fn origin_keys() {
+    use crate::sink::postgres::ReplicationOrigin;
+    use crate::source::changes::OriginFilter;
+    let c = Config::parse(GOOD, "x.toml").unwrap();
+    assert_eq!(c.source.origin, OriginFilter::Pgbridge);
+    let SinkConfig::Postgres(p) = &c.sinks[0] else {
+        panic!("a postgres sink")
+    };
+    assert_eq!(p.replication_origin, ReplicationOrigin::Auto);
+    let with = |source: &str, sink: &str| {
+        GOOD.replace(
+            "publications = [\"app_pub\"]",
+            &format!("publications = [\"app_pub\"]\n{source}"),
+        )
+        .replace("create_tables = true", sink)
+    };
+    let c = Config::parse(
+        &with("origin = \"none\"", "replication_origin = \"off\""),
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(c.source.origin, OriginFilter::None);
+    let SinkConfig::Postgres(p) = &c.sinks[0] else {
+        panic!("a postgres sink")
+    };
+    assert_eq!(p.replication_origin, ReplicationOrigin::Off);
+    let e = err(&with("origin = \"pgbridge_x\"", ""));
+    assert!(
+        e.contains("pgbridge_x") && e.contains("`pgbridge`, `none`, `any`"),
+        "{e}"
+    );
+    let e = err(&with("origins = \"any\"", ""));
+    assert!(e.contains("origins"), "{e}");
+    let e = err(&with("", "replication_origin = \"maybe\""));
+    assert!(
+        e.contains("replication_origin") || e.contains("maybe"),
+        "{e}"
+    );
+}
+
 fn err(text: &str) -> String {
     Config::parse(text, "x.toml").unwrap_err().to_string()
 }

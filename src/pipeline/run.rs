@@ -390,6 +390,7 @@ async fn attempt_inner(
             .spill_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("pgbridge-spill")),
+        origins: src.origin,
     };
     let sinks = opened
         .sinks

@@ -49,6 +49,8 @@ pub struct StreamSource {
     /// the rest spills to a file in `spill_dir`.
     pub memory_limit: usize,
     pub spill_dir: PathBuf,
+    /// Transactions with these replication origins pass empty.
+    pub origins: crate::source::changes::OriginFilter,
 }
 
 /// A running stream: replication started, sinks on their tasks.
@@ -102,7 +104,8 @@ impl<'s> Streaming<'s> {
             stats,
             source: source.info.to_string(),
             stream,
-            changes: ChangeStream::new(source.info, source.memory_limit, source.spill_dir),
+            changes: ChangeStream::new(source.info, source.memory_limit, source.spill_dir)
+                .with_origins(source.origins),
             fanout: Fanout::new(outs, issuer),
             tracker,
             confirmed_rx,

@@ -26,6 +26,34 @@ pub enum ChangeError {
     Build(#[from] BuildError),
 }
 
+/// Which transactions that carry a replication origin (pgoutput's Origin
+/// message) a pipeline skips. A skipped transaction still reaches the
+/// sinks, empty, so that its commit is acknowledged and the slot moves on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginFilter {
+    /// Skip what a pgbridge sink wrote (origins named `pgbridge_*`): a
+    /// reverse pipeline does not send the forward one's rows back.
+    #[default]
+    Pgbridge,
+    /// Skip every transaction that has an origin (as PostgreSQL's
+    /// `origin = none` subscriptions do).
+    None,
+    /// Skip nothing.
+    Any,
+}
+
+impl OriginFilter {
+    /// Whether a transaction from `origin` is skipped.
+    pub fn skips(self, origin: Option<&str>) -> bool {
+        match (self, origin) {
+            (_, None) | (OriginFilter::Any, _) => false,
+            (OriginFilter::None, Some(_)) => true,
+            (OriginFilter::Pgbridge, Some(name)) => name.starts_with("pgbridge_"),
+        }
+    }
+}
+
 /// Push XLogData payloads in, pull events out (after each push, drain
 /// [`ChangeStream::next_event`] until it returns `None`).
 pub struct ChangeStream {
@@ -35,6 +63,7 @@ pub struct ChangeStream {
     resolver: TypeResolver,
     ready: Option<Ordered>,
     replay: Option<Box<Replay>>,
+    origins: OriginFilter,
 }
 
 impl ChangeStream {
@@ -46,7 +75,15 @@ impl ChangeStream {
             resolver: TypeResolver::new(source),
             ready: None,
             replay: None,
+            origins: OriginFilter::Any,
         }
+    }
+
+    /// Skips the contents of transactions `filter` skips (`Any` unless
+    /// set: `tail` shows everything).
+    pub fn with_origins(mut self, filter: OriginFilter) -> Self {
+        self.origins = filter;
+        self
     }
 
     /// Feeds one XLogData payload. Call [`ChangeStream::next_event`] until `None`
@@ -89,7 +126,21 @@ impl ChangeStream {
             } else {
                 return Ok(None);
             };
-            if let Some(ev) = self.builder.build(ordered)? {
+            let Some(ev) = self.builder.build(ordered)? else {
+                continue;
+            };
+            let skipped = matches!(
+                ev,
+                Event::Change(_)
+                    | Event::Truncate { .. }
+                    | Event::Message {
+                        transactional: true,
+                        ..
+                    }
+            ) && self
+                .origins
+                .skips(self.builder.current().and_then(|t| t.origin.as_deref()));
+            if !skipped {
                 return Ok(Some(ev));
             }
         }
@@ -102,5 +153,27 @@ impl ChangeStream {
 
     pub fn builder(&self) -> &EventBuilder {
         &self.builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OriginFilter;
+
+    #[test]
+    fn origin_filter() {
+        let ours = Some("pgbridge_fwd.sink.w0");
+        let other = Some("pg_16384");
+        assert!(OriginFilter::Pgbridge.skips(ours));
+        assert!(!OriginFilter::Pgbridge.skips(other));
+        assert!(OriginFilter::None.skips(ours) && OriginFilter::None.skips(other));
+        assert!(!OriginFilter::Any.skips(ours) && !OriginFilter::Any.skips(other));
+        for f in [
+            OriginFilter::Pgbridge,
+            OriginFilter::None,
+            OriginFilter::Any,
+        ] {
+            assert!(!f.skips(None));
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `pgbridge check` for a Postgres sink: its target, its user's
-//! privileges, `session_replication_role`, and the selected tables on the
+//! privileges, `session_replication_role`, its replication origin, and the selected tables on the
 //! target against the source's columns.
 
 use std::collections::HashMap;
@@ -31,6 +31,9 @@ pub async fn preflight(
         .map(|t| pg::qualified(&t.schema, &t.name))
         .collect();
     if let Some(problem) = replication_role(&client, p, &selected).await {
+        problems.push(problem);
+    }
+    if let Some(problem) = replication_origin(&client, p).await {
         problems.push(problem);
     }
     let written: Vec<(String, String)> = tables
@@ -181,4 +184,43 @@ async fn replication_role(
             fires.join("; ")
         )
     })
+}
+
+/// A problem when the sink's sessions cannot set up a replication origin
+/// and `replication_origin = "on"`; with `auto` a warning (the sink then
+/// writes without one, and a pipeline reading the target sends its rows
+/// on again).
+async fn replication_origin(
+    client: &tokio_postgres::Client,
+    p: &crate::config::PostgresSinkSection,
+) -> Option<String> {
+    use crate::sink::postgres::ReplicationOrigin;
+    if p.replication_origin == ReplicationOrigin::Off {
+        return None;
+    }
+    let allowed = client
+        .query_one(
+            "SELECT pg_catalog.has_function_privilege('pg_catalog.pg_replication_origin_create(text)', 'EXECUTE') \
+               AND pg_catalog.has_function_privilege('pg_catalog.pg_replication_origin_session_setup(text)', 'EXECUTE')",
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get::<_, bool>(0));
+    let fix = crate::sink::postgres::conn::origin_grants(&p.url.info.user);
+    match (allowed, p.replication_origin) {
+        (Ok(true), _) => None,
+        (Ok(false), ReplicationOrigin::On) => Some(format!(
+            "sink {}: target user {} may not set up a replication origin; {fix}, or set replication_origin = \"off\" (a pipeline reading the target then sends the rows this sink writes on again)",
+            p.name, p.url.info.user
+        )),
+        (Ok(false), _) => {
+            tracing::warn!(sink = %p.name, user = %p.url.info.user,
+                "the target user may not set up a replication origin, so the sink writes without one and a pipeline reading the target (the way back) sends its rows on again; {fix}");
+            None
+        }
+        (Err(e), _) => Some(format!(
+            "sink {}: reading whether the target user may set up a replication origin failed: {e}",
+            p.name
+        )),
+    }
 }

@@ -21,6 +21,37 @@ pub enum ReplicationRole {
     Origin,
 }
 
+/// Whether the target sessions apply under a replication origin of their
+/// own, so that a pipeline reading the target (the way back) can tell the
+/// transactions pgbridge wrote from the target's own (see the source's
+/// `origin`). Setting one up takes a superuser or `EXECUTE` on
+/// `pg_replication_origin_create(text)` and
+/// `pg_replication_origin_session_setup(text)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationOrigin {
+    /// An origin when the target user may set one up, else none with a
+    /// warning.
+    #[default]
+    Auto,
+    /// An origin, or the sink stops with the grants it needs.
+    On,
+    /// No origin: a pipeline reading the target sends these rows on.
+    Off,
+}
+
+/// The replication origin of one target session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOrigin {
+    pub mode: ReplicationOrigin,
+    /// `pgbridge_<slot>.<sink>`, then `.w<i>` for a parallel worker or
+    /// `.c<i>` for a copy connection: an origin serves one session at a
+    /// time (when it is in use the session tries `~1`, `~2`, ... after
+    /// it). Slot and sink names hold no `.` or `~`, so names do not
+    /// collide.
+    pub name: String,
+}
+
 /// Settings of one Postgres sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PostgresSinkConfig {
@@ -51,6 +82,8 @@ pub struct PostgresSinkConfig {
     pub apply_workers: usize,
     /// The target sessions' `session_replication_role`.
     pub replication_role: ReplicationRole,
+    /// Whether the target sessions apply under a replication origin.
+    pub replication_origin: ReplicationOrigin,
     /// The initial copy drops a target table's indexes and rebuilds them
     /// once the table's copy is complete (see [`indexes`](super::indexes)).
     pub defer_indexes: bool,
@@ -88,8 +121,19 @@ impl PostgresSinkConfig {
             batch_max_txns: Self::DEFAULT_BATCH_MAX_TXNS,
             apply_workers: Self::DEFAULT_APPLY_WORKERS,
             replication_role: ReplicationRole::Auto,
+            replication_origin: ReplicationOrigin::Auto,
             defer_indexes: true,
             source: None,
+        }
+    }
+
+    /// The replication origin of a target session: `session` is empty for
+    /// the apply session, `.w<i>` for parallel worker `i`, `.c<i>` for
+    /// copy connection `i`.
+    pub fn origin(&self, session: &str) -> SessionOrigin {
+        SessionOrigin {
+            mode: self.replication_origin,
+            name: format!("pgbridge_{}.{}{session}", self.pipeline, self.name),
         }
     }
 
@@ -109,6 +153,7 @@ impl PostgresSinkConfig {
             batch_max_txns: section.batch_max_txns,
             apply_workers: section.apply_workers,
             replication_role: section.session_replication_role,
+            replication_origin: section.replication_origin,
             defer_indexes: section.defer_indexes,
             source: Some(config.source.url.info.clone()),
         }

@@ -17,10 +17,11 @@ use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::Client;
 
-use super::config::ReplicationRole;
+use super::config::{ReplicationOrigin, ReplicationRole, SessionOrigin};
 use super::error::{classify, ApplyError, Context as ErrCtx};
 use crate::source::conninfo::{connect_first, describe_refusals, Refusal, SessionState};
 use crate::source::{ConnInfo, SslMode};
@@ -127,33 +128,48 @@ async fn connect_one(info: &ConnInfo) -> Result<Client, ApplyError> {
     Ok(client)
 }
 
-/// [`connect`], then the session's `session_replication_role` per `role`.
-/// Every connection that writes replicated rows (apply, parallel workers,
-/// the initial copy) comes from here.
-pub async fn connect_target(info: &ConnInfo, role: ReplicationRole) -> Result<Client, ApplyError> {
+/// [`connect`], then the session's `session_replication_role` per `role`
+/// and its replication origin per `origin`. Every connection that writes
+/// replicated rows (apply, parallel workers, the initial copy) comes from
+/// here.
+pub async fn connect_target(
+    info: &ConnInfo,
+    role: ReplicationRole,
+    origin: &SessionOrigin,
+) -> Result<Client, ApplyError> {
     let client = connect(info).await?;
+    set_role(&client, info, role).await?;
+    set_origin(&client, info, origin).await?;
+    Ok(client)
+}
+
+async fn set_role(
+    client: &Client,
+    info: &ConnInfo,
+    role: ReplicationRole,
+) -> Result<(), ApplyError> {
     if role == ReplicationRole::Origin {
-        return Ok(client);
+        return Ok(());
     }
     match client
         .batch_execute("SET session_replication_role = replica")
         .await
     {
         Ok(()) => {
-            once(info, || {
+            once(&info.to_string(), || {
                 tracing::info!(target_db = %info, "target sessions run as session_replication_role = replica: the target's ordinary triggers and foreign-key checks do not fire for replicated rows");
             });
-            Ok(client)
+            Ok(())
         }
         Err(e) if role == ReplicationRole::Auto && is_denied(&e) => {
-            once(info, || {
+            once(&info.to_string(), || {
                 tracing::warn!(
                     target_db = %info,
                     user = %info.user,
                     "the target user may not set session_replication_role = replica: the target's triggers and foreign-key checks fire for replicated rows (superuser or GRANT SET ON PARAMETER session_replication_role turns them off, as in PostgreSQL's own subscriptions)"
                 );
             });
-            Ok(client)
+            Ok(())
         }
         Err(e) if is_denied(&e) => Err(ApplyError::definite(format!(
             "target user {} may not set session_replication_role = replica ({info}); make it a superuser, run GRANT SET ON PARAMETER session_replication_role TO {} (PostgreSQL 15+), or set session_replication_role = \"origin\" for the sink (the target's triggers and foreign keys then fire for replicated rows)",
@@ -167,16 +183,131 @@ pub async fn connect_target(info: &ConnInfo, role: ReplicationRole) -> Result<Cl
     }
 }
 
+/// Sets the session up to commit under origin `origin.name` (created
+/// when missing), so that the transactions it commits carry that origin in
+/// the WAL and pgoutput sends an Origin message with them. An origin serves
+/// one session at a time: while another session holds it (one this
+/// session replaces that has not ended yet, or a sink of the same names
+/// writing into another database of the cluster), `<name>~1`, `~2`, ...
+/// are tried in turn.
+async fn set_origin(
+    client: &Client,
+    info: &ConnInfo,
+    origin: &SessionOrigin,
+) -> Result<(), ApplyError> {
+    if origin.mode == ReplicationOrigin::Off {
+        return Ok(());
+    }
+    let mut name = origin.name.clone();
+    let mut tries = 0;
+    let result = loop {
+        match setup_origin(client, &name).await {
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && tries < ORIGIN_ALTERNATIVES => {
+                tries += 1;
+                name = format!("{}~{tries}", origin.name);
+            }
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                return Err(ApplyError::transient(format!(
+                    "replication origins {}~1 to ~{ORIGIN_ALTERNATIVES} on {info} are all in use by other sessions: {e}",
+                    origin.name
+                ))
+                .with_cause(e));
+            }
+            result => break result,
+        }
+    };
+    let full =
+        |e: &tokio_postgres::Error| e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED);
+    match result {
+        Ok(()) => {
+            once(&format!("origin {info}"), || {
+                tracing::info!(target_db = %info, origin = %name, "target sessions apply under replication origins (pgbridge_*): a pipeline reading this database skips what they write (its source.origin)");
+            });
+            Ok(())
+        }
+        Err(e) if origin.mode == ReplicationOrigin::Auto && (is_denied(&e) || full(&e)) => {
+            once(&format!("no origin {info}"), || {
+                tracing::warn!(
+                    target_db = %info,
+                    user = %info.user,
+                    error = %e,
+                    "the target session cannot set up a replication origin: replicated rows are written without one, so a pipeline reading this database (the way back) sends them on again ({}; each session's origin takes one of the target's max_replication_slots)",
+                    origin_grants(&info.user)
+                );
+            });
+            Ok(())
+        }
+        Err(e) if is_denied(&e) => Err(ApplyError::definite(format!(
+            "target user {} may not set up replication origin {name} ({info}); {}, or set replication_origin = \"off\" for the sink (a pipeline reading this database then sends the rows it writes on again)",
+            info.user,
+            origin_grants(&info.user)
+        ))),
+        Err(e) if full(&e) => Err(ApplyError::definite(format!(
+            "replication origin {name} on {info}: {e}; each target session of a sink takes one of the target's max_replication_slots for its origin (the apply session, each apply worker and copy connection): raise max_replication_slots on the target, drop pgbridge_* origins no longer used (pg_replication_origin_drop), or set replication_origin = \"off\" or \"auto\""
+        ))),
+        Err(e) => Err(classify(
+            e,
+            &ErrCtx::new("setting up the replication origin on the target"),
+        )),
+    }
+}
+
+/// How many other names ([`set_origin`]) a session tries when its
+/// origin is in use.
+const ORIGIN_ALTERNATIVES: usize = 8;
+
+/// Creates origin `name` when missing and sets the session up with it.
+async fn setup_origin(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    let known = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[&name],
+        )
+        .await?;
+    if known.is_none() {
+        let created = client
+            .execute(
+                "SELECT pg_catalog.pg_replication_origin_create($1)",
+                &[&name],
+            )
+            .await;
+        match created {
+            // Another session of the sink created it meanwhile.
+            Err(e)
+                if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+            r => {
+                r?;
+            }
+        }
+    }
+    client
+        .execute(
+            "SELECT pg_catalog.pg_replication_origin_session_setup($1)",
+            &[&name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What lets `user` set up a replication origin.
+pub fn origin_grants(user: &str) -> String {
+    let user = crate::pg::ident(user);
+    format!(
+        "make it a superuser, or run GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_create(text), pg_catalog.pg_replication_origin_session_setup(text) TO {user}"
+    )
+}
+
 fn is_denied(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
         .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
 }
 
-/// Runs `log` once per target and process: every apply, worker and copy
+/// Runs `log` once per `key` (what and which target) and process: every apply, worker and copy
 /// session connects through here, the log says it once.
-fn once(info: &ConnInfo, log: impl FnOnce()) {
+fn once(key: &str, log: impl FnOnce()) {
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let key = info.to_string();
+    let key = key.to_string();
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if !seen.contains(&key) {
         log();

@@ -18,13 +18,14 @@
 //! twice (see [`Destination::copied_tables`](crate::sink::Destination)).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use super::config::{PostgresSinkConfig, ReplicationRole};
+use super::config::PostgresSinkConfig;
 use super::copy_state::{self, client_error, Owner};
 use super::indexes;
 use crate::pg::{self, ident};
@@ -40,7 +41,11 @@ pub struct PgCopier {
     sink: String,
     pipeline: String,
     info: ConnInfo,
-    role: ReplicationRole,
+    /// The sink's settings, for the connections' replication role and
+    /// origins.
+    config: PostgresSinkConfig,
+    /// Connections made so far: the next one's origin is `.c<n>`.
+    made: AtomicUsize,
     create_tables: bool,
     defer_indexes: bool,
     idle: Arc<Mutex<Vec<Client>>>,
@@ -52,7 +57,8 @@ impl PgCopier {
             sink: config.name.clone(),
             pipeline: config.pipeline.clone(),
             info: info.clone(),
-            role: config.replication_role,
+            config: config.clone(),
+            made: AtomicUsize::new(0),
             create_tables: config.create_tables,
             defer_indexes: config.defer_indexes,
             idle: Arc::new(Mutex::new(Vec::new())),
@@ -72,9 +78,13 @@ impl PgCopier {
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
         match idle {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => pg::connect_target(&self.info, self.role)
-                .await
-                .map_err(|e| client_error(&self.sink, e)),
+            _ => {
+                let i = self.made.fetch_add(1, Ordering::Relaxed);
+                let origin = self.config.origin(&format!(".c{i}"));
+                pg::connect_target(&self.info, self.config.replication_role, &origin)
+                    .await
+                    .map_err(|e| client_error(&self.sink, e))
+            }
         }
     }
 

@@ -105,7 +105,7 @@ pub mod sql;
 #[cfg(test)]
 mod tests;
 
-pub use config::{PostgresSinkConfig, ReplicationRole};
+pub use config::{PostgresSinkConfig, ReplicationOrigin, ReplicationRole, SessionOrigin};
 pub use error::ApplyError;
 pub use sink::PostgresSink;
 pub use sql::TextParam;

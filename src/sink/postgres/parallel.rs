@@ -261,8 +261,9 @@ impl<'a> Dispatcher<'a> {
         let abort = Arc::new(AtomicBool::new(false));
         let mut jobs = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
-        for _ in 0..n {
-            let client = match conn::connect_target(info, config.replication_role).await {
+        for i in 0..n {
+            let origin = config.origin(&format!(".w{i}"));
+            let client = match conn::connect_target(info, config.replication_role, &origin).await {
                 Ok(c) => c,
                 Err(e) => {
                     abort.store(true, Ordering::Relaxed);

@@ -108,7 +108,12 @@ impl PostgresSink {
 
     async fn open_inner(&mut self) -> Result<Lsn, ApplyError> {
         self.target = None;
-        let client = conn::connect_target(&self.info, self.config.replication_role).await?;
+        let client = conn::connect_target(
+            &self.info,
+            self.config.replication_role,
+            &self.config.origin(""),
+        )
+        .await?;
         progress::setup(&client).await?;
         renames::setup(&client).await?;
         let (pipeline, name) = (&self.config.pipeline, &self.config.name);
