@@ -634,7 +634,8 @@ async fn read_target_at(
             .await
             .map_err(err)?;
         let read = async {
-            let held = position(dst, ctx.config.pipeline_id(), &ctx.sink.name).await?;
+            let held =
+                crate::wait::target_position(dst, ctx.config.pipeline_id(), &ctx.sink.name).await?;
             if held < lsn && Instant::now() < deadline {
                 return Ok(None);
             }
@@ -657,37 +658,6 @@ async fn read_target_at(
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// What the target holds of the pipeline, read in the open snapshot: its
-/// `pgbridge.progress` row, or with parallel apply the lowest worker's
-/// (`Lsn::ZERO` when there is none).
-async fn position(dst: &Client, pipeline: &str, sink: &str) -> Result<Lsn, tokio_postgres::Error> {
-    let row = dst
-        .query_one(
-            "SELECT pg_catalog.to_regclass('pgbridge.progress') IS NOT NULL, \
-             pg_catalog.to_regclass('pgbridge.apply_progress') IS NOT NULL",
-            &[],
-        )
-        .await?;
-    let (progress, workers): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-    let mut sqls = Vec::new();
-    if workers {
-        sqls.push(
-            "SELECT min(end_lsn)::text FROM pgbridge.apply_progress \
-             WHERE pipeline = $1 AND sink = $2 HAVING count(*) > 0",
-        );
-    }
-    if progress {
-        sqls.push("SELECT end_lsn::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2");
-    }
-    for sql in sqls {
-        if let Some(r) = dst.query_opt(sql, &[&pipeline, &sink]).await? {
-            let l: Option<String> = r.try_get(0)?;
-            return Ok(l.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO));
-        }
-    }
-    Ok(Lsn::ZERO)
 }
 
 mod table;

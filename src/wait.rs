@@ -152,37 +152,7 @@ impl Reader {
             return Ok(Lsn::ZERO);
         };
         let pipeline = config.pipeline_id();
-        let read = async {
-            let row = client
-                .query_one(
-                    "SELECT pg_catalog.to_regclass('pgbridge.progress') IS NOT NULL, \
-                     pg_catalog.to_regclass('pgbridge.apply_progress') IS NOT NULL",
-                    &[],
-                )
-                .await?;
-            let (progress, workers): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-            // With parallel apply the lowest worker's row is what the
-            // target surely has (as `pgbridge status` says).
-            let mut sqls = Vec::new();
-            if workers {
-                sqls.push(
-                    "SELECT min(end_lsn)::text FROM pgbridge.apply_progress \
-                     WHERE pipeline = $1 AND sink = $2 HAVING count(*) > 0",
-                );
-            }
-            if progress {
-                sqls.push(
-                    "SELECT end_lsn::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2",
-                );
-            }
-            for sql in sqls {
-                if let Some(r) = client.query_opt(sql, &[&pipeline, &p.name]).await? {
-                    let l: Option<String> = r.try_get(0)?;
-                    return Ok(l.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO));
-                }
-            }
-            Ok::<Lsn, tokio_postgres::Error>(Lsn::ZERO)
-        };
+        let read = target_position(client, pipeline, &p.name);
         match read.await {
             Ok(l) => Ok(l),
             Err(e) => {
@@ -191,4 +161,40 @@ impl Reader {
             }
         }
     }
+}
+
+/// What a Postgres sink's target holds of the pipeline, read in the
+/// client's open snapshot if any: its `pgbridge.progress` row, or with
+/// parallel apply the lowest worker's, which is what the target surely has
+/// (`Lsn::ZERO` when there is none).
+pub async fn target_position(
+    dst: &tokio_postgres::Client,
+    pipeline: &str,
+    sink: &str,
+) -> Result<Lsn, tokio_postgres::Error> {
+    let row = dst
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgbridge.progress') IS NOT NULL, \
+             pg_catalog.to_regclass('pgbridge.apply_progress') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let (progress, workers): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+    let mut sqls = Vec::new();
+    if workers {
+        sqls.push(
+            "SELECT min(end_lsn)::text FROM pgbridge.apply_progress \
+             WHERE pipeline = $1 AND sink = $2 HAVING count(*) > 0",
+        );
+    }
+    if progress {
+        sqls.push("SELECT end_lsn::text FROM pgbridge.progress WHERE pipeline = $1 AND sink = $2");
+    }
+    for sql in sqls {
+        if let Some(r) = dst.query_opt(sql, &[&pipeline, &sink]).await? {
+            let l: Option<String> = r.try_get(0)?;
+            return Ok(l.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO));
+        }
+    }
+    Ok(Lsn::ZERO)
 }
