@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod changes;
 pub mod conn;
 pub mod conninfo;
+pub mod ddl;
 pub mod error;
 pub mod health;
 pub mod published;
