@@ -98,6 +98,10 @@ pub struct SourceConfig {
     /// [`OriginFilter`]: crate::source::changes::OriginFilter
     #[serde(default)]
     pub origin: crate::source::changes::OriginFilter,
+    /// Capture schema changes on the source with an event trigger (see
+    /// [`ddl`](crate::source::ddl)); `run` installs it when missing.
+    #[serde(default)]
+    pub capture_ddl: bool,
 }
 
 /// `connect_timeout` of a `source.url` with several hosts that sets none.

@@ -331,6 +331,8 @@ fn handle<W: Write>(
                 *pending_output = true;
             }
         }
+        // Made by the pipeline's fan-out only; tail shows the message.
+        Event::Ddl { .. } => {}
         Event::Commit { end_lsn, .. } => {
             // Durable first, confirmed second.
             out.flush()?;

@@ -196,6 +196,15 @@ pub enum Event {
         prefix: String,
         content: Bytes,
     },
+    /// A schema change of a table, captured on the source
+    /// (`source.capture_ddl`): the pipeline's fan-out makes it from the
+    /// capture's transactional logical message, at the message's place in
+    /// the transaction, and sends it only to the sinks that select the
+    /// table. Never built by [`EventBuilder`].
+    Ddl {
+        lsn: Lsn,
+        ddl: Arc<crate::source::ddl::DdlMessage>,
+    },
     /// `end_lsn` is the position to confirm once this transaction is durable.
     Commit {
         meta: TxnMeta,

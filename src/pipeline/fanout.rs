@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::ack::{Issuer, Tracker};
 use crate::config::TableSelection;
 use crate::model::{Event, RelationSchema};
+use crate::source::ddl::{self, DdlMessage};
 use crate::pgoutput::RelId;
 use crate::sink::{QueueBytes, SinkItem};
 use crate::Lsn;
@@ -60,8 +61,37 @@ impl Route {
     /// Whether the sink selects `rel` (by name or by relation id).
     fn selects(&self, rel: &RelationSchema) -> bool {
         match &self.tables {
-            TableSelection::All => true,
+            // The DDL capture's own record (a FOR ALL TABLES publication
+            // publishes it too) is no data of the user's.
+            TableSelection::All => !is_capture_table(&rel.schema, &rel.name),
             t => self.rel_ids.contains(&rel.rel_id) || t.contains(&rel.qualified_name()),
+        }
+    }
+
+    /// Whether the sink wants the schema change `ddl` committing at
+    /// `commit_lsn`: it selects the table (by relation id, or by its old or
+    /// new name), and the change is not older than the table's copy.
+    fn wants_ddl(&mut self, ddl: &DdlMessage, commit_lsn: Option<Lsn>) -> bool {
+        let (old, new) = (ddl.old.qualified_name(), ddl.new.qualified_name());
+        let selected = match &self.tables {
+            TableSelection::All => !is_capture_table(&ddl.new.schema, &ddl.new.name),
+            t => {
+                self.rel_ids.contains(&ddl.rel_id()) || t.contains(&new) || t.contains(&old)
+            }
+        };
+        if !selected {
+            return false;
+        }
+        if !matches!(self.tables, TableSelection::All) {
+            self.rel_ids.insert(ddl.rel_id());
+        }
+        let start = self
+            .table_start
+            .get(&ddl.rel_id())
+            .or_else(|| self.table_start_names.get(&new));
+        match (commit_lsn, start) {
+            (Some(c), Some(start)) => c >= *start,
+            _ => true,
         }
     }
 
@@ -78,6 +108,10 @@ impl Route {
             _ => true,
         }
     }
+}
+
+fn is_capture_table(schema: &str, name: &str) -> bool {
+    schema == "pgbridge" && name == "ddl_tables"
 }
 
 struct Out {
@@ -102,6 +136,8 @@ pub struct Fanout {
     commit_lsn: Option<Lsn>,
     /// When the last idle position went out (they cost each sink a write).
     last_idle: Option<std::time::Instant>,
+    /// `source.capture_ddl`: the capture's messages are schema changes.
+    capture_ddl: bool,
 }
 
 /// At most one idle position per this interval (each costs every sink a
@@ -129,7 +165,17 @@ impl Fanout {
             issuer,
             commit_lsn: None,
             last_idle: None,
+            capture_ddl: false,
         }
+    }
+
+    /// Takes the DDL capture's logical messages (prefix
+    /// [`ddl::PREFIX`](crate::source::ddl::PREFIX)) for schema changes
+    /// (`source.capture_ddl`): each becomes an [`Event::Ddl`] for the sinks
+    /// that select its table. Without this they are ordinary messages.
+    pub fn with_ddl_capture(mut self, on: bool) -> Self {
+        self.capture_ddl = on;
+        self
     }
 
     /// Queues `item` for sink i once its queue has room for it, in items
@@ -231,14 +277,69 @@ impl Fanout {
                     self.send(i, SinkItem::Event(ev)).await?;
                 }
             }
-            ev @ Event::Message { .. } => {
-                let ev = Arc::new(ev);
-                for i in 0..self.outs.len() {
-                    if !self.outs[i].skipping {
-                        self.send(i, SinkItem::Event(ev.clone())).await?;
+            Event::Message {
+                lsn,
+                transactional: true,
+                prefix,
+                content,
+            } if self.capture_ddl && prefix == ddl::PREFIX => {
+                match DdlMessage::parse(&content) {
+                    Ok(m) => return self.dispatch_ddl(lsn, Arc::new(m)).await,
+                    Err(e) => {
+                        tracing::error!(lsn = %lsn, error = %e,
+                            "a schema change message of the DDL capture cannot be read; the sinks get it as a logical message and apply no schema change for it");
+                        let ev = Event::Message {
+                            lsn,
+                            transactional: true,
+                            prefix,
+                            content,
+                        };
+                        return self.dispatch_message(ev).await;
                     }
                 }
             }
+            Event::Ddl { lsn, ddl } => return self.dispatch_ddl(lsn, ddl).await,
+            ev @ Event::Message { .. } => return self.dispatch_message(ev).await,
+        }
+        Ok(())
+    }
+
+    /// A logical decoding message, to every sink.
+    async fn dispatch_message(&mut self, ev: Event) -> Result<(), SinkGone> {
+        let ev = Arc::new(ev);
+        for i in 0..self.outs.len() {
+            if !self.outs[i].skipping {
+                self.send(i, SinkItem::Event(ev.clone())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A schema change, to the sinks that want its table; partitions
+    /// attached or detached are reported here, once for the pipeline.
+    async fn dispatch_ddl(&mut self, lsn: Lsn, ddl: Arc<DdlMessage>) -> Result<(), SinkGone> {
+        let commit = self.commit_lsn;
+        let ev = Arc::new(Event::Ddl {
+            lsn,
+            ddl: ddl.clone(),
+        });
+        let mut wanted = false;
+        for i in 0..self.outs.len() {
+            let o = &mut self.outs[i];
+            if o.skipping || !o.route.wants_ddl(&ddl, commit) {
+                continue;
+            }
+            wanted = true;
+            self.send(i, SinkItem::Event(ev.clone())).await?;
+        }
+        let partitions_selected = ddl
+            .new
+            .partitions
+            .iter()
+            .chain(&ddl.old.partitions)
+            .any(|p| self.outs.iter().any(|o| o.route.tables.contains(p)));
+        if wanted || partitions_selected {
+            ddl::report_partitions(lsn, &ddl);
         }
         Ok(())
     }

@@ -343,6 +343,17 @@ async fn attempt_inner(
 ) -> Result<Outcome, PipelineError> {
     stats.set_phase(Phase::Starting);
     let src = &config.source;
+    if src.capture_ddl {
+        crate::source::ddl::ensure_installed(&src.url.info)
+            .await
+            .map_err(|e| match e.is_transient() {
+                true => PipelineError::Source(SourceError::Io {
+                    target: src.url.info.to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+                false => PipelineError::Other(e.to_string()),
+            })?;
+    }
     let mut opened = phases::open_sinks(config, registry).await?;
     let mut prepared = phases::prepare_slot(config, &mut opened, fresh_slot).await?;
     let mut planned = phases::plan_copies(config, &mut opened, &prepared).await?;
@@ -391,6 +402,7 @@ async fn attempt_inner(
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("pgbridge-spill")),
         origins: src.origin,
+        capture_ddl: src.capture_ddl,
     };
     let sinks = opened
         .sinks

@@ -51,6 +51,8 @@ pub struct StreamSource {
     pub spill_dir: PathBuf,
     /// Transactions with these replication origins pass empty.
     pub origins: crate::source::changes::OriginFilter,
+    /// `source.capture_ddl`: the capture's messages are schema changes.
+    pub capture_ddl: bool,
 }
 
 /// A running stream: replication started, sinks on their tasks.
@@ -106,7 +108,7 @@ impl<'s> Streaming<'s> {
             stream,
             changes: ChangeStream::new(source.info, source.memory_limit, source.spill_dir)
                 .with_origins(source.origins),
-            fanout: Fanout::new(outs, issuer),
+            fanout: Fanout::new(outs, issuer).with_ddl_capture(source.capture_ddl),
             tracker,
             confirmed_rx,
             tasks,

@@ -71,8 +71,7 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     #[serde(default)]
     pub indexes: Vec<IndexDef>,
-    /// Partitions (`schema.table`, quoted where needed) of a partitioned
-    /// table.
+    /// Partitions (`schema.table`, unquoted) of a partitioned table.
     #[serde(default)]
     pub partitions: Vec<String>,
 }
@@ -176,6 +175,22 @@ impl DdlMessage {
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Logs a warning for each partition `ddl` attached to or detached from
+/// its table: ATTACH / DETACH PARTITION make the partition's rows part of
+/// the table (or no longer) without a change event for any of them.
+pub fn report_partitions(lsn: crate::Lsn, ddl: &DdlMessage) {
+    let parent = ddl.new.qualified_name();
+    for c in ddl.changes() {
+        match c {
+            Change::AttachPartition { partition } => tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
+                "partition {partition} was attached to {parent} on the source: its rows became part of {parent} without change events, so the sinks do not have them; copy them with `pgbridge backfill --config ... --table {parent}` (or with --where limited to the partition's range)"),
+            Change::DetachPartition { partition } => tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
+                "partition {partition} was detached from {parent} on the source: its rows left {parent} without change events, so the sinks still have them; delete them on the targets (they are the rows in the partition's range), or resync {parent} with `pgbridge backfill --config ... --table {parent}` after emptying it there"),
+            _ => {}
+        }
     }
 }
 

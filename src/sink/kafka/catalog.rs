@@ -105,7 +105,18 @@ impl KafkaSink {
         };
         let codec = encoder
             .table(&self.cfg, &self.envelope, rel, &key_cols, &topic)
-            .await?;
+            .await
+            .map_err(|e| match self.last_ddl.get(&rel.rel_id) {
+                // The registry refused the schema a captured change made.
+                Some(change) if !e.is_transient() => SinkError::definite(
+                    &self.cfg.name,
+                    format!(
+X
+                        rel.qualified_name()
+                    ),
+                ),
+                _ => e,
+            })?;
         let t = Arc::new(Table {
             rel: rel.clone(),
             topic,

@@ -35,6 +35,7 @@ pub async fn preflight(cfg: &KafkaSinkSection, copies: bool) -> Vec<String> {
                 .message_topic
                 .iter()
                 .chain(cfg.transaction_topic.iter())
+                .chain(cfg.schema_change_topic.iter())
                 .map(|t| (t.as_str(), "create it or set create_topics = true"))
                 .collect();
             // The sink creates its progress topic itself unless told not to.

@@ -187,6 +187,11 @@ pub struct KafkaSinkSection {
     /// metadata); unset: none, and change events have no `transaction` block.
     #[serde(default, deserialize_with = "opt_expanded")]
     pub transaction_topic: Option<String>,
+    /// Topic for the schema changes captured on the source
+    /// (`source.capture_ddl`), one JSON record each (see
+    /// `schema_changes`); unset: none.
+    #[serde(default, deserialize_with = "opt_expanded")]
+    pub schema_change_topic: Option<String>,
     #[serde(default)]
     pub temporal: TemporalSetting,
     #[serde(default)]
@@ -339,6 +344,7 @@ impl KafkaSinkSection {
             tables: TableSelection::All,
             message_topic: None,
             transaction_topic: None,
+            schema_change_topic: None,
             temporal: TemporalSetting::default(),
             numeric: NumericSetting::default(),
             source_name: None,
@@ -370,6 +376,7 @@ impl KafkaSinkSection {
         for (what, t) in [
             ("message_topic", &self.message_topic),
             ("transaction_topic", &self.transaction_topic),
+            ("schema_change_topic", &self.schema_change_topic),
         ] {
             if let Some(t) = t {
                 check_topic(what, t)?;

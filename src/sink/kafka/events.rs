@@ -23,7 +23,7 @@ const STREAMED: SnapshotMarker = SnapshotMarker::False;
 
 /// The open source transaction.
 pub(super) struct Txn {
-    meta: TxnMeta,
+    pub(super) meta: TxnMeta,
     /// The BEGIN record was produced.
     begun: bool,
     total: u64,
@@ -427,6 +427,10 @@ impl KafkaSink {
                 self.ktxn.dirty = true;
                 self.on_message(*lsn, *transactional, prefix, content)
                     .await?;
+            }
+            Event::Ddl { lsn, ddl } => {
+                self.ktxn.dirty = true;
+                self.on_ddl(*lsn, ddl).await?;
             }
             Event::Commit { .. } => {} // the pipeline sends SinkItem::Commit
         }

@@ -48,6 +48,7 @@ pub mod eos;
 mod events;
 mod produce;
 mod progress;
+mod schema_changes;
 pub mod registry;
 mod sink;
 mod snapshot_io;

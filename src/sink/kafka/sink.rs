@@ -53,6 +53,10 @@ pub struct KafkaSink {
     /// Tables with initial-copy records in the progress topic (some of
     /// their reads may be in their topic already).
     pub(super) snapshot_started: HashSet<String>,
+    /// Per relation id, the last schema change captured on the source
+    /// (`source.capture_ddl`), to name it when the registry refuses the
+    /// table's new schema.
+    pub(super) last_ddl: HashMap<RelId, String>,
 }
 
 impl KafkaSink {
@@ -79,6 +83,7 @@ impl KafkaSink {
             value: Vec::with_capacity(4096),
             catalog: Catalog::default(),
             snapshot_started: HashSet::new(),
+            last_ddl: HashMap::new(),
         }
     }
 

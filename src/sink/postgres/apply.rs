@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink, Statement};
 
+use super::ddl::DdlTarget;
 use super::error::{classify, copy_line, ApplyError, Context};
 use super::progress;
 use super::renames::{self, Names};
@@ -40,6 +41,7 @@ use super::sql::{copy_row_into, truncate_statement, RowFormatError};
 use crate::model::change::Row;
 use crate::model::{Change, Op, RelationSchema};
 use crate::pgoutput::{RelId, TupleValue};
+use crate::source::ddl::DdlMessage;
 use crate::source::ConnInfo;
 use crate::Lsn;
 use statements::{PendingStmt, Sent};
@@ -251,6 +253,24 @@ impl Target {
     /// root's, and no change ever names that leaf, so the target need not
     /// have it (PostgreSQL's own subscriber does not ask for it either).
     pub async fn relation(&mut self, _rel: &Arc<RelationSchema>) -> Result<(), ApplyError> {
+        Ok(())
+    }
+
+    /// A schema change captured on the source (see [`ddl`](super::ddl)),
+    /// applied in the open target transaction after what is buffered. The
+    /// table is checked afresh at its next change.
+    pub async fn ddl(&mut self, lsn: Lsn, ddl: &DdlMessage) -> Result<(), ApplyError> {
+        self.flush().await?;
+        self.begin().await?;
+        self.tables.remove(&ddl.rel_id());
+        let target = DdlTarget {
+            client: &self.client,
+            names: &mut self.names,
+            source: self.source.as_ref(),
+            create: self.create_tables,
+        };
+        super::ddl::apply(target, lsn, ddl).await?;
+        self.rows += 1;
         Ok(())
     }
 

@@ -92,6 +92,7 @@ pub mod check;
 pub mod config;
 pub(crate) mod conn;
 pub mod copy;
+mod ddl;
 pub(crate) mod copy_state;
 pub mod error;
 mod indexes;

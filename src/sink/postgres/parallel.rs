@@ -607,6 +607,14 @@ impl<'a> Dispatcher<'a> {
                 }
                 self.batch.rows += 1;
             }
+            Event::Ddl { ddl, .. } => {
+                if self.all_skip {
+                    return Ok(());
+                }
+                // Its table is checked again at its next change.
+                self.known.remove(&ddl.rel_id());
+                self.batch.rows += 1;
+            }
             _ => return Ok(()),
         }
         self.push(0, ev).await
@@ -630,7 +638,9 @@ impl<'a> Dispatcher<'a> {
             Event::Begin(meta) => return self.begin(meta.commit_lsn).await,
             Event::Commit { .. } | Event::Message { .. } => return Ok(()),
             Event::Relation(rel) => self.known.get(&rel.rel_id).is_none_or(|k| **k != **rel),
-            Event::Truncate { .. } => true,
+            // A schema change runs alone: the batch before it commits
+            // everywhere first (see `serial_event`).
+            Event::Truncate { .. } | Event::Ddl { .. } => true,
             Event::Change(ch) => {
                 key_change(ch)
                     || self

@@ -286,6 +286,7 @@ impl PostgresSink {
                     .truncate(*lsn, relations, *cascade, *restart_identity)
                     .await
             }
+            Event::Ddl { lsn, ddl } => self.target()?.ddl(*lsn, ddl).await,
             // Logical decoding messages are for other sinks.
             Event::Message { .. } => Ok(()),
         }

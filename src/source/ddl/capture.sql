@@ -44,7 +44,7 @@ SELECT jsonb_build_object(
         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
         WHERE i.indrelid = c.oid), '[]'::jsonb),
     'partitions', COALESCE((
-        SELECT jsonb_agg(quote_ident(pn.nspname) || '.' || quote_ident(pc.relname) ORDER BY pn.nspname, pc.relname)
+        SELECT jsonb_agg(pn.nspname || '.' || pc.relname ORDER BY pn.nspname, pc.relname)
         FROM pg_inherits h JOIN pg_class pc ON pc.oid = h.inhrelid
         JOIN pg_namespace pn ON pn.oid = pc.relnamespace
         WHERE h.inhparent = c.oid), '[]'::jsonb))

@@ -60,6 +60,7 @@ pub(super) async fn worker(
                                 .truncate(*lsn, relations, *cascade, *restart_identity)
                                 .await
                         }
+                        Event::Ddl { lsn, ddl } => target.ddl(*lsn, ddl).await,
                         _ => Ok(()),
                     };
                     if r.is_err() {
