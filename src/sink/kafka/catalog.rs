@@ -111,7 +111,8 @@ impl KafkaSink {
                 Some(change) if !e.is_transient() => SinkError::definite(
                     &self.cfg.name,
                     format!(
-X
+                        "{} (the new schema of table {} after the source's schema change: {change})",
+                        e.message(),
                         rel.qualified_name()
                     ),
                 ),
