@@ -22,6 +22,9 @@ pub async fn check(config: &Config) -> Vec<String> {
     };
     if let Some(c) = conn.as_mut() {
         source_problems(config, c, &mut problems).await;
+        if src.capture_ddl {
+            problems.extend(crate::source::ddl::check(info).await);
+        }
     }
     let tables = match published::published_tables(info, &src.publications).await {
         Ok(t) => t,

@@ -1699,7 +1699,7 @@ async fn mini_pipeline(
         memory_limit: 16 << 20,
         spill_dir: std::env::temp_dir().join("pgbridge-test-spill"),
         origins: Default::default(),
-        capture_ddl: false,
+        capture_ddl: None,
     };
     let sinks: Vec<(Box<dyn Sink>, Route)> = vec![(Box::new(sink), route)];
     let streaming = Streaming::start(conn, source, start, sinks, &stats)

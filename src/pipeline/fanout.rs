@@ -136,8 +136,10 @@ pub struct Fanout {
     commit_lsn: Option<Lsn>,
     /// When the last idle position went out (they cost each sink a write).
     last_idle: Option<std::time::Instant>,
-    /// `source.capture_ddl`: the capture's messages are schema changes.
-    capture_ddl: bool,
+    /// With `source.capture_ddl`: the published tables' relation ids
+    /// (those of Relation messages join them); the capture's messages are
+    /// schema changes. `None`: they are ordinary messages.
+    capture_ddl: Option<HashSet<RelId>>,
 }
 
 /// At most one idle position per this interval (each costs every sink a
@@ -165,16 +167,19 @@ impl Fanout {
             issuer,
             commit_lsn: None,
             last_idle: None,
-            capture_ddl: false,
+            capture_ddl: None,
         }
     }
 
     /// Takes the DDL capture's logical messages (prefix
     /// [`ddl::PREFIX`](crate::source::ddl::PREFIX)) for schema changes
     /// (`source.capture_ddl`): each becomes an [`Event::Ddl`] for the sinks
-    /// that select its table. Without this they are ordinary messages.
-    pub fn with_ddl_capture(mut self, on: bool) -> Self {
-        self.capture_ddl = on;
+    /// that select its table, when the table is one of `published` (the
+    /// published tables' relation ids at the start; tables whose Relation
+    /// messages arrive later join them). Without this (`None`) they are
+    /// ordinary messages.
+    pub fn with_ddl_capture(mut self, published: Option<HashSet<RelId>>) -> Self {
+        self.capture_ddl = published;
         self
     }
 
@@ -216,6 +221,9 @@ impl Fanout {
                 }
             }
             Event::Relation(rel) => {
+                if let Some(published) = self.capture_ddl.as_mut() {
+                    published.insert(rel.rel_id);
+                }
                 let ev = Arc::new(Event::Relation(rel.clone()));
                 let name = rel.qualified_name();
                 for i in 0..self.outs.len() {
@@ -282,7 +290,7 @@ impl Fanout {
                 transactional: true,
                 prefix,
                 content,
-            } if self.capture_ddl && prefix == ddl::PREFIX => {
+            } if self.capture_ddl.is_some() && prefix == ddl::PREFIX => {
                 match DdlMessage::parse(&content) {
                     Ok(m) => return self.dispatch_ddl(lsn, Arc::new(m)).await,
                     Err(e) => {
@@ -318,28 +326,34 @@ impl Fanout {
     /// A schema change, to the sinks that want its table; partitions
     /// attached or detached are reported here, once for the pipeline.
     async fn dispatch_ddl(&mut self, lsn: Lsn, ddl: Arc<DdlMessage>) -> Result<(), SinkGone> {
+        let published = self
+            .capture_ddl
+            .as_ref()
+            .is_some_and(|p| p.contains(&ddl.rel_id()));
+        let listed_partition = ddl
+            .new
+            .partitions
+            .iter()
+            .chain(&ddl.old.partitions)
+            .any(|p| self.outs.iter().any(|o| o.route.tables.listed().contains(p)));
+        if published || listed_partition {
+            ddl::report_partitions(lsn, &ddl);
+        }
+        if !published {
+            tracing::debug!(lsn = %lsn, table = %ddl.new.qualified_name(),
+                "schema change of a table that is not published; ignored");
+            return Ok(());
+        }
         let commit = self.commit_lsn;
         let ev = Arc::new(Event::Ddl {
             lsn,
             ddl: ddl.clone(),
         });
-        let mut wanted = false;
         for i in 0..self.outs.len() {
             let o = &mut self.outs[i];
-            if o.skipping || !o.route.wants_ddl(&ddl, commit) {
-                continue;
+            if !o.skipping && o.route.wants_ddl(&ddl, commit) {
+                self.send(i, SinkItem::Event(ev.clone())).await?;
             }
-            wanted = true;
-            self.send(i, SinkItem::Event(ev.clone())).await?;
-        }
-        let partitions_selected = ddl
-            .new
-            .partitions
-            .iter()
-            .chain(&ddl.old.partitions)
-            .any(|p| self.outs.iter().any(|o| o.route.tables.contains(p)));
-        if wanted || partitions_selected {
-            ddl::report_partitions(lsn, &ddl);
         }
         Ok(())
     }

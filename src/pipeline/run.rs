@@ -391,6 +391,17 @@ async fn attempt_inner(
             .into());
         }
     }
+    let capture_ddl = match src.capture_ddl {
+        true => Some(
+            crate::source::published::published_tables(&src.url.info, &src.publications)
+                .await
+                .map_err(super::copy::CopyError::from)?
+                .iter()
+                .map(|t| t.oid)
+                .collect(),
+        ),
+        false => None,
+    };
     let mut options = StartOptions::new(&src.slot, src.publications.clone(), prepared.proto);
     options.status_interval = Duration::from_secs(src.status_interval_secs);
     let source = StreamSource {
@@ -402,7 +413,7 @@ async fn attempt_inner(
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("pgbridge-spill")),
         origins: src.origin,
-        capture_ddl: src.capture_ddl,
+        capture_ddl,
     };
     let sinks = opened
         .sinks

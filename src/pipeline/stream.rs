@@ -51,8 +51,11 @@ pub struct StreamSource {
     pub spill_dir: PathBuf,
     /// Transactions with these replication origins pass empty.
     pub origins: crate::source::changes::OriginFilter,
-    /// `source.capture_ddl`: the capture's messages are schema changes.
-    pub capture_ddl: bool,
+    /// With `source.capture_ddl`: the relation ids of the published
+    /// tables, whose captured schema changes go to the sinks (see
+    /// [`Fanout::with_ddl_capture`]); `None`: the capture's messages are
+    /// ordinary logical messages.
+    pub capture_ddl: Option<std::collections::HashSet<u32>>,
 }
 
 /// A running stream: replication started, sinks on their tasks.

@@ -279,5 +279,34 @@ pub async fn ensure_installed(info: &ConnInfo) -> Result<(), CaptureError> {
     Ok(())
 }
 
+/// What `pgbridge check` says about the capture (with `capture_ddl`):
+/// nothing when it is installed or `run` can install it (a line in the
+/// log says which); when it is missing and the user may not install it,
+/// one problem naming that, followed by the SQL for a superuser to run.
+pub async fn check(info: &ConnInfo) -> Vec<String> {
+    match state(info).await {
+        Ok(CaptureState {
+            installed: true, ..
+        }) => {
+            tracing::info!(database = %info.dbname, "DDL capture: the event trigger is installed");
+            Vec::new()
+        }
+        Ok(CaptureState {
+            superuser: true, ..
+        }) => {
+            tracing::info!(database = %info.dbname, user = %info.user,
+                "DDL capture: the event trigger is not installed yet; pgbridge run installs it (the user is a superuser)");
+            Vec::new()
+        }
+        Ok(_) => vec![format!(
+            "source: source.capture_ddl = true, but the event trigger {TRIGGER} is not installed in database {} and user {} may not install it (event triggers need a superuser); run this SQL as a superuser in that database:\nBEGIN;\n{}\nCOMMIT;",
+            info.dbname,
+            info.user,
+            CAPTURE_SQL.trim_end()
+        )],
+        Err(e) => vec![e.to_string()],
+    }
+}
+
 #[cfg(test)]
 mod tests;
