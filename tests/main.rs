@@ -3,6 +3,7 @@
 
 mod cli;
 mod custom_sink;
+mod ddl;
 mod failover;
 mod ha;
 mod harness;
@@ -48,6 +49,7 @@ fn main() {
     trials.extend(failover::trials());
     trials.extend(sync::trials());
     trials.extend(ha::trials());
+    trials.extend(ddl::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();

@@ -231,6 +231,11 @@ impl Target {
         }
         self.flush().await?;
         self.begin().await?;
+        if self.tables.contains_key(&rel.rel_id) {
+            // The table changed (a column's type, say): statements prepared
+            // for it have its old parameter types.
+            self.statements.clear();
+        }
         renames::follow(&self.client, &mut self.names, rel, self.create_tables).await?;
         let t = Arc::new(
             ensure_table(
@@ -263,6 +268,8 @@ impl Target {
         self.flush().await?;
         self.begin().await?;
         self.tables.remove(&ddl.rel_id());
+        // Statements prepared for the table have its old column types.
+        self.statements.clear();
         let target = DdlTarget {
             client: &self.client,
             names: &mut self.names,

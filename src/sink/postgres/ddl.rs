@@ -64,6 +64,10 @@ pub async fn apply(t: DdlTarget<'_>, lsn: Lsn, ddl: &DdlMessage) -> Result<(), A
         renames::follow(t.client, t.names, &relation(&ddl.old), t.create).await?;
     }
     renames::follow(t.client, t.names, &relation(&ddl.new), t.create).await?;
+    for c in changes.iter().filter(|c| matches!(c, Change::RenameTable { .. })) {
+        tracing::info!(table = %table_name, lsn = %lsn, change = %c,
+            "applied the source's schema change to the target");
+    }
     let Some(mut cols) = target_columns(t.client, &ddl.new, lsn).await? else {
         tracing::info!(table = %table_name, lsn = %lsn, change = %ddl.summary(),
             "the source changed a table the target does not have (yet); nothing to change there");
@@ -91,6 +95,10 @@ pub async fn apply(t: DdlTarget<'_>, lsn: Lsn, ddl: &DdlMessage) -> Result<(), A
         let why = format!("the source's schema change at {lsn} ({})", ddl.summary());
         schema::ensure_table(t.client, t.source, &Arc::new(relation(&ddl.new)), t.create, &why)
             .await?;
+        for c in changes.iter().filter(|c| matches!(c, Change::AddColumn { .. })) {
+            tracing::info!(table = %table_name, lsn = %lsn, change = %c,
+                "applied the source's schema change to the target");
+        }
     }
     Ok(())
 }
