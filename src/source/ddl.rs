@@ -229,8 +229,17 @@ const STATE_SQL: &str = "SELECT \
        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
       WHERE e.evtname IN ('pgbridge_capture_ddl', 'pgbridge_capture_ddl_drop') \
         AND e.evtenabled <> 'D' AND n.nspname = 'pgbridge' AND p.proname = 'capture_ddl') = 2 \
-    AND pg_catalog.to_regclass('pgbridge.ddl_tables') IS NOT NULL, \
+    AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'pgbridge' AND c.relname = 'ddl_tables'), \
     (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)";
+
+/// The server's message where there is one (`Display` says "db error").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
 
 async fn client(info: &ConnInfo) -> Result<tokio_postgres::Client, CaptureError> {
     crate::pg::connect(info)
@@ -245,14 +254,14 @@ pub async fn state(info: &ConnInfo) -> Result<CaptureState, CaptureError> {
     let row = c
         .query_one(STATE_SQL, &[])
         .await
-        .map_err(|e| CaptureError::Query(e.to_string()))?;
+        .map_err(|e| CaptureError::Query(pg_error(&e)))?;
     Ok(CaptureState {
         installed: row
             .try_get(0)
-            .map_err(|e| CaptureError::Query(e.to_string()))?,
+            .map_err(|e| CaptureError::Query(pg_error(&e)))?,
         superuser: row
             .try_get::<_, Option<bool>>(1)
-            .map_err(|e| CaptureError::Query(e.to_string()))?
+            .map_err(|e| CaptureError::Query(pg_error(&e)))?
             .unwrap_or(false),
     })
 }
@@ -273,7 +282,7 @@ pub async fn ensure_installed(info: &ConnInfo) -> Result<(), CaptureError> {
     let c = client(info).await?;
     c.batch_execute(&format!("BEGIN; {CAPTURE_SQL}; COMMIT"))
         .await
-        .map_err(|e| CaptureError::Install(e.to_string()))?;
+        .map_err(|e| CaptureError::Install(pg_error(&e)))?;
     tracing::info!(database = %info.dbname, trigger = TRIGGER,
         "installed the DDL capture on the source (event triggers pgbridge_capture_ddl, pgbridge_capture_ddl_drop; function pgbridge.capture_ddl())");
     Ok(())
