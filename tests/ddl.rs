@@ -246,7 +246,10 @@ fn load_test(name: &str, workers: usize) {
             "the log does not show {change:?} applied:\n{text}"
         );
     }
-    eprintln!("{name}: {written} writer transactions around {} schema changes", CHANGES.len());
+    eprintln!(
+        "{name}: {written} writer transactions around {} schema changes",
+        CHANGES.len()
+    );
     assert!(stop_run(run).success(), "{}", log_text(&log));
 }
 
@@ -360,12 +363,25 @@ fn non_superuser_source() {
     std::fs::write(&file, sql).expect("write sql");
     harness::with_cluster(|c| {
         let out = Command::new(c.bin_dir().join("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &port.to_string(), "-d", &src, "-f"])
             .arg(&file)
             .output()
             .expect("psql");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
     let out = check();
     assert!(!out.contains("pgbridge_capture_ddl"), "{out}");
@@ -376,7 +392,12 @@ fn non_superuser_source() {
     psql(&src, "ALTER TABLE t RENAME COLUMN a TO a2");
     psql(&src, "INSERT INTO t VALUES (2, 'y')");
     confirmed_to_now(&src, "ddl_nosu", &log2);
-    assert_eq!(columns(&dst, "t"), columns(&src, "t"), "{}", log_text(&log2));
+    assert_eq!(
+        columns(&dst, "t"),
+        columns(&src, "t"),
+        "{}",
+        log_text(&log2)
+    );
     assert_eq!(rows(&dst, "t"), rows(&src, "t"));
     assert!(stop_run(run).success(), "{}", log_text(&log2));
 }
@@ -437,7 +458,9 @@ fn kafka_schema_change() {
     assert_eq!(ev["changes"], serde_json::json!(["add column c integer"]));
     assert_eq!(ev["tableChanges"][0]["id"], "\"public\".\"t\"");
     assert_eq!(ev["tableChanges"][0]["table"]["columns"][2]["name"], "c");
-    assert!(ev["ddl"].as_str().is_some_and(|s| s.contains("ADD COLUMN c")));
+    assert!(ev["ddl"]
+        .as_str()
+        .is_some_and(|s| s.contains("ADD COLUMN c")));
     assert_eq!(
         events[0].key.as_ref().expect("a key")["databaseName"],
         src.as_str()
@@ -488,7 +511,10 @@ fn partition_attach_reported() {
             && text.contains("pgbridge backfill --config ... --table public.pt"),
         "{text}"
     );
-    assert!(!text.contains("partition public.pt3 was attached"), "{text}");
+    assert!(
+        !text.contains("partition public.pt3 was attached"),
+        "{text}"
+    );
     assert_eq!(psql(&dst, "SELECT count(*) FROM pt"), "2");
     assert!(stop_run(run).success(), "{}", log_text(&log));
 }

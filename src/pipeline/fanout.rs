@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use super::ack::{Issuer, Tracker};
 use crate::config::TableSelection;
 use crate::model::{Event, RelationSchema};
-use crate::source::ddl::{self, DdlMessage};
 use crate::pgoutput::RelId;
 use crate::sink::{QueueBytes, SinkItem};
+use crate::source::ddl::{self, DdlMessage};
 use crate::Lsn;
 
 /// What one sink wants and already has.
@@ -75,9 +75,7 @@ impl Route {
         let (old, new) = (ddl.old.qualified_name(), ddl.new.qualified_name());
         let selected = match &self.tables {
             TableSelection::All => !is_capture_table(&ddl.new.schema, &ddl.new.name),
-            t => {
-                self.rel_ids.contains(&ddl.rel_id()) || t.contains(&new) || t.contains(&old)
-            }
+            t => self.rel_ids.contains(&ddl.rel_id()) || t.contains(&new) || t.contains(&old),
         };
         if !selected {
             return false;
@@ -335,7 +333,11 @@ impl Fanout {
             .partitions
             .iter()
             .chain(&ddl.old.partitions)
-            .any(|p| self.outs.iter().any(|o| o.route.tables.listed().contains(p)));
+            .any(|p| {
+                self.outs
+                    .iter()
+                    .any(|o| o.route.tables.listed().contains(p))
+            });
         if published || listed_partition {
             ddl::report_partitions(lsn, &ddl);
         }

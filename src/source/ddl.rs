@@ -185,10 +185,14 @@ pub fn report_partitions(lsn: crate::Lsn, ddl: &DdlMessage) {
     let parent = ddl.new.qualified_name();
     for c in ddl.changes() {
         match c {
-            Change::AttachPartition { partition } => tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
-                "partition {partition} was attached to {parent} on the source: its rows became part of {parent} without change events, so the sinks do not have them; copy them with `pgbridge backfill --config ... --table {parent}` (or with --where limited to the partition's range)"),
-            Change::DetachPartition { partition } => tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
-                "partition {partition} was detached from {parent} on the source: its rows left {parent} without change events, so the sinks still have them; delete them on the targets (they are the rows in the partition's range), or resync {parent} with `pgbridge backfill --config ... --table {parent}` after emptying it there"),
+            Change::AttachPartition { partition } => {
+                tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
+                "partition {partition} was attached to {parent} on the source: its rows became part of {parent} without change events, so the sinks do not have them; copy them with `pgbridge backfill --config ... --table {parent}` (or with --where limited to the partition's range)")
+            }
+            Change::DetachPartition { partition } => {
+                tracing::warn!(lsn = %lsn, partition = %partition, parent = %parent,
+                "partition {partition} was detached from {parent} on the source: its rows left {parent} without change events, so the sinks still have them; delete them on the targets (they are the rows in the partition's range), or resync {parent} with `pgbridge backfill --config ... --table {parent}` after emptying it there")
+            }
             _ => {}
         }
     }

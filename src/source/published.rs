@@ -260,12 +260,16 @@ pub async fn published_tables(
                  FROM pg_catalog.pg_publication_tables pt \
                  JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
                  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-                 WHERE pt.pubname = ANY($1) ORDER BY 2, 3"
+                 WHERE pt.pubname = ANY($1) \
+                 AND NOT (pt.schemaname = 'pgbridge' AND pt.tablename = 'ddl_tables') \
+                 ORDER BY 2, 3"
             ),
             &[&publications],
         )
         .await
         .map_err(|e| CopyReadError::db("listing published tables", &source.user, e))?;
+    // (pgbridge.ddl_tables, the DDL capture's record, is left out: a FOR
+    // ALL TABLES publication publishes it, but it is no data.)
     // A table in several publications: union of columns, OR of filters (no
     // filter anywhere means no filter), as PostgreSQL's own tablesync does.
     // (oid, schema, name, columns (None = all), filters (None = none),

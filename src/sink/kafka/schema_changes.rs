@@ -161,6 +161,8 @@ mod tests {
         assert_eq!(cols.len(), 3);
         assert_eq!(cols[2]["typeExpression"], "numeric(10,2)");
         assert_eq!(cols[2]["defaultValueExpression"], "1.5");
-        assert!(v["ddl"].as_str().is_some_and(|s| s.contains("add column c")));
+        assert!(v["ddl"]
+            .as_str()
+            .is_some_and(|s| s.contains("add column c")));
     }
 }

@@ -64,7 +64,10 @@ pub async fn apply(t: DdlTarget<'_>, lsn: Lsn, ddl: &DdlMessage) -> Result<(), A
         renames::follow(t.client, t.names, &relation(&ddl.old), t.create).await?;
     }
     renames::follow(t.client, t.names, &relation(&ddl.new), t.create).await?;
-    for c in changes.iter().filter(|c| matches!(c, Change::RenameTable { .. })) {
+    for c in changes
+        .iter()
+        .filter(|c| matches!(c, Change::RenameTable { .. }))
+    {
         tracing::info!(table = %table_name, lsn = %lsn, change = %c,
             "applied the source's schema change to the target");
     }
@@ -91,11 +94,23 @@ pub async fn apply(t: DdlTarget<'_>, lsn: Lsn, ddl: &DdlMessage) -> Result<(), A
         tracing::info!(table = %table_name, lsn = %lsn, change = %change, statement = %sql,
             "applied the source's schema change to the target");
     }
-    if changes.iter().any(|c| matches!(c, Change::AddColumn { .. })) {
+    if changes
+        .iter()
+        .any(|c| matches!(c, Change::AddColumn { .. }))
+    {
         let why = format!("the source's schema change at {lsn} ({})", ddl.summary());
-        schema::ensure_table(t.client, t.source, &Arc::new(relation(&ddl.new)), t.create, &why)
-            .await?;
-        for c in changes.iter().filter(|c| matches!(c, Change::AddColumn { .. })) {
+        schema::ensure_table(
+            t.client,
+            t.source,
+            &Arc::new(relation(&ddl.new)),
+            t.create,
+            &why,
+        )
+        .await?;
+        for c in changes
+            .iter()
+            .filter(|c| matches!(c, Change::AddColumn { .. }))
+        {
             tracing::info!(table = %table_name, lsn = %lsn, change = %c,
                 "applied the source's schema change to the target");
         }
@@ -211,7 +226,11 @@ async fn target_type(
             )
             .await
     } else {
-        let name = format!("{}.{}", quote_ident(&c.type_schema), quote_ident(&c.type_name));
+        let name = format!(
+            "{}.{}",
+            quote_ident(&c.type_schema),
+            quote_ident(&c.type_name)
+        );
         client
             .query_one(
                 "SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), $2)",

@@ -41,9 +41,7 @@ fn rejects_what_it_cannot_read() {
     let mut m = messages().remove(0);
     m.version = 2;
     let body = serde_json::to_vec(&m).expect("serializes");
-    assert!(DdlMessage::parse(&body)
-        .unwrap_err()
-        .contains("version 2"));
+    assert!(DdlMessage::parse(&body).unwrap_err().contains("version 2"));
     let mut m = messages().remove(0);
     m.old.oid += 1;
     let body = serde_json::to_vec(&m).expect("serializes");
