@@ -44,6 +44,10 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial("ddl::non_superuser_source", non_superuser_source),
         trial("ddl::kafka_schema_version_and_topic", kafka_schema_change),
+        trial(
+            "ddl::avro_new_version_and_refusal",
+            avro_new_version_and_refusal,
+        ),
         trial("ddl::partition_attach_reported", partition_attach_reported),
     ]
 }
@@ -517,4 +521,189 @@ fn partition_attach_reported() {
     );
     assert_eq!(psql(&dst, "SELECT count(*) FROM pt"), "2");
     assert!(stop_run(run).success(), "{}", log_text(&log));
+}
+
+/// A Schema Registry that keeps versions per subject and refuses (409, as
+/// Confluent's does) a schema whose fields change type from an earlier
+/// version's, except int to long (Avro's promotion): a small stand-in for
+/// BACKWARD compatibility. Returns its URL and the subjects' versions.
+type Subjects = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>>;
+
+fn field_types(schema: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(schema).unwrap_or_default();
+    // The envelope's "before" field defines the row record ("after"
+    // names it).
+    let fields = v["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "before"))
+        .and_then(|a| a["type"].as_array())
+        .and_then(|u| u.iter().find(|t| t.is_object()))
+        .and_then(|r| r["fields"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    fields
+        .iter()
+        .map(|f| (f["name"].to_string(), f["type"].to_string()))
+        .collect()
+}
+
+fn registry_answer(subjects: &Subjects, path: &str, body: &[u8]) -> (&'static str, String) {
+    let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let schema = req["schema"].as_str().unwrap_or("").to_string();
+    let subject = path
+        .trim_start_matches("/subjects/")
+        .trim_end_matches("/versions")
+        .to_string();
+    let mut st = subjects.lock().unwrap_or_else(|e| e.into_inner());
+    let all: Vec<String> = st.values().flatten().cloned().collect();
+    let versions = st.entry(subject.clone()).or_default();
+    if let Some(last) = versions.last() {
+        let new = field_types(&schema);
+        for (name, old_type) in field_types(last) {
+            let Some((_, new_type)) = new.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            let promotion = old_type.contains("\"int\"") && new_type.contains("\"long\"");
+            if *new_type != old_type && !promotion {
+                return (
+                    "409 Conflict",
+                    serde_json::json!({"error_code": 409, "message": format!(
+                        "Schema being registered is incompatible with an earlier schema for subject \"{subject}\": field {name} changed type"
+                    )})
+                    .to_string(),
+                );
+            }
+        }
+    }
+    if !versions.contains(&schema) {
+        versions.push(schema.clone());
+    }
+    let id = all.iter().position(|s| *s == schema).unwrap_or(all.len()) + 1;
+    ("200 OK", serde_json::json!({ "id": id }).to_string())
+}
+
+fn start_registry() -> (String, Subjects) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let subjects: Subjects = Default::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let s = subjects.clone();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { return };
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut rd = BufReader::new(sock.try_clone().expect("clone"));
+                let mut wr = sock;
+                loop {
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        if rd.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if rd.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let (status, text) = registry_answer(&s, &path, &body);
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if wr.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, subjects)
+}
+
+/// Avro: ADD COLUMN registers a new version of the table's value subject;
+/// a type change the registry finds incompatible stops the sink, naming
+/// the subject and the schema change, with nothing confirmed past it.
+fn avro_new_version_and_refusal() {
+    let broker = Tansu::start();
+    let (registry, subjects) = start_registry();
+    let (port, src) = harness::fresh_db("ddl_avro_src");
+    psql(
+        &src,
+        "CREATE TABLE t (id int PRIMARY KEY, a text); CREATE PUBLICATION p FOR TABLE t;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pgbridge.toml");
+    let log = dir.path().join("run.log");
+    Config::source(&harness::url(port, &src), "ddl_avro", &["p"])
+        .key("snapshot", "\"never\"")
+        .key("capture_ddl", true)
+        .kafka_sink("cdc", &broker.addr)
+        .key("topic", "\"ddla.{table}\"")
+        .key("create_topics", true)
+        .key("format", "\"avro\"")
+        .raw(&format!("[sink.schema_registry]\nurl = \"{registry}\"\n"))
+        .write(&config)
+        .expect("config");
+    let run = spawn_run(&config, &log);
+    streaming("ddl_avro", &log);
+    psql(&src, "INSERT INTO t VALUES (1, 'before')");
+    psql(
+        &src,
+        "ALTER TABLE t ADD COLUMN c int; INSERT INTO t VALUES (2, 'after', 42)",
+    );
+    confirmed_to_now(&src, "ddl_avro", &log);
+    let versions = |s: &Subjects| {
+        s.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get("ddla.t-value")
+            .map(|v| v.iter().map(|x| field_types(x).len()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(versions(&subjects), vec![2, 3], "{}", log_text(&log));
+    let before = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'ddl_avro'",
+    );
+    psql(
+        &src,
+        "ALTER TABLE t ALTER COLUMN c TYPE text; INSERT INTO t VALUES (3, 'typed', 'x')",
+    );
+    let status = wait_exit(run, &log, "the sink to stop on the refused schema");
+    assert!(!status.success());
+    let text = log_text(&log);
+    assert!(
+        text.contains("ddla.t-value")
+            && text.contains("incompatible")
+            && text.contains("column c type integer -> text"),
+        "{text}"
+    );
+    let after = psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'ddl_avro'",
+    );
+    let still_owed = psql(
+        &src,
+        "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('ddl_avro', NULL, NULL, \
+         'proto_version', '1', 'publication_names', 'p')",
+    );
+    assert!(
+        still_owed.parse::<u64>().unwrap_or(0) > 0,
+        "the refused transaction is still owed (confirmed {before} -> {after})"
+    );
 }
