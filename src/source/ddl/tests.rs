@@ -84,3 +84,108 @@ fn diff_by_attnum_and_index_name() {
     );
     assert!(diff(&base, &base).is_empty());
 }
+
+mod routing {
+    use std::collections::HashSet;
+
+    use tokio::sync::mpsc;
+
+    use super::MESSAGES;
+    use crate::config::TableSelection;
+    use crate::model::{Event, TxnMeta};
+    use crate::pipeline::ack::Tracker;
+    use crate::pipeline::fanout::{Fanout, Route};
+    use crate::sink::{QueueBytes, SinkItem, SinkQueue};
+    use crate::Lsn;
+
+    fn route(name: &str, tables: &[&str]) -> Route {
+        Route {
+            sink: name.into(),
+            tables: TableSelection::Listed(tables.iter().map(|t| t.to_string()).collect()),
+            ..Route::default()
+        }
+    }
+
+    /// What each sink gets for one transaction holding the capture's first
+    /// message (table public.u): the kinds of its items, in order.
+    async fn deliver(published: Option<HashSet<u32>>, routes: Vec<Route>) -> Vec<Vec<String>> {
+        let (_tracker, issuer, _ackers, _rx) = Tracker::new(&vec![Lsn(0); routes.len()], Lsn(0));
+        let mut outs = Vec::new();
+        let mut queues = Vec::new();
+        for r in routes {
+            let (tx, rx) = mpsc::channel(64);
+            let bytes = QueueBytes::new(1 << 20);
+            queues.push(SinkQueue::new(rx, bytes.clone()));
+            outs.push((r, tx, bytes));
+        }
+        let mut fanout = Fanout::new(outs, issuer).with_ddl_capture(published);
+        let meta = TxnMeta {
+            xid: 1,
+            commit_lsn: Lsn(100),
+            commit_ts: 0,
+            origin: None,
+        };
+        let content = MESSAGES.lines().next().unwrap_or_default();
+        let events = [
+            Event::Begin(meta.clone()),
+            Event::Message {
+                lsn: Lsn(50),
+                transactional: true,
+                prefix: super::PREFIX.into(),
+                content: bytes::Bytes::from(content.as_bytes().to_vec()),
+            },
+            Event::Commit {
+                meta,
+                end_lsn: Lsn(101),
+            },
+        ];
+        for ev in events {
+            fanout.dispatch(ev).await.expect("dispatch");
+        }
+        queues
+            .iter_mut()
+            .map(|q| {
+                let mut kinds = Vec::new();
+                while let Ok(item) = q.try_recv() {
+                    kinds.push(match item {
+                        SinkItem::Commit(_) => "commit".to_string(),
+                        SinkItem::Event(ev) => match &*ev {
+                            Event::Begin(_) => "begin".into(),
+                            Event::Ddl { ddl, .. } => format!("ddl {}", ddl.summary()),
+                            Event::Message { .. } => "message".into(),
+                            other => format!("{other:?}"),
+                        },
+                    });
+                }
+                kinds
+            })
+            .collect()
+    }
+
+    /// With the capture on, the message becomes a schema change for the
+    /// sinks that select the published table only; off, it stays a message
+    /// for every sink; a table that is not published reaches none.
+    #[tokio::test]
+    async fn schema_changes_go_where_the_table_goes() {
+        let rel_id = super::messages()[0].rel_id();
+        let routes = || vec![route("a", &["public.u"]), route("b", &["public.other"])];
+        let got = deliver(Some(HashSet::from([rel_id])), routes()).await;
+        assert_eq!(
+            got,
+            vec![
+                vec!["begin", "ddl rename column a to b", "commit"],
+                vec!["begin", "commit"]
+            ]
+        );
+        let got = deliver(None, routes()).await;
+        assert_eq!(
+            got,
+            vec![
+                vec!["begin", "message", "commit"],
+                vec!["begin", "message", "commit"]
+            ]
+        );
+        let got = deliver(Some(HashSet::new()), routes()).await;
+        assert_eq!(got, vec![vec!["begin", "commit"], vec!["begin", "commit"]]);
+    }
+}
