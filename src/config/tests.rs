@@ -47,6 +47,17 @@ fn parses_the_documented_example() {
 }
 
 #[test]
+fn capture_ddl_key() {
+    let c = Config::parse(GOOD, "x.toml").unwrap();
+    assert!(!c.source.capture_ddl, "off by default");
+    let on = GOOD.replace("[source]\n", "[source]\ncapture_ddl = true\n");
+    assert!(Config::parse(&on, "x.toml").unwrap().source.capture_ddl);
+    let bad = GOOD.replace("[source]\n", "[source]\ncapture_ddl = \"yes\"\n");
+    let e = err(&bad);
+    assert!(e.contains("line 3") && e.contains("boolean"), "{e}");
+}
+
+#[test]
 fn apply_workers_range() {
     let with = |n: &str| GOOD.replace("create_tables = true", &format!("apply_workers = {n}"));
     let c = Config::parse(&with("4"), "x.toml").unwrap();

@@ -638,6 +638,7 @@ numeric = "double"
             ("format = \"protobuf\"\n", "protobuf"),
             ("topic_partitions = 0\n", "topic_partitions"),
             ("message_topic = \"a/b\"\n", "message_topic"),
+            ("schema_change_topic = \"a/b\"\n", "schema_change_topic"),
             ("key_columns = { \"t\" = [] }\n", "at least one column"),
             ("transactional_id = \"x\"\n", "exactly_once"),
             (
