@@ -49,6 +49,10 @@ pub fn trials() -> Vec<Trial> {
             avro_new_version_and_refusal,
         ),
         trial("ddl::partition_attach_reported", partition_attach_reported),
+        trial(
+            "ddl::broken_capture_never_fails_ddl",
+            broken_capture_never_fails_ddl,
+        ),
     ]
 }
 
@@ -705,5 +709,38 @@ fn avro_new_version_and_refusal() {
     assert!(
         still_owed.parse::<u64>().unwrap_or(0) > 0,
         "the refused transaction is still owed (confirmed {before} -> {after})"
+    );
+}
+
+/// A capture that breaks (its record table dropped) lets the source's DDL
+/// through: the statement succeeds, and `run` (as a superuser) repairs
+/// the capture at its next start.
+fn broken_capture_never_fails_ddl() {
+    let (port, src) = harness::fresh_db("ddl_broken_src");
+    psql(&src, "CREATE TABLE t (id int PRIMARY KEY)");
+    psql(&src, pgbridge::source::ddl::CAPTURE_SQL);
+    psql(&src, "ALTER TABLE t ADD COLUMN a int");
+    psql(&src, "DROP TABLE pgbridge.ddl_tables");
+    psql(
+        &src,
+        "ALTER TABLE t ADD COLUMN b int; ALTER TABLE t RENAME COLUMN a TO a2",
+    );
+    assert_eq!(columns(&src, "t"), "id integer, a2 integer, b integer");
+    let info = pgbridge::source::ConnInfo::parse(&harness::url(port, &src)).expect("url");
+    let rt = harness::runtime();
+    let st = rt
+        .block_on(pgbridge::source::ddl::state(&info))
+        .expect("state");
+    assert!(!st.installed && st.superuser, "{st:?}");
+    rt.block_on(pgbridge::source::ddl::ensure_installed(&info))
+        .expect("reinstalled");
+    assert!(
+        rt.block_on(pgbridge::source::ddl::state(&info))
+            .expect("state")
+            .installed
+    );
+    assert_eq!(
+        psql(&src, "SELECT definition->'columns'->1->>'name' FROM pgbridge.ddl_tables WHERE relid = 't'::regclass"),
+        "a2"
     );
 }

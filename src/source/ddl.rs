@@ -284,7 +284,11 @@ pub async fn ensure_installed(info: &ConnInfo) -> Result<(), CaptureError> {
         });
     }
     let c = client(info).await?;
-    c.batch_execute(&format!("BEGIN; {CAPTURE_SQL}; COMMIT"))
+    // Two pipelines starting on one source database install one after the
+    // other (the SQL is idempotent; concurrent catalog updates would fail).
+    c.batch_execute(&format!(
+        "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgbridge.capture_ddl')); {CAPTURE_SQL}; COMMIT"
+    ))
         .await
         .map_err(|e| CaptureError::Install(pg_error(&e)))?;
     tracing::info!(database = %info.dbname, trigger = TRIGGER,

@@ -91,14 +91,14 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION pgbridge.capture_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+CREATE OR REPLACE FUNCTION pgbridge.capture_ddl_commands(tg_event text, tg_tag text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     r record;
     rel oid;
     seen oid[] := '{}';
 BEGIN
-    IF TG_EVENT = 'sql_drop' THEN
+    IF tg_event = 'sql_drop' THEN
         -- A dropped index is gone from pg_index: its table is found in the
         -- recorded definitions. A dropped table's record goes.
         FOR r IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
@@ -130,6 +130,19 @@ BEGIN
         seen := seen || rel;
         PERFORM pgbridge.emit_ddl(rel, r.command_tag, r.object_identity);
     END LOOP;
+END
+$fn$;
+
+-- A failure here must not fail the user's DDL: it is reported as a
+-- WARNING to the client and in the server log, and the change is not
+-- captured (the sinks then see only what Relation messages show).
+CREATE OR REPLACE FUNCTION pgbridge.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM pgbridge.capture_ddl_commands(TG_EVENT, TG_TAG);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgbridge: the schema change (%) was not captured for replication: % (SQLSTATE %)',
+        TG_TAG, SQLERRM, SQLSTATE;
 END
 $fn$;
 
