@@ -131,10 +131,17 @@ fn refused(lsn: Lsn, ddl: &DdlMessage, stmts: &[(String, String)]) -> ApplyError
         .map(|(c, _)| c.as_str())
         .collect::<Vec<_>>()
         .join(", ");
+    // The client's whole string: it may be long, or hold a script.
     let statement = ddl
         .statement
         .as_deref()
-        .map(|s| format!(" by {:?}", s.trim()))
+        .map(|s| {
+            let s = s.trim();
+            match s.char_indices().nth(200) {
+                Some((i, _)) => format!(" by {:?}...", &s[..i]),
+                None => format!(" by {s:?}"),
+            }
+        })
         .unwrap_or_default();
     ApplyError::definite(format!(
         "the source changed table {table} at {lsn}{statement} ({changes}), and create_tables is off, so the sink does not change the target's schema; run on the target: {sql} (or set create_tables = true to have pgbridge apply schema changes), then start again"
