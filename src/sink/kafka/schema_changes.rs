@@ -4,9 +4,10 @@
 //! partition keeps the database's changes in order), value:
 //!
 //! ```json
-//! {"source": {"version": "pgbridge", "connector": "postgresql", "name": "cdc",
-//!             "db": "app", "schema": "public", "table": "orders",
-//!             "lsn": "0/1A2B3C4", "txId": 771, "ts_ms": 1733212800000},
+//! {"source": {"version": "pgbridge 0.1.0", "connector": "postgresql", "name": "cdc",
+//!             "db": "app", "schema": "public", "table": "orders", "snapshot": "false",
+//!             "lsn": 27439044, "txId": 771, "ts_ms": 1733212800000,
+//!             "commit_lsn": "0/1A2B3C4"},
 //!  "ts_ms": 1733212800123,
 //!  "databaseName": "app", "schemaName": "public",
 //!  "ddl": "ALTER TABLE orders ADD COLUMN note text",
@@ -69,7 +70,7 @@ pub(super) fn event(
     name: &str,
     db: &str,
     lsn: Lsn,
-    tx: Option<(u32, i64)>,
+    tx: Option<(u32, i64, Lsn)>,
     ddl: &DdlMessage,
 ) -> Json {
     let renamed = (&ddl.old.schema, &ddl.old.name) != (&ddl.new.schema, &ddl.new.name);
@@ -86,9 +87,11 @@ pub(super) fn event(
             "db": db,
             "schema": ddl.new.schema,
             "table": ddl.new.name,
-            "lsn": lsn.to_string(),
+            "snapshot": "false",
+            "lsn": lsn.0,
             "txId": tx.map(|t| t.0),
             "ts_ms": tx.map(|t| t.1),
+            "commit_lsn": tx.map(|t| t.2.to_string()),
         },
         "ts_ms": now,
         "databaseName": db,
@@ -123,6 +126,7 @@ impl KafkaSink {
             (
                 t.meta.xid,
                 crate::encode::json::pg_ts_to_unix_ms(t.meta.commit_ts),
+                t.meta.commit_lsn,
             )
         });
         let value = event(&self.envelope.name, &self.envelope.db, lsn, tx, ddl);
@@ -148,9 +152,11 @@ mod tests {
             .nth(1)
             .expect("two messages");
         let ddl = crate::source::ddl::DdlMessage::parse(line.as_bytes()).expect("parses");
-        let v = super::event("cdc", "app", crate::Lsn(0x1000), Some((7, 1)), &ddl);
+        let tx = Some((7, 1, crate::Lsn(0x1100)));
+        let v = super::event("cdc", "app", crate::Lsn(0x1000), tx, &ddl);
         assert_eq!(v["databaseName"], "app");
-        assert_eq!(v["source"]["lsn"], "0/1000");
+        assert_eq!(v["source"]["lsn"], 0x1000);
+        assert_eq!(v["source"]["commit_lsn"], "0/1100");
         assert_eq!(v["source"]["txId"], 7);
         assert_eq!(v["changes"][0], "add column c numeric(10,2)");
         assert_eq!(v["tableChanges"][0]["id"], "\"public\".\"u\"");
