@@ -16,6 +16,7 @@ mod pgsink;
 mod pgtypes;
 mod pipeline;
 mod resync;
+mod schema_copy;
 mod sequences;
 mod shapes;
 mod source;
@@ -40,6 +41,7 @@ fn main() {
     trials.extend(sequences::trials());
     trials.extend(verify::trials());
     trials.extend(shapes::trials());
+    trials.extend(schema_copy::trials());
     trials.extend(migration::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
