@@ -21,6 +21,10 @@ pub fn trials() -> Vec<Trial> {
             full_schema_into_empty_pg17_and_pg15,
         ),
         trial(
+            "schema_copy::partitions_published_as_leaves",
+            partitions_published_as_leaves,
+        ),
+        trial(
             "schema_copy::function_it_cannot_create_and_unselected_foreign_key",
             function_it_cannot_create_and_unselected_foreign_key,
         ),
@@ -144,6 +148,13 @@ SELECT string_agg(x, E'\n' ORDER BY x) FROM (
   SELECT 'fn ' || p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid))
   FROM pg_proc p WHERE p.pronamespace = 'app'::regnamespace
 ) s(x)"#;
+
+/// [`DESCRIBE`] for schema `public` instead of `app`.
+fn describe_public() -> String {
+    DESCRIBE
+        .replace("'app'::regnamespace", "'public'::regnamespace")
+        .replace("schemaname = 'app'", "schemaname = 'public'")
+}
 
 /// Count and md5 of every row of each table (ordered by key).
 fn digest(run: &dyn Fn(&str) -> String) -> String {
@@ -362,4 +373,68 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
         psql(&dst, "SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'child'::regclass"),
         "child_pkey"
     );
+}
+
+/// A partitioned table published as its leaves (`publish_via_partition_root`
+/// off): the first leaf's copy creates the whole tree with its indexes
+/// (the other leaf is then left as it is), the root's row trigger comes
+/// after that leaf's rows, and the root's foreign key once both leaves
+/// and the referenced table are copied.
+fn partitions_published_as_leaves() {
+    let (port, src) = harness::fresh_db("schema_leaves_src");
+    let (_, dst) = harness::fresh_db("schema_leaves_dst");
+    psql(
+        &src,
+        "CREATE TABLE kinds (k text PRIMARY KEY);
+         CREATE TABLE m (id int, k text NOT NULL REFERENCES kinds, v int CHECK (v >= 0),
+           PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+         CREATE TABLE m_a PARTITION OF m FOR VALUES IN ('a');
+         CREATE TABLE m_b PARTITION OF m FOR VALUES IN ('b') PARTITION BY RANGE (id);
+         CREATE TABLE m_b_low PARTITION OF m_b FOR VALUES FROM (MINVALUE) TO (100);
+         CREATE TABLE m_b_high PARTITION OF m_b DEFAULT;
+         CREATE INDEX m_v ON m (v);
+         CREATE INDEX m_a_own ON m_a (v, id) WHERE v > 10;
+         CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN NEW.v := NEW.v + 1000; RETURN NEW; END $$;
+         CREATE TRIGGER m_bump BEFORE INSERT ON m FOR EACH ROW EXECUTE FUNCTION bump();
+         INSERT INTO kinds VALUES ('a'), ('b');
+         ALTER TABLE m DISABLE TRIGGER m_bump;
+         INSERT INTO m SELECT g, (ARRAY['a', 'b'])[1 + g % 2], g FROM generate_series(1, 300) g;
+         ALTER TABLE m ENABLE TRIGGER m_bump;
+         CREATE PUBLICATION schema_pub FOR TABLE kinds, m;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("leaves.toml");
+    let log = dir.path().join("pgbridge.log");
+    config(
+        &path,
+        &harness::url(port, &src),
+        "schema_leaves",
+        "initial_only",
+        &[("leaves", &harness::url(port, &dst))],
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(run_to_exit(&path, &log), "{}", text());
+    let describe = describe_public();
+    let want = psql(&src, &describe);
+    assert!(
+        want.contains("m_a_own") && want.contains("m_b_high"),
+        "{want}"
+    );
+    assert_eq!(psql(&dst, &describe), want, "{}", text());
+    assert_eq!(
+        psql(&dst, "SELECT count(*), sum(v) FROM m"),
+        psql(&src, "SELECT count(*), sum(v) FROM m"),
+        "{}",
+        text()
+    );
+    assert!(
+        text().contains("foreign key added after the copy"),
+        "{}",
+        text()
+    );
+    // The trigger came after the rows: they were copied as they are, and
+    // it fires for rows written on the target.
+    psql(&dst, "INSERT INTO m VALUES (1000, 'a', 1)");
+    assert_eq!(psql(&dst, "SELECT v FROM m WHERE id = 1000"), "1001");
 }
