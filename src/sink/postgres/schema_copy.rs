@@ -280,6 +280,9 @@ async fn apply(client: &Client, o: Owner<'_>, t: &TableSpec, plan: &Plan) -> Res
                 let what = format!("{} (used by {})", x.what, t.qualified_name());
                 client.batch_execute(sql).await.map_err(|e| {
                     let e = o.err(&format!("creating {what} on the target (schema = \"copy\")"), e);
+                    if e.is_transient() {
+                        return e;
+                    }
                     SinkError::definite(o.sink, format!("{}; create it on the target yourself (as the source has it: pg_get_functiondef / \\dT+), then start again", e.message()))
                 })?;
             }
