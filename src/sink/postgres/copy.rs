@@ -175,7 +175,7 @@ impl RawCopier for PgCopier {
         let client = self.client().await?;
         copy_state::complete_table(&client, self.owner(), table, start, rows).await?;
         if self.config.schema == SchemaMode::Copy {
-            schema_copy::add_ready_foreign_keys(&client, self.owner()).await?;
+            schema_copy::add_pending(&client, self.owner()).await?;
         }
         Self::put(&self.idle, client);
         Ok(())

@@ -23,7 +23,7 @@
 //!   those of partitioned tables in place), each partition's first, so
 //!   that its parent's attaches them under the source's names;
 //! - after both tables of a foreign key are copied: the foreign key,
-//!   kept in `pgbridge.schema_foreign_keys` until then (tables reference
+//!   kept in `pgbridge.schema_pending` until then (tables reference
 //!   each other, and are copied in parallel). A foreign key to a table
 //!   the sink does not take is left out, with a warning.
 //!
@@ -45,8 +45,10 @@ mod objects;
 
 use catalog::Rel;
 
-/// Foreign keys waiting for both of their tables' copies.
-const FOREIGN_KEYS_DDL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.schema_foreign_keys (
+/// Statements waiting for the copies of the tables they need (`needs`,
+/// `schema.table` as in `pgbridge.snapshot_tables`): foreign keys, and
+/// the triggers of a partition tree.
+const PENDING_DDL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.schema_pending (
   pipeline text NOT NULL, sink text NOT NULL, table_name text NOT NULL,
   name text NOT NULL, needs text[] NOT NULL, restore text NOT NULL,
   PRIMARY KEY (pipeline, sink, table_name, name))";
@@ -64,8 +66,9 @@ struct Plan {
     sequences: Vec<catalog::Sequence>,
     indexes: Vec<catalog::Index>,
     triggers: Vec<catalog::Trigger>,
-    /// Foreign keys with the copies (`schema.table`) they wait for.
-    foreign_keys: Vec<(catalog::ForeignKey, Vec<String>)>,
+    /// Statements for after the copies (`schema.table`) they wait for:
+    /// (table, name, statement, copies).
+    pending: Vec<(String, String, String, Vec<String>)>,
     /// Whether the relations form a partition tree.
     tree: bool,
 }
@@ -193,27 +196,45 @@ async fn read_plan(
     });
     let level = |rel: u32| rels.iter().find(|r| r.oid == rel).map_or(0, |r| r.level);
     indexes.sort_by_key(|i| (-level(i.rel), i.ord, i.name.clone()));
-    let triggers = catalog::triggers(src, &rels, version).await?;
-    let mut foreign_keys = Vec::new();
+    let display = |rel: u32| {
+        rels.iter()
+            .find(|r| r.oid == rel)
+            .map_or(String::new(), |r| r.display.clone())
+    };
+    let mut triggers = catalog::triggers(src, &rels, version).await?;
+    let mut pending = Vec::new();
     for fk in catalog::foreign_keys(src, &rels).await? {
         let from = catalog::copy_units(src, fk.rel, selected).await?;
         let to = catalog::copy_units(src, fk.referenced, selected).await?;
-        let table = rels
-            .iter()
-            .find(|r| r.oid == fk.rel)
-            .map_or(String::new(), |r| r.display.clone());
         match (from, to) {
             (Some(mut needs), Some(to)) => {
                 needs.extend(to);
                 needs.sort();
                 needs.dedup();
-                foreign_keys.push((fk, needs));
+                let name = format!("foreign key {}", fk.name);
+                pending.push((display(fk.rel), name, fk.sql, needs));
             }
             _ => {
-                tracing::warn!(table = %table, foreign_key = %fk.name, references = %fk.referenced_display,
+                tracing::warn!(table = %display(fk.rel), foreign_key = %fk.name, references = %fk.referenced_display,
                 "foreign key left out: the sink does not take both of its tables; add the other table to the sink's tables, or create the foreign key on the target yourself")
             }
         }
+    }
+    // A partition tree's triggers wait for every copy that writes into
+    // their table (a root's: each of its leaves the sink copies); those
+    // of partitions the sink does not copy are created with the tree.
+    if tree {
+        let mut now = Vec::new();
+        for tr in triggers {
+            match catalog::copy_units(src, tr.rel, selected).await? {
+                Some(needs) => {
+                    let name = format!("trigger {}", tr.name);
+                    pending.push((display(tr.rel), name, tr.sql, needs));
+                }
+                None => now.push(tr),
+            }
+        }
+        triggers = now;
     }
     Ok(Plan {
         rels,
@@ -222,7 +243,7 @@ async fn read_plan(
         sequences,
         indexes,
         triggers,
-        foreign_keys,
+        pending,
         tree,
     })
 }
@@ -301,7 +322,7 @@ async fn apply(client: &Client, o: Owner<'_>, t: &TableSpec, plan: &Plan) -> Res
     }
     create_tables(client, o, plan).await?;
     save_deferred(client, o, t, plan).await?;
-    save_foreign_keys(client, o, plan).await
+    save_pending(client, o, plan).await
 }
 
 /// Sequences, tables and what belongs to them before the rows.
@@ -346,6 +367,9 @@ async fn create_tables(client: &Client, o: Owner<'_>, plan: &Plan) -> Result<(),
         for i in &plan.indexes {
             run(client, o, &format!("index {}", i.name), &i.sql).await?;
         }
+        for tr in &plan.triggers {
+            run(client, o, &format!("trigger {}", tr.name), &tr.sql).await?;
+        }
     }
     Ok(())
 }
@@ -358,18 +382,17 @@ async fn save_deferred(
     t: &TableSpec,
     plan: &Plan,
 ) -> Result<(), SinkError> {
-    let indexes = if plan.tree {
-        &[][..]
-    } else {
-        &plan.indexes[..]
-    };
+    if plan.tree {
+        return Ok(());
+    }
     let display = |rel: u32| {
         plan.rels
             .iter()
             .find(|r| r.oid == rel)
             .map_or(String::new(), |r| r.display.clone())
     };
-    let rows = indexes
+    let rows = plan
+        .indexes
         .iter()
         .map(|i| (i.name.clone(), i.ord, i.sql.clone()))
         .chain(plan.triggers.iter().map(|tr| {
@@ -392,28 +415,23 @@ async fn save_deferred(
     Ok(())
 }
 
-async fn save_foreign_keys(client: &Client, o: Owner<'_>, plan: &Plan) -> Result<(), SinkError> {
-    if plan.foreign_keys.is_empty() {
+async fn save_pending(client: &Client, o: Owner<'_>, plan: &Plan) -> Result<(), SinkError> {
+    if plan.pending.is_empty() {
         return Ok(());
     }
-    let err = |e| o.err("saving foreign keys to create after the copy", e);
-    if !exists(client, "pgbridge.schema_foreign_keys")
+    let err = |e| o.err("saving what to create after the copy", e);
+    if !exists(client, "pgbridge.schema_pending")
         .await
         .map_err(err)?
     {
-        client.batch_execute(FOREIGN_KEYS_DDL).await.map_err(err)?;
+        client.batch_execute(PENDING_DDL).await.map_err(err)?;
     }
-    for (fk, needs) in &plan.foreign_keys {
-        let table = plan
-            .rels
-            .iter()
-            .find(|r| r.oid == fk.rel)
-            .map_or(String::new(), |r| r.display.clone());
+    for (table, name, sql, needs) in &plan.pending {
         client
             .execute(
-                "INSERT INTO pgbridge.schema_foreign_keys (pipeline, sink, table_name, name, needs, restore) \
+                "INSERT INTO pgbridge.schema_pending (pipeline, sink, table_name, name, needs, restore) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                &[&o.pipeline, &o.sink, &table, &fk.name, needs, &fk.sql],
+                &[&o.pipeline, &o.sink, table, name, needs, sql],
             )
             .await
             .map_err(err)?;
@@ -421,16 +439,16 @@ async fn save_foreign_keys(client: &Client, o: Owner<'_>, plan: &Plan) -> Result
     Ok(())
 }
 
-/// Creates the saved foreign keys whose tables' copies are all complete,
-/// and forgets them. Runs after each table's copy completes (and when the
+/// Creates the saved foreign keys and triggers whose tables' copies are
+/// all complete, and forgets them. Runs after each table's copy completes (and when the
 /// sink starts, for a crash in between). Completions serialise on an
 /// advisory lock, so of two tables completing at once the later one sees
 /// the other complete. A foreign key that the copied rows break (tables
 /// copied under different snapshots after a restart, the stream not yet
 /// caught up) is added `NOT VALID`, with a warning naming the fix.
-pub(crate) async fn add_ready_foreign_keys(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
-    let err = |e| o.err("adding foreign keys after the copy", e);
-    if !exists(client, "pgbridge.schema_foreign_keys")
+pub(crate) async fn add_pending(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
+    let err = |e| o.err("creating foreign keys and triggers after the copy", e);
+    if !exists(client, "pgbridge.schema_pending")
         .await
         .map_err(err)?
     {
@@ -447,10 +465,10 @@ pub(crate) async fn add_ready_foreign_keys(client: &Client, o: Owner<'_>) -> Res
 }
 
 async fn add_ready(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
-    let err = |e| o.err("adding foreign keys after the copy", e);
+    let err = |e| o.err("creating foreign keys and triggers after the copy", e);
     client
         .execute(
-            "SELECT pg_advisory_xact_lock(pg_catalog.hashtext('pgbridge.schema_foreign_keys'), \
+            "SELECT pg_advisory_xact_lock(pg_catalog.hashtext('pgbridge.schema_pending'), \
                pg_catalog.hashtext($1 || '/' || $2))",
             &[&o.pipeline, &o.sink],
         )
@@ -458,7 +476,7 @@ async fn add_ready(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
         .map_err(err)?;
     let rows = client
         .query(
-            "SELECT table_name, name, restore FROM pgbridge.schema_foreign_keys f \
+            "SELECT table_name, name, restore FROM pgbridge.schema_pending f \
              WHERE pipeline = $1 AND sink = $2 AND NOT EXISTS ( \
                SELECT 1 FROM unnest(f.needs) n WHERE n NOT IN ( \
                  SELECT table_name FROM pgbridge.snapshot_tables WHERE pipeline = $1 AND sink = $2)) \
@@ -469,7 +487,7 @@ async fn add_ready(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
         .map_err(err)?;
     for r in &rows {
         let (table, name, sql): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let what = format!("foreign key {name} of {table}");
+        let what = format!("{name} of {table}");
         client.batch_execute("SAVEPOINT fk").await.map_err(err)?;
         if let Err(e) = client.batch_execute(&sql).await {
             let violated = e.as_db_error().is_some_and(|d| {
@@ -483,18 +501,18 @@ async fn add_ready(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
                 .await
                 .map_err(err)?;
             run(client, o, &what, &format!("{sql} NOT VALID")).await?;
-            tracing::warn!(sink = %o.sink, table = %table, foreign_key = %name,
+            tracing::warn!(sink = %o.sink, table = %table, what = %name,
                 "the copied rows break the foreign key (its tables were copied at different points; the stream brings them together): added NOT VALID; once the sink has caught up run ALTER TABLE ... VALIDATE CONSTRAINT on the target");
         }
         client
             .execute(
-                "DELETE FROM pgbridge.schema_foreign_keys WHERE pipeline = $1 AND sink = $2 \
+                "DELETE FROM pgbridge.schema_pending WHERE pipeline = $1 AND sink = $2 \
                  AND table_name = $3 AND name = $4",
                 &[&o.pipeline, &o.sink, &table, &name],
             )
             .await
             .map_err(err)?;
-        tracing::info!(sink = %o.sink, table = %table, foreign_key = %name, "foreign key added after the copy");
+        tracing::info!(sink = %o.sink, table = %table, what = %name, "created after its tables' copies");
     }
     Ok(())
 }
