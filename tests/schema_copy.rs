@@ -310,6 +310,9 @@ fn streaming_after_the_copy(port: u16, src: &str, dir: &Path) {
 /// A default calls a function whose argument type the tables do not use,
 /// so the target lacks it and creating the function fails: the run stops
 /// naming the function and the fix; following it, the next run copies.
+/// The table created before the failure (`audit`, first by name) is left
+/// as the first run made it, and the next run's copy still gives it the
+/// keys, index and trigger saved with it, and its foreign key to `child`.
 /// A foreign key to a table the sink does not take is left out with a
 /// warning naming it, and the rest is copied.
 fn function_it_cannot_create_and_unselected_foreign_key() {
@@ -325,7 +328,16 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
            w int DEFAULT weight_of());
          INSERT INTO parent SELECT generate_series(1, 20);
          INSERT INTO child (id, parent_id) SELECT g, 1 + g % 20 FROM generate_series(1, 50) g;
-         CREATE PUBLICATION schema_pub FOR TABLE parent, child;",
+         CREATE FUNCTION audit_note() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN NEW.note := coalesce(NEW.note, 'noted'); RETURN NEW; END $$;
+         CREATE TABLE audit (id int PRIMARY KEY, child_id int NOT NULL REFERENCES child,
+           note text);
+         CREATE INDEX audit_child ON audit (child_id, note);
+         CREATE TRIGGER audit_note BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION audit_note();
+         ALTER TABLE audit DISABLE TRIGGER audit_note;
+         INSERT INTO audit SELECT g, 1 + g % 50 FROM generate_series(1, 80) g;
+         ALTER TABLE audit ENABLE TRIGGER audit_note;
+         CREATE PUBLICATION schema_pub FOR TABLE parent, child, audit;",
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("child.toml");
@@ -334,7 +346,7 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
         .key("snapshot", "\"initial_only\"")
         .postgres_sink("only_child", &harness::url(port, &dst))
         .key("schema", "\"copy\"")
-        .key("tables", "[\"public.child\"]")
+        .key("tables", "[\"public.child\", \"public.audit\"]")
         .write(&path)
         .unwrap_or_else(|e| panic!("{e}"));
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -348,6 +360,14 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
     assert_eq!(
         psql(&dst, "SELECT to_regclass('public.child') IS NULL"),
         "t"
+    );
+    // `audit` was created before `child` failed, without its keys yet.
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT count(*) FROM pg_index WHERE indrelid = 'audit'::regclass"
+        ),
+        "0"
     );
     // The advice: create the function (and its type) on the target.
     psql(
@@ -365,6 +385,19 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
         "{all}"
     );
     assert_eq!(psql(&dst, "SELECT count(*), sum(w) FROM child"), "50|50");
+    let defs = "SELECT string_agg(d, ' | ' ORDER BY d) FROM ( \
+        SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'audit'::regclass \
+        UNION ALL SELECT conname || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated::text \
+          FROM pg_constraint WHERE conrelid = 'audit'::regclass \
+        UNION ALL SELECT pg_get_triggerdef(oid) FROM pg_trigger \
+          WHERE tgrelid = 'audit'::regclass AND NOT tgisinternal) x(d)";
+    assert_eq!(psql(&dst, defs), psql(&src, defs), "{all}");
+    // The rows are the source's (the trigger came after them).
+    assert_eq!(
+        psql(&dst, "SELECT count(*), count(note) FROM audit"),
+        "80|0",
+        "{all}"
+    );
     assert_eq!(
         psql(&dst, "SELECT to_regclass('public.parent') IS NULL"),
         "t"
