@@ -54,6 +54,8 @@ pub struct PgCopier {
     /// The tables of this copy (`schema.table`), for the schema copy's
     /// foreign keys (see [`schema_copy`]).
     tables: Mutex<Vec<String>>,
+    /// Where the schema copy reads table definitions.
+    schema_source: schema_copy::Source,
 }
 
 impl PgCopier {
@@ -68,6 +70,7 @@ impl PgCopier {
             defer_indexes: config.defer_indexes,
             idle: Arc::new(Mutex::new(Vec::new())),
             tables: Mutex::new(Vec::new()),
+            schema_source: schema_copy::Source::new(config.source.as_ref()),
         }
     }
 
@@ -299,7 +302,7 @@ async fn prepare_table(
     let schema_copy = target.config.schema == SchemaMode::Copy;
     if schema_copy && have.is_none() {
         let selected = target.tables.lock().map(|v| v.clone()).unwrap_or_default();
-        let source = target.config.source.as_ref();
+        let source = &target.schema_source;
         schema_copy::create(client, source, target.owner(), t, &selected).await?;
         have = target_columns(client, t)
             .await

@@ -73,26 +73,52 @@ struct Plan {
     tree: bool,
 }
 
+/// The source whose catalog a copy's tables are read from: one
+/// connection for all of them (made at the first, again when lost).
+pub(crate) struct Source {
+    info: Option<ConnInfo>,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Source {
+    pub(crate) fn new(info: Option<&ConnInfo>) -> Self {
+        Source {
+            info: info.cloned(),
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
 /// Creates the target table of `t` (missing there) from the source's
 /// definition, in one target transaction; see the module documentation.
 /// `selected` are the tables (`schema.table`) the sink copies or has
 /// copied, which decides which foreign keys are kept.
 pub(crate) async fn create(
     target: &Client,
-    source: Option<&ConnInfo>,
+    source: &Source,
     o: Owner<'_>,
     t: &TableSpec,
     selected: &[String],
 ) -> Result<(), SinkError> {
-    let Some(source) = source else {
+    let Some(info) = &source.info else {
         return Err(SinkError::definite(
             o.sink,
             "schema = \"copy\" needs the source's connection to read table definitions",
         ));
     };
-    let src = pg::connect(source)
-        .await
-        .map_err(|e| client_error(o.sink, e))?;
+    let mut held = source.client.lock().await;
+    if held.as_ref().is_none_or(|c| c.is_closed()) {
+        let client = pg::connect(info)
+            .await
+            .map_err(|e| client_error(o.sink, e))?;
+        *held = Some(client);
+    }
+    let Some(src) = held.as_ref() else {
+        return Err(SinkError::transient(
+            o.sink,
+            "the source connection was lost",
+        ));
+    };
     let mut selected = selected.to_vec();
     let done = target
         .query(
@@ -102,7 +128,7 @@ pub(crate) async fn create(
         .await
         .map_err(|e| o.err("reading snapshot state", e))?;
     selected.extend(done.iter().filter_map(|r| r.try_get::<_, String>(0).ok()));
-    let plan = read_plan(&src, target, t, &selected)
+    let plan = read_plan(src, target, t, &selected)
         .await
         .map_err(|e| source_error(o, t, e))?;
     if plan.rels.is_empty() {
