@@ -25,6 +25,10 @@ pub fn trials() -> Vec<Trial> {
             partitions_published_as_leaves,
         ),
         trial(
+            "schema_copy::foreign_key_to_a_table_copied_earlier",
+            foreign_key_to_a_table_copied_earlier,
+        ),
+        trial(
             "schema_copy::function_it_cannot_create_and_unselected_foreign_key",
             function_it_cannot_create_and_unselected_foreign_key,
         ),
@@ -482,4 +486,75 @@ fn partitions_published_as_leaves() {
     // it fires for rows written on the target.
     psql(&dst, "INSERT INTO m VALUES (1000, 'a', 1)");
     assert_eq!(psql(&dst, "SELECT v FROM m WHERE id = 1000"), "1001");
+}
+
+/// A table added to the sink's tables later is copied at a newer point
+/// than the table its foreign key references (copied by an earlier run,
+/// and behind until the stream catches up): the key is added NOT VALID
+/// with a warning, and validates, as the warning says, once the stream
+/// has brought the referenced rows.
+fn foreign_key_to_a_table_copied_earlier() {
+    let (port, src) = harness::fresh_db("schema_late_src");
+    let (_, dst) = harness::fresh_db("schema_late_dst");
+    psql(
+        &src,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent);
+         INSERT INTO parent SELECT generate_series(1, 10);
+         INSERT INTO child SELECT g, 1 + g % 10 FROM generate_series(1, 30) g;
+         CREATE PUBLICATION schema_pub FOR TABLE parent, child;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("late.toml");
+    let log = dir.path().join("pgbridge.log");
+    let write = |tables: &str| {
+        Config::source(&harness::url(port, &src), "schema_late", &["schema_pub"])
+            .key("snapshot", "\"initial\"")
+            .postgres_sink("late", &harness::url(port, &dst))
+            .key("schema", "\"copy\"")
+            .key("tables", tables)
+            .write(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    write("[\"public.parent\"]");
+    let child = spawn_run(&path, &log);
+    wait_streaming("schema_late");
+    assert!(stop_run(child).success(), "{}", text());
+    // While pgbridge is stopped: a parent and a child referencing it.
+    psql(
+        &src,
+        "INSERT INTO parent VALUES (100); INSERT INTO child VALUES (100, 100);",
+    );
+    write("[\"public.parent\", \"public.child\"]");
+    let child = spawn_run(&path, &log);
+    wait_for("the stream to bring parent 100", 60, || {
+        psql(&dst, "SELECT count(*) FROM parent WHERE id = 100") == "1"
+    });
+    assert!(
+        text().contains("added NOT VALID") && text().contains("VALIDATE CONSTRAINT"),
+        "{}",
+        text()
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'child_parent_id_fkey'"
+        ),
+        "f"
+    );
+    psql(
+        &dst,
+        "ALTER TABLE child VALIDATE CONSTRAINT child_parent_id_fkey",
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'child_parent_id_fkey'"
+        ),
+        "t"
+    );
+    assert_eq!(psql(&dst, "SELECT count(*) FROM child"), "31");
+    assert!(stop_run(child).success(), "{}", text());
+    psql("postgres", "SELECT pg_drop_replication_slot('schema_late')");
 }
