@@ -157,7 +157,7 @@ pub(crate) async fn create(
 
 fn source_error(o: Owner<'_>, t: &TableSpec, e: tokio_postgres::Error) -> SinkError {
     let message = format!(
-        "reading the definition of {} on the source: {}",
+        "reading the definition of {} (the source's catalog, and what the target has of it): {}",
         t.qualified_name(),
         e.as_db_error()
             .map_or(e.to_string(), |d| d.message().to_string())
