@@ -41,8 +41,8 @@ fn main() {
     trials.extend(sequences::trials());
     trials.extend(verify::trials());
     trials.extend(shapes::trials());
-    trials.extend(schema_copy::trials());
     trials.extend(migration::trials());
+    trials.extend(schema_copy::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());
