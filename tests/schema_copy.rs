@@ -29,6 +29,10 @@ pub fn trials() -> Vec<Trial> {
             foreign_key_to_a_table_copied_earlier,
         ),
         trial(
+            "schema_copy::check_names_a_missing_extension",
+            check_names_a_missing_extension,
+        ),
+        trial(
             "schema_copy::function_it_cannot_create_and_unselected_foreign_key",
             function_it_cannot_create_and_unselected_foreign_key,
         ),
@@ -354,17 +358,8 @@ fn function_it_cannot_create_and_unselected_foreign_key() {
         .write(&path)
         .unwrap_or_else(|e| panic!("{e}"));
     // `check` does not count the tables the copy will create as missing.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = check(&path);
+    assert!(ok, "{out}");
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!run_to_exit(&path, &log), "{}", text());
     let first = text();
@@ -557,4 +552,64 @@ fn foreign_key_to_a_table_copied_earlier() {
     assert_eq!(psql(&dst, "SELECT count(*) FROM child"), "31");
     assert!(stop_run(child).success(), "{}", text());
     psql("postgres", "SELECT pg_drop_replication_slot('schema_late')");
+}
+
+/// `pgbridge check` output and whether it passed.
+fn check(config: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A column of an extension's type: `check` names the extension the
+/// target lacks (the schema copy does not create extensions), and so does
+/// the run; after the advice both go through.
+fn check_names_a_missing_extension() {
+    let (port, src) = harness::fresh_db("schema_ext_src");
+    let (_, dst) = harness::fresh_db("schema_ext_dst");
+    psql(
+        &src,
+        "CREATE EXTENSION citext;
+         CREATE TABLE people (id int PRIMARY KEY, email citext UNIQUE);
+         INSERT INTO people SELECT g, 'P' || g || '@Example.com' FROM generate_series(1, 40) g;
+         CREATE PUBLICATION schema_pub FOR TABLE people;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ext.toml");
+    let log = dir.path().join("pgbridge.log");
+    config(
+        &path,
+        &harness::url(port, &src),
+        "schema_ext",
+        "initial_only",
+        &[("ext", &harness::url(port, &dst))],
+    );
+    let (ok, out) = check(&path);
+    assert!(
+        !ok && out.contains("type public.citext (used by public.people)")
+            && out.contains("CREATE EXTENSION \"citext\""),
+        "{out}"
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!run_to_exit(&path, &log), "{}", text());
+    assert!(text().contains("CREATE EXTENSION \"citext\""), "{}", text());
+    psql(&dst, "CREATE EXTENSION citext");
+    let (ok, out) = check(&path);
+    assert!(ok, "{out}");
+    assert!(run_to_exit(&path, &log), "{}", text());
+    assert_eq!(
+        psql(
+            &dst,
+            "SELECT count(*) FROM people WHERE email = 'p7@example.COM'"
+        ),
+        "1"
+    );
 }

@@ -542,3 +542,44 @@ async fn add_ready(client: &Client, o: Owner<'_>) -> Result<(), SinkError> {
     }
     Ok(())
 }
+
+/// For `pgbridge check`: what the schema copy of `tables` (missing on the
+/// target) needs there and cannot create itself: types and functions of
+/// extensions, base and range types. One line each, naming the fix.
+pub async fn check(
+    source: &Client,
+    target: &Client,
+    sink: &str,
+    tables: &[&TableSpec],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut problems = Vec::new();
+    for t in tables {
+        let types = objects::types(source, &[t.oid]).await?;
+        let names: Vec<String> = types
+            .iter()
+            .map(|x| x.what.trim_start_matches("type ").to_string())
+            .collect();
+        let functions = objects::functions(source, &[t.oid], &names).await?;
+        for x in types.iter().chain(&functions) {
+            if x.extension.is_none() && x.create.is_some() {
+                continue;
+            }
+            if holds(target, &x.exists_sql).await? {
+                continue;
+            }
+            let fix = match &x.extension {
+                Some(ext) => format!("run CREATE EXTENSION {} on the target", ident(ext)),
+                None => "create it on the target".into(),
+            };
+            let line = format!(
+                "sink {sink}: {} (used by {}) does not exist on the target, and schema = \"copy\" does not create it; {fix}",
+                x.what,
+                t.qualified_name()
+            );
+            if !problems.contains(&line) {
+                problems.push(line);
+            }
+        }
+    }
+    Ok(problems)
+}
