@@ -219,8 +219,17 @@ pub struct PostgresSinkSection {
     /// Tables as `schema.table` (or `table` for `public.table`).
     #[serde(default)]
     pub tables: TableSelection,
-    #[serde(default)]
+    /// Whether missing tables and columns are created: the `create_tables`
+    /// key, or true with `schema = "copy"` (set when the file is parsed).
+    #[serde(skip)]
     pub create_tables: bool,
+    /// The `create_tables` key as written (none when absent).
+    #[serde(default, rename = "create_tables")]
+    pub create_tables_key: Option<bool>,
+    /// none | copy: whether the initial copy creates missing tables from
+    /// the source's own definitions (see `sink::postgres::schema_copy`).
+    #[serde(default)]
+    pub schema: crate::sink::postgres::SchemaMode,
     /// The initial copy drops a table's indexes and rebuilds them after.
     #[serde(default = "default_true")]
     pub defer_indexes: bool,
@@ -559,12 +568,26 @@ impl Config {
                     .map_err(|m| semantic(format!("sink {:?}: {m}", k.name)))?;
             }
             if let SinkConfig::Postgres(p) = s {
+                if p.schema == crate::sink::postgres::SchemaMode::Copy
+                    && p.create_tables_key == Some(false)
+                {
+                    return Err(semantic(format!(
+                        "sink {:?}: schema = \"copy\" creates missing tables and adds columns that appear on the source, which create_tables = false forbids; remove create_tables (schema = \"copy\" implies it) or set schema = \"none\"",
+                        p.name
+                    )));
+                }
                 if p.apply_workers == 0 || p.apply_workers > 64 {
                     return Err(semantic(format!(
                         "sink {:?}: apply_workers = {} is out of range 1-64",
                         p.name, p.apply_workers
                     )));
                 }
+            }
+        }
+        for s in config.sinks.iter_mut() {
+            if let SinkConfig::Postgres(p) = s {
+                p.create_tables = p.create_tables_key.unwrap_or(false)
+                    || p.schema == crate::sink::postgres::SchemaMode::Copy;
             }
         }
         // A replication slot and the pipeline lock live on the primary:

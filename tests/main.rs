@@ -17,6 +17,7 @@ mod pgsink;
 mod pgtypes;
 mod pipeline;
 mod resync;
+mod schema_copy;
 mod sequences;
 mod shapes;
 mod source;
@@ -42,6 +43,7 @@ fn main() {
     trials.extend(verify::trials());
     trials.extend(shapes::trials());
     trials.extend(migration::trials());
+    trials.extend(schema_copy::trials());
     trials.extend(kafka::trials());
     trials.extend(kafka_pipeline::trials());
     trials.extend(ops::trials());

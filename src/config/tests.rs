@@ -346,3 +346,46 @@ fn several_source_hosts_look_for_the_primary() {
     .unwrap();
     assert_eq!(c.source.failover_slot, Some(false));
 }
+
+/// `schema = "copy"` implies `create_tables`; `create_tables = false`
+/// with it is a conflict; `none` is the default.
+#[test]
+fn schema_key() {
+    use crate::sink::postgres::{PostgresSinkConfig, SchemaMode};
+    let sink = |text: &str| {
+        let c = Config::parse(&GOOD.replace("create_tables = true", text), "x.toml").unwrap();
+        let SinkConfig::Postgres(p) = &c.sinks[0] else {
+            panic!("a postgres sink")
+        };
+        let settings = PostgresSinkConfig::from_section(p, &c);
+        (
+            p.schema,
+            p.create_tables,
+            settings.schema,
+            settings.create_tables,
+        )
+    };
+    assert_eq!(sink(""), (SchemaMode::None, false, SchemaMode::None, false));
+    assert_eq!(
+        sink("schema = \"copy\""),
+        (SchemaMode::Copy, true, SchemaMode::Copy, true)
+    );
+    assert_eq!(
+        sink("schema = \"copy\"\ncreate_tables = true"),
+        (SchemaMode::Copy, true, SchemaMode::Copy, true)
+    );
+    assert_eq!(
+        sink("schema = \"none\"\ncreate_tables = true"),
+        (SchemaMode::None, true, SchemaMode::None, true)
+    );
+    let e = err(&GOOD.replace(
+        "create_tables = true",
+        "schema = \"copy\"\ncreate_tables = false",
+    ));
+    assert!(
+        e.contains("schema = \"copy\"") && e.contains("create_tables = false"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("create_tables = true", "schema = \"pg_dump\""));
+    assert!(e.contains("pg_dump"), "{e}");
+}

@@ -71,6 +71,7 @@ pub async fn preflight(
             ));
         }
     }
+    let mut to_create = Vec::new();
     for t in tables
         .iter()
         .filter(|t| p.tables.contains(&t.qualified_name()))
@@ -83,6 +84,7 @@ pub async fn preflight(
             }
         };
         let Some(have) = have else {
+            to_create.push(t);
             if !p.create_tables {
                 problems.push(format!(
                     "sink {}: target table {} does not exist; create it or set create_tables = true",
@@ -107,7 +109,39 @@ pub async fn preflight(
             }
         }
     }
+    if p.schema == crate::sink::postgres::SchemaMode::Copy && !to_create.is_empty() {
+        problems.extend(schema_copy(config, p, &client, &to_create).await);
+    }
     problems
+}
+
+/// What the schema copy of the missing tables `to_create` cannot create
+/// itself and the target lacks (see [`schema_copy::check`]).
+///
+/// [`schema_copy::check`]: crate::sink::postgres::schema_copy::check
+async fn schema_copy(
+    config: &Config,
+    p: &crate::config::PostgresSinkSection,
+    target: &tokio_postgres::Client,
+    to_create: &[&published::TableSpec],
+) -> Vec<String> {
+    let source = match pg::connect(&config.source.url.info).await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![format!(
+                "sink {}: reading the source's definitions: {e}",
+                p.name
+            )]
+        }
+    };
+    crate::sink::postgres::schema_copy::check(&source, target, &p.name, to_create)
+        .await
+        .unwrap_or_else(|e| {
+            vec![format!(
+                "sink {}: reading the source's definitions for schema = \"copy\": {e}",
+                p.name
+            )]
+        })
 }
 
 /// A problem when the sink's sessions cannot run as

@@ -40,6 +40,21 @@ pub enum ReplicationOrigin {
     Off,
 }
 
+/// Whether the initial copy makes missing target tables from the source's
+/// own definitions (see [`schema_copy`](super::schema_copy)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaMode {
+    /// Tables are made by the user, or by `create_tables` from the
+    /// columns the source publishes.
+    #[default]
+    None,
+    /// Missing tables are created with the source's definitions: types,
+    /// sequences, defaults, constraints, indexes, triggers, partitions,
+    /// comments; implies `create_tables`.
+    Copy,
+}
+
 /// The replication origin of one target session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionOrigin {
@@ -87,6 +102,9 @@ pub struct PostgresSinkConfig {
     /// The initial copy drops a target table's indexes and rebuilds them
     /// once the table's copy is complete (see [`indexes`](super::indexes)).
     pub defer_indexes: bool,
+    /// Whether the initial copy creates missing tables from the source's
+    /// definitions (needs `source`).
+    pub schema: SchemaMode,
     /// The pipeline's source database. With `create_tables`, a column the
     /// source added with a default is added to the target with the value
     /// the source's existing rows got, read from the source's catalog
@@ -123,6 +141,7 @@ impl PostgresSinkConfig {
             replication_role: ReplicationRole::Auto,
             replication_origin: ReplicationOrigin::Auto,
             defer_indexes: true,
+            schema: SchemaMode::None,
             source: None,
         }
     }
@@ -155,6 +174,7 @@ impl PostgresSinkConfig {
             replication_role: section.session_replication_role,
             replication_origin: section.replication_origin,
             defer_indexes: section.defer_indexes,
+            schema: section.schema,
             source: Some(config.source.url.info.clone()),
         }
     }

@@ -28,6 +28,8 @@ use tokio_postgres::{Client, CopyInSink};
 use super::config::PostgresSinkConfig;
 use super::copy_state::{self, client_error, Owner};
 use super::indexes;
+use super::schema_copy;
+use super::SchemaMode;
 use crate::pg::{self, ident};
 use crate::privileges;
 use crate::sink::{ChunkWriter, CopyFormat, RawCopier, SinkError};
@@ -49,6 +51,11 @@ pub struct PgCopier {
     create_tables: bool,
     defer_indexes: bool,
     idle: Arc<Mutex<Vec<Client>>>,
+    /// The tables of this copy (`schema.table`), for the schema copy's
+    /// foreign keys (see [`schema_copy`]).
+    tables: Mutex<Vec<String>>,
+    /// Where the schema copy reads table definitions.
+    schema_source: schema_copy::Source,
 }
 
 impl PgCopier {
@@ -62,6 +69,8 @@ impl PgCopier {
             create_tables: config.create_tables,
             defer_indexes: config.defer_indexes,
             idle: Arc::new(Mutex::new(Vec::new())),
+            tables: Mutex::new(Vec::new()),
+            schema_source: schema_copy::Source::new(config.source.as_ref()),
         }
     }
 
@@ -98,6 +107,9 @@ impl PgCopier {
 #[async_trait::async_trait]
 impl RawCopier for PgCopier {
     async fn preflight(&self, tables: &[TableSpec]) -> Result<Vec<String>, SinkError> {
+        if let Ok(mut names) = self.tables.lock() {
+            names.extend(tables.iter().map(|t| t.qualified_name()));
+        }
         let client = pg::connect(&self.info)
             .await
             .map_err(|e| client_error(&self.sink, e))?;
@@ -165,6 +177,9 @@ impl RawCopier for PgCopier {
     ) -> Result<(), SinkError> {
         let client = self.client().await?;
         copy_state::complete_table(&client, self.owner(), table, start, rows).await?;
+        if self.config.schema == SchemaMode::Copy {
+            schema_copy::add_pending(&client, self.owner()).await?;
+        }
         Self::put(&self.idle, client);
         Ok(())
     }
@@ -284,6 +299,18 @@ async fn prepare_table(
     let mut have = target_columns(client, t)
         .await
         .map_err(|e| err("reading columns of", e))?;
+    let schema_copy = target.config.schema == SchemaMode::Copy;
+    if schema_copy && have.is_none() {
+        let selected = target.tables.lock().map(|v| v.clone()).unwrap_or_default();
+        let source = &target.schema_source;
+        schema_copy::create(client, source, target.owner(), t, &selected).await?;
+        have = target_columns(client, t)
+            .await
+            .map_err(|e| err("reading columns of", e))?;
+    } else if schema_copy {
+        tracing::info!(sink = %target.sink, table = %t.qualified_name(),
+            "target table exists; the schema copy leaves it as it is");
+    }
     // Created only when missing: CREATE ... IF NOT EXISTS needs CREATE on
     // the schema (and CREATE SCHEMA on the database) even when the object
     // exists.

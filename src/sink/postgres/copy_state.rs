@@ -249,6 +249,9 @@ pub(crate) async fn completed(
             .await
             .map_err(|e| o.err("recording relation ids", e))?;
     }
+    // Foreign keys and triggers of a schema copy whose tables completed
+    // just before a crash.
+    super::schema_copy::add_pending(&client, o).await?;
     Ok(done)
 }
 

@@ -100,13 +100,16 @@ pub mod parallel;
 mod progress;
 pub mod renames;
 pub mod schema;
+pub mod schema_copy;
 pub mod sink;
 pub mod sql;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{PostgresSinkConfig, ReplicationOrigin, ReplicationRole, SessionOrigin};
+pub use config::{
+    PostgresSinkConfig, ReplicationOrigin, ReplicationRole, SchemaMode, SessionOrigin,
+};
 pub use error::ApplyError;
 pub use sink::PostgresSink;
 pub use sql::TextParam;
