@@ -114,6 +114,9 @@ fn two_processes_one_writer() {
         &harness::url(port, &dst),
         "create_tables = true\n",
     );
+    // An application's transaction open while the slot is made: creating
+    // it waits for that transaction, longer than the lock_timeout above.
+    let holder = hold_a_transaction(port, Duration::from_secs(3));
     let mut a = spawn_run(&config, &log_a);
     // The slot exists once the first process has begun its copy.
     wait_for_run("the first process to create its slot", 120, &log_a, || {
@@ -122,6 +125,7 @@ fn two_processes_one_writer() {
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sh_two'",
         ) == "1"
     });
+    holder.join().expect("the transaction holder");
     let b = run_streaming(&config, &log_b, "sh_two");
     // Both had their chance to copy by now.
     std::thread::sleep(Duration::from_secs(2));
@@ -185,6 +189,31 @@ fn two_processes_one_writer() {
     assert!(stop_run(b).success(), "{}", log_text(&log_b));
     assert!(takeover < Duration::from_secs(60));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_two')");
+}
+
+/// Keeps a transaction with an xid open in the shared cluster's `postgres`
+/// database for `secs`, from a thread; returns once it is open.
+fn hold_a_transaction(port: u16, secs: Duration) -> std::thread::JoinHandle<()> {
+    let url = harness::url(port, "postgres");
+    let (opened, open) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        harness::runtime().block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect the transaction holder");
+            tokio::spawn(conn);
+            client
+                .batch_execute("BEGIN; SELECT txid_current()")
+                .await
+                .expect("open the transaction");
+            let _ = opened.send(());
+            tokio::time::sleep(secs).await;
+            client.batch_execute("COMMIT").await.expect("commit");
+        })
+    });
+    open.recv()
+        .expect("the transaction holder opened its transaction");
+    holder
 }
 
 /// A partitioned table with two leaves and 1,000 rows, and changes that

@@ -297,7 +297,11 @@ impl Connection {
             // transactions while targets load and rebuild indexes, and one
             // chunk's COPY can outlast any statement timeout. Either cut
             // would lose the snapshot (and restart the copy) or stop it.
+            // Creating a logical slot waits for every transaction running
+            // on the server to end (a lock wait on each): a `lock_timeout`
+            // would fail it whenever some application keeps one open.
             ("statement_timeout", "0"),
+            ("lock_timeout", "0"),
             ("idle_in_transaction_session_timeout", "0"),
         ];
         if mode == Mode::Replication {
