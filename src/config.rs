@@ -98,6 +98,10 @@ pub struct SourceConfig {
     /// [`OriginFilter`]: crate::source::changes::OriginFilter
     #[serde(default)]
     pub origin: crate::source::changes::OriginFilter,
+    /// Rows per chunk of a backfill (`pgbridge backfill`, and tables added
+    /// to a publication while the pipeline runs).
+    #[serde(default = "default_backfill_chunk_rows")]
+    pub backfill_chunk_rows: usize,
 }
 
 /// `connect_timeout` of a `source.url` with several hosts that sets none.
@@ -110,6 +114,9 @@ fn default_memory_limit_mb() -> usize {
 }
 fn default_snapshot_workers() -> usize {
     4
+}
+fn default_backfill_chunk_rows() -> usize {
+    10_000
 }
 fn default_status_interval() -> u64 {
     10
@@ -542,6 +549,12 @@ impl Config {
             return Err(semantic(format!(
                 "source.snapshot_workers = {} is out of range 1-64",
                 config.source.snapshot_workers
+            )));
+        }
+        if config.source.backfill_chunk_rows == 0 || config.source.backfill_chunk_rows > 1_000_000 {
+            return Err(semantic(format!(
+                "source.backfill_chunk_rows = {} is out of range 1-1000000",
+                config.source.backfill_chunk_rows
             )));
         }
         if config.source.status_interval_secs == 0 {

@@ -196,6 +196,11 @@ pub enum Event {
         prefix: String,
         content: Bytes,
     },
+    /// Rows of a backfill chunk (see [`BackfillChunk`]), inside the
+    /// transaction of its high watermark. Sinks that do not take chunks
+    /// whole ([`crate::sink::Sink::takes_backfill`]) get its rows as
+    /// inserts instead.
+    Backfill(Arc<super::chunk::BackfillChunk>),
     /// `end_lsn` is the position to confirm once this transaction is durable.
     Commit {
         meta: TxnMeta,

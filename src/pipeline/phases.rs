@@ -287,6 +287,11 @@ pub async fn plan_copies(
         routes[i].table_start = plan.copied;
         missing[i] = plan.missing;
     }
+    // Tables added to the publication while an earlier run streamed are
+    // copied live (see `backfill`), not by the initial copy.
+    super::backfill::adjust_plan(config, &mut routes, &mut missing)
+        .await
+        .map_err(initial::CopyError::from)?;
     Ok(Planned { routes, missing })
 }
 

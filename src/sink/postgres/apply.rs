@@ -44,6 +44,7 @@ use crate::source::ConnInfo;
 use crate::Lsn;
 use statements::{PendingStmt, Sent};
 
+mod backfill;
 mod statements;
 
 /// Rows per COPY statement.

@@ -607,6 +607,14 @@ impl<'a> Dispatcher<'a> {
                 }
                 self.batch.rows += 1;
             }
+            Event::Backfill(chunk) => {
+                if self.all_skip {
+                    return Ok(());
+                }
+                self.known
+                    .insert(chunk.relation.rel_id, chunk.relation.clone());
+                self.batch.rows += chunk.rows.len().max(1);
+            }
             _ => return Ok(()),
         }
         self.push(0, ev).await
@@ -630,7 +638,7 @@ impl<'a> Dispatcher<'a> {
             Event::Begin(meta) => return self.begin(meta.commit_lsn).await,
             Event::Commit { .. } | Event::Message { .. } => return Ok(()),
             Event::Relation(rel) => self.known.get(&rel.rel_id).is_none_or(|k| **k != **rel),
-            Event::Truncate { .. } => true,
+            Event::Truncate { .. } | Event::Backfill(_) => true,
             Event::Change(ch) => {
                 key_change(ch)
                     || self
