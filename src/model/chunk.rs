@@ -16,12 +16,17 @@ pub struct BackfillChunk {
     /// The chunk's number within its request, from 1.
     pub seq: u64,
     pub relation: Arc<RelationSchema>,
-    /// The rows, as inserts of `relation`, in key order; rows whose key
-    /// changed in the stream while the chunk was read are left out (the
-    /// streamed value stands).
+    /// The rows, as inserts of `relation`: as read, in key order, then
+    /// those of keys changed in the stream while the chunk was read, with
+    /// their last streamed state (see `refresh`).
     pub rows: Vec<Change>,
     /// The sinks the chunk is for, by name.
     pub sinks: Vec<String>,
+    /// Keys whose rows are removed as well before the rows are inserted
+    /// (keys changed in the stream while the chunk was read: their rows
+    /// in `rows` carry the last streamed state, and one deleted there has
+    /// none), as in [`Replace`].
+    pub refresh: Vec<Vec<String>>,
     pub replace: Replace,
 }
 
@@ -37,8 +42,9 @@ pub enum Replace {
     /// Every row whose key lies after `after` (none: from the first) up to
     /// and including `upto` (none: to the last), and that matches `filter`
     /// when given, except the rows with a key in `keep` (changed in the
-    /// stream while the chunk was read): the chunk's range becomes exactly
-    /// the source's.
+    /// stream while the chunk was read, whose last state the stream did
+    /// not carry whole: they stay as the stream left them): the chunk's
+    /// range becomes exactly the source's.
     Range {
         key: Vec<usize>,
         after: Option<Vec<String>>,

@@ -419,6 +419,7 @@ impl<'a> Engine<'a> {
                 relation: job.rel.clone(),
                 rows,
                 sinks: job.sinks.to_vec(),
+                refresh: Vec::new(),
                 replace,
             });
             let high = reader.mark("high", job.req.id, seq).await;

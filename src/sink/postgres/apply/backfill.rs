@@ -90,15 +90,17 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             and_filter(filter)
         )),
         Replace::Keys { key } => {
-            if chunk.rows.is_empty() || key.is_empty() {
-                return None;
-            }
-            let keys: Vec<String> = chunk
+            let keys: std::collections::BTreeSet<Vec<String>> = chunk
                 .rows
                 .iter()
                 .filter_map(|c| c.new.as_ref())
-                .map(|r| values(&crate::pipeline::backfill::key_text(&r.0, key), types))
+                .map(|r| crate::pipeline::backfill::key_text(&r.0, key))
+                .chain(chunk.refresh.iter().cloned())
                 .collect();
+            if keys.is_empty() || key.is_empty() {
+                return None;
+            }
+            let keys: Vec<String> = keys.iter().map(|k| values(k, types)).collect();
             Some(format!(
                 "DELETE FROM {table} WHERE {} IN (VALUES {})",
                 columns(rel, key),
@@ -124,6 +126,13 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             if !keep.is_empty() {
                 let k: Vec<String> = keep.iter().map(|k| values(k, types)).collect();
                 sql.push_str(&format!(" AND {cols} NOT IN (VALUES {})", k.join(", ")));
+            }
+            if !chunk.refresh.is_empty() {
+                let k: Vec<String> = chunk.refresh.iter().map(|k| values(k, types)).collect();
+                sql.push_str(&format!(
+                    "; DELETE FROM {table} WHERE {cols} IN (VALUES {})",
+                    k.join(", ")
+                ));
             }
             Some(sql)
         }
@@ -199,6 +208,7 @@ mod tests {
                 .collect(),
             relation: rel,
             sinks: vec![],
+            refresh: vec![],
             replace,
         }
     }
