@@ -497,7 +497,7 @@ fn where_scopes() {
         "out of scope: left as it was"
     );
     assert_eq!(
-        outside(&dst, "id % 10 = 1"),
+        outside(&dst, "id % 10 = 1 AND id <= 5000"),
         "0",
         "out of scope: still missing"
     );

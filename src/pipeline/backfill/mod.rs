@@ -525,3 +525,48 @@ pub async fn adjust_plan(
     }
     Ok(())
 }
+
+/// `status` lines for the pipeline's backfill requests that are not done,
+/// and the last few that are (none without `pgbridge.backfill`).
+pub async fn status_lines(config: &Config) -> Vec<String> {
+    let info = &config.source.url.info;
+    let read = async {
+        let c = crate::pg::connect(info).await?;
+        if !request::exists(&c, &info.user).await? {
+            return Ok(Vec::new());
+        }
+        let all = request::list(
+            &c,
+            &info.user,
+            &config.source.slot,
+            &["pending", "running", "failed", "done"],
+        )
+        .await?;
+        Ok::<_, CopyReadError>(all)
+    };
+    match read.await {
+        Ok(all) => {
+            let n = all.len();
+            all.into_iter()
+                .enumerate()
+                .filter(|(i, r)| r.state == "pending" || r.state == "running" || i + 5 >= n)
+                .map(|(_, r)| {
+                    let mut line = format!(
+                        "backfill {} (request {}, {}): {}, {} chunks, {} rows",
+                        r.table,
+                        r.id,
+                        r.kind.as_str(),
+                        r.state,
+                        r.chunks,
+                        r.rows
+                    );
+                    if let Some(e) = r.error {
+                        line.push_str(&format!(": {e}"));
+                    }
+                    line
+                })
+                .collect()
+        }
+        Err(e) => vec![format!("backfills: unknown ({e})")],
+    }
+}
