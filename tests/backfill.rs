@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::harness::bridge::{wait_for, wait_for_run, wait_streaming, write_single, Run};
+use crate::harness::bridge::{
+    http_get, sample, wait_for, wait_for_run, wait_streaming, write_single, Run,
+};
 use crate::harness::config::Config;
 use crate::harness::{fresh_db, psql, url};
 use crate::trial;
@@ -440,6 +442,7 @@ fn where_scopes() {
         .key("backfill_chunk_rows", 700)
         .postgres_sink("d", &url(port, &dst))
         .key("create_tables", true)
+        .key("apply_workers", 2)
         .write(&config)
         .expect("config");
     let run = Run::spawn(&config, &log);
@@ -523,13 +526,14 @@ fn keyless_table_added_live() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
+    let http = pgbridge::cluster::free_port();
     write_single(
         &config,
         &url(port, &src),
         "bf_nokey",
         "initial",
         &url(port, &dst),
-        "create_tables = true\n",
+        &format!("create_tables = true\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
     );
     let run = Run::spawn(&config, &log);
     wait_streaming("bf_nokey");
@@ -547,6 +551,25 @@ fn keyless_table_added_live() {
     seconds(1);
     load.finish();
     caught_up(&src, "bf_nokey", &log);
+    let (code, metrics) = http_get(http, "/metrics");
+    assert_eq!(code, 200);
+    let label = "pgbridge_backfill_rows_total{pipeline=\"bf_nokey\",table=\"public.nokey\"}";
+    assert!(sample(&metrics, label) >= 1.0, "{metrics}");
+    let (_, status) = http_get(http, "/status");
+    assert!(
+        status.contains("\"backfills\"") && status.contains("public.nokey"),
+        "{status}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("pgbridge status");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("backfill public.nokey (request 1, add): done, 1 chunks"),
+        "{printed}"
+    );
     assert_eq!(
         contents(&dst, "nokey"),
         contents(&src, "nokey"),

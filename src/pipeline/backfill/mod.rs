@@ -354,44 +354,7 @@ impl<'a> Engine<'a> {
             let seq = job.seq + 1;
             self.window
                 .register(job.req.id, seq, job.spec.oid, job.key.to_vec());
-            if keyless {
-                reader.lock(job.spec).await?;
-            }
-            let low = reader.mark("low", job.req.id, seq).await;
-            let rows = match low {
-                Ok(low) => {
-                    let r = async {
-                        if !keyless {
-                            reader.wait_running().await?;
-                        }
-                        let mut rows = reader
-                            .read(
-                                job.spec,
-                                job.rel,
-                                job.key,
-                                job.after.as_deref(),
-                                job.req.filter.as_deref(),
-                                if keyless { 0 } else { limit },
-                            )
-                            .await?;
-                        for r in &mut rows {
-                            r.lsn = low;
-                        }
-                        Ok::<_, CopyReadError>(rows)
-                    }
-                    .await;
-                    if r.is_err() && keyless {
-                        reader.unlock().await;
-                    }
-                    r?
-                }
-                Err(e) => {
-                    if keyless {
-                        reader.unlock().await;
-                    }
-                    return Err(e.into());
-                }
-            };
+            let rows = read_between(reader, job, seq, limit).await?;
             let n = rows.len();
             let last = rows
                 .last()
@@ -464,6 +427,48 @@ impl<'a> Engine<'a> {
             return Ok(done);
         }
     }
+}
+
+/// Writes the low watermark of chunk `seq` and reads the chunk (a table
+/// without a key under its lock, which stays held for the high
+/// watermark unless this fails).
+async fn read_between(
+    reader: &read::Reader,
+    job: &Job<'_>,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<crate::model::Change>, CopyReadError> {
+    let keyless = job.key.is_empty();
+    if keyless {
+        reader.lock(job.spec).await?;
+    }
+    let r = async {
+        let low = reader.mark("low", job.req.id, seq).await?;
+        if !keyless {
+            reader.wait_running().await?;
+        }
+        let limit = if keyless { 0 } else { limit };
+        let filter = job.req.filter.as_deref();
+        let mut rows = reader
+            .read(
+                job.spec,
+                job.rel,
+                job.key,
+                job.after.as_deref(),
+                filter,
+                limit,
+            )
+            .await?;
+        for r in &mut rows {
+            r.lsn = low;
+        }
+        Ok(rows)
+    }
+    .await;
+    if r.is_err() && keyless {
+        reader.unlock().await;
+    }
+    r
 }
 
 /// A request being done.

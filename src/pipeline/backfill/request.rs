@@ -70,7 +70,21 @@ fn db(what: &str, user: &str, e: tokio_postgres::Error) -> CopyReadError {
 }
 
 pub async fn setup(c: &Client, user: &str) -> Result<(), CopyReadError> {
-    c.batch_execute(SETUP).await.map_err(|e| {
+    // Only what is missing: CREATE ... IF NOT EXISTS on an existing schema
+    // still asks for CREATE on the database.
+    if exists(c, user).await? {
+        return Ok(());
+    }
+    let schema: bool = c
+        .query_one("SELECT to_regnamespace('pgbridge') IS NOT NULL", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| db("looking for schema pgbridge on the source", user, e))?;
+    let sql = match schema {
+        true => SETUP.trim_start_matches("CREATE SCHEMA IF NOT EXISTS pgbridge;"),
+        false => SETUP,
+    };
+    c.batch_execute(sql).await.map_err(|e| {
         db(
             "creating pgbridge.backfill on the source (needs CREATE on the database, or a schema pgbridge the user may create in)",
             user,
