@@ -40,6 +40,11 @@ pub async fn backfill(config: &Config, opts: Options) -> Result<(), String> {
     } else {
         format!("public.{}", opts.table)
     };
+    if table == "pgbridge.backfill" {
+        return Err(
+            "pgbridge.backfill is pgbridge's own request table: it is not replicated".into(),
+        );
+    }
     let tables = published::published_tables(info, &src.publications)
         .await
         .map_err(err)?;

@@ -241,6 +241,20 @@ fn live_add_under_load() {
     assert!(!text.contains("retrying"), "no restart expected:\n{text}");
     eprintln!("live add of 200000 rows under load ({ops} writes): {took:?}");
     drop(run);
+    // The same table's initial copy (copy-only, into a third database),
+    // for comparison: the log says how long each took.
+    let (_, again) = fresh_db("bf_add_copy");
+    let (config2, log2) = (dir.path().join("copy.toml"), dir.path().join("copy.log"));
+    Config::source(&url(port, &src), "bf_add_copy", &["p"])
+        .key("snapshot", "\"initial_only\"")
+        .postgres_sink("d", &url(port, &again))
+        .key("create_tables", true)
+        .write(&config2)
+        .expect("config");
+    let t1 = Instant::now();
+    assert!(crate::harness::bridge::run_to_exit(&config2, &log2));
+    eprintln!("initial copy of the same table: {:?}", t1.elapsed());
+    assert_eq!(contents(&again, "big"), contents(&src, "big"));
 }
 
 /// (1) for a Kafka sink on tansu: every key's last event equals the

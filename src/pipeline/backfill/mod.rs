@@ -194,7 +194,7 @@ impl<'a> Engine<'a> {
         self.published = Some(now);
         let user = &src.url.info.user;
         let mut active: Option<Vec<Request>> = None;
-        for t in &tables {
+        for t in tables.iter().filter(|t| !is_own(t)) {
             let name = t.qualified_name();
             let missing: Vec<String> = self
                 .sinks
@@ -471,6 +471,12 @@ async fn read_between(
     r
 }
 
+/// pgbridge's request table on the source (published by a publication
+/// FOR ALL TABLES): never copied to the sinks.
+fn is_own(t: &TableSpec) -> bool {
+    t.schema == "pgbridge" && t.name == "backfill"
+}
+
 /// A request being done.
 struct Job<'r> {
     req: &'r Request,
@@ -495,6 +501,9 @@ pub async fn adjust_plan(
     routes: &mut [Route],
     missing: &mut [Vec<TableSpec>],
 ) -> Result<(), CopyReadError> {
+    for m in missing.iter_mut() {
+        m.retain(|t| !is_own(t));
+    }
     let info = &config.source.url.info;
     let c = crate::pg::connect(info).await?;
     if !request::exists(&c, &info.user).await? {
