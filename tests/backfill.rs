@@ -485,16 +485,27 @@ fn where_scopes() {
         spawn_backfill(
             &config,
             &out,
-            &["--table", "t", "--where", "id <= 2500 OR id > 7000"],
+            &[
+                "--table",
+                "t",
+                "--where",
+                "id <= 2500 OR id > 7000",
+                "--no-wait",
+            ],
         ),
-        120,
-        "backfill --where",
+        30,
+        "backfill --where --no-wait",
     );
-    assert!(
-        ok.success(),
-        "{}",
-        std::fs::read_to_string(&out).unwrap_or_default()
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(ok.success(), "{printed}");
+    assert_eq!(
+        printed.trim(),
+        "backfill public.t: request 1 taken",
+        "returns once taken"
     );
+    wait_for_run("the backfill", 120, &log, || {
+        request(&src, "id = 1").starts_with("done")
+    });
     caught_up(&src, "bf_where", &log);
     let scope = "(id <= 2500 OR id > 7000)";
     assert_eq!(
