@@ -601,6 +601,24 @@ fn keyless_table_added_live() {
         "log:\n{}",
         log_text(&log)
     );
+    // A restart does not copy the table again, and no second request is
+    // made for it.
+    assert!(run.stop().success());
+    let run = Run::spawn(&config, &log);
+    wait_streaming("bf_nokey");
+    psql(&src, "INSERT INTO nokey VALUES (-1, 'after the restart')");
+    caught_up(&src, "bf_nokey", &log);
+    seconds(1);
+    let text = log_text(&log);
+    assert_eq!(text.matches("initial copy started").count(), 1, "{text}");
+    assert_eq!(
+        psql(
+            &src,
+            "SELECT count(*) FROM pgbridge.backfill WHERE table_name = 'public.nokey'"
+        ),
+        "1"
+    );
+    assert_eq!(contents(&dst, "nokey"), contents(&src, "nokey"));
     drop(run);
 }
 

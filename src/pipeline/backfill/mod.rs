@@ -496,8 +496,14 @@ struct Job<'r> {
 /// into a sink is complete counts as copied (at its last chunk's
 /// position), one whose live copy is under way is left to it (it resumes
 /// after its last chunk). Without `pgbridge.backfill` nothing changes.
+///
+/// With a `fresh` slot (created by this attempt, after `pgbridge resync`
+/// say, or none: a copy-only run) the live adds belonged to a stream that
+/// is gone: they count for nothing and are marked `superseded`; the
+/// initial copy copies those tables.
 pub async fn adjust_plan(
     config: &Config,
+    fresh: bool,
     routes: &mut [Route],
     missing: &mut [Vec<TableSpec>],
 ) -> Result<(), CopyReadError> {
@@ -507,6 +513,10 @@ pub async fn adjust_plan(
     let info = &config.source.url.info;
     let c = crate::pg::connect(info).await?;
     if !request::exists(&c, &info.user).await? {
+        return Ok(());
+    }
+    if fresh {
+        request::supersede_adds(&c, &info.user, &config.source.slot).await?;
         return Ok(());
     }
     let adds: Vec<Request> = request::list(

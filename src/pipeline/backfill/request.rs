@@ -259,3 +259,16 @@ pub async fn retire(c: &Client, user: &str, slot: &str, table: &str) -> Result<(
     .map_err(|e| db("updating pgbridge.backfill", user, e))?;
     Ok(())
 }
+
+/// The slot was created anew: the live adds of the old one count for
+/// nothing (see `adjust_plan`).
+pub async fn supersede_adds(c: &Client, user: &str, slot: &str) -> Result<(), CopyReadError> {
+    c.execute(
+        "UPDATE pgbridge.backfill SET state = 'superseded', finished_at = coalesce(finished_at, now()) \
+         WHERE slot = $1 AND kind = 'add' AND state IN ('pending', 'running', 'done')",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| db("updating pgbridge.backfill", user, e))?;
+    Ok(())
+}
