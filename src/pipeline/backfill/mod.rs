@@ -317,19 +317,14 @@ impl<'a> Engine<'a> {
             after: req.last_key.clone(),
             seq: req.chunks as u64,
             rows: req.rows as u64,
+            recorded: (req.chunks as u64, req.rows as u64),
+            sent: Default::default(),
         };
         tracing::info!(request = req.id, table = %req.table, kind = req.kind.as_str(), sinks = %sinks.join(","),
             resume_after = ?job.after, chunks_done = job.seq, "backfill started");
-        loop {
-            self.stats
-                .backfill_progress(&req.table, "running", job.seq, job.rows);
-            let done = self.chunk(reader, &mut job, tracker).await?;
-            if done {
-                break;
-            }
-        }
         self.stats
-            .backfill_progress(&req.table, "done", job.seq, job.rows);
+            .backfill_progress(&req.table, "running", job.seq, job.rows);
+        while !self.chunk(reader, &mut job, tracker).await? {}
         if req.kind == Kind::Add {
             for s in self.sinks.iter_mut().filter(|s| sinks.contains(&s.name)) {
                 s.holds.insert(spec.oid);
@@ -404,26 +399,18 @@ impl<'a> Engine<'a> {
                 }
                 window::Outcome::Delivered(end) => end,
             };
-            while tracker.confirmed() < end {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let user = &self.config.source.url.info.user;
-            request::chunk_done(
-                &reader.marks,
-                user,
-                job.req.id,
-                last.as_deref(),
-                n as i64,
-                end,
-                done,
-            )
-            .await?;
             job.seq = seq;
             job.rows += n as u64;
+            job.sent.push_back(Sent {
+                end,
+                last: last.clone(),
+                rows: n,
+                done,
+            });
             if let Some(l) = last {
                 job.after = Some(l);
             }
-            tracing::debug!(request = job.req.id, table = %job.req.table, chunk = seq, rows = n, lsn = %end, "backfill chunk confirmed");
+            self.record(reader, job, tracker, done).await?;
             return Ok(done);
         }
     }
@@ -477,6 +464,63 @@ fn is_own(t: &TableSpec) -> bool {
     t.schema == "pgbridge" && t.name == "backfill"
 }
 
+/// Chunks delivered (the stream passed their high watermark) before the
+/// slot is confirmed past them: the next chunk is read meanwhile.
+const UNCONFIRMED_CHUNKS: usize = 4;
+
+/// A chunk delivered and not recorded yet.
+struct Sent {
+    /// Its position: recorded once the slot is confirmed up to it.
+    end: Lsn,
+    last: Option<Vec<String>>,
+    rows: usize,
+    done: bool,
+}
+
+impl Engine<'_> {
+    /// Records the delivered chunks that every sink holds (the slot is
+    /// confirmed past them), in order; waits while [`UNCONFIRMED_CHUNKS`]
+    /// are outstanding, or for all of them with `all`.
+    async fn record(
+        &self,
+        reader: &read::Reader,
+        job: &mut Job<'_>,
+        tracker: &Tracker,
+        all: bool,
+    ) -> Result<(), CopyReadError> {
+        let user = &self.config.source.url.info.user;
+        while let Some(front) = job.sent.front() {
+            if tracker.confirmed() < front.end {
+                if !all && job.sent.len() < UNCONFIRMED_CHUNKS {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let rows = front.rows as i64;
+            request::chunk_done(
+                &reader.marks,
+                user,
+                job.req.id,
+                front.last.as_deref(),
+                rows,
+                front.end,
+                front.done,
+            )
+            .await?;
+            job.recorded.0 += 1;
+            job.recorded.1 += front.rows as u64;
+            let state = if front.done { "done" } else { "running" };
+            self.stats
+                .backfill_progress(&job.req.table, state, job.recorded.0, job.recorded.1);
+            tracing::debug!(request = job.req.id, table = %job.req.table, chunk = job.recorded.0,
+                rows = front.rows, lsn = %front.end, "backfill chunk confirmed");
+            job.sent.pop_front();
+        }
+        Ok(())
+    }
+}
+
 /// A request being done.
 struct Job<'r> {
     req: &'r Request,
@@ -487,9 +531,12 @@ struct Job<'r> {
     sinks: &'r [String],
     /// The last key of the last confirmed chunk.
     after: Option<Vec<String>>,
-    /// Chunks confirmed.
+    /// Chunks and rows delivered.
     seq: u64,
     rows: u64,
+    /// Chunks and rows recorded (every sink holds them).
+    recorded: (u64, u64),
+    sent: std::collections::VecDeque<Sent>,
 }
 
 /// Adjusts the initial copy's plan for live adds: a table whose live copy
