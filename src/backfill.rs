@@ -84,6 +84,9 @@ pub async fn backfill(config: &Config, opts: Options) -> Result<(), String> {
             )
         })?;
     }
+    if let Some(f) = &opts.filter {
+        check_on_targets(config, &table, &opts.sinks, f).await?;
+    }
     request::setup(&c, &info.user).await.map_err(err)?;
     let id = request::insert(
         &mut c,
@@ -101,6 +104,43 @@ pub async fn backfill(config: &Config, opts: Options) -> Result<(), String> {
         return Ok(());
     }
     follow(config, &table, id).await
+}
+
+/// `--where` on each Postgres sink's table (the backfill removes the
+/// target rows that match it): a condition the target cannot run would
+/// stop the pipeline in the middle of the backfill.
+async fn check_on_targets(
+    config: &Config,
+    table: &str,
+    sinks: &[String],
+    filter: &str,
+) -> Result<(), String> {
+    let name = match table.split_once('.') {
+        Some((s, t)) => crate::pg::qualified(s, t),
+        None => crate::pg::ident(table),
+    };
+    for s in &config.sinks {
+        let crate::config::SinkConfig::Postgres(p) = s else {
+            continue;
+        };
+        if !s.tables().contains(table) || (!sinks.is_empty() && !sinks.contains(&p.name)) {
+            continue;
+        }
+        let c = crate::pg::connect(&p.url.info)
+            .await
+            .map_err(|e| format!("sink {}: {e}", p.name))?;
+        c.batch_execute(&format!("EXPLAIN SELECT 1 FROM {name} WHERE ({filter})"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "--where {filter:?} is not a condition on sink {}'s table {table}: {}",
+                    p.name,
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string())
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Prints a line each time the request moves, until it ends.

@@ -663,5 +663,23 @@ fn table_left_publication() {
     assert_eq!(psql(&dst, "SELECT count(*) FROM a"), "101");
     seconds(11);
     assert_eq!(log_text(&log).matches(line).count(), 1, "said once");
+    // A request made while no pipeline runs is taken when one starts;
+    // one that cannot be done makes `backfill` say why and exit 1.
+    assert!(run.stop().success());
+    let out = dir.path().join("backfill.out");
+    let cmd = spawn_backfill(&config, &out, &["--table", "a"]);
+    wait_for("the request", 30, || {
+        request(&src, "table_name = 'public.a'").starts_with("pending")
+    });
+    psql(&src, "ALTER PUBLICATION p DROP TABLE a");
+    let run = Run::spawn(&config, &log);
+    let status = wait_child(cmd, 120, "pgbridge backfill of a table that left");
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("backfill public.a failed: table public.a is not in publication p"),
+        "{printed}"
+    );
+    assert!(request(&src, "table_name = 'public.a'").starts_with("failed"));
     drop(run);
 }
