@@ -244,5 +244,6 @@ pub async fn status(config: &Config) -> Result<Vec<String>, String> {
             }
         }
     }
+    lines.extend(crate::pipeline::backfill::status_lines(config).await);
     Ok(lines)
 }

@@ -102,6 +102,10 @@ pub struct SourceConfig {
     /// [`ddl`](crate::source::ddl)); `run` installs it when missing.
     #[serde(default)]
     pub capture_ddl: bool,
+    /// Rows per chunk of a backfill (`pgbridge backfill`, and tables added
+    /// to a publication while the pipeline runs).
+    #[serde(default = "default_backfill_chunk_rows")]
+    pub backfill_chunk_rows: usize,
 }
 
 /// `connect_timeout` of a `source.url` with several hosts that sets none.
@@ -114,6 +118,9 @@ fn default_memory_limit_mb() -> usize {
 }
 fn default_snapshot_workers() -> usize {
     4
+}
+fn default_backfill_chunk_rows() -> usize {
+    10_000
 }
 fn default_status_interval() -> u64 {
     10
@@ -557,39 +564,18 @@ impl Config {
                 config.source.snapshot_workers
             )));
         }
+        if config.source.backfill_chunk_rows == 0 || config.source.backfill_chunk_rows > 1_000_000 {
+            return Err(semantic(format!(
+                "source.backfill_chunk_rows = {} is out of range 1-1000000",
+                config.source.backfill_chunk_rows
+            )));
+        }
         if config.source.status_interval_secs == 0 {
             return Err(semantic(
                 "source.status_interval_secs must be at least 1".into(),
             ));
         }
-        for s in &config.sinks {
-            if let SinkConfig::Kafka(k) = s {
-                k.validate()
-                    .map_err(|m| semantic(format!("sink {:?}: {m}", k.name)))?;
-            }
-            if let SinkConfig::Postgres(p) = s {
-                if p.schema == crate::sink::postgres::SchemaMode::Copy
-                    && p.create_tables_key == Some(false)
-                {
-                    return Err(semantic(format!(
-                        "sink {:?}: schema = \"copy\" creates missing tables and adds columns that appear on the source, which create_tables = false forbids; remove create_tables (schema = \"copy\" implies it) or set schema = \"none\"",
-                        p.name
-                    )));
-                }
-                if p.apply_workers == 0 || p.apply_workers > 64 {
-                    return Err(semantic(format!(
-                        "sink {:?}: apply_workers = {} is out of range 1-64",
-                        p.name, p.apply_workers
-                    )));
-                }
-            }
-        }
-        for s in config.sinks.iter_mut() {
-            if let SinkConfig::Postgres(p) = s {
-                p.create_tables = p.create_tables_key.unwrap_or(false)
-                    || p.schema == crate::sink::postgres::SchemaMode::Copy;
-            }
-        }
+        validate_sinks(&mut config.sinks).map_err(semantic)?;
         // A replication slot and the pipeline lock live on the primary:
         // with several source hosts pgbridge looks for the primary unless
         // told read-write (which libpq treats the same for a standby).
@@ -657,6 +643,40 @@ impl Config {
             self.resync_command()
         )
     }
+}
+
+/// The sinks' own settings in range and consistent; `create_tables` set
+/// from the key and `schema` (`schema = "copy"` implies it).
+fn validate_sinks(sinks: &mut [SinkConfig]) -> Result<(), String> {
+    for s in sinks.iter() {
+        if let SinkConfig::Kafka(k) = s {
+            k.validate()
+                .map_err(|m| format!("sink {:?}: {m}", k.name))?;
+        }
+        if let SinkConfig::Postgres(p) = s {
+            if p.schema == crate::sink::postgres::SchemaMode::Copy
+                && p.create_tables_key == Some(false)
+            {
+                return Err(format!(
+                    "sink {:?}: schema = \"copy\" creates missing tables and adds columns that appear on the source, which create_tables = false forbids; remove create_tables (schema = \"copy\" implies it) or set schema = \"none\"",
+                    p.name
+                ));
+            }
+            if p.apply_workers == 0 || p.apply_workers > 64 {
+                return Err(format!(
+                    "sink {:?}: apply_workers = {} is out of range 1-64",
+                    p.name, p.apply_workers
+                ));
+            }
+        }
+    }
+    for s in sinks.iter_mut() {
+        if let SinkConfig::Postgres(p) = s {
+            p.create_tables = p.create_tables_key.unwrap_or(false)
+                || p.schema == crate::sink::postgres::SchemaMode::Copy;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

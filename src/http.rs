@@ -203,10 +203,52 @@ pub fn metrics(stats: &Stats) -> String {
     let mut out = String::new();
     pipeline_metrics(&s, &p, &mut out);
     sink_metrics(&s, &p, &mut out);
+    backfill_metrics(&s, &p, &mut out);
     if let Some(h) = &s.source {
         crate::source::health::metrics(h, &p, &mut out);
     }
     out
+}
+
+/// Per table backfill progress (see `pipeline::backfill`).
+fn backfill_metrics(s: &Snapshot, p: &str, out: &mut String) {
+    if s.backfills.is_empty() {
+        return;
+    }
+    let per = |f: &dyn Fn(&crate::pipeline::stats::BackfillProgress) -> f64| -> Vec<(String, f64)> {
+        s.backfills
+            .iter()
+            .map(|b| (format!("{p},table=\"{}\"", label(&b.table)), f(b)))
+            .collect()
+    };
+    write_metric(
+        out,
+        "pgbridge_backfill_chunks_total",
+        "counter",
+        "chunks of the table's latest backfill that every sink holds",
+        &per(&|b| b.chunks as f64),
+    );
+    write_metric(
+        out,
+        "pgbridge_backfill_rows_total",
+        "counter",
+        "rows of the table's latest backfill that every sink holds",
+        &per(&|b| b.rows as f64),
+    );
+    write_metric(
+        out,
+        "pgbridge_backfill_running",
+        "gauge",
+        "1 while the table's backfill runs, 0 when done or failed",
+        &per(&|b| f64::from(u8::from(b.state == "running"))),
+    );
+    write_metric(
+        out,
+        "pgbridge_backfill_failed",
+        "gauge",
+        "1 when the table's latest backfill failed",
+        &per(&|b| f64::from(u8::from(b.state == "failed"))),
+    );
 }
 
 /// One metric: its HELP and TYPE lines, then one line per sample (labels,

@@ -4,6 +4,7 @@
 //! Kafka event format, delivery guarantee) and the module map; each
 //! module's doc comment says what it owns.
 
+pub mod backfill;
 pub mod check;
 pub mod cluster;
 pub mod config;

@@ -151,6 +151,41 @@ A minimal config:
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copy one table (or a part of it) again into the running pipeline's
+    /// sinks without stopping the stream.
+    ///
+    /// Writes a request into pgbridge.backfill on the source (created
+    /// when missing), which the running `pgbridge run` takes at once (or
+    /// when it next starts). The pipeline reads the table in chunks in key
+    /// order between watermarks, so a row changed meanwhile ends with its
+    /// streamed value; a Postgres sink's table ends as the source's (rows
+    /// the source does not have are removed in the backfilled range), a
+    /// Kafka sink gets read events ("r"). Prints progress and exits 0 once
+    /// every sink has it (across restarts of the pipeline), 1 when the
+    /// request failed.
+    #[command(after_help = "Examples:
+  pgbridge backfill --config pgbridge.toml --table public.orders
+  pgbridge backfill --config pgbridge.toml --table public.orders --sink analytics \\
+      --where \"created_at > now() - interval '1 day'\" --no-wait")]
+    Backfill {
+        /// The pipeline's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The table, `schema.table` (`table` alone: in `public`).
+        #[arg(long)]
+        table: String,
+        /// Only into this sink (repeatable; default: every sink that
+        /// selects the table).
+        #[arg(long = "sink")]
+        sinks: Vec<String>,
+        /// Only the rows matching this SQL condition on the table (on a
+        /// Postgres sink, only target rows matching it are removed).
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Return once the request is taken, without following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Slot and sink positions and lag of a config file's pipeline.
     ///
     /// Prints the slot's confirmed position, its lag behind the source's
@@ -399,6 +434,22 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 }
                 Err(format!("{} problem(s) found", problems.len()))
             }
+        }
+        Command::Backfill {
+            config,
+            table,
+            sinks,
+            filter,
+            no_wait,
+        } => {
+            let config = load(&config)?;
+            let opts = pgbridge::backfill::Options {
+                table,
+                sinks,
+                filter,
+                wait: !no_wait,
+            };
+            pgbridge::backfill::backfill(&config, opts).await
         }
         Command::Status { config } => {
             let config = load(&config)?;

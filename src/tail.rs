@@ -293,7 +293,8 @@ fn handle<W: Write>(
     pending_output: &mut bool,
 ) -> Result<(), TailError> {
     match ev {
-        Event::Begin(_) | Event::Relation(_) => {}
+        // Backfill chunks come from a running pipeline only.
+        Event::Begin(_) | Event::Relation(_) | Event::Backfill(_) => {}
         Event::Change(c) => {
             if let Some(meta) = builder.current() {
                 let before = c

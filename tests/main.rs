@@ -1,6 +1,7 @@
 //! All integration tests in one binary (built once), against real PostgreSQL
 //! clusters started from the local binaries. See tests/harness.rs.
 
+mod backfill;
 mod cli;
 mod custom_sink;
 mod ddl;
@@ -31,6 +32,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(cli::trials());
+    trials.extend(backfill::trials());
     trials.extend(source::trials());
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());

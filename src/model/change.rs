@@ -205,6 +205,11 @@ pub enum Event {
         lsn: Lsn,
         ddl: Arc<crate::source::ddl::DdlMessage>,
     },
+    /// Rows of a backfill chunk (see [`BackfillChunk`]), inside the
+    /// transaction of its high watermark. Sinks that do not take chunks
+    /// whole ([`crate::sink::Sink::takes_backfill`]) get its rows as
+    /// inserts instead.
+    Backfill(Arc<super::chunk::BackfillChunk>),
     /// `end_lsn` is the position to confirm once this transaction is durable.
     Commit {
         meta: TxnMeta,

@@ -7,6 +7,7 @@
 mod array;
 pub mod assemble;
 pub mod change;
+pub mod chunk;
 mod datetime;
 pub mod json;
 mod numeric;
@@ -20,6 +21,7 @@ pub use change::{
     BuildError, Change, ColumnSchema, Event, EventBuilder, Op, RelationSchema, TxnMeta,
     TypeRegistry,
 };
+pub use chunk::{BackfillChunk, Replace};
 pub use json::{JsonOptions, JsonRepr, NumericMode, RenderError, TemporalMode};
 pub use types::{Builtin, TypeInfo, TypeKind};
 pub use value::{

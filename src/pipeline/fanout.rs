@@ -118,6 +118,8 @@ struct Out {
     bytes: Arc<QueueBytes>,
     /// The current transaction is skipped for this sink.
     skipping: bool,
+    /// The sink takes backfill chunks whole (see [`Fanout::whole_chunks`]).
+    whole_chunks: bool,
 }
 
 /// Why dispatching stopped: a sink's queue is closed (the sink stopped; its
@@ -160,6 +162,7 @@ impl Fanout {
                     queue,
                     bytes,
                     skipping: false,
+                    whole_chunks: false,
                 })
                 .collect(),
             issuer,
@@ -179,6 +182,40 @@ impl Fanout {
     pub fn with_ddl_capture(mut self, published: Option<HashSet<RelId>>) -> Self {
         self.capture_ddl = published;
         self
+    }
+
+    /// Which sinks take a backfill chunk as one event
+    /// ([`Sink::takes_backfill`](crate::sink::Sink::takes_backfill)), in
+    /// the order of the routes; the others get its rows as inserts.
+    pub fn whole_chunks(&mut self, flags: &[bool]) {
+        for (o, f) in self.outs.iter_mut().zip(flags) {
+            o.whole_chunks = *f;
+        }
+    }
+
+    /// A backfill chunk to the sinks it is for that select its table.
+    async fn chunk(&mut self, chunk: Arc<crate::model::BackfillChunk>) -> Result<(), SinkGone> {
+        let whole = Arc::new(Event::Backfill(chunk.clone()));
+        for i in 0..self.outs.len() {
+            let o = &self.outs[i];
+            if o.skipping
+                || !chunk.sinks.contains(&o.route.sink)
+                || !o.route.selects(&chunk.relation)
+            {
+                continue;
+            }
+            if o.whole_chunks {
+                self.send(i, SinkItem::Event(whole.clone())).await?;
+                continue;
+            }
+            let rel = Arc::new(Event::Relation(chunk.relation.clone()));
+            self.send(i, SinkItem::Event(rel)).await?;
+            for row in &chunk.rows {
+                self.send(i, SinkItem::Event(Arc::new(Event::Change(row.clone()))))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Queues `item` for sink i once its queue has room for it, in items
@@ -283,6 +320,7 @@ impl Fanout {
                     self.send(i, SinkItem::Event(ev)).await?;
                 }
             }
+            Event::Backfill(chunk) => self.chunk(chunk).await?,
             Event::Message {
                 lsn,
                 transactional: true,

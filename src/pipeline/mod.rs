@@ -6,6 +6,7 @@
 //! from their config sections by the `registry`.
 
 pub mod ack;
+pub mod backfill;
 pub mod backoff;
 pub mod copy;
 pub mod fanout;

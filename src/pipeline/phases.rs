@@ -287,6 +287,12 @@ pub async fn plan_copies(
         routes[i].table_start = plan.copied;
         missing[i] = plan.missing;
     }
+    // Tables added to the publication while an earlier run streamed are
+    // copied live (see `backfill`), not by the initial copy.
+    let fresh = prepared.created.is_some() || prepared.stream_start().is_none();
+    super::backfill::adjust_plan(config, fresh, &mut routes, &mut missing)
+        .await
+        .map_err(initial::CopyError::from)?;
     Ok(Planned { routes, missing })
 }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::backfill::Engine;
 use super::backoff::Backoff;
 use super::copy::CopyError;
 use super::lock::{LockError, PipelineLock};
@@ -415,14 +416,24 @@ async fn attempt_inner(
         origins: src.origin,
         capture_ddl,
     };
+    let engine = Engine::new(config, &planned.routes, stats);
+    let window = engine.window();
     let sinks = opened
         .sinks
         .into_iter()
         .map(|s| -> Box<dyn crate::sink::Sink> { s })
         .zip(planned.routes)
         .collect();
-    let streaming = Streaming::start(conn, source, start, sinks, stats).await?;
+    let streaming = Streaming::start(conn, source, start, sinks, stats)
+        .await?
+        .with_backfill(window);
     *fresh_slot = None;
-    streaming.run(stop).await?;
+    // The engine runs for as long as the stream (it never ends by itself;
+    // a chunk it leaves unfinished is done again by the next attempt).
+    let backfills = engine.run(streaming.tracker().clone());
+    tokio::select! {
+        r = streaming.run(stop) => r?,
+        never = backfills => match never {},
+    }
     Ok(Outcome::Stopped)
 }

@@ -105,6 +105,18 @@ pub struct Stats {
     confirmed_lsn: AtomicU64,
     /// The last sample of the source (see `source::health`).
     source_health: Mutex<Option<SourceHealth>>,
+    /// Per table, the latest backfill (see `pipeline::backfill`).
+    backfills: Mutex<std::collections::BTreeMap<String, BackfillProgress>>,
+}
+
+/// A table's backfill, as `/status` and `/metrics` show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BackfillProgress {
+    pub table: String,
+    /// running, done or failed.
+    pub state: String,
+    pub chunks: u64,
+    pub rows: u64,
 }
 
 /// A point-in-time copy of everything, for rendering.
@@ -134,6 +146,8 @@ pub struct Snapshot {
     pub restarts: u64,
     pub copied_rows: u64,
     pub sinks: Vec<SinkSnapshot>,
+    /// Backfills of this run, by table.
+    pub backfills: Vec<BackfillProgress>,
     /// Failover readiness and retained WAL, as last sampled (null before
     /// the first sample or when the source did not answer).
     pub source: Option<SourceHealth>,
@@ -237,7 +251,24 @@ impl Stats {
             server_wal_end: AtomicU64::new(0),
             confirmed_lsn: AtomicU64::new(0),
             source_health: Mutex::new(None),
+            backfills: Mutex::new(Default::default()),
         }
+    }
+
+    /// A table's backfill progress: chunks and rows confirmed so far.
+    pub fn backfill_progress(&self, table: &str, state: &str, chunks: u64, rows: u64) {
+        self.backfills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                table.to_string(),
+                BackfillProgress {
+                    table: table.to_string(),
+                    state: state.to_string(),
+                    chunks,
+                    rows,
+                },
+            );
     }
 
     /// The latest sample of the source (`None`: it did not answer).
@@ -540,6 +571,13 @@ impl Stats {
             restarts: self.restarts.load(Ordering::Relaxed),
             copied_rows: self.copied_rows.load(Ordering::Relaxed),
             sinks,
+            backfills: self
+                .backfills
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
             source: self
                 .source_health
                 .lock()

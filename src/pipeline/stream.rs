@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::ack::{Confirmable, Tracker};
+use super::backfill::window::Seen;
 use super::fanout::{Fanout, Route, IDLE_INTERVAL};
 use super::run::PipelineError;
 use super::stats::Stats;
@@ -72,6 +73,8 @@ pub struct Streaming<'s> {
     /// last, or transactions still in flight): tried again until it is
     /// sent, or data arrives after it (see `Fanout::advance_idle`).
     idle_at: Option<Lsn>,
+    /// The backfill engine's view of the stream (see `backfill::window`).
+    window: Option<super::backfill::Window>,
 }
 
 impl<'s> Streaming<'s> {
@@ -95,6 +98,7 @@ impl<'s> Streaming<'s> {
         let mut tasks = JoinSet::new();
         let mut outs = Vec::new();
         let mut queues = Vec::new();
+        let whole: Vec<bool> = sinks.iter().map(|(s, _)| s.takes_backfill()).collect();
         for (i, ((mut sink, route), acker)) in sinks.into_iter().zip(ackers).enumerate() {
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let bytes = QueueBytes::new(QUEUE_BYTES);
@@ -105,18 +109,28 @@ impl<'s> Streaming<'s> {
         }
         stats.streaming(tracker.clone(), queues);
         stats.confirmed(start);
+        let mut fanout = Fanout::new(outs, issuer);
+        fanout.whole_chunks(&whole);
         Ok(Streaming {
             stats,
             source: source.info.to_string(),
             stream,
             changes: ChangeStream::new(source.info, source.memory_limit, source.spill_dir)
                 .with_origins(source.origins),
-            fanout: Fanout::new(outs, issuer).with_ddl_capture(source.capture_ddl),
+            fanout: fanout.with_ddl_capture(source.capture_ddl),
             tracker,
             confirmed_rx,
             tasks,
             idle_at: None,
+            window: None,
         })
+    }
+
+    /// Shows every event to `window` before the fan-out (backfill
+    /// watermarks, changes between them, pgbridge's own messages).
+    pub fn with_backfill(mut self, window: super::backfill::Window) -> Self {
+        self.window = Some(window);
+        self
     }
 
     /// The ack tracker: what every sink has made durable.
@@ -244,6 +258,11 @@ impl<'s> Streaming<'s> {
     /// queue is closed.
     async fn dispatch(&mut self) -> Result<bool, PipelineError> {
         while let Some(ev) = self.changes.next_event()? {
+            let ev = match self.window.as_ref().map(|w| w.observe(&ev)) {
+                Some(Seen::Drop) => continue,
+                Some(Seen::Chunk(chunk)) => Event::Backfill(chunk),
+                _ => ev,
+            };
             match &ev {
                 Event::Commit { .. } => self.stats.transaction(),
                 Event::Change(_) => self.stats.change(),

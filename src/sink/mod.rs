@@ -73,6 +73,18 @@ pub trait Sink: Send {
     /// and acknowledging what it has) or an error stops it. Implementations
     /// must never acknowledge a token before its transaction is durable.
     async fn run(&mut self, queue: SinkQueue, acker: Acker) -> Result<(), SinkError>;
+
+    /// Whether the sink takes a backfill chunk as one
+    /// [`Event::Backfill`](crate::model::Event::Backfill) (and replaces
+    /// what the chunk covers, see [`crate::model::Replace`]). By default
+    /// it gets the chunk's rows as ordinary inserts instead: a Relation
+    /// event, then an insert per row, inside the transaction of the
+    /// chunk's high watermark. A row may then already be there (streamed
+    /// since the table was added, or copied before): such a sink should
+    /// take an insert of an existing key as an upsert.
+    fn takes_backfill(&self) -> bool {
+        false
+    }
 }
 
 /// The whole contract of a sink: streaming ([`Sink`]) and the initial
@@ -227,6 +239,7 @@ impl SinkItem {
                 64 + row(&c.old) + row(&c.new)
             }
             Event::Message { content, .. } => 64 + content.len(),
+            Event::Backfill(chunk) => chunk.bytes(),
             _ => 0,
         }
     }

@@ -14,7 +14,7 @@ use super::transactions::{Delivery, EOS_MAX_TXN_AGE};
 use crate::encode::json::{
     self, EventContext, OldRow, SnapshotMarker, TransactionBlock, TxnStatus,
 };
-use crate::model::{BuildError, Change, Event, Op, RelationSchema, TxnMeta, Value};
+use crate::model::{BackfillChunk, BuildError, Change, Event, Op, RelationSchema, TxnMeta, Value};
 use crate::pipeline::ack::CommitToken;
 use crate::sink::{SinkError, SinkQueue};
 use crate::Lsn;
@@ -358,6 +358,31 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// A backfill chunk: a read event (`op` "r", as in the initial copy)
+    /// per row, at the chunk's position.
+    async fn on_chunk(&mut self, chunk: &BackfillChunk) -> Result<(), SinkError> {
+        let t = self.table(&chunk.relation).await?;
+        for c in &chunk.rows {
+            let Some(row) = &c.new else {
+                continue;
+            };
+            let values = c
+                .decode(row, false)
+                .map_err(|e| self.definite(e.to_string()))?;
+            let e = Emit {
+                lsn: c.lsn,
+                op: "r",
+                before: None,
+                after: Some(&values),
+                key_values: &values,
+                header: None,
+                snapshot: SnapshotMarker::True,
+            };
+            self.emit(&t, e).await?;
+        }
+        Ok(())
+    }
+
     async fn on_message(
         &mut self,
         lsn: Lsn,
@@ -413,6 +438,10 @@ impl KafkaSink {
             Event::Change(c) => {
                 self.ktxn.dirty = true;
                 self.on_change(c).await?;
+            }
+            Event::Backfill(chunk) => {
+                self.ktxn.dirty = true;
+                self.on_chunk(chunk).await?;
             }
             Event::Truncate { lsn, relations, .. } => {
                 self.ktxn.dirty = true;

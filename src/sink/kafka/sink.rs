@@ -145,6 +145,11 @@ impl Sink for KafkaSink {
         &self.cfg.name
     }
 
+    /// A chunk's rows become read events (see `events`).
+    fn takes_backfill(&self) -> bool {
+        true
+    }
+
     /// Creates the producer (and, for exactly-once, fences older instances
     /// and reads the progress topic), checks that the brokers answer.
     async fn open(&mut self) -> Result<Lsn, SinkError> {

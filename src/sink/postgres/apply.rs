@@ -46,6 +46,7 @@ use crate::source::ConnInfo;
 use crate::Lsn;
 use statements::{PendingStmt, Sent};
 
+mod backfill;
 mod statements;
 
 /// Rows per COPY statement.

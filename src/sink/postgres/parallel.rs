@@ -615,6 +615,14 @@ impl<'a> Dispatcher<'a> {
                 self.known.remove(&ddl.rel_id());
                 self.batch.rows += 1;
             }
+            Event::Backfill(chunk) => {
+                if self.all_skip {
+                    return Ok(());
+                }
+                self.known
+                    .insert(chunk.relation.rel_id, chunk.relation.clone());
+                self.batch.rows += chunk.rows.len().max(1);
+            }
             _ => return Ok(()),
         }
         self.push(0, ev).await
@@ -638,9 +646,7 @@ impl<'a> Dispatcher<'a> {
             Event::Begin(meta) => return self.begin(meta.commit_lsn).await,
             Event::Commit { .. } | Event::Message { .. } => return Ok(()),
             Event::Relation(rel) => self.known.get(&rel.rel_id).is_none_or(|k| **k != **rel),
-            // A schema change runs alone: the batch before it commits
-            // everywhere first (see `serial_event`).
-            Event::Truncate { .. } | Event::Ddl { .. } => true,
+            Event::Truncate { .. } | Event::Ddl { .. } | Event::Backfill(_) => true,
             Event::Change(ch) => {
                 key_change(ch)
                     || self

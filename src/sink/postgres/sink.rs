@@ -276,6 +276,7 @@ impl PostgresSink {
             _ if batch.replay => Ok(()),
             Event::Relation(rel) => self.target()?.relation(rel).await,
             Event::Change(ch) => self.target()?.change(ch).await,
+            Event::Backfill(chunk) => self.target()?.backfill(chunk).await,
             Event::Truncate {
                 lsn,
                 relations,
@@ -341,6 +342,12 @@ impl Sink for PostgresSink {
         &self.config.name
     }
 
+    /// A chunk's rows replace what it covers on the target (see
+    /// `apply::backfill`).
+    fn takes_backfill(&self) -> bool {
+        true
+    }
+
     /// Connects, creates `pgbridge.progress` when missing, and returns the
     /// stored end LSN of this (pipeline, sink), or `Lsn::ZERO`.
     async fn open(&mut self) -> Result<Lsn, SinkError> {
@@ -355,6 +362,7 @@ impl Sink for PostgresSink {
     /// acknowledged, and the connection is dropped (`open` makes a new one).
     async fn run(&mut self, mut queue: SinkQueue, acker: Acker) -> Result<(), SinkError> {
         let result = self.run_inner(&mut queue, acker).await;
+
         if let Err(e) = &result {
             // The pipeline logs the error once (a retry's WARN or the exit).
             tracing::debug!(sink = %self.config.name, transient = e.is_transient(), error = %e, "postgres sink stopped");

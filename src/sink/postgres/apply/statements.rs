@@ -413,14 +413,34 @@ fn row_match<'a>(
 
 /// The target lacks the row of an update or delete (it diverged from the
 /// source, or someone changed it there): nothing to change.
+///
+/// Said once per table per [`SKIPPED_EVERY`] with the count since: a
+/// table added to the publication while the pipeline streams has many
+/// such changes until its live copy reaches their rows (the copy carries
+/// them), and a line each drowned the log.
 fn skipped(table: &TableState, lsn: Lsn, op: Op) {
+    type Seen = std::collections::HashMap<String, (Option<std::time::Instant>, u64)>;
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let mut g = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = g.get_or_insert_with(Default::default);
+    let entry = seen.entry(table.display.clone()).or_insert((None, 0));
+    entry.1 += 1;
+    if entry.0.is_some_and(|t| t.elapsed() < SKIPPED_EVERY) {
+        return;
+    }
+    let count = std::mem::take(&mut entry.1);
+    entry.0 = Some(std::time::Instant::now());
     tracing::warn!(
         table = %table.display,
         lsn = %lsn,
         op = op.letter(),
-        "no target row matched the source row's key; the change was skipped"
+        skipped = count,
+        "no target row matched the source row's key; the change was skipped (a table being copied live gets the row with its copy)"
     );
 }
+
+/// See [`skipped`].
+const SKIPPED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An UPDATE that changed (or may have changed) the value of column `i`,
 /// which the target has as GENERATED ALWAYS AS IDENTITY: no UPDATE can set

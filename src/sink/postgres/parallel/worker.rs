@@ -50,6 +50,7 @@ pub(super) async fn worker(
                     r = match &*ev {
                         Event::Change(ch) => target.change(ch).await,
                         Event::Relation(rel) => target.relation(rel).await,
+                        Event::Backfill(chunk) => target.backfill(chunk).await,
                         Event::Truncate {
                             lsn,
                             relations,

@@ -1,0 +1,643 @@
+//! Backfills: a table copied again into running sinks while the stream
+//! goes on (`pgbridge backfill`), and a table added to a publication
+//! while the pipeline runs copied live. Both are the same mechanism, the
+//! DBLog watermark algorithm (as Debezium's incremental snapshots): the
+//! table is read in chunks in key order, each between a low and a high
+//! watermark written into the WAL as logical messages, and each chunk goes
+//! to the sinks inside the high watermark's transaction, without the rows
+//! that the stream changed between the two (see [`window`]).
+//!
+//! Requests and their progress are rows of `pgbridge.backfill` on the
+//! source ([`request`]); the [`Engine`] runs beside the stream, one
+//! request at a time and one chunk at a time: it records a chunk only once
+//! the slot is confirmed past its high watermark (every sink holds it), so
+//! after a restart it goes on after the last recorded chunk, and a chunk
+//! done twice does no harm (a chunk replaces what it covers).
+//!
+//! A table without a key (no primary key, no replica identity index) is
+//! one chunk, read under `LOCK TABLE ... IN SHARE MODE` with both
+//! watermarks inside the lock: writes to it wait while it is read, and no
+//! change of it can fall between the watermarks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ack::Tracker;
+use super::fanout::Route;
+use super::stats::Stats;
+use crate::config::{Config, SnapshotMode, TableSelection};
+use crate::model::{BackfillChunk, Replace, TypeRegistry};
+use crate::source::catalog::TypeResolver;
+use crate::source::published::{self, CopyReadError, TableSpec};
+use crate::Lsn;
+
+pub mod read;
+pub mod request;
+pub mod window;
+
+pub use request::{Kind, Request};
+pub use window::{key_text, Window};
+
+/// How often the publication is looked at for added or dropped tables
+/// (besides a Relation for a table never seen, which looks at once).
+const PUBLICATION_CHECK: Duration = Duration::from_secs(10);
+
+/// One sink as the engine sees it.
+struct SinkView {
+    name: String,
+    tables: TableSelection,
+    /// Tables the sink holds (copied, or added live): relation ids.
+    holds: HashSet<u32>,
+}
+
+/// Runs the backfill requests of one pipeline beside its stream.
+pub struct Engine<'a> {
+    config: &'a Config,
+    window: Window,
+    stats: &'a Stats,
+    sinks: Vec<SinkView>,
+    /// Published tables at the last look (relation id -> name).
+    published: Option<HashMap<u32, String>>,
+    live_add: bool,
+}
+
+/// A request that cannot be done (kept in its row for `pgbridge backfill`).
+struct Refused(String);
+
+enum Failure {
+    Read(CopyReadError),
+    Refused(Refused),
+}
+
+impl From<CopyReadError> for Failure {
+    fn from(e: CopyReadError) -> Self {
+        match e {
+            CopyReadError::Definite(m) => Failure::Refused(Refused(m)),
+            e => Failure::Read(e),
+        }
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for the sinks of `routes` (what each holds: the tables
+    /// in its `table_start`).
+    pub fn new(config: &'a Config, routes: &[Route], stats: &'a Stats) -> Self {
+        let sinks = routes
+            .iter()
+            .map(|r| SinkView {
+                name: r.sink.clone(),
+                tables: r.tables.clone(),
+                holds: r.table_start.keys().copied().collect(),
+            })
+            .collect();
+        Engine {
+            config,
+            window: Window::new(&config.source.slot),
+            stats,
+            sinks,
+            published: None,
+            live_add: config.source.snapshot != SnapshotMode::Never,
+        }
+    }
+
+    /// The window the stream reports to.
+    pub fn window(&self) -> Window {
+        self.window.clone()
+    }
+
+    /// Runs until dropped (with the stream it belongs to). Errors of the
+    /// source are retried; a request that cannot be done is marked failed.
+    pub async fn run(mut self, tracker: Tracker) -> std::convert::Infallible {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.session(&tracker).await {
+                Ok(()) => wait = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "backfill: source error; retrying");
+                    self.window.clear();
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, tracker: &Tracker) -> Result<(), CopyReadError> {
+        let info = &self.config.source.url.info;
+        let reader = read::Reader::connect(info, &self.config.source.slot).await?;
+        let mut checked: Option<Instant> = None;
+        loop {
+            let nudged = self.window.take_nudge();
+            if self.live_add && (nudged || checked.is_none_or(|c| c.elapsed() >= PUBLICATION_CHECK))
+            {
+                checked = Some(Instant::now());
+                self.check_publication(&reader).await?;
+            }
+            let next = match request::exists(&reader.marks, &info.user).await? {
+                true => request::list(
+                    &reader.marks,
+                    &info.user,
+                    &self.config.source.slot,
+                    &["pending", "running"],
+                )
+                .await?
+                .into_iter()
+                .next(),
+                false => None,
+            };
+            if let Some(req) = next {
+                match self.process(&reader, &req, tracker).await {
+                    Ok(()) => {}
+                    Err(Failure::Refused(Refused(why))) => {
+                        tracing::error!(request = req.id, table = %req.table, error = %why, "backfill failed");
+                        self.stats.backfill_progress(
+                            &req.table,
+                            "failed",
+                            req.chunks as u64,
+                            req.rows as u64,
+                        );
+                        request::fail(&reader.marks, &info.user, req.id, &why).await?;
+                    }
+                    Err(Failure::Read(e)) => return Err(e),
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.window.notified() => {}
+                _ = tokio::time::sleep(PUBLICATION_CHECK) => {}
+            }
+        }
+    }
+
+    /// Requests a live copy of each published table that a sink selects
+    /// and does not hold; says once which tables left the publication.
+    async fn check_publication(&mut self, reader: &read::Reader) -> Result<(), CopyReadError> {
+        let src = &self.config.source;
+        let tables = published::published_tables(&src.url.info, &src.publications).await?;
+        let now: HashMap<u32, String> =
+            tables.iter().map(|t| (t.oid, t.qualified_name())).collect();
+        if let Some(before) = &self.published {
+            for (oid, name) in before {
+                if now.contains_key(oid) {
+                    continue;
+                }
+                for s in self.sinks.iter_mut().filter(|s| s.holds.contains(oid)) {
+                    tracing::warn!(table = %name, publication = %src.publications.join(","), sink = %s.name,
+                        "table {name} left publication {}: no longer replicated; its rows on sink {} are kept",
+                        src.publications.join(","), s.name);
+                    s.holds.remove(oid);
+                }
+                request::retire(&reader.marks, &src.url.info.user, &src.slot, name).await?;
+            }
+        }
+        self.published = Some(now);
+        let user = &src.url.info.user;
+        let mut active: Option<Vec<Request>> = None;
+        for t in tables.iter().filter(|t| !is_own(t)) {
+            let name = t.qualified_name();
+            let missing: Vec<String> = self
+                .sinks
+                .iter()
+                .filter(|s| s.tables.contains(&name) && !s.holds.contains(&t.oid))
+                .map(|s| s.name.clone())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            if active.is_none() {
+                request::setup(&reader.marks, user).await?;
+                let mut all =
+                    request::list(&reader.marks, user, &src.slot, &["pending", "running"]).await?;
+                all.extend(request::list(&reader.marks, user, &src.slot, &["done"]).await?);
+                active = Some(all.into_iter().filter(|r| r.kind == Kind::Add).collect());
+            }
+            let known = active.as_deref().unwrap_or_default();
+            let mut still = Vec::new();
+            for sink in missing {
+                let covered = known
+                    .iter()
+                    .any(|r| r.table == name && r.sinks.contains(&sink));
+                if !covered {
+                    still.push(sink.clone());
+                }
+                if let Some(s) = self.sinks.iter_mut().find(|s| s.name == sink) {
+                    s.holds.insert(t.oid);
+                }
+            }
+            if still.is_empty() {
+                continue;
+            }
+            let mut c = crate::pg::connect(&src.url.info).await?;
+            let id =
+                request::insert(&mut c, user, &src.slot, &name, Kind::Add, &still, None).await?;
+            tracing::info!(table = %name, sinks = %still.join(","), request = id,
+                "table {name} is published and not copied yet: copying it while streaming");
+        }
+        Ok(())
+    }
+
+    /// The sinks a request is for: those it names (each must exist and
+    /// select the table), or every sink that selects the table.
+    fn request_sinks(&self, req: &Request) -> Result<Vec<String>, Refused> {
+        if req.sinks.is_empty() {
+            let all: Vec<String> = self
+                .sinks
+                .iter()
+                .filter(|s| s.tables.contains(&req.table))
+                .map(|s| s.name.clone())
+                .collect();
+            if all.is_empty() {
+                return Err(Refused(format!(
+                    "no sink of this pipeline selects table {}",
+                    req.table
+                )));
+            }
+            return Ok(all);
+        }
+        for name in &req.sinks {
+            match self.sinks.iter().find(|s| &s.name == name) {
+                None => return Err(Refused(format!("this pipeline has no sink {name}"))),
+                Some(s) if !s.tables.contains(&req.table) => {
+                    return Err(Refused(format!(
+                        "sink {name} does not select table {}",
+                        req.table
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(req.sinks.clone())
+    }
+
+    /// Does one request, chunk after chunk, from where its row says.
+    async fn process(
+        &mut self,
+        reader: &read::Reader,
+        req: &Request,
+        tracker: &Tracker,
+    ) -> Result<(), Failure> {
+        let src = &self.config.source;
+        let user = &src.url.info.user;
+        request::set_state(&reader.marks, user, req.id, "running").await?;
+        let sinks = self.request_sinks(req).map_err(Failure::Refused)?;
+        let tables = published::published_tables(&src.url.info, &src.publications).await?;
+        let Some(spec) = tables.into_iter().find(|t| t.qualified_name() == req.table) else {
+            return Err(Failure::Refused(Refused(format!(
+                "table {} is not in publication {}",
+                req.table,
+                src.publications.join(", ")
+            ))));
+        };
+        let mut resolver = TypeResolver::new(src.url.info.clone());
+        let mut registry = TypeRegistry::default();
+        let rel = Arc::new(
+            published::relation(&reader.reads, user, &spec, &mut resolver, &mut registry).await?,
+        );
+        let key = read::chunk_key(&reader.reads, user, &spec).await?;
+        let key_idx: Vec<usize> = key
+            .iter()
+            .map(|k| rel.columns.iter().position(|c| &c.name == k))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Failure::Refused(Refused(format!(
+                    "table {}: its key ({}) is not among the published columns",
+                    req.table,
+                    key.join(", ")
+                )))
+            })?;
+        let started = Instant::now();
+        let mut job = Job {
+            req,
+            spec: &spec,
+            rel: &rel,
+            key: &key,
+            key_idx: &key_idx,
+            sinks: &sinks,
+            after: req.last_key.clone(),
+            seq: req.chunks as u64,
+            rows: req.rows as u64,
+            recorded: (req.chunks as u64, req.rows as u64),
+            sent: Default::default(),
+        };
+        tracing::info!(request = req.id, table = %req.table, kind = req.kind.as_str(), sinks = %sinks.join(","),
+            resume_after = ?job.after, chunks_done = job.seq, "backfill started");
+        self.stats
+            .backfill_progress(&req.table, "running", job.seq, job.rows);
+        while !self.chunk(reader, &mut job, tracker).await? {}
+        if req.kind == Kind::Add {
+            for s in self.sinks.iter_mut().filter(|s| sinks.contains(&s.name)) {
+                s.holds.insert(spec.oid);
+            }
+        }
+        tracing::info!(request = req.id, table = %req.table, chunks = job.seq, rows = job.rows,
+            seconds = started.elapsed().as_secs_f64(), "backfill complete");
+        Ok(())
+    }
+
+    /// One chunk, from its low watermark until the slot is confirmed past
+    /// it and its row records it; true when it was the last.
+    async fn chunk(
+        &mut self,
+        reader: &read::Reader,
+        job: &mut Job<'_>,
+        tracker: &Tracker,
+    ) -> Result<bool, Failure> {
+        let limit = self.config.source.backfill_chunk_rows;
+        let keyless = job.key.is_empty();
+        loop {
+            let seq = job.seq + 1;
+            self.window
+                .register(job.req.id, seq, job.spec.oid, job.key.to_vec());
+            let rows = read_between(reader, job, seq, limit).await?;
+            let n = rows.len();
+            let last = rows
+                .last()
+                .and_then(|c| c.new.as_ref())
+                .map(|r| key_text(&r.0, job.key_idx));
+            let done = keyless || n < limit;
+            let replace = match (keyless, job.req.kind) {
+                (true, _) => Replace::All {
+                    filter: job.req.filter.clone(),
+                },
+                (false, Kind::Add) => Replace::Keys {
+                    key: job.key_idx.to_vec(),
+                },
+                (false, Kind::Backfill) => Replace::Range {
+                    key: job.key_idx.to_vec(),
+                    after: job.after.clone(),
+                    upto: if done { None } else { last.clone() },
+                    filter: job.req.filter.clone(),
+                    keep: Vec::new(),
+                },
+            };
+            self.window.set_chunk(BackfillChunk {
+                request: job.req.id,
+                seq,
+                relation: job.rel.clone(),
+                rows,
+                sinks: job.sinks.to_vec(),
+                refresh: Vec::new(),
+                replace,
+            });
+            let high = reader.mark("high", job.req.id, seq).await;
+            if keyless {
+                reader.unlock().await;
+            }
+            high?;
+            let end = loop {
+                if let Some(o) = self.window.outcome() {
+                    break o;
+                }
+                self.window.notified().await;
+            };
+            let end = match end {
+                window::Outcome::Again => {
+                    tracing::info!(request = job.req.id, table = %job.req.table, chunk = seq,
+                        "the table was truncated (or, without a key, changed) while the chunk was read; reading it again");
+                    continue;
+                }
+                window::Outcome::Delivered(end) => end,
+            };
+            job.seq = seq;
+            job.rows += n as u64;
+            job.sent.push_back(Sent {
+                end,
+                last: last.clone(),
+                rows: n,
+                done,
+            });
+            if let Some(l) = last {
+                job.after = Some(l);
+            }
+            self.record(reader, job, tracker, done).await?;
+            return Ok(done);
+        }
+    }
+}
+
+/// Writes the low watermark of chunk `seq` and reads the chunk (a table
+/// without a key under its lock, which stays held for the high
+/// watermark unless this fails).
+async fn read_between(
+    reader: &read::Reader,
+    job: &Job<'_>,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<crate::model::Change>, CopyReadError> {
+    let keyless = job.key.is_empty();
+    if keyless {
+        reader.lock(job.spec).await?;
+    }
+    let r = async {
+        let low = reader.mark("low", job.req.id, seq).await?;
+        if !keyless {
+            reader.wait_running().await?;
+        }
+        let limit = if keyless { 0 } else { limit };
+        let filter = job.req.filter.as_deref();
+        let mut rows = reader
+            .read(
+                job.spec,
+                job.rel,
+                job.key,
+                job.after.as_deref(),
+                filter,
+                limit,
+            )
+            .await?;
+        for r in &mut rows {
+            r.lsn = low;
+        }
+        Ok(rows)
+    }
+    .await;
+    if r.is_err() && keyless {
+        reader.unlock().await;
+    }
+    r
+}
+
+/// pgbridge's request table on the source (published by a publication
+/// FOR ALL TABLES): never copied to the sinks.
+fn is_own(t: &TableSpec) -> bool {
+    t.schema == "pgbridge" && t.name == "backfill"
+}
+
+/// Chunks delivered (the stream passed their high watermark) before the
+/// slot is confirmed past them: the next chunk is read meanwhile.
+const UNCONFIRMED_CHUNKS: usize = 4;
+
+/// A chunk delivered and not recorded yet.
+struct Sent {
+    /// Its position: recorded once the slot is confirmed up to it.
+    end: Lsn,
+    last: Option<Vec<String>>,
+    rows: usize,
+    done: bool,
+}
+
+impl Engine<'_> {
+    /// Records the delivered chunks that every sink holds (the slot is
+    /// confirmed past them), in order; waits while [`UNCONFIRMED_CHUNKS`]
+    /// are outstanding, or for all of them with `all`.
+    async fn record(
+        &self,
+        reader: &read::Reader,
+        job: &mut Job<'_>,
+        tracker: &Tracker,
+        all: bool,
+    ) -> Result<(), CopyReadError> {
+        let user = &self.config.source.url.info.user;
+        while let Some(front) = job.sent.front() {
+            if tracker.confirmed() < front.end {
+                if !all && job.sent.len() < UNCONFIRMED_CHUNKS {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let rows = front.rows as i64;
+            request::chunk_done(
+                &reader.marks,
+                user,
+                job.req.id,
+                front.last.as_deref(),
+                rows,
+                front.end,
+                front.done,
+            )
+            .await?;
+            job.recorded.0 += 1;
+            job.recorded.1 += front.rows as u64;
+            let state = if front.done { "done" } else { "running" };
+            self.stats
+                .backfill_progress(&job.req.table, state, job.recorded.0, job.recorded.1);
+            tracing::debug!(request = job.req.id, table = %job.req.table, chunk = job.recorded.0,
+                rows = front.rows, lsn = %front.end, "backfill chunk confirmed");
+            job.sent.pop_front();
+        }
+        Ok(())
+    }
+}
+
+/// A request being done.
+struct Job<'r> {
+    req: &'r Request,
+    spec: &'r TableSpec,
+    rel: &'r Arc<crate::model::RelationSchema>,
+    key: &'r [String],
+    key_idx: &'r [usize],
+    sinks: &'r [String],
+    /// The last key of the last confirmed chunk.
+    after: Option<Vec<String>>,
+    /// Chunks and rows delivered.
+    seq: u64,
+    rows: u64,
+    /// Chunks and rows recorded (every sink holds them).
+    recorded: (u64, u64),
+    sent: std::collections::VecDeque<Sent>,
+}
+
+/// Adjusts the initial copy's plan for live adds: a table whose live copy
+/// into a sink is complete counts as copied (at its last chunk's
+/// position), one whose live copy is under way is left to it (it resumes
+/// after its last chunk). Without `pgbridge.backfill` nothing changes.
+///
+/// With a `fresh` slot (created by this attempt, after `pgbridge resync`
+/// say, or none: a copy-only run) the live adds belonged to a stream that
+/// is gone: they count for nothing and are marked `superseded`; the
+/// initial copy copies those tables.
+pub async fn adjust_plan(
+    config: &Config,
+    fresh: bool,
+    routes: &mut [Route],
+    missing: &mut [Vec<TableSpec>],
+) -> Result<(), CopyReadError> {
+    for m in missing.iter_mut() {
+        m.retain(|t| !is_own(t));
+    }
+    let info = &config.source.url.info;
+    let c = crate::pg::connect(info).await?;
+    if !request::exists(&c, &info.user).await? {
+        return Ok(());
+    }
+    if fresh {
+        request::supersede_adds(&c, &info.user, &config.source.slot).await?;
+        return Ok(());
+    }
+    let adds: Vec<Request> = request::list(
+        &c,
+        &info.user,
+        &config.source.slot,
+        &["pending", "running", "done"],
+    )
+    .await?
+    .into_iter()
+    .filter(|r| r.kind == Kind::Add)
+    .collect();
+    for (route, missing) in routes.iter_mut().zip(missing.iter_mut()) {
+        missing.retain(|t| {
+            let name = t.qualified_name();
+            let Some(r) = adds
+                .iter()
+                .rev()
+                .find(|r| r.table == name && r.sinks.contains(&route.sink))
+            else {
+                return true;
+            };
+            if r.state == "done" {
+                let at = r.high_lsn.unwrap_or(Lsn::ZERO);
+                route.table_start.insert(t.oid, at);
+                route.table_start_names.insert(name, at);
+            }
+            false
+        });
+    }
+    Ok(())
+}
+
+/// `status` lines for the pipeline's backfill requests that are not done,
+/// and the last few that are (none without `pgbridge.backfill`).
+pub async fn status_lines(config: &Config) -> Vec<String> {
+    let info = &config.source.url.info;
+    let read = async {
+        let c = crate::pg::connect(info).await?;
+        if !request::exists(&c, &info.user).await? {
+            return Ok(Vec::new());
+        }
+        let all = request::list(
+            &c,
+            &info.user,
+            &config.source.slot,
+            &["pending", "running", "failed", "done"],
+        )
+        .await?;
+        Ok::<_, CopyReadError>(all)
+    };
+    match read.await {
+        Ok(all) => {
+            let n = all.len();
+            all.into_iter()
+                .enumerate()
+                .filter(|(i, r)| r.state == "pending" || r.state == "running" || i + 5 >= n)
+                .map(|(_, r)| {
+                    let mut line = format!(
+                        "backfill {} (request {}, {}): {}, {} chunks, {} rows",
+                        r.table,
+                        r.id,
+                        r.kind.as_str(),
+                        r.state,
+                        r.chunks,
+                        r.rows
+                    );
+                    if let Some(e) = r.error {
+                        line.push_str(&format!(": {e}"));
+                    }
+                    line
+                })
+                .collect()
+        }
+        Err(e) => vec![format!("backfills: unknown ({e})")],
+    }
+}

@@ -1,0 +1,262 @@
+//! The source side of a chunk: the watermarks and the read between them,
+//! on two normal connections of their own (never the replication one).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use super::window::{Mark, PREFIX};
+use crate::model::change::Row;
+use crate::model::{Change, Op, RelationSchema};
+use crate::pg::{ident, literal};
+use crate::pipeline::copy::rows::{split_fields, Lines};
+use crate::source::published::{CopyReadError, TableSpec};
+use crate::Lsn;
+
+/// The connections of a backfill: `marks` writes the watermarks and
+/// waits for transactions; `reads` reads the chunks (and holds the lock
+/// on a table without a key while its one chunk is read).
+pub struct Reader {
+    pub marks: Client,
+    pub reads: Client,
+    pub user: String,
+    pub slot: String,
+}
+
+/// Session settings of the reads: values print as the replication
+/// session prints them (keys are compared as text with streamed ones).
+const SESSION: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+                       SET extra_float_digits = 3; SET bytea_output = hex";
+
+impl Reader {
+    pub async fn connect(
+        info: &crate::source::ConnInfo,
+        slot: &str,
+    ) -> Result<Self, CopyReadError> {
+        let marks = crate::pg::connect(info).await?;
+        let reads = crate::pg::connect(info).await?;
+        for c in [&marks, &reads] {
+            c.batch_execute(SESSION)
+                .await
+                .map_err(|e| CopyReadError::db("setting up a backfill session", &info.user, e))?;
+            c.batch_execute(crate::pg::TRANSACTION_TIMEOUT_OFF)
+                .await
+                .map_err(|e| CopyReadError::db("setting up a backfill session", &info.user, e))?;
+        }
+        Ok(Reader {
+            marks,
+            reads,
+            user: info.user.clone(),
+            slot: slot.to_string(),
+        })
+    }
+
+    fn db(&self, what: &str, e: tokio_postgres::Error) -> CopyReadError {
+        CopyReadError::db(what, &self.user, e)
+    }
+
+    /// Writes a watermark (a transactional logical message, committed at
+    /// once); returns its position.
+    pub async fn mark(&self, which: &str, request: i64, seq: u64) -> Result<Lsn, CopyReadError> {
+        let mark = Mark {
+            mark: which.into(),
+            slot: self.slot.clone(),
+            request,
+            seq,
+        };
+        let content = serde_json::to_string(&mark).unwrap_or_default();
+        let r = self
+            .marks
+            .query_one(
+                "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
+                &[&PREFIX, &content],
+            )
+            .await
+            .map_err(|e| self.db("writing a backfill watermark (pg_logical_emit_message)", e))?;
+        Ok(r.get::<_, &str>(0).parse().unwrap_or(Lsn::ZERO))
+    }
+
+    /// Waits until every transaction running now has ended: a commit
+    /// record can be in the WAL (before the low watermark) while its
+    /// transaction is not yet visible to new snapshots; as CREATE INDEX
+    /// CONCURRENTLY waits for them.
+    pub async fn wait_running(&self) -> Result<(), CopyReadError> {
+        let what = "waiting for transactions open at a backfill's low watermark";
+        let xips: Vec<String> = self
+            .marks
+            .query(
+                "SELECT x::text FROM pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) x",
+                &[],
+            )
+            .await
+            .map_err(|e| self.db(what, e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if xips.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            let running: i64 = self
+                .marks
+                .query_one(
+                    "SELECT count(*) FROM unnest($1::text[]) x \
+                     WHERE NOT pg_catalog.pg_visible_in_snapshot(x::xid8, pg_catalog.pg_current_snapshot())",
+                    &[&xips],
+                )
+                .await
+                .map_err(|e| self.db(what, e))?
+                .get(0);
+            if running == 0 {
+                return Ok(());
+            }
+            if !logged && started.elapsed() > Duration::from_secs(10) {
+                logged = true;
+                tracing::warn!(transactions = running,
+                    "backfill waits for transactions that were open at its low watermark (a session idle in transaction holds it up)");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Takes `LOCK TABLE ... IN SHARE MODE` in a transaction on the reads
+    /// connection (writes to the table wait until [`Reader::unlock`]).
+    pub async fn lock(&self, spec: &TableSpec) -> Result<(), CopyReadError> {
+        self.reads
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {} IN SHARE MODE",
+                spec.sql_name()
+            ))
+            .await
+            .map_err(|e| {
+                self.db(
+                    &format!("locking {} for its backfill", spec.qualified_name()),
+                    e,
+                )
+            })
+    }
+
+    pub async fn unlock(&self) {
+        let _ = self.reads.batch_execute("COMMIT").await;
+    }
+
+    /// Reads up to `limit` rows (all with `limit` 0) of the table in key
+    /// order, after `after`, with the publication's columns and row filter
+    /// and the request's `filter`; rows as inserts of `rel` at `lsn`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read(
+        &self,
+        spec: &TableSpec,
+        rel: &std::sync::Arc<RelationSchema>,
+        key: &[String],
+        after: Option<&[String]>,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Change>, CopyReadError> {
+        let sql = chunk_query(spec, rel, key, after, filter, limit);
+        let what = format!("reading a backfill chunk of {}", spec.qualified_name());
+        let stream = self
+            .reads
+            .copy_out(sql.as_str())
+            .await
+            .map_err(|e| self.db(&what, e))?;
+        futures_util::pin_mut!(stream);
+        let mut lines = Lines::default();
+        let mut rows = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = chunk.map_err(|e| self.db(&what, e))?;
+            lines.push(&chunk);
+            while let Some(line) = lines.next_line() {
+                let fields = if rel.columns.is_empty() && line.is_empty() {
+                    Vec::new()
+                } else {
+                    split_fields(&line)
+                };
+                if fields.len() != rel.columns.len() {
+                    return Err(CopyReadError::Definite(format!(
+                        "{what}: a row has {} fields, the table {} published columns",
+                        fields.len(),
+                        rel.columns.len()
+                    )));
+                }
+                rows.push(Change {
+                    op: Op::Insert,
+                    lsn: Lsn::ZERO,
+                    relation: rel.clone(),
+                    old: None,
+                    old_key_only: false,
+                    new: Some(Row(fields)),
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// The chunk's query (see [`Reader::read`]).
+pub fn chunk_query(
+    spec: &TableSpec,
+    rel: &RelationSchema,
+    key: &[String],
+    after: Option<&[String]>,
+    filter: Option<&str>,
+    limit: usize,
+) -> String {
+    let columns = rel
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut conds = Vec::new();
+    if let Some(f) = &spec.row_filter {
+        conds.push(format!("({f})"));
+    }
+    if let Some(f) = filter {
+        conds.push(format!("({f})"));
+    }
+    let key_cols = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    if let Some(a) = after {
+        let vals = a.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ");
+        conds.push(format!("ROW({key_cols}) > ROW({vals})"));
+    }
+    let mut sql = format!("SELECT {columns} FROM {}", spec.from_clause());
+    if !conds.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+    }
+    if !key.is_empty() {
+        sql.push_str(&format!(" ORDER BY {key_cols}"));
+    }
+    if limit > 0 {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    format!("COPY ({sql}) TO STDOUT (FORMAT text)")
+}
+
+/// The chunk key of a table: its replica identity index, else its primary
+/// key (column names, in index order); none for a table without either.
+pub async fn chunk_key(
+    c: &Client,
+    user: &str,
+    spec: &TableSpec,
+) -> Result<Vec<String>, CopyReadError> {
+    let rows = c
+        .query(
+            "SELECT (SELECT array_agg(a.attname::text ORDER BY k.ord) \
+               FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) \
+             FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND (i.indisreplident OR i.indisprimary) \
+             ORDER BY i.indisreplident DESC, i.indisprimary DESC LIMIT 1",
+            &[&spec.oid],
+        )
+        .await
+        .map_err(|e| CopyReadError::db(&format!("reading the key of {}", spec.qualified_name()), user, e))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get::<_, Option<Vec<String>>>(0))
+        .unwrap_or_default())
+}

@@ -1,0 +1,642 @@
+//! The stream's side of a backfill chunk: between the chunk's low and high
+//! watermarks (logical messages, in commit order) the keys of the table's
+//! streamed changes are recorded; at the high watermark the chunk's rows
+//! whose key is among them are dropped (the streamed value is newer or as
+//! new) and the rest goes to the sinks right there, inside the high
+//! watermark's transaction. Its commit is the position that confirms the
+//! chunk.
+//!
+//! Why no row is lost or doubled: the chunk is read after the low
+//! watermark committed and after every transaction that had committed
+//! before it is visible, and before the high watermark is written. A
+//! change committed before the low watermark is in the chunk's read and
+//! reached the sinks before it; one committed after the high watermark is
+//! not in the read and reaches the sinks after it; one committed in
+//! between may or may not be in the read, and its key is dropped from the
+//! chunk, so the sinks keep the streamed value.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::model::{BackfillChunk, Event, RelationSchema, Replace};
+use crate::pgoutput::TupleValue;
+use crate::Lsn;
+
+/// The prefix of pgbridge's logical messages.
+pub const PREFIX: &str = "pgbridge";
+
+/// The content of one of pgbridge's logical messages (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// "low", "high" or "request".
+    pub mark: String,
+    pub slot: String,
+    #[serde(default)]
+    pub request: i64,
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// Where the chunk in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Registered, low watermark not seen yet.
+    Waiting,
+    /// Between the watermarks: keys are recorded.
+    Open,
+    /// Sent at the high watermark; its transaction has not committed yet.
+    Sent,
+}
+
+/// What the engine is told about its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// In the transaction that ends at this LSN: confirmed once the slot
+    /// is confirmed up to it.
+    Delivered(Lsn),
+    /// The table was truncated (or, without a key, changed) between the
+    /// watermarks: the chunk is read again.
+    Again,
+}
+
+struct Pending {
+    request: i64,
+    seq: u64,
+    rel_id: u32,
+    /// The chunk key's column names (none: a table without a key).
+    key: Vec<String>,
+    phase: Phase,
+    /// Keys changed between the watermarks, with their last state.
+    changed: HashMap<Vec<String>, Final>,
+    /// Column names of the streamed changes (a change of the table's
+    /// columns in the window reads the chunk again).
+    columns: Option<Vec<String>>,
+    again: bool,
+    chunk: Option<BackfillChunk>,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Default)]
+struct State {
+    slot: String,
+    pending: Option<Pending>,
+    /// Relation ids seen in the stream (a new one may be a table added to
+    /// the publication).
+    seen: HashSet<u32>,
+    /// Something for the engine to look at: a request message, a new
+    /// relation.
+    nudged: bool,
+}
+
+/// Shared by the stream (which calls [`Window::observe`] for every event)
+/// and the backfill engine.
+#[derive(Clone, Default)]
+pub struct Window {
+    state: Arc<Mutex<State>>,
+    notify: Arc<Notify>,
+}
+
+/// What the stream does with an event.
+#[derive(Debug)]
+pub enum Seen {
+    Forward,
+    /// pgbridge's own: not for the sinks.
+    Drop,
+    /// The chunk, instead of its high watermark.
+    Chunk(Arc<BackfillChunk>),
+}
+
+/// The text of the `key` columns of `row`.
+pub fn key_text(row: &[TupleValue], key: &[usize]) -> Vec<String> {
+    key.iter()
+        .map(|&i| match row.get(i) {
+            Some(TupleValue::Text(b)) | Some(TupleValue::Binary(b)) => {
+                String::from_utf8_lossy(b).into_owned()
+            }
+            _ => String::new(),
+        })
+        .collect()
+}
+
+fn indexes(rel: &RelationSchema, names: &[String]) -> Option<Vec<usize>> {
+    names
+        .iter()
+        .map(|n| rel.columns.iter().position(|c| &c.name == n))
+        .collect()
+}
+
+impl Window {
+    pub fn new(slot: &str) -> Self {
+        let w = Window::default();
+        w.lock().slot = slot.to_string();
+        w
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the stream has something for the engine (or `Notify`
+    /// was triggered before).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Takes the nudge flag.
+    pub fn take_nudge(&self) -> bool {
+        std::mem::take(&mut self.lock().nudged)
+    }
+
+    /// Registers the next chunk of `request` on `rel_id`, before its low
+    /// watermark is written.
+    pub fn register(&self, request: i64, seq: u64, rel_id: u32, key: Vec<String>) {
+        self.lock().pending = Some(Pending {
+            request,
+            seq,
+            rel_id,
+            key,
+            phase: Phase::Waiting,
+            changed: HashMap::new(),
+            columns: None,
+            again: false,
+            chunk: None,
+            outcome: None,
+        });
+    }
+
+    /// The chunk as read, before its high watermark is written.
+    pub fn set_chunk(&self, chunk: BackfillChunk) {
+        if let Some(p) = self.lock().pending.as_mut() {
+            p.chunk = Some(chunk);
+        }
+    }
+
+    /// The chunk's outcome once known (the pending chunk is then gone).
+    pub fn outcome(&self) -> Option<Outcome> {
+        let mut g = self.lock();
+        let o = g.pending.as_ref().and_then(|p| p.outcome)?;
+        g.pending = None;
+        Some(o)
+    }
+
+    /// Forgets the pending chunk (the engine gave it up).
+    pub fn clear(&self) {
+        self.lock().pending = None;
+    }
+
+    /// Looks at one event of the stream, in commit order.
+    pub fn observe(&self, ev: &Event) -> Seen {
+        let mut g = self.lock();
+        let st = &mut *g;
+        match ev {
+            Event::Message {
+                prefix, content, ..
+            } if prefix == PREFIX => {
+                let Ok(mark) = serde_json::from_slice::<Mark>(content) else {
+                    return Seen::Drop;
+                };
+                if mark.slot != st.slot {
+                    return Seen::Drop;
+                }
+                let seen = st.mark(&mark);
+                if mark.mark == "request" {
+                    st.nudged = true;
+                }
+                drop(g);
+                self.notify.notify_one();
+                return seen;
+            }
+            Event::Relation(rel) if is_own(rel) => return Seen::Drop,
+            Event::Change(c) if is_own(&c.relation) => return Seen::Drop,
+            Event::Relation(rel) => {
+                if st.seen.insert(rel.rel_id) {
+                    st.nudged = true;
+                    drop(g);
+                    self.notify.notify_one();
+                }
+                return Seen::Forward;
+            }
+            Event::Change(c) => {
+                if let Some(p) = st.pending.as_mut() {
+                    if p.phase == Phase::Open && p.rel_id == c.relation.rel_id {
+                        p.record(c);
+                    }
+                }
+            }
+            Event::Truncate { relations, .. } => {
+                if let Some(p) = st.pending.as_mut() {
+                    if p.phase == Phase::Open && relations.iter().any(|r| r.rel_id == p.rel_id) {
+                        p.again = true;
+                    }
+                }
+            }
+            Event::Commit { end_lsn, .. } => {
+                if let Some(p) = st.pending.as_mut() {
+                    if p.phase == Phase::Sent && p.outcome.is_none() {
+                        p.outcome = Some(Outcome::Delivered(*end_lsn));
+                        drop(g);
+                        self.notify.notify_one();
+                    }
+                }
+            }
+            _ => {}
+        }
+        Seen::Forward
+    }
+}
+
+/// pgbridge's request table on the source (published when a publication
+/// is FOR ALL TABLES): never for the sinks.
+fn is_own(rel: &RelationSchema) -> bool {
+    rel.schema == "pgbridge" && rel.name == "backfill"
+}
+
+impl State {
+    fn mark(&mut self, mark: &Mark) -> Seen {
+        let Some(p) = self.pending.as_mut() else {
+            return Seen::Drop;
+        };
+        if p.request != mark.request || p.seq != mark.seq {
+            return Seen::Drop;
+        }
+        match (mark.mark.as_str(), p.phase) {
+            ("low", Phase::Waiting) => p.phase = Phase::Open,
+            ("high", Phase::Open) => {
+                let Some(chunk) = p.chunk.take() else {
+                    return Seen::Drop;
+                };
+                if p.again {
+                    p.outcome = Some(Outcome::Again);
+                    return Seen::Drop;
+                }
+                return match p.finish(chunk) {
+                    Ok(chunk) => {
+                        p.phase = Phase::Sent;
+                        Seen::Chunk(Arc::new(chunk))
+                    }
+                    Err(()) => {
+                        p.outcome = Some(Outcome::Again);
+                        Seen::Drop
+                    }
+                };
+            }
+            _ => {}
+        }
+        Seen::Drop
+    }
+}
+
+impl Pending {
+    /// Records a streamed change of the table: its key's state as of this
+    /// change (the new row, unchanged TOAST columns filled from an earlier
+    /// change of the window where it had them), or gone.
+    fn record(&mut self, c: &crate::model::Change) {
+        if self.key.is_empty() {
+            // Without a key no row can be told apart: read it again.
+            self.again = true;
+            return;
+        }
+        let Some(idx) = indexes(&c.relation, &self.key) else {
+            self.again = true;
+            return;
+        };
+        let names: Vec<&str> = c.relation.columns.iter().map(|c| c.name.as_str()).collect();
+        match &self.columns {
+            Some(prev) if prev.iter().map(String::as_str).ne(names.iter().copied()) => {
+                self.again = true;
+                return;
+            }
+            Some(_) => {}
+            None => self.columns = Some(names.iter().map(|n| n.to_string()).collect()),
+        }
+        let new_key = c.new.as_ref().map(|r| key_text(&r.0, &idx));
+        if let Some(old) = &c.old {
+            let old_key = key_text(&old.0, &idx);
+            if new_key.as_ref() != Some(&old_key) {
+                self.changed.insert(old_key, Final::Gone);
+            }
+        }
+        if let (Some(k), Some(new)) = (new_key, &c.new) {
+            let mut row = new.0.clone();
+            if let Some(Final::Row(prev)) = self.changed.get(&k) {
+                for (v, p) in row.iter_mut().zip(prev) {
+                    if matches!(v, TupleValue::UnchangedToast) {
+                        *v = p.clone();
+                    }
+                }
+            }
+            self.changed.insert(k, Final::Row(row));
+        }
+    }
+
+    /// The chunk at the high watermark: each key changed between the
+    /// watermarks gets its last streamed state (rows with the columns the
+    /// stream left out taken from the chunk's read, which has them as
+    /// they were: no change in the window touched them), the others their
+    /// row as read. A key whose state is not whole is left as the stream
+    /// left it.
+    fn finish(&mut self, mut chunk: BackfillChunk) -> Result<BackfillChunk, ()> {
+        if self.changed.is_empty() {
+            return Ok(chunk);
+        }
+        let Some(idx) = indexes(&chunk.relation, &self.key) else {
+            return Err(());
+        };
+        let same_columns = self.columns.as_ref().is_none_or(|cols| {
+            cols.iter().map(String::as_str).eq(chunk
+                .relation
+                .columns
+                .iter()
+                .map(|c| c.name.as_str()))
+        });
+        if !same_columns {
+            return Err(());
+        }
+        let mut read: HashMap<Vec<String>, Vec<TupleValue>> = HashMap::new();
+        chunk.rows.retain(|c| {
+            let Some(r) = c.new.as_ref() else {
+                return false;
+            };
+            let k = key_text(&r.0, &idx);
+            if self.changed.contains_key(&k) {
+                read.insert(k, r.0.clone());
+                return false;
+            }
+            true
+        });
+        let lsn = chunk.rows.first().map_or(crate::Lsn::ZERO, |c| c.lsn);
+        let mut changed: Vec<(Vec<String>, Final)> = self.changed.drain().collect();
+        changed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut keep = Vec::new();
+        for (k, state) in changed {
+            match state {
+                Final::Gone => chunk.refresh.push(k),
+                Final::Row(mut row) => {
+                    if let Some(r) = read.get(&k) {
+                        for (v, p) in row.iter_mut().zip(r) {
+                            if matches!(v, TupleValue::UnchangedToast) {
+                                *v = p.clone();
+                            }
+                        }
+                    }
+                    let whole = !row.iter().any(|v| matches!(v, TupleValue::UnchangedToast));
+                    if whole {
+                        chunk.rows.push(crate::model::Change {
+                            op: crate::model::Op::Insert,
+                            lsn,
+                            relation: chunk.relation.clone(),
+                            old: None,
+                            old_key_only: false,
+                            new: Some(crate::model::change::Row(row)),
+                        });
+                        chunk.refresh.push(k);
+                    } else {
+                        keep.push(k);
+                    }
+                }
+            }
+        }
+        if let Replace::Range { keep: k, .. } = &mut chunk.replace {
+            *k = keep;
+        }
+        Ok(chunk)
+    }
+}
+
+/// A key's state after the changes of the window.
+#[derive(Debug, Clone, PartialEq)]
+enum Final {
+    Row(Vec<TupleValue>),
+    Gone,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::model::change::Row;
+    use crate::model::{Change, ColumnSchema, Op, TxnMeta, TypeInfo};
+    use crate::pgoutput::ReplicaIdentity;
+
+    const REL: u32 = 10;
+
+    fn rel() -> Arc<RelationSchema> {
+        let col = |n: &str, key| ColumnSchema {
+            name: n.into(),
+            type_info: TypeInfo::builtin(25).unwrap_or_else(|| TypeInfo::other(25, "text")),
+            type_modifier: -1,
+            is_key: key,
+        };
+        Arc::new(RelationSchema {
+            rel_id: REL,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![col("id", true), col("v", false), col("big", false)],
+        })
+    }
+
+    fn t(s: &str) -> TupleValue {
+        match s {
+            "~" => TupleValue::UnchangedToast,
+            s => TupleValue::Text(Bytes::from(s.to_string())),
+        }
+    }
+
+    fn row(v: &[&str]) -> Option<Row> {
+        Some(Row(v.iter().map(|s| t(s)).collect()))
+    }
+
+    fn change(op: Op, old: Option<Row>, new: Option<Row>) -> Event {
+        Event::Change(Change {
+            op,
+            lsn: Lsn(1),
+            relation: rel(),
+            old,
+            old_key_only: true,
+            new,
+        })
+    }
+
+    fn mark(w: &Window, which: &str, slot: &str) -> Seen {
+        let m = Mark {
+            mark: which.into(),
+            slot: slot.into(),
+            request: 1,
+            seq: 1,
+        };
+        w.observe(&Event::Message {
+            lsn: Lsn(1),
+            transactional: true,
+            prefix: PREFIX.into(),
+            content: Bytes::from(serde_json::to_vec(&m).unwrap_or_default()),
+        })
+    }
+
+    fn commit(w: &Window, end: u64) {
+        w.observe(&Event::Commit {
+            meta: TxnMeta {
+                xid: 1,
+                commit_lsn: Lsn(end - 1),
+                commit_ts: 0,
+                origin: None,
+            },
+            end_lsn: Lsn(end),
+        });
+    }
+
+    /// A window with rows 1..=5 read, in range mode.
+    fn window(key: &[&str]) -> Window {
+        let w = Window::new("s");
+        w.register(1, 1, REL, key.iter().map(|k| k.to_string()).collect());
+        let rows = (1..=5)
+            .map(|i| {
+                let id = i.to_string();
+                let Event::Change(c) = change(Op::Insert, None, row(&[&id, "read", "big-read"]))
+                else {
+                    unreachable!()
+                };
+                c
+            })
+            .collect();
+        w.set_chunk(BackfillChunk {
+            request: 1,
+            seq: 1,
+            relation: rel(),
+            rows,
+            sinks: vec!["d".into()],
+            refresh: vec![],
+            replace: Replace::Range {
+                key: vec![0],
+                after: None,
+                upto: Some(vec!["5".into()]),
+                filter: None,
+                keep: vec![],
+            },
+        });
+        w
+    }
+
+    fn ids(chunk: &BackfillChunk) -> Vec<(String, String, String)> {
+        chunk
+            .rows
+            .iter()
+            .filter_map(|c| c.new.as_ref())
+            .map(|r| {
+                let k = key_text(&r.0, &[0, 1, 2]);
+                (k[0].clone(), k[1].clone(), k[2].clone())
+            })
+            .collect()
+    }
+
+    fn s(a: &str, b: &str, c: &str) -> (String, String, String) {
+        (a.into(), b.into(), c.into())
+    }
+
+    /// Keys changed between the watermarks carry their last streamed
+    /// state (unchanged TOAST filled from the read row), deleted ones are
+    /// removed, the rest stays as read; changes before the low watermark
+    /// do not count; the commit of the high watermark's transaction is
+    /// the chunk's position.
+    #[test]
+    fn window_changes_win_over_the_read() {
+        let w = window(&["id"]);
+        w.observe(&change(Op::Update, None, row(&["1", "before-low", "x"])));
+        assert!(matches!(mark(&w, "low", "s"), Seen::Drop));
+        w.observe(&change(Op::Update, None, row(&["2", "streamed", "~"])));
+        w.observe(&change(Op::Delete, row(&["3", "", ""]), None));
+        w.observe(&change(Op::Insert, None, row(&["9", "new", "b9"])));
+        w.observe(&change(Op::Update, None, row(&["9", "newer", "~"])));
+        w.observe(&change(Op::Update, None, row(&["8", "toast-unknown", "~"])));
+        // A key change: the old key is gone, the new one has the row.
+        w.observe(&change(
+            Op::Update,
+            row(&["4", "", ""]),
+            row(&["40", "moved", "b40"]),
+        ));
+        let Seen::Chunk(chunk) = mark(&w, "high", "s") else {
+            panic!("the chunk at the high watermark")
+        };
+        assert_eq!(
+            ids(&chunk),
+            vec![
+                s("1", "read", "big-read"),
+                s("5", "read", "big-read"),
+                s("2", "streamed", "big-read"),
+                s("40", "moved", "b40"),
+                s("9", "newer", "b9"),
+            ]
+        );
+        let keys = |v: &[&str]| v.iter().map(|k| vec![k.to_string()]).collect::<Vec<_>>();
+        assert_eq!(chunk.refresh, keys(&["2", "3", "4", "40", "9"]));
+        let Replace::Range { keep, .. } = &chunk.replace else {
+            panic!("range")
+        };
+        assert_eq!(
+            keep,
+            &keys(&["8"]),
+            "a state without its TOAST value stays as streamed"
+        );
+        assert_eq!(w.outcome(), None, "not committed yet");
+        commit(&w, 100);
+        assert_eq!(w.outcome(), Some(Outcome::Delivered(Lsn(100))));
+        assert_eq!(w.outcome(), None, "taken");
+    }
+
+    #[test]
+    fn truncate_or_keyless_change_reads_again() {
+        let w = window(&["id"]);
+        mark(&w, "low", "s");
+        w.observe(&Event::Truncate {
+            lsn: Lsn(1),
+            relations: vec![rel()],
+            cascade: false,
+            restart_identity: false,
+        });
+        assert!(matches!(mark(&w, "high", "s"), Seen::Drop));
+        assert_eq!(w.outcome(), Some(Outcome::Again));
+
+        let w = window(&[]);
+        mark(&w, "low", "s");
+        w.observe(&change(Op::Insert, None, row(&["7", "x", "y"])));
+        assert!(matches!(mark(&w, "high", "s"), Seen::Drop));
+        assert_eq!(w.outcome(), Some(Outcome::Again));
+    }
+
+    /// Another pipeline's watermarks, and pgbridge's own request table, are
+    /// not for the sinks and change nothing here; other messages pass.
+    #[test]
+    fn foreign_marks_and_own_table() {
+        let w = window(&["id"]);
+        assert!(matches!(mark(&w, "low", "other"), Seen::Drop));
+        assert!(matches!(mark(&w, "high", "other"), Seen::Drop));
+        assert!(
+            matches!(mark(&w, "high", "s"), Seen::Drop),
+            "no low seen yet"
+        );
+        let own = Arc::new(RelationSchema {
+            schema: "pgbridge".into(),
+            name: "backfill".into(),
+            ..(*rel()).clone()
+        });
+        assert!(matches!(w.observe(&Event::Relation(own)), Seen::Drop));
+        let other = Event::Message {
+            lsn: Lsn(1),
+            transactional: false,
+            prefix: "app".into(),
+            content: Bytes::new(),
+        };
+        assert!(matches!(w.observe(&other), Seen::Forward));
+        // A relation the stream shows for the first time nudges the engine
+        // (it may be a table added to the publication), once.
+        assert!(!w.take_nudge());
+        assert!(matches!(w.observe(&Event::Relation(rel())), Seen::Forward));
+        assert!(w.take_nudge());
+        w.observe(&Event::Relation(rel()));
+        assert!(!w.take_nudge());
+    }
+}
