@@ -1,0 +1,447 @@
+//! `pgbridge switchover --config FILE`: the fenced cutover from the source
+//! (the old primary) to a Postgres sink (the new primary), next to a
+//! streaming `pgbridge run` of the same config.
+//!
+//! Steps, each timed and printed:
+//! 1. checks that change nothing (the fence's connections, the new
+//!    primary's names and tables, the `repoint` command), then the reverse
+//!    publication on the new primary (it decodes nothing without a slot);
+//! 2. waits until the sink is close behind (so the pause is short);
+//! 3. fences writes ([`fence`]) — the pause starts;
+//! 4. reads the old primary's `pg_current_wal_lsn()` and waits until the
+//!    sink has durably applied it ([`crate::wait`]); again if any
+//!    transaction id was handed out meanwhile (a write that got past the
+//!    fence, e.g. a client not going through PgBouncer);
+//! 5. sets the sequences ([`crate::sequences`]);
+//! 6. creates the reverse slot on the new primary ([`reverse`]);
+//! 7. runs `repoint`;
+//! 8. lets writes go on, now at the new primary — the pause ends.
+//!
+//! Steps 3 to 7 must finish within `max_pause_secs` (the `repoint`
+//! command must start within it) and may be interrupted (SIGINT): then
+//! the fence is released on the old primary and what step 1 and 6
+//! created is dropped, so both sides are as they were (the sequences,
+//! moved forward only, stay). Past `repoint` nothing is undone: a failure
+//! there says what state things are in and what to run.
+
+pub mod fence;
+pub mod pgbouncer;
+pub mod reverse;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Config, PostgresSinkSection, SinkConfig};
+use crate::Lsn;
+use fence::Fence;
+use reverse::Reverse;
+
+/// How long step 2 waits for the sink to come close.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// How long `repoint` may run before it is killed (and the switchover
+/// given up).
+const REPOINT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines for the operator (stdout).
+pub type Out<'a> = &'a mut dyn FnMut(String);
+
+/// What a finished switchover measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    /// From the fence until writes went on at the new primary.
+    pub paused: Duration,
+}
+
+/// Runs the switchover of `config`'s `[switchover]` section; `interrupt`
+/// resolving (SIGINT) gives it up while that is still possible.
+pub async fn switchover(
+    config: &Config,
+    out: Out<'_>,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> Result<Done, String> {
+    let sw = config.switchover.as_ref().ok_or_else(|| {
+        format!(
+            "{}: no [switchover] section; add one (fence, repoint, ...: see the README, Cutover)",
+            config.path
+        )
+    })?;
+    let sink = config
+        .sinks
+        .iter()
+        .find_map(|s| match s {
+            SinkConfig::Postgres(p) if p.name == sw.sink() => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no Postgres sink named {}", sw.sink()))?;
+    let (tx, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        interrupt.await;
+        let _ = tx.send(true);
+    });
+
+    // 1. Checks and the publication.
+    let t = Instant::now();
+    let tables = sink_tables(config, sink).await?;
+    let mut fence = Fence::prepare(sw, &config.source.url).await?;
+    let mut back =
+        Reverse::prepare(sink, &sw.reverse_publication, &sw.reverse_slot, &tables).await?;
+    check_repoint(&sw.repoint)?;
+    let source = crate::pg::connect(&config.source.url.info)
+        .await
+        .map_err(|e| format!("old primary: {e}"))?;
+    out(format!(
+        "switchover: checks passed: fence {:?}, {} table(s) on the new primary (sink {}) ({})",
+        sw.fence,
+        tables.len(),
+        sink.name,
+        secs(t.elapsed())
+    ));
+    let t = Instant::now();
+    back.create_publication(&tables).await?;
+    out(format!(
+        "switchover: reverse publication {} created on the new primary ({})",
+        sw.reverse_publication,
+        secs(t.elapsed())
+    ));
+
+    // 2. Close behind, so that the pause is short.
+    let close = tokio::select! {
+        r = catch_up_before(config, &source, sink, sw.max_pause_secs, out) => r,
+        _ = stop.wait_for(|s| *s) => Err("interrupted".to_string()),
+    };
+    if let Err(e) = close {
+        let lines = back.undo().await;
+        return Err(given_up(out, &e, None, lines));
+    }
+
+    // 3-6. The pause.
+    let paused = Instant::now();
+    let deadline = paused + Duration::from_secs_f64(sw.max_pause_secs);
+    let fenced = tokio::select! {
+        r = fenced_steps(config, &source, sink, &mut fence, &mut back, out) => r,
+        _ = tokio::time::sleep_until(deadline.into()) => Err(format!(
+            "writes were paused for max_pause_secs = {} s and the new primary was not ready",
+            sw.max_pause_secs
+        )),
+        _ = stop.wait_for(|s| *s) => Err("interrupted (SIGINT) during the pause".to_string()),
+    };
+    if let Err(e) = fenced {
+        return Err(give_up(out, &e, &mut fence, &mut back, paused).await);
+    }
+
+    // 7. Repoint.
+    let t = Instant::now();
+    if let Err(e) = repoint(&sw.repoint, out).await {
+        let e = format!("{e}; it may have changed part of what it points before it failed: check that before the next RELOAD or restart of what it edits");
+        return Err(give_up(out, &e, &mut fence, &mut back, paused).await);
+    }
+    out(format!(
+        "switchover: repoint ran: {} ({})",
+        sw.repoint.join(" "),
+        secs(t.elapsed())
+    ));
+
+    // 8. Writes go on at the new primary.
+    let t = Instant::now();
+    match fence.release_to_new().await {
+        Ok(what) => out(format!(
+            "switchover: writes go on at the new primary: {what} ({})",
+            secs(t.elapsed())
+        )),
+        Err(e) => {
+            return Err(format!(
+                "the switch is made (the new primary has every write, its sequences are set, reverse slot {} exists, repoint ran), but letting writes go on failed: {e}; run {}",
+                sw.reverse_slot,
+                fence.manual_release()
+            ))
+        }
+    }
+    let done = Done {
+        paused: paused.elapsed(),
+    };
+    for l in reverse_hint(config, sink) {
+        out(l);
+    }
+    Ok(done)
+}
+
+/// Steps 3 to 6, under the pause's deadline.
+async fn fenced_steps(
+    config: &Config,
+    source: &tokio_postgres::Client,
+    sink: &PostgresSinkSection,
+    fence: &mut Fence,
+    back: &mut Reverse,
+    out: Out<'_>,
+) -> Result<(), String> {
+    let t = Instant::now();
+    let what = fence.engage().await?;
+    out(format!(
+        "switchover: writes fenced: {what} ({})",
+        secs(t.elapsed())
+    ));
+
+    let t = Instant::now();
+    let at = caught_up(config, source, sink).await?;
+    out(format!(
+        "switchover: old primary at {at}; sink {} has applied it ({})",
+        sink.name,
+        secs(t.elapsed())
+    ));
+
+    let t = Instant::now();
+    let report = crate::sequences::sync(config, std::slice::from_ref(&sink.name)).await?;
+    for l in &report.lines {
+        out(format!("switchover: {l}"));
+    }
+    if report.problems > 0 {
+        return Err(format!(
+            "{} sequence(s) could not be set on the new primary (see above)",
+            report.problems
+        ));
+    }
+    out(format!("switchover: sequences set ({})", secs(t.elapsed())));
+
+    let t = Instant::now();
+    let lsn = back.create_slot().await?;
+    out(format!(
+        "switchover: reverse slot {} created on the new primary at {lsn} ({})",
+        config
+            .switchover
+            .as_ref()
+            .map(|s| s.reverse_slot.as_str())
+            .unwrap_or_default(),
+        secs(t.elapsed())
+    ));
+    Ok(())
+}
+
+/// Waits until the sink holds the old primary's current position, with
+/// no transaction id handed out on the old primary meanwhile (else again:
+/// something wrote past the fence); returns that position.
+async fn caught_up(
+    config: &Config,
+    source: &tokio_postgres::Client,
+    sink: &PostgresSinkSection,
+) -> Result<Lsn, String> {
+    loop {
+        let (lsn, next_xid) = wal_position(source).await?;
+        // The pause's deadline bounds this wait.
+        crate::wait::wait(config, lsn, Some(&sink.name), Duration::from_secs(3600))
+            .await
+            .map_err(|e| format!("waiting for sink {}: {e}", sink.name))?;
+        let (_, after) = wal_position(source).await?;
+        if after == next_xid {
+            return Ok(lsn);
+        }
+        tracing::info!(before = %next_xid, after = %after, "a transaction id was handed out on the old primary during the pause; waiting again");
+    }
+}
+
+/// The old primary's `pg_current_wal_lsn()` and the next transaction id.
+async fn wal_position(source: &tokio_postgres::Client) -> Result<(Lsn, String), String> {
+    let row = source
+        .query_one(
+            "SELECT pg_catalog.pg_current_wal_lsn()::text, \
+             pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("old primary: {}", db_message(&e)))?;
+    let lsn: String = row.try_get(0).map_err(|e| e.to_string())?;
+    let xid: String = row.try_get(1).map_err(|e| e.to_string())?;
+    let lsn = lsn
+        .parse()
+        .map_err(|e| format!("old primary: position {lsn:?}: {e}"))?;
+    Ok((lsn, xid))
+}
+
+/// Step 2: waits (at most [`CATCH_UP_WAIT`]) until the sink reaches the
+/// old primary's position within a quarter of `max_pause_secs` of reading
+/// it: it is then close enough for a short pause.
+async fn catch_up_before(
+    config: &Config,
+    source: &tokio_postgres::Client,
+    sink: &PostgresSinkSection,
+    max_pause_secs: f64,
+    out: Out<'_>,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let quick = Duration::from_secs_f64(max_pause_secs / 4.0);
+    loop {
+        let (lsn, _) = wal_position(source).await?;
+        let t = Instant::now();
+        let left = CATCH_UP_WAIT.saturating_sub(start.elapsed());
+        match crate::wait::wait(config, lsn, Some(&sink.name), left).await {
+            Ok(_) if t.elapsed() <= quick => {
+                out(format!(
+                    "switchover: sink {} is close behind: it reached {lsn} {} after it was read ({} in all)",
+                    sink.name,
+                    secs(t.elapsed()),
+                    secs(start.elapsed())
+                ));
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(crate::wait::WaitError::Timeout { positions, .. }) => {
+                return Err(format!(
+                    "sink {} did not come close behind the old primary (at {lsn}) within {} s: {positions}; is `pgbridge run` of this config streaming (pgbridge status)?",
+                    sink.name,
+                    CATCH_UP_WAIT.as_secs()
+                ))
+            }
+            Err(e) => return Err(format!("waiting for sink {}: {e}", sink.name)),
+        }
+    }
+}
+
+/// Gives up during the pause: writes go on at the old primary, and what
+/// was created on the new one is dropped. Returns the error to exit with.
+async fn give_up(
+    out: Out<'_>,
+    why: &str,
+    fence: &mut Fence,
+    back: &mut Reverse,
+    paused: Instant,
+) -> String {
+    let released = fence.release_to_old().await;
+    let pause = paused.elapsed();
+    let lines = back.undo().await;
+    match released {
+        Ok(what) => {
+            out(format!(
+                "switchover: writes go on at the old primary: {what} (writes were paused {})",
+                secs(pause)
+            ));
+            given_up(out, why, None, lines)
+        }
+        Err(e) => given_up(
+            out,
+            why,
+            Some(format!(
+                "letting writes go on at the old primary failed: {e}; run {}",
+                fence.manual_release()
+            )),
+            lines,
+        ),
+    }
+}
+
+fn given_up(out: Out<'_>, why: &str, stuck: Option<String>, undone: Vec<String>) -> String {
+    for l in undone {
+        out(format!("switchover: {l}"));
+    }
+    match stuck {
+        None => format!("switchover given up: {why}; the old primary is still the primary and takes writes, nothing else was changed (sequences on the new primary may have moved forward)"),
+        Some(s) => format!("switchover given up: {why}; {s}"),
+    }
+}
+
+/// The sink's tables: the published ones it takes.
+async fn sink_tables(config: &Config, sink: &PostgresSinkSection) -> Result<Vec<String>, String> {
+    let src = &config.source;
+    let tables = crate::source::published::published_tables(&src.url.info, &src.publications)
+        .await
+        .map_err(|e| format!("old primary: {e}"))?;
+    let mine: Vec<String> = tables
+        .iter()
+        .map(|t| t.qualified_name())
+        .filter(|t| sink.tables.contains(t))
+        .collect();
+    if mine.is_empty() {
+        return Err(format!(
+            "sink {} takes no published table: nothing to switch over",
+            sink.name
+        ));
+    }
+    Ok(mine)
+}
+
+/// `repoint`'s program must exist when it is given as a path.
+fn check_repoint(argv: &[String]) -> Result<(), String> {
+    let Some(prog) = argv.first() else {
+        return Err("switchover.repoint is empty".into());
+    };
+    if prog.contains('/') {
+        let p = std::path::Path::new(prog);
+        let executable = std::fs::metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        });
+        if !executable {
+            return Err(format!(
+                "switchover.repoint: {prog} is not an executable file"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `repoint`; its output is passed on, indented.
+async fn repoint(argv: &[String], out: Out<'_>) -> Result<(), String> {
+    let (prog, args) = argv.split_first().ok_or("switchover.repoint is empty")?;
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(REPOINT_TIMEOUT, child)
+        .await
+        .map_err(|_| {
+            format!(
+                "repoint ({}) did not finish within {} s and was killed",
+                argv.join(" "),
+                REPOINT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("cannot run repoint ({}): {e}", argv.join(" ")))?;
+    for l in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&output.stderr).lines())
+    {
+        out(format!("switchover:   repoint: {l}"));
+    }
+    match output.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "repoint ({}) failed: {}",
+            argv.join(" "),
+            output.status
+        )),
+    }
+}
+
+/// The way back's config, to start with `pgbridge run`.
+fn reverse_hint(config: &Config, sink: &PostgresSinkSection) -> Vec<String> {
+    let sw = match &config.switchover {
+        Some(s) => s,
+        None => return Vec::new(),
+    };
+    let url = |u: &str| crate::source::redact_url(u);
+    vec![
+        "switchover: the way back: start `pgbridge run` with a config like this (passwords left out), before or after the forward `run` is stopped:".to_string(),
+        "  [source]".into(),
+        format!("  url = \"{}\"", url(&sink.url.raw)),
+        format!("  slot = \"{}\"", sw.reverse_slot),
+        format!("  publications = [\"{}\"]", sw.reverse_publication),
+        "  snapshot = \"never\"".into(),
+        "  [[sink]]".into(),
+        "  name = \"old_primary\"".into(),
+        "  type = \"postgres\"".into(),
+        format!("  url = \"{}\"", url(&config.source.url.raw)),
+    ]
+}
+
+/// `1.234 s`.
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_string(),
+        None => e.to_string(),
+    }
+}
