@@ -19,6 +19,7 @@ mod resync;
 mod sequences;
 mod shapes;
 mod source;
+mod switchover;
 mod sync;
 mod tail;
 mod verify;
@@ -48,6 +49,7 @@ fn main() {
     trials.extend(failover::trials());
     trials.extend(sync::trials());
     trials.extend(ha::trials());
+    trials.extend(switchover::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();
