@@ -215,7 +215,7 @@ impl ReadOnly {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let open = "SELECT pid FROM pg_catalog.pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() \
-               AND xact_start < $1::timestamptz AND state <> 'idle'";
+               AND xact_start < $1::text::timestamptz AND state <> 'idle'";
         let since: String = self
             .src
             .query_one("SELECT clock_timestamp()::text", &[])
