@@ -306,14 +306,22 @@ fn switchover_section(bouncer: &Bouncer, repoint: &Path, max_pause: u32, back: &
     )
 }
 
-/// A repoint script that points PgBouncer's `app` at `target`.
+/// A repoint script that points PgBouncer's `app` at `target`. As many
+/// real ones do, it also RELOADs PgBouncer itself, then takes a while
+/// (a DNS update, say): clients that connect meanwhile are what made
+/// PgBouncer stall for `server_login_retry` after the RESUME.
 fn repoint_script(dir: &Path, bouncer: &Bouncer, target: &str) -> PathBuf {
     let path = dir.join("repoint-app.sh");
+    let psql = harness::with_cluster(|c| c.bin_dir().join("psql"));
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nset -e\nsed -i 's|^app = .*|app = {target}|' '{}'\necho \"app now at {target}\"\n",
-            bouncer.ini.display()
+            "#!/bin/sh\nset -e\nsed -i 's|^app = .*|app = {target}|' '{}'\n\
+             '{}' -X -q -h 127.0.0.1 -p {} -U pgbouncer -d pgbouncer -c RELOAD\n\
+             sleep 0.5\necho \"app now at {target}\"\n",
+            bouncer.ini.display(),
+            psql.display(),
+            bouncer.port
         ),
     )
     .expect("repoint script");

@@ -28,7 +28,7 @@ use crate::config::Url;
 /// A fence ready to be engaged (its connections made beforehand, so that
 /// the pause does not wait for them).
 pub enum Fence {
-    Pgbouncer(Pgbouncer),
+    Pgbouncer(Box<Pgbouncer>),
     ReadOnly(ReadOnly),
 }
 
@@ -56,11 +56,11 @@ impl Fence {
                 ctl.check_databases(&sw.databases).await?;
                 ctl.setting("server_login_retry").await?;
                 let pauser = Some(Admin::connect(url).await?);
-                Ok(Fence::Pgbouncer(Pgbouncer {
+                Ok(Fence::Pgbouncer(Box::new(Pgbouncer {
                     ctl,
                     pauser,
                     databases: sw.databases.clone(),
-                }))
+                })))
             }
             None => {
                 let src = crate::pg::connect(&source.info)
