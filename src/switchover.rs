@@ -92,8 +92,8 @@ pub async fn switchover(
         .await
         .map_err(|e| format!("old primary: {e}"))?;
     out(format!(
-        "switchover: checks passed: fence {:?}, {} table(s) on the new primary (sink {}) ({})",
-        sw.fence,
+        "switchover: checks passed: fence {}, {} table(s) on the new primary (sink {}) ({})",
+        sw.fence.name(),
         tables.len(),
         sink.name,
         secs(t.elapsed())

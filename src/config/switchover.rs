@@ -17,6 +17,16 @@ pub enum Fence {
     ReadOnly,
 }
 
+impl Fence {
+    /// The word of the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fence::Pgbouncer => "pgbouncer",
+            Fence::ReadOnly => "read_only",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverConfig {
