@@ -28,6 +28,7 @@ pub mod fence;
 pub mod pgbouncer;
 pub mod reverse;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -119,13 +120,18 @@ pub async fn switchover(
     // 3-6. The pause.
     let paused = Instant::now();
     let deadline = paused + Duration::from_secs_f64(sw.max_pause_secs);
+    let step = Cell::new("fencing writes");
     let fenced = tokio::select! {
-        r = fenced_steps(config, &source, sink, &mut fence, &mut back, out) => r,
+        r = fenced_steps(config, &source, sink, &mut fence, &mut back, &step, out) => r,
         _ = tokio::time::sleep_until(deadline.into()) => Err(format!(
-            "writes were paused for max_pause_secs = {} s and the new primary was not ready",
-            sw.max_pause_secs
+            "writes were paused for max_pause_secs = {} s and the new primary was not ready (still {})",
+            sw.max_pause_secs,
+            step.get()
         )),
-        _ = stop.wait_for(|s| *s) => Err("interrupted (SIGINT) during the pause".to_string()),
+        _ = stop.wait_for(|s| *s) => Err(format!(
+            "interrupted (SIGINT) during the pause (while {})",
+            step.get()
+        )),
     };
     if let Err(e) = fenced {
         return Err(give_up(out, &e, &mut fence, &mut back, paused).await);
@@ -174,9 +180,11 @@ async fn fenced_steps(
     sink: &PostgresSinkSection,
     fence: &mut Fence,
     back: &mut Reverse,
+    step: &Cell<&'static str>,
     out: Out<'_>,
 ) -> Result<(), String> {
     let t = Instant::now();
+    step.set("fencing writes (running transactions have not ended)");
     let what = fence.engage().await?;
     out(format!(
         "switchover: writes fenced: {what} ({})",
@@ -184,6 +192,7 @@ async fn fenced_steps(
     ));
 
     let t = Instant::now();
+    step.set("waiting for the sink to apply the old primary's last writes");
     let at = caught_up(config, source, sink).await?;
     out(format!(
         "switchover: old primary at {at}; sink {} has applied it ({})",
@@ -192,6 +201,7 @@ async fn fenced_steps(
     ));
 
     let t = Instant::now();
+    step.set("setting the sequences");
     let report = crate::sequences::sync(config, std::slice::from_ref(&sink.name)).await?;
     for l in &report.lines {
         out(format!("switchover: {l}"));
@@ -205,6 +215,9 @@ async fn fenced_steps(
     out(format!("switchover: sequences set ({})", secs(t.elapsed())));
 
     let t = Instant::now();
+    step.set(
+        "creating the reverse slot (it waits for the transactions running on the new primary)",
+    );
     let lsn = back.create_slot().await?;
     out(format!(
         "switchover: reverse slot {} created on the new primary at {lsn} ({})",
@@ -284,7 +297,9 @@ async fn catch_up_before(
                 ));
                 return Ok(());
             }
-            Ok(_) => {}
+            Ok(at) => {
+                tracing::info!(lsn = %lsn, secs = t.elapsed().as_secs_f64(), positions = ?at, "the sink reached the old primary's position, not quickly enough yet");
+            }
             Err(crate::wait::WaitError::Timeout { positions, .. }) => {
                 return Err(format!(
                     "sink {} did not come close behind the old primary (at {lsn}) within {} s: {positions}; is `pgbridge run` of this config streaming (pgbridge status)?",

@@ -523,6 +523,49 @@ fn hold_new_primary(new: &LocalCluster) -> Child {
     child
 }
 
+/// A transaction through PgBouncer (port `port`) that inserts a row and
+/// stays open (holding its server connection) until told to commit;
+/// returns once it is open on the old primary (database `db`).
+fn open_transaction(
+    port: u16,
+    db: &str,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    JoinHandle<Result<String, String>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client
+                .simple_query("BEGIN; INSERT INTO t (client, seq) VALUES (97, 1)")
+                .await
+                .map_err(|e| e.to_string())?;
+            rx.recv().map_err(|e| e.to_string())?;
+            client
+                .simple_query("COMMIT")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok("committed".to_string())
+        })
+    });
+    wait_for("the open transaction", 30, || {
+        psql(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE 'BEGIN; INSERT INTO t (client, seq) VALUES (97%'",
+        ) == "1"
+    });
+    (tx, handle)
+}
+
 /// Nothing of the way back on the new primary.
 fn nothing_left(new: &LocalCluster) {
     assert_eq!(
@@ -574,9 +617,33 @@ fn pgbouncer_gives_up_on_timeout_and_sigint() {
     write(2);
     let fwd = Run::spawn(&config, &log);
     wait_streaming("sw_to");
-    let mut holder = hold_new_primary(&new);
     let load = Load::start(bouncer.port, "app", 1);
     std::thread::sleep(Duration::from_secs(1));
+
+    // A transaction through PgBouncer that stays open longer than the
+    // pause may: PAUSE does not return; RESUME (on the other admin
+    // connection) lets everyone go on, that transaction included.
+    let (commit, open_tx) = open_transaction(bouncer.port, &old);
+    let out = switchover(&config);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    eprintln!("PAUSE that cannot finish:\n{all}");
+    assert!(!all.contains("writes fenced"), "{all}");
+    assert!(all.contains("still fencing writes"), "{all}");
+    assert!(all.contains("max_pause_secs = 2 s"), "{all}");
+    assert!(all.contains("writes go on at the old primary"), "{all}");
+    assert_eq!(bouncer.paused(), "0");
+    nothing_left(&new);
+    commit.send(()).expect("the open transaction's thread");
+    let committed = open_tx.join().expect("the open transaction's thread");
+    assert_eq!(committed.as_deref(), Ok("committed"));
+    assert_eq!(
+        psql(&old, "SELECT count(*) FROM t WHERE client = 97"),
+        "1",
+        "the transaction open during the pause was lost"
+    );
+
+    let mut holder = hold_new_primary(&new);
 
     // Timeout: the pause passes max_pause_secs while the slot waits.
     let count_old = || {
@@ -586,6 +653,7 @@ fn pgbouncer_gives_up_on_timeout_and_sigint() {
     };
     let out = switchover(&config);
     let all = text(&out);
+    eprintln!("the slot waits past max_pause_secs:\n{all}");
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("max_pause_secs = 2 s"), "{all}");
     assert!(all.contains("writes go on at the old primary"), "{all}");
@@ -612,11 +680,20 @@ fn pgbouncer_gives_up_on_timeout_and_sigint() {
         .spawn()
         .expect("spawn pgbridge switchover");
     wait_for("the pause", 60, || bouncer.paused() == "1");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("the reverse slot's creation to wait", 60, || {
+        new.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_create_logical_replication_slot%' AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .unwrap_or_default()
+            == "1"
+    });
     assert!(signal(child.id(), "-INT"));
     let out = child.wait_with_output().expect("switchover exits");
     let all = text(&out);
+    eprintln!("SIGINT during the pause:\n{all}");
     assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("while creating the reverse slot"), "{all}");
     assert!(
         all.contains("interrupted (SIGINT) during the pause"),
         "{all}"
