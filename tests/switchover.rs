@@ -129,27 +129,35 @@ impl Bouncer {
         )
     }
 
-    /// `SHOW DATABASES`' `paused` of `app`.
-    fn paused(&self) -> String {
+    /// The rows of an admin console command, each as column -> value.
+    fn show(&self, sql: &str) -> Vec<std::collections::BTreeMap<String, String>> {
         let psql = harness::with_cluster(|c| c.bin_dir().join("psql"));
         let out = Command::new(psql)
             .args(["-X", "-A", "-P", "footer=off", "-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
-            .args(["-U", "pgbouncer", "-d", "pgbouncer", "-c", "SHOW DATABASES"])
+            .args(["-U", "pgbouncer", "-d", "pgbouncer", "-c", sql])
             .output()
             .expect("psql to the admin console");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let mut lines = text.lines();
         let head: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
-        let col = head
-            .iter()
-            .position(|c| *c == "paused")
-            .expect("paused column");
         lines
-            .map(|l| l.split('|').collect::<Vec<_>>())
-            .find(|r| r.first() == Some(&"app"))
-            .and_then(|r| r.get(col).map(|s| s.to_string()))
-            .unwrap_or_else(|| panic!("no database app in:\n{text}"))
+            .map(|l| {
+                head.iter()
+                    .zip(l.split('|'))
+                    .map(|(h, v)| (h.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `SHOW DATABASES`' `paused` of `app`.
+    fn paused(&self) -> String {
+        let rows = self.show("SHOW DATABASES");
+        rows.iter()
+            .find(|r| r.get("name").map(String::as_str) == Some("app"))
+            .and_then(|r| r.get("paused").cloned())
+            .unwrap_or_else(|| panic!("no database app in SHOW DATABASES: {rows:?}"))
     }
 
     fn log(&self) -> String {
@@ -174,7 +182,8 @@ struct Stats {
 
 /// Client threads writing short transactions (one simple-query message:
 /// transaction pooling keeps it on one server connection) through
-/// `port`, no retries; client 0 connects anew for every transaction.
+/// `port`, no retries, 20 ms apart; client 0 connects anew for every
+/// transaction.
 struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Stats>>,
@@ -257,7 +266,7 @@ fn client(c: i32, conn: &str, first: i32, stop: &AtomicBool) -> Stats {
             if c == 0 {
                 held = None;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     stats
@@ -384,6 +393,19 @@ fn pgbouncer_under_load_then_the_way_back() {
     );
     let pause = measured_pause(&out);
     eprintln!("switchover output:\n{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("RELOAD (app at 127.0.0.1:{new_port}/app)")),
+        "{}",
+        text(&out)
+    );
+    // No server connection to the old primary is left in the pool.
+    let servers = bouncer.show("SHOW SERVERS");
+    assert!(
+        servers
+            .iter()
+            .all(|r| r.get("port") == Some(&new_port.to_string())),
+        "{servers:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let stats = load.finish();
     eprintln!(

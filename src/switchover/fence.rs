@@ -149,7 +149,26 @@ impl Pgbouncer {
         let mut done = Vec::new();
         if reload {
             self.ctl.command("RELOAD").await?;
-            done.push("RELOAD".to_string());
+            // Where each database points now (a repoint through DNS
+            // leaves the same host name).
+            let rows = self.ctl.show("DATABASES").await?;
+            let field = |r: &std::collections::BTreeMap<String, String>, k: &str| {
+                r.get(k).cloned().unwrap_or_default()
+            };
+            let targets: Vec<String> = rows
+                .iter()
+                .filter(|r| self.databases.contains(&field(r, "name")))
+                .map(|r| {
+                    format!(
+                        "{} at {}:{}/{}",
+                        field(r, "name"),
+                        field(r, "host"),
+                        field(r, "port"),
+                        field(r, "database")
+                    )
+                })
+                .collect();
+            done.push(format!("RELOAD ({})", targets.join(", ")));
         }
         // Read after the RELOAD: what pgbouncer.ini says now.
         let retry = self.ctl.setting("server_login_retry").await?;
