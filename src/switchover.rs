@@ -257,8 +257,9 @@ async fn caught_up(
 async fn wal_position(source: &tokio_postgres::Client) -> Result<(Lsn, String), String> {
     let row = source
         .query_one(
+            // txid_*: also before PostgreSQL 13's pg_snapshot functions.
             "SELECT pg_catalog.pg_current_wal_lsn()::text, \
-             pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text",
+             pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())::text",
             &[],
         )
         .await
@@ -458,5 +459,27 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => d.message().to_string(),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_repoint;
+
+    #[test]
+    fn repoint_must_be_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("repoint.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let arg = |p: &std::path::Path| vec![p.display().to_string()];
+        let e = check_repoint(&arg(&script)).unwrap_err();
+        assert!(e.contains("is not an executable file"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        check_repoint(&arg(&script)).unwrap();
+        assert!(check_repoint(&arg(&dir.path().join("missing"))).is_err());
+        assert!(check_repoint(&arg(dir.path())).is_err());
+        // A bare name is looked up in PATH when it runs.
+        check_repoint(&["repoint-app".to_string()]).unwrap();
     }
 }

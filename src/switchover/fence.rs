@@ -283,3 +283,14 @@ impl ReadOnly {
         Ok("ALTER SYSTEM RESET default_transaction_read_only".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_values_are_bare_numbers_or_quoted() {
+        assert_eq!(super::literal("15"), "15");
+        assert_eq!(super::literal("2.5"), "2.5");
+        assert_eq!(super::literal("it's"), "'it''s'");
+        assert_eq!(super::literal(""), "''");
+    }
+}
