@@ -8,8 +8,8 @@
 //!    publication on the new primary (it decodes nothing without a slot);
 //! 2. waits until the sink is close behind (so the pause is short);
 //! 3. fences writes ([`fence`]) — the pause starts;
-//! 4. reads the old primary's `pg_current_wal_lsn()` and waits until the
-//!    sink has durably applied it ([`crate::wait`]); again if any
+//! 4. marks the old primary's position (see [`mark`]) and waits until the
+//!    sink has durably applied it ([`crate::wait`]); again if any other
 //!    transaction id was handed out meanwhile (a write that got past the
 //!    fence, e.g. a client not going through PgBouncer);
 //! 5. sets the sequences ([`crate::sequences`]);
@@ -83,29 +83,7 @@ pub async fn switchover(
     });
 
     // 1. Checks and the publication.
-    let t = Instant::now();
-    let tables = sink_tables(config, sink).await?;
-    let mut fence = Fence::prepare(sw, &config.source.url).await?;
-    let mut back =
-        Reverse::prepare(sink, &sw.reverse_publication, &sw.reverse_slot, &tables).await?;
-    check_repoint(&sw.repoint)?;
-    let source = crate::pg::connect(&config.source.url.info)
-        .await
-        .map_err(|e| format!("old primary: {e}"))?;
-    out(format!(
-        "switchover: checks passed: fence {}, {} table(s) on the new primary (sink {}) ({})",
-        sw.fence.name(),
-        tables.len(),
-        sink.name,
-        secs(t.elapsed())
-    ));
-    let t = Instant::now();
-    back.create_publication(&tables).await?;
-    out(format!(
-        "switchover: reverse publication {} created on the new primary ({})",
-        sw.reverse_publication,
-        secs(t.elapsed())
-    ));
+    let (source, mut fence, mut back) = prepare(config, sink, out).await?;
 
     // 2. Close behind, so that the pause is short.
     let close = tokio::select! {
@@ -173,6 +151,47 @@ pub async fn switchover(
     Ok(done)
 }
 
+/// Step 1: the checks (changing nothing), then the reverse publication.
+async fn prepare(
+    config: &Config,
+    sink: &PostgresSinkSection,
+    out: Out<'_>,
+) -> Result<(tokio_postgres::Client, Fence, Reverse), String> {
+    let Some(sw) = config.switchover.as_ref() else {
+        return Err("no [switchover] section".into());
+    };
+    let t = Instant::now();
+    let tables = sink_tables(config, sink).await?;
+    let fence = Fence::prepare(sw, &config.source.url).await?;
+    let mut back =
+        Reverse::prepare(sink, &sw.reverse_publication, &sw.reverse_slot, &tables).await?;
+    check_repoint(&sw.repoint)?;
+    let source = crate::pg::connect(&config.source.url.info)
+        .await
+        .map_err(|e| format!("old primary: {e}"))?;
+    // Marks are written while fence = "read_only" holds (a session's SET
+    // outlasts the reload).
+    source
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| format!("old primary: {}", db_message(&e)))?;
+    out(format!(
+        "switchover: checks passed: fence {}, {} table(s) on the new primary (sink {}) ({})",
+        sw.fence.name(),
+        tables.len(),
+        sink.name,
+        secs(t.elapsed())
+    ));
+    let t = Instant::now();
+    back.create_publication(&tables).await?;
+    out(format!(
+        "switchover: reverse publication {} created on the new primary ({})",
+        sw.reverse_publication,
+        secs(t.elapsed())
+    ));
+    Ok((source, fence, back))
+}
+
 /// Steps 3 to 6, under the pause's deadline.
 async fn fenced_steps(
     config: &Config,
@@ -231,45 +250,77 @@ async fn fenced_steps(
     Ok(())
 }
 
-/// Waits until the sink holds the old primary's current position, with
-/// no transaction id handed out on the old primary meanwhile (else again:
-/// something wrote past the fence); returns that position.
+/// Waits until the sink holds everything committed on the old primary
+/// so far, with no transaction id handed out there meanwhile but the
+/// mark's (else again: something wrote past the fence); returns the mark.
 async fn caught_up(
     config: &Config,
     source: &tokio_postgres::Client,
     sink: &PostgresSinkSection,
 ) -> Result<Lsn, String> {
     loop {
-        let (lsn, next_xid) = wal_position(source).await?;
+        let before = next_xid(source).await?;
+        let (lsn, own) = mark(source).await?;
         // The pause's deadline bounds this wait.
         crate::wait::wait(config, lsn, Some(&sink.name), Duration::from_secs(3600))
             .await
             .map_err(|e| format!("waiting for sink {}: {e}", sink.name))?;
-        let (_, after) = wal_position(source).await?;
-        if after == next_xid {
+        let after = next_xid(source).await?;
+        if after == before + own {
             return Ok(lsn);
         }
-        tracing::info!(before = %next_xid, after = %after, "a transaction id was handed out on the old primary during the pause; waiting again");
+        tracing::info!(
+            before,
+            after,
+            "transaction ids were handed out on the old primary during the pause; waiting again"
+        );
     }
 }
 
-/// The old primary's `pg_current_wal_lsn()` and the next transaction id.
-async fn wal_position(source: &tokio_postgres::Client) -> Result<(Lsn, String), String> {
-    let row = source
-        .query_one(
-            // txid_*: also before PostgreSQL 13's pg_snapshot functions.
-            "SELECT pg_catalog.pg_current_wal_lsn()::text, \
-             pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())::text",
-            &[],
-        )
-        .await
-        .map_err(|e| format!("old primary: {}", db_message(&e)))?;
-    let lsn: String = row.try_get(0).map_err(|e| e.to_string())?;
-    let xid: String = row.try_get(1).map_err(|e| e.to_string())?;
+/// Prefix of the logical messages that mark the old primary's position.
+pub const MARK_PREFIX: &str = "pgbridge.switchover";
+
+/// A position that every transaction committed on the old primary so far
+/// lies before, and that the sink reaches as soon as it applied them: a
+/// transactional logical message (its own transaction, so one transaction
+/// id: the second value). `pg_current_wal_lsn()` would do without a
+/// write, but past the last commit the WAL holds other databases' and
+/// tables' records, which the sink's position passes only with a
+/// keepalive of the server (seconds on a busy cluster: 9 s were seen); the
+/// message's commit reaches the sinks like any transaction (Postgres sinks
+/// ignore the message itself). Where the user may not emit messages the
+/// WAL position is used.
+async fn mark(source: &tokio_postgres::Client) -> Result<(Lsn, i64), String> {
+    let sql =
+        format!("SELECT pg_catalog.pg_logical_emit_message(true, '{MARK_PREFIX}', 'mark')::text");
+    let (lsn, own): (String, i64) = match source.query_one(&sql, &[]).await {
+        Ok(row) => (row.try_get(0).map_err(|e| e.to_string())?, 1),
+        Err(e) => {
+            tracing::warn!(error = %db_message(&e), "cannot emit a logical message on the old primary; waiting for its WAL position instead (the sink may take until a keepalive of the server to reach it)");
+            let row = source
+                .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+                .await
+                .map_err(|e| format!("old primary: {}", db_message(&e)))?;
+            (row.try_get(0).map_err(|e| e.to_string())?, 0)
+        }
+    };
     let lsn = lsn
         .parse()
         .map_err(|e| format!("old primary: position {lsn:?}: {e}"))?;
-    Ok((lsn, xid))
+    Ok((lsn, own))
+}
+
+/// The next transaction id the old primary hands out.
+async fn next_xid(source: &tokio_postgres::Client) -> Result<i64, String> {
+    // txid_*: also before PostgreSQL 13's pg_snapshot functions.
+    source
+        .query_one(
+            "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| format!("old primary: {}", db_message(&e)))
 }
 
 /// Step 2: waits (at most [`CATCH_UP_WAIT`]) until the sink reaches the
@@ -285,7 +336,7 @@ async fn catch_up_before(
     let start = Instant::now();
     let quick = Duration::from_secs_f64(max_pause_secs / 4.0);
     loop {
-        let (lsn, _) = wal_position(source).await?;
+        let (lsn, _) = mark(source).await?;
         let t = Instant::now();
         let left = CATCH_UP_WAIT.saturating_sub(start.elapsed());
         match crate::wait::wait(config, lsn, Some(&sink.name), left).await {

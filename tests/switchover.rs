@@ -381,6 +381,16 @@ fn pgbouncer_under_load_then_the_way_back() {
         on_new("SELECT count(*) FROM t") == "500"
     });
 
+    // Writes to another database of the old primary's cluster go on
+    // throughout: WAL that the sink's position passes only with a
+    // keepalive of the server.
+    let (_, noise_db) = harness::fresh_db("sw_noise");
+    psql(&noise_db, DDL);
+    psql(
+        &noise_db,
+        "INSERT INTO counters SELECT g, 0 FROM generate_series(0, 3) g",
+    );
+    let noise = Load::start(old_port, &noise_db, 1);
     let load = Load::start(bouncer.port, "app", 1);
     std::thread::sleep(Duration::from_secs(2));
     let out = switchover(&config);
@@ -393,6 +403,21 @@ fn pgbouncer_under_load_then_the_way_back() {
     );
     let pause = measured_pause(&out);
     eprintln!("switchover output:\n{}", text(&out));
+    let noise = noise.finish();
+    assert!(noise.errors.is_empty(), "{:?}", noise.errors);
+    // The catch-up waited for the sink, not for a keepalive.
+    let catch_up: f64 = text(&out)
+        .lines()
+        .find(|l| l.contains("has applied it ("))
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|s| s.strip_suffix(" s)"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no catch-up line:\n{}", text(&out)));
+    assert!(
+        catch_up < 3.0,
+        "catch-up took {catch_up} s:\n{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains(&format!("RELOAD (app at 127.0.0.1:{new_port}/app)")),
         "{}",
