@@ -8,10 +8,10 @@
 //!    publication on the new primary (it decodes nothing without a slot);
 //! 2. waits until the sink is close behind (so the pause is short);
 //! 3. fences writes ([`fence`]) — the pause starts;
-//! 4. marks the old primary's position (see [`mark`]) and waits until the
-//!    sink has durably applied it ([`crate::wait`]); again if any other
-//!    transaction id was handed out meanwhile (a write that got past the
-//!    fence, e.g. a client not going through PgBouncer);
+//! 4. waits until no session of the source database is in a write
+//!    transaction (one that got past the fence, e.g. a client not going
+//!    through PgBouncer), marks the old primary's position (see [`mark`])
+//!    and waits until the sink has durably applied it ([`crate::wait`]);
 //! 5. sets the sequences ([`crate::sequences`]);
 //! 6. creates the reverse slot on the new primary ([`reverse`]);
 //! 7. runs `repoint`;
@@ -250,31 +250,37 @@ async fn fenced_steps(
     Ok(())
 }
 
-/// Waits until the sink holds everything committed on the old primary
-/// so far, with no transaction id handed out there meanwhile but the
-/// mark's (else again: something wrote past the fence); returns the mark.
+/// Waits until no session of the source database is in a write
+/// transaction (one that got past the fence, e.g. a client not going
+/// through PgBouncer), marks the position and waits until the sink holds
+/// it; returns the mark.
 async fn caught_up(
     config: &Config,
     source: &tokio_postgres::Client,
     sink: &PostgresSinkSection,
 ) -> Result<Lsn, String> {
+    // Per database: the cluster's other databases write as they like.
+    let writing = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+         WHERE datname = pg_catalog.current_database() AND backend_xid IS NOT NULL \
+           AND pid <> pg_catalog.pg_backend_pid()";
     loop {
-        let before = next_xid(source).await?;
-        let (lsn, own) = mark(source).await?;
-        // The pause's deadline bounds this wait.
-        crate::wait::wait(config, lsn, Some(&sink.name), Duration::from_secs(3600))
+        let n: i64 = source
+            .query_one(writing, &[])
             .await
-            .map_err(|e| format!("waiting for sink {}: {e}", sink.name))?;
-        let after = next_xid(source).await?;
-        if after == before + own {
-            return Ok(lsn);
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| format!("old primary: {}", db_message(&e)))?;
+        if n == 0 {
+            break;
         }
-        tracing::info!(
-            before,
-            after,
-            "transaction ids were handed out on the old primary during the pause; waiting again"
-        );
+        tracing::info!(sessions = n, "sessions of the source database are in write transactions during the pause; waiting for them");
+        // The pause's deadline bounds this wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let lsn = mark(source).await?;
+    crate::wait::wait(config, lsn, Some(&sink.name), Duration::from_secs(3600))
+        .await
+        .map_err(|e| format!("waiting for sink {}: {e}", sink.name))?;
+    Ok(lsn)
 }
 
 /// Prefix of the logical messages that mark the old primary's position.
@@ -282,45 +288,29 @@ pub const MARK_PREFIX: &str = "pgbridge.switchover";
 
 /// A position that every transaction committed on the old primary so far
 /// lies before, and that the sink reaches as soon as it applied them: a
-/// transactional logical message (its own transaction, so one transaction
-/// id: the second value). `pg_current_wal_lsn()` would do without a
+/// transactional logical message. `pg_current_wal_lsn()` would do without a
 /// write, but past the last commit the WAL holds other databases' and
 /// tables' records, which the sink's position passes only with a
 /// keepalive of the server (seconds on a busy cluster: 9 s were seen); the
 /// message's commit reaches the sinks like any transaction (Postgres sinks
 /// ignore the message itself). Where the user may not emit messages the
 /// WAL position is used.
-async fn mark(source: &tokio_postgres::Client) -> Result<(Lsn, i64), String> {
+async fn mark(source: &tokio_postgres::Client) -> Result<Lsn, String> {
     let sql =
         format!("SELECT pg_catalog.pg_logical_emit_message(true, '{MARK_PREFIX}', 'mark')::text");
-    let (lsn, own): (String, i64) = match source.query_one(&sql, &[]).await {
-        Ok(row) => (row.try_get(0).map_err(|e| e.to_string())?, 1),
+    let lsn: String = match source.query_one(&sql, &[]).await {
+        Ok(row) => row.try_get(0).map_err(|e| e.to_string())?,
         Err(e) => {
             tracing::warn!(error = %db_message(&e), "cannot emit a logical message on the old primary; waiting for its WAL position instead (the sink may take until a keepalive of the server to reach it)");
             let row = source
                 .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
                 .await
                 .map_err(|e| format!("old primary: {}", db_message(&e)))?;
-            (row.try_get(0).map_err(|e| e.to_string())?, 0)
+            row.try_get(0).map_err(|e| e.to_string())?
         }
     };
-    let lsn = lsn
-        .parse()
-        .map_err(|e| format!("old primary: position {lsn:?}: {e}"))?;
-    Ok((lsn, own))
-}
-
-/// The next transaction id the old primary hands out.
-async fn next_xid(source: &tokio_postgres::Client) -> Result<i64, String> {
-    // txid_*: also before PostgreSQL 13's pg_snapshot functions.
-    source
-        .query_one(
-            "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
-            &[],
-        )
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| format!("old primary: {}", db_message(&e)))
+    lsn.parse()
+        .map_err(|e| format!("old primary: position {lsn:?}: {e}"))
 }
 
 /// Step 2: waits (at most [`CATCH_UP_WAIT`]) until the sink reaches the
@@ -336,7 +326,7 @@ async fn catch_up_before(
     let start = Instant::now();
     let quick = Duration::from_secs_f64(max_pause_secs / 4.0);
     loop {
-        let (lsn, _) = mark(source).await?;
+        let lsn = mark(source).await?;
         let t = Instant::now();
         let left = CATCH_UP_WAIT.saturating_sub(start.elapsed());
         match crate::wait::wait(config, lsn, Some(&sink.name), left).await {
