@@ -12,7 +12,8 @@
 #                            the major-version migration test, promtool,
 #                            podman and debootstrap (the container image
 #                            test), Python's yaml module and systemd-analyze
-#                            (the deployment files' checks)
+#                            (the deployment files' checks), PgBouncer (the
+#                            switchover test)
 set -euo pipefail
 
 demo_only=0
@@ -78,6 +79,8 @@ if [ "$demo_only" -eq 0 ]; then
   yaml_python >/dev/null || missing+=(python3 python3-yaml)
   # systemd-analyze verifies deploy/systemd/pgbridge.service.
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  # tests/switchover.rs fences writes with a real PgBouncer.
+  [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2

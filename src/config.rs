@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+pub mod switchover;
+
+pub use switchover::SwitchoverConfig;
+
 use crate::sink::kafka::KafkaSinkSection;
 use crate::source::ConnInfo;
 
@@ -24,6 +28,9 @@ pub struct Config {
     /// `/metrics`, `/healthz`, `/status` (off when absent).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// `pgbridge switchover` (see [`switchover`]).
+    #[serde(default)]
+    pub switchover: Option<SwitchoverConfig>,
     /// The file it was read from, as given (advice names it).
     #[serde(skip)]
     pub path: String,
@@ -606,6 +613,7 @@ impl Config {
                 )));
             }
         }
+        switchover::validate(&mut config).map_err(semantic)?;
         // pgbridge's sessions on the source are named after the slot
         // unless the URL names them: a source can then list the pipeline
         // in synchronous_standby_names, and tell pipelines apart.

@@ -23,6 +23,7 @@ pub mod sequences;
 pub mod sink;
 pub mod source;
 pub mod sqlstate;
+pub mod switchover;
 pub mod tail;
 pub mod verify;
 pub mod wait;

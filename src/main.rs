@@ -244,6 +244,26 @@ A minimal config:
         #[arg(long = "sink")]
         sinks: Vec<String>,
     },
+    /// The fenced cutover to a Postgres sink: pause writes, let the sink
+    /// catch up, set sequences, prepare the way back, repoint, resume.
+    ///
+    /// Runs next to a streaming `pgbridge run` of the same config and
+    /// follows its `[switchover]` section: waits until the sink is close
+    /// behind, fences writes (PgBouncer PAUSE, or the old primary
+    /// read-only), waits until the sink has applied the old primary's last
+    /// write, sets the sequences (as sync-sequences), creates the reverse
+    /// publication and slot on the new primary, runs `repoint`, and lets
+    /// writes go on at the new primary. Each step is printed with its time;
+    /// the last line is the measured pause. When the pause would pass
+    /// max_pause_secs, a step fails before repoint, or on SIGINT, writes go
+    /// on at the old primary, what was created is dropped, exit 1.
+    #[command(after_help = "Examples:
+  pgbridge switchover --config /etc/pgbridge/migration.toml")]
+    Switchover {
+        /// The pipeline's TOML config file (with a [switchover] section).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Return once the sinks hold every source transaction ending at or
     /// before an LSN (read from their durable state); exit 1 on timeout.
     ///
@@ -495,6 +515,17 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             for (name, at) in positions {
                 println!("sink {name} holds {at}");
             }
+            Ok(())
+        }
+        Command::Switchover { config } => {
+            let config = load(&config)?;
+            let mut print = |l: String| println!("{l}");
+            let done =
+                pgbridge::switchover::switchover(&config, &mut print, shutdown_signal()).await?;
+            println!(
+                "switchover done: writes paused {:.2} s",
+                done.paused.as_secs_f64()
+            );
             Ok(())
         }
         // Its own exit statuses (1: a table differs, 2: an error): `main`

@@ -22,6 +22,7 @@ mod schema_copy;
 mod sequences;
 mod shapes;
 mod source;
+mod switchover;
 mod sync;
 mod tail;
 mod verify;
@@ -54,6 +55,7 @@ fn main() {
     trials.extend(sync::trials());
     trials.extend(ha::trials());
     trials.extend(ddl::trials());
+    trials.extend(switchover::trials());
     let conclusion = libtest_mimic::run(&args, trials);
     harness::shutdown();
     conclusion.exit();
