@@ -210,11 +210,9 @@ pub fn metrics(stats: &Stats) -> String {
     out
 }
 
-/// Per table backfill progress (see `pipeline::backfill`).
+/// Per table backfill progress (see `pipeline::backfill`): declared always,
+/// with a sample for each table that had a backfill in this process.
 fn backfill_metrics(s: &Snapshot, p: &str, out: &mut String) {
-    if s.backfills.is_empty() {
-        return;
-    }
     let per = |f: &dyn Fn(&crate::pipeline::stats::BackfillProgress) -> f64| -> Vec<(String, f64)> {
         s.backfills
             .iter()
