@@ -191,7 +191,7 @@ async fn follow(config: &Config, table: &str, id: i64) -> Result<(), String> {
                     req.error.unwrap_or_default()
                 ))
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

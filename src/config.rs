@@ -110,7 +110,8 @@ pub struct SourceConfig {
     #[serde(default)]
     pub capture_ddl: bool,
     /// Rows per chunk of a backfill (`pgbridge backfill`, and tables added
-    /// to a publication while the pipeline runs).
+    /// to a publication while the pipeline runs), at most; fewer when they
+    /// exceed `pipeline::backfill::CHUNK_BYTES`.
     #[serde(default = "default_backfill_chunk_rows")]
     pub backfill_chunk_rows: usize,
 }

@@ -12,6 +12,7 @@ pub enum Part {
     Latency,
     Kafka,
     Memory,
+    Backfill,
 }
 
 /// A part as named on the command line.
@@ -24,6 +25,8 @@ enum PartArg {
     Kafka,
     /// Needs a tansu broker.
     Memory,
+    /// pgbridge alone: its initial copy, then `pgbridge backfill` of the same table while streaming.
+    Backfill,
     /// backlog, copy and latency.
     All,
 }
@@ -88,6 +91,7 @@ impl Args {
                 PartArg::Latency => parts.push(Part::Latency),
                 PartArg::Kafka => parts.push(Part::Kafka),
                 PartArg::Memory => parts.push(Part::Memory),
+                PartArg::Backfill => parts.push(Part::Backfill),
                 PartArg::All => parts.extend(ALL),
             }
         }

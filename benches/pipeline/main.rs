@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release            # the binary under test: target/release/pgbridge
-//! cargo bench --bench pipeline -- [backlog|copy|latency|kafka|memory|all]... [--scale F] [--runs N]
+//! cargo bench --bench pipeline -- [backlog|copy|latency|kafka|memory|backfill|all]... [--scale F] [--runs N]
 //! ```
 //! (or `scripts/bench.sh ...`, which installs what is missing and builds
 //! first; `--help` lists every option).
@@ -40,6 +40,11 @@
 //!   piped into a Python producer, and `pgbridge run` with one Kafka sink.
 //! * memory (not in `all`): one large transaction into a Postgres and a
 //!   Kafka sink together; pgbridge's peak RSS.
+//! * backfill (not in `all`): the copy part's table, copied by pgbridge's
+//!   initial copy (to its exit), then again by `pgbridge backfill` into a
+//!   running pipeline (to the command's exit) while 200 one-row
+//!   transactions/s stream into another table; the ratio of the two times
+//!   and the commit-to-visible lag of the streamed rows during the backfill.
 //!
 //! A contender whose target does not end equal to the source (row count and
 //! a checksum over every column) has failed, however fast it was. The
@@ -105,6 +110,7 @@ async fn bench(args: Args) -> R<Report> {
             Part::Latency => scenarios::latency::run(&env, &mut report).await,
             Part::Kafka => scenarios::kafka::run(&env, &mut report).await,
             Part::Memory => scenarios::memory::run(&env, &mut report).await,
+            Part::Backfill => scenarios::backfill::run(&env, &mut report).await,
         };
         if let Err(e) = r {
             report.headers.push(format!("{part:?} part aborted: {e}"));

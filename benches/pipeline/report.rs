@@ -190,6 +190,13 @@ const RATIOS: &[Ratio] = &[
         den: ("-", "native"),
         limit: None,
     },
+    Ratio {
+        label: "backfill while streaming / initial copy",
+        part: "backfill",
+        num: ("bf", "pgbridge"),
+        den: ("copy", "pgbridge"),
+        limit: Some(1.5),
+    },
 ];
 
 /// Prints the report: the headers, the contenders' times, the ratios, the

@@ -33,7 +33,7 @@ struct PgRun<'a> {
 
 /// The `[source]` every bench run shares: positions reported every second
 /// (the bench polls the slot), plus `PGBRIDGE_BENCH_SOURCE_CONF`.
-fn source(env: &Env, db: &str, slot: &str, publication: &str, snapshot: &str) -> Config {
+pub fn source(env: &Env, db: &str, slot: &str, publication: &str, snapshot: &str) -> Config {
     Config::source(&env.src_url(db), slot, &[publication])
         .key("snapshot", format!("\"{snapshot}\""))
         .key("status_interval_secs", 1)

@@ -44,7 +44,7 @@ impl Latency {
     }
 }
 
-fn percentiles(mut v: Vec<f64>) -> Pcts {
+pub fn percentiles(mut v: Vec<f64>) -> Pcts {
     if v.is_empty() {
         return Pcts::default();
     }
@@ -198,7 +198,19 @@ pub async fn max_id(db: &Db, table: &str) -> R<i64> {
 /// Waits until the target has every source row with an id above `after`,
 /// then returns their commit-to-arrival times in ms.
 pub async fn measure_latency(src: &Db, tgt: &Db, table: &str, after: i64) -> R<Vec<f64>> {
-    let count = format!("SELECT count(*) FROM {table} WHERE id > {after}");
+    measure_between(src, tgt, table, after, i64::MAX).await
+}
+
+/// [`measure_latency`] of the rows with an id in `(after, upto]`.
+pub async fn measure_between(
+    src: &Db,
+    tgt: &Db,
+    table: &str,
+    after: i64,
+    upto: i64,
+) -> R<Vec<f64>> {
+    let range = format!("id > {after} AND id <= {upto}");
+    let count = format!("SELECT count(*) FROM {table} WHERE {range}");
     let want: u64 = src.number(&count).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -223,7 +235,7 @@ pub async fn measure_latency(src: &Db, tgt: &Db, table: &str, after: i64) -> R<V
     let mut committed_at: HashMap<i64, i64> = HashMap::new();
     for r in src
         .rows(&format!(
-            "SELECT id, {} FROM {table} WHERE id > {after}",
+            "SELECT id, {} FROM {table} WHERE {range}",
             micros("pg_xact_commit_timestamp(xmin)")
         ))
         .await?
@@ -234,7 +246,7 @@ pub async fn measure_latency(src: &Db, tgt: &Db, table: &str, after: i64) -> R<V
     let mut arrived = Vec::new();
     for r in tgt
         .rows(&format!(
-            "SELECT id, {} FROM {table} WHERE id > {after}",
+            "SELECT id, {} FROM {table} WHERE {range}",
             micros("arrived")
         ))
         .await?

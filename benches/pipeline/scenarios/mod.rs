@@ -1,6 +1,7 @@
 //! The parts of the benchmark: each makes its source data, lets every
 //! contender take its turns, and adds the results to the report.
 
+pub mod backfill;
 pub mod backlog;
 pub mod copy;
 pub mod kafka;

@@ -319,6 +319,7 @@ impl<'a> Engine<'a> {
             rows: req.rows as u64,
             recorded: (req.chunks as u64, req.rows as u64),
             sent: Default::default(),
+            limit: src.backfill_chunk_rows.min(FIRST_CHUNK_ROWS),
         };
         tracing::info!(request = req.id, table = %req.table, kind = req.kind.as_str(), sinks = %sinks.join(","),
             resume_after = ?job.after, chunks_done = job.seq, "backfill started");
@@ -343,9 +344,9 @@ impl<'a> Engine<'a> {
         job: &mut Job<'_>,
         tracker: &Tracker,
     ) -> Result<bool, Failure> {
-        let limit = self.config.source.backfill_chunk_rows;
         let keyless = job.key.is_empty();
         loop {
+            let limit = job.limit;
             let seq = job.seq + 1;
             self.window
                 .register(job.req.id, seq, job.spec.oid, job.key.to_vec());
@@ -371,7 +372,7 @@ impl<'a> Engine<'a> {
                     keep: Vec::new(),
                 },
             };
-            self.window.set_chunk(BackfillChunk {
+            let chunk = BackfillChunk {
                 request: job.req.id,
                 seq,
                 relation: job.rel.clone(),
@@ -379,7 +380,9 @@ impl<'a> Engine<'a> {
                 sinks: job.sinks.to_vec(),
                 refresh: Vec::new(),
                 replace,
-            });
+            };
+            job.limit = next_limit(self.config.source.backfill_chunk_rows, chunk.bytes(), n);
+            self.window.set_chunk(chunk);
             let high = reader.mark("high", job.req.id, seq).await;
             if keyless {
                 reader.unlock().await;
@@ -456,6 +459,23 @@ async fn read_between(
         reader.unlock().await;
     }
     r
+}
+
+/// Bytes of row data a backfill chunk holds at most, about: after the
+/// first chunk, the rows per chunk are `backfill_chunk_rows` or as many
+/// as fit this at the rows' average size so far.
+pub const CHUNK_BYTES: usize = 16 << 20;
+
+/// Rows in a table's first chunk at most: its rows' size is not known yet.
+const FIRST_CHUNK_ROWS: usize = 10_000;
+
+/// The rows of the next chunk after one of `rows` rows and `bytes` bytes.
+fn next_limit(max_rows: usize, bytes: usize, rows: usize) -> usize {
+    if rows == 0 {
+        return max_rows.min(FIRST_CHUNK_ROWS);
+    }
+    let per_row = (bytes / rows).max(1);
+    (CHUNK_BYTES / per_row).clamp(1, max_rows)
 }
 
 /// pgbridge's request table on the source (published by a publication
@@ -537,6 +557,8 @@ struct Job<'r> {
     /// Chunks and rows recorded (every sink holds them).
     recorded: (u64, u64),
     sent: std::collections::VecDeque<Sent>,
+    /// Rows of the next chunk (see [`next_limit`]).
+    limit: usize,
 }
 
 /// Adjusts the initial copy's plan for live adds: a table whose live copy
@@ -639,5 +661,23 @@ pub async fn status_lines(config: &Config) -> Vec<String> {
                 .collect()
         }
         Err(e) => vec![format!("backfills: unknown ({e})")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_rows_follow_the_byte_budget() {
+        // The first chunk: no size known yet.
+        assert_eq!(next_limit(100_000, 0, 0), FIRST_CHUNK_ROWS);
+        assert_eq!(next_limit(500, 0, 0), 500);
+        // Small rows: the row limit.
+        assert_eq!(next_limit(100_000, 10_000 * 100, 10_000), 100_000);
+        // 1 KiB rows: the byte budget.
+        assert_eq!(next_limit(100_000, 1000 * 1024, 1000), CHUNK_BYTES / 1024);
+        // A row larger than the budget: one row a chunk.
+        assert_eq!(next_limit(100_000, 2 * CHUNK_BYTES, 1), 1);
     }
 }
