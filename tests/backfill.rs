@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::harness::bridge::{
-    http_get, sample, wait_for, wait_for_run, wait_streaming, write_single, Run,
+    http_get, log_text, sample, wait_for, wait_for_run, wait_streaming, write_single, Run,
 };
 use crate::harness::config::Config;
 use crate::harness::{fresh_db, psql, url};
@@ -178,10 +178,6 @@ fn request(src: &str, filter: &str) -> String {
         src,
         &format!("SELECT state || ' ' || chunks || ' ' || rows FROM pgbridge.backfill WHERE {filter} ORDER BY id DESC LIMIT 1"),
     )
-}
-
-fn log_text(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 fn seconds(secs: u64) {

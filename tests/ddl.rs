@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
 
-use crate::harness::bridge::{spawn_run, stop_run, wait_exit, wait_streaming, write_single};
+use crate::harness::bridge::{
+    confirmed_to_now, log_text, spawn_run, stop_run, wait_exit, wait_streaming_logged, write_single,
+};
 use crate::harness::config::Config;
 use crate::harness::kafka::{consume, Tansu};
 use crate::harness::{self, psql};
@@ -54,36 +56,6 @@ pub fn trials() -> Vec<Trial> {
             broken_capture_never_fails_ddl,
         ),
     ]
-}
-
-fn log_text(log: &std::path::Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
-fn streaming(slot: &str, log: &std::path::Path) {
-    if std::panic::catch_unwind(|| wait_streaming(slot)).is_err() {
-        panic!("{slot} never streamed; log:\n{}", log_text(log));
-    }
-}
-
-/// Waits until the slot confirmed the source's current WAL position.
-fn confirmed_to_now(src: &str, slot: &str, log: &std::path::Path) {
-    let end = psql(src, "SELECT pg_current_wal_lsn()");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while psql(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ),
-    ) != "t"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "slot {slot} never confirmed {end}; log:\n{}",
-            log_text(log)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Row count and a hash of every row's text form.
@@ -215,7 +187,7 @@ fn load_test(name: &str, workers: usize) {
     )
     .expect("config");
     let run = spawn_run(&config, &log);
-    streaming(name, &log);
+    wait_streaming_logged(name, &log);
     let writer = Writer::start(harness::url(port, &src));
     writer.wait_more(20);
     for (sql, _) in CHANGES {
@@ -223,7 +195,7 @@ fn load_test(name: &str, workers: usize) {
         writer.wait_more(20);
     }
     let written = writer.stop();
-    confirmed_to_now(&src, name, &log);
+    confirmed_to_now(&src, name, &log, 90);
     let text = log_text(&log);
     assert!(
         psql(&dst, "SELECT to_regclass('public.t') IS NULL") == "t",
@@ -288,7 +260,7 @@ fn stops_without_create_tables() {
         .write(&config)
         .expect("config");
     let run = spawn_run(&config, &log);
-    streaming("ddl_stop", &log);
+    wait_streaming_logged("ddl_stop", &log);
     psql(&src, "INSERT INTO t VALUES (1, 'x')");
     psql(
         &src,
@@ -307,8 +279,8 @@ fn stops_without_create_tables() {
     psql(&dst, fix);
     let log2 = dir.path().join("run2.log");
     let run = spawn_run(&config, &log2);
-    streaming("ddl_stop", &log2);
-    confirmed_to_now(&src, "ddl_stop", &log2);
+    wait_streaming_logged("ddl_stop", &log2);
+    confirmed_to_now(&src, "ddl_stop", &log2, 90);
     assert_eq!(rows(&dst, "t"), rows(&src, "t"), "{}", log_text(&log2));
     assert!(stop_run(run).success(), "{}", log_text(&log2));
 }
@@ -395,11 +367,11 @@ fn non_superuser_source() {
     assert!(!out.contains("pgbridge_capture_ddl"), "{out}");
     let log2 = dir.path().join("run2.log");
     let run = spawn_run(&config, &log2);
-    streaming("ddl_nosu", &log2);
+    wait_streaming_logged("ddl_nosu", &log2);
     psql(&src, "INSERT INTO t VALUES (1, 'x')");
     psql(&src, "ALTER TABLE t RENAME COLUMN a TO a2");
     psql(&src, "INSERT INTO t VALUES (2, 'y')");
-    confirmed_to_now(&src, "ddl_nosu", &log2);
+    confirmed_to_now(&src, "ddl_nosu", &log2, 90);
     assert_eq!(
         columns(&dst, "t"),
         columns(&src, "t"),
@@ -434,13 +406,13 @@ fn kafka_schema_change() {
         .write(&config)
         .expect("config");
     let run = spawn_run(&config, &log);
-    streaming("ddl_kafka", &log);
+    wait_streaming_logged("ddl_kafka", &log);
     psql(&src, "INSERT INTO t VALUES (1, 'before')");
     psql(
         &src,
         "ALTER TABLE t ADD COLUMN c int; INSERT INTO t VALUES (2, 'after', 42)",
     );
-    confirmed_to_now(&src, "ddl_kafka", &log);
+    confirmed_to_now(&src, "ddl_kafka", &log, 90);
     let after_fields = |v: &serde_json::Value| -> Vec<String> {
         v["schema"]["fields"]
             .as_array()
@@ -499,7 +471,7 @@ fn partition_attach_reported() {
         .write(&config)
         .expect("config");
     let run = spawn_run(&config, &log);
-    streaming("ddl_part", &log);
+    wait_streaming_logged("ddl_part", &log);
     psql(
         &src,
         "INSERT INTO pt VALUES (1, 1);
@@ -512,7 +484,7 @@ fn partition_attach_reported() {
         "ALTER TABLE pt ATTACH PARTITION pt2 FOR VALUES FROM (10) TO (20)",
     );
     psql(&src, "INSERT INTO pt VALUES (3, 25)");
-    confirmed_to_now(&src, "ddl_part", &log);
+    confirmed_to_now(&src, "ddl_part", &log, 90);
     let text = log_text(&log);
     assert!(
         text.contains("partition public.pt2 was attached to public.pt")
@@ -665,13 +637,13 @@ fn avro_new_version_and_refusal() {
         .write(&config)
         .expect("config");
     let run = spawn_run(&config, &log);
-    streaming("ddl_avro", &log);
+    wait_streaming_logged("ddl_avro", &log);
     psql(&src, "INSERT INTO t VALUES (1, 'before')");
     psql(
         &src,
         "ALTER TABLE t ADD COLUMN c int; INSERT INTO t VALUES (2, 'after', 42)",
     );
-    confirmed_to_now(&src, "ddl_avro", &log);
+    confirmed_to_now(&src, "ddl_avro", &log, 90);
     let versions = |s: &Subjects| {
         s.lock()
             .unwrap_or_else(|e| e.into_inner())

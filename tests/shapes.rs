@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 use crate::harness::bridge::{
-    run_streaming, spawn_run, stop_run, wait_exit, wait_for, wait_for_run, wait_streaming,
-    write_single,
+    confirmed_to_now, log_text, run_streaming, spawn_run, stop_run, wait_exit, wait_for,
+    wait_for_run, wait_streaming_logged, write_single,
 };
 use crate::harness::{self, psql};
 use crate::trial;
@@ -41,17 +41,6 @@ pub fn trials() -> Vec<Trial> {
             rename_stops_with_the_fix,
         ),
     ]
-}
-
-fn log_text(log: &std::path::Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// [`wait_streaming`], showing the run's log when it never streams.
-fn streaming(slot: &str, log: &std::path::Path) {
-    if std::panic::catch_unwind(|| wait_streaming(slot)).is_err() {
-        panic!("{slot} never streamed; log:\n{}", log_text(log));
-    }
 }
 
 fn kill9(child: &mut std::process::Child) {
@@ -273,7 +262,7 @@ fn partitioned_case(name: &str, via_root: bool, target_ddl: Option<&str>, tables
         psql(&dst, ddl);
     }
     let run = spawn_run(&config, &log);
-    streaming(name, &log);
+    wait_streaming_logged(name, &log);
     psql(&src, PARTITION_CHANGES);
     let end = psql(&src, "SELECT pg_current_wal_lsn()");
     wait_for("the changes to arrive", 60, || {
@@ -324,27 +313,6 @@ fn partitioned_via_leaves() {
     );
 }
 
-/// Waits until the slot has confirmed everything written so far on the
-/// source, showing the run's log if it never does.
-fn confirmed_to_now(src: &str, slot: &str, log: &std::path::Path) {
-    let end = psql(src, "SELECT pg_current_wal_lsn()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while psql(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ),
-    ) != "t"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "slot {slot} never confirmed {end}; log:\n{}",
-            log_text(log)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A non-transactional logical message while a resumed pipeline copies a
 /// table added to the publication: before, the Postgres sink took the
 /// message for the start of a transaction and the slot stopped moving.
@@ -371,8 +339,8 @@ fn message_during_copy() {
         "create_tables = true\n",
     );
     let run = spawn_run(&config, &log);
-    streaming("sh_msg", &log);
-    confirmed_to_now(&src, "sh_msg", &log);
+    wait_streaming_logged("sh_msg", &log);
+    confirmed_to_now(&src, "sh_msg", &log, 60);
     assert!(stop_run(run).success(), "{}", log_text(&log));
 
     psql(
@@ -388,8 +356,8 @@ fn message_during_copy() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    streaming("sh_msg", &log);
-    confirmed_to_now(&src, "sh_msg", &log);
+    wait_streaming_logged("sh_msg", &log);
+    confirmed_to_now(&src, "sh_msg", &log, 60);
     // While streaming: a transaction and a message right behind it, then
     // nothing (the case that stalled: the message came in the same queue
     // turn as the commit before it).
@@ -402,7 +370,7 @@ fn message_during_copy() {
             ),
         );
     }
-    confirmed_to_now(&src, "sh_msg", &log);
+    confirmed_to_now(&src, "sh_msg", &log, 60);
     for t in ["a", "b"] {
         assert_eq!(rows_of_id(&dst, t), rows_of_id(&src, t), "table {t}");
     }
@@ -484,7 +452,7 @@ fn rename_followed() {
     };
     write("\"public.t\"");
     let run = spawn_run(&config, &log);
-    streaming("sh_ren", &log);
+    wait_streaming_logged("sh_ren", &log);
     psql(&src, "INSERT INTO t VALUES (101, 'b')");
     psql(
         &src,
@@ -493,7 +461,7 @@ fn rename_followed() {
          UPDATE t2 SET v = 'upd' WHERE id <= 10;
          DELETE FROM t2 WHERE id = 50;",
     );
-    confirmed_to_now(&src, "sh_ren", &log);
+    confirmed_to_now(&src, "sh_ren", &log, 60);
     assert_eq!(
         psql(
             &dst,
@@ -521,14 +489,14 @@ fn rename_followed() {
     write("\"public.t2\"");
     let log3 = dir.path().join("run3.log");
     let run = spawn_run(&config, &log3);
-    streaming("sh_ren", &log3);
+    wait_streaming_logged("sh_ren", &log3);
     assert!(
         !log_text(&log3).contains("initial copy complete"),
         "the renamed table was copied again:\n{}",
         log_text(&log3)
     );
     psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
-    confirmed_to_now(&src, "sh_ren", &log);
+    confirmed_to_now(&src, "sh_ren", &log, 60);
     assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_ren')");
@@ -560,9 +528,9 @@ fn rename_stops_with_the_fix() {
         "",
     );
     let run = spawn_run(&config, &log);
-    streaming("sh_renfix", &log);
+    wait_streaming_logged("sh_renfix", &log);
     psql(&src, "INSERT INTO t VALUES (101, 'b')");
-    confirmed_to_now(&src, "sh_renfix", &log);
+    confirmed_to_now(&src, "sh_renfix", &log, 60);
     psql(
         &src,
         "ALTER TABLE t RENAME TO t2; INSERT INTO t2 VALUES (102, 'after the rename'); UPDATE t2 SET v = 'u' WHERE id = 1;",
@@ -585,9 +553,9 @@ fn rename_stops_with_the_fix() {
     assert_eq!(kept, "1", "nothing confirmed past the rename");
     psql(&dst, fix);
     let run = spawn_run(&config, &log);
-    streaming("sh_renfix", &log);
+    wait_streaming_logged("sh_renfix", &log);
     psql(&src, "INSERT INTO t2 VALUES (103, 'd')");
-    confirmed_to_now(&src, "sh_renfix", &log);
+    confirmed_to_now(&src, "sh_renfix", &log, 60);
     assert_eq!(rows_of_id(&dst, "t2"), rows_of_id(&src, "t2"));
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_renfix')");
@@ -639,9 +607,9 @@ fn partitioned_kafka(via_root: bool) {
         "",
     );
     let run = Run::spawn(&config, &log);
-    streaming(slot, &log);
+    wait_streaming_logged(slot, &log);
     psql(&src, PARTITION_CHANGES);
-    confirmed_to_now(&src, slot, &log);
+    confirmed_to_now(&src, slot, &log, 60);
     let want = |table: &str| -> BTreeMap<String, Json> {
         let out = psql(
             &src,
@@ -717,12 +685,12 @@ fn lock_lost_during_copy() {
         !text.contains("initial copy complete"),
         "the copy ended before the lock was cut; make the table larger:\n{text}"
     );
-    streaming("sh_lost", &log);
+    wait_streaming_logged("sh_lost", &log);
     let text = log_text(&log);
     assert!(text.contains("lost the pipeline lock"), "{text}");
     assert_eq!(counts(&dst, "big"), (N, N), "every row once");
     psql(&src, "INSERT INTO big VALUES (0, 'after')");
-    confirmed_to_now(&src, "sh_lost", &log);
+    confirmed_to_now(&src, "sh_lost", &log, 60);
     assert_eq!(counts(&dst, "big"), (N + 1, N + 1));
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql("postgres", "SELECT pg_drop_replication_slot('sh_lost')");
@@ -754,8 +722,8 @@ fn rename_while_down() {
         "create_tables = true\n",
     );
     let run = spawn_run(&config, &log);
-    streaming("sh_rwd", &log);
-    confirmed_to_now(&src, "sh_rwd", &log);
+    wait_streaming_logged("sh_rwd", &log);
+    confirmed_to_now(&src, "sh_rwd", &log, 60);
     assert!(stop_run(run).success(), "{}", log_text(&log));
     psql(
         &src,
@@ -765,8 +733,8 @@ fn rename_while_down() {
     );
     let log2 = dir.path().join("run2.log");
     let run = spawn_run(&config, &log2);
-    streaming("sh_rwd", &log2);
-    confirmed_to_now(&src, "sh_rwd", &log2);
+    wait_streaming_logged("sh_rwd", &log2);
+    confirmed_to_now(&src, "sh_rwd", &log2, 60);
     let text = log_text(&log2);
     assert!(
         !text.contains("initial copy complete"),

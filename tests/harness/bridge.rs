@@ -190,6 +190,39 @@ pub fn wait_streaming(slot: &str) {
     });
 }
 
+/// The whole log of a `run` (empty while it has none).
+pub fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// As [`wait_streaming`], with the run's log in the failure.
+pub fn wait_streaming_logged(slot: &str, log: &Path) {
+    if std::panic::catch_unwind(|| wait_streaming(slot)).is_err() {
+        panic!("{slot} never streamed; log:\n{}", log_text(log));
+    }
+}
+
+/// Waits (at most `secs`) until the slot has confirmed everything written
+/// so far on source database `src`, showing the run's log if it never does.
+pub fn confirmed_to_now(src: &str, slot: &str, log: &Path, secs: u64) {
+    let end = psql(src, "SELECT pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
+    ) != "t"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot} never confirmed {end}; log:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The slot's confirmed_flush_lsn, in database `db` of the shared cluster.
 pub fn slot_confirmed(db: &str, slot: &str) -> Lsn {
     psql(
