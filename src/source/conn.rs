@@ -510,20 +510,27 @@ impl Connection {
             if let Some(m) = self.try_parse()? {
                 return Ok(m);
             }
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|source| SourceError::Io {
-                    target: self.target.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(SourceError::Closed {
-                    target: self.target.clone(),
-                });
-            }
+            self.read_more().await?;
         }
+    }
+
+    /// Reads what the server sent next into the read buffer; the server
+    /// closing the connection is an error.
+    pub(crate) async fn read_more(&mut self) -> Result<(), SourceError> {
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|source| SourceError::Io {
+                target: self.target.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(SourceError::Closed {
+                target: self.target.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// A complete message already buffered, if any (no I/O).

@@ -4,7 +4,6 @@
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncReadExt;
 
 use super::{db_error, Connection};
 use crate::source::error::SourceError;
@@ -164,19 +163,7 @@ impl Connection {
             if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
                 self.read_buf.reserve(64 * 1024);
             }
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|source| SourceError::Io {
-                    target: self.target.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(SourceError::Closed {
-                    target: self.target.clone(),
-                });
-            }
+            self.read_more().await?;
         }
     }
 
