@@ -138,7 +138,7 @@ fn conn_str(port: u16, db: &str) -> String {
 }
 
 /// A table's contents in a comparable form (sorted rows as text).
-fn contents(db: &str, table: &str) -> String {
+pub(crate) fn contents(db: &str, table: &str) -> String {
     psql(
         db,
         &format!(
@@ -149,7 +149,7 @@ fn contents(db: &str, table: &str) -> String {
 }
 
 /// Waits until the slot is confirmed up to the source's WAL end as of now.
-fn caught_up(src: &str, slot: &str, log: &Path) {
+pub(crate) fn caught_up(src: &str, slot: &str, log: &Path) {
     let end = psql(src, "SELECT pg_current_wal_lsn()");
     wait_for_run("the slot to catch up", 120, log, || {
         psql(
@@ -326,7 +326,7 @@ fn live_add_kafka() {
 }
 
 /// Runs `pgbridge backfill` with `args`, its output to `out`.
-fn spawn_backfill(config: &Path, out: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn_backfill(config: &Path, out: &Path, args: &[&str]) -> Child {
     let f = std::fs::File::create(out).expect("output file");
     let e = f.try_clone().expect("output file");
     Command::new(env!("CARGO_BIN_EXE_pgbridge"))
@@ -340,7 +340,7 @@ fn spawn_backfill(config: &Path, out: &Path, args: &[&str]) -> Child {
         .expect("spawn pgbridge backfill")
 }
 
-fn wait_child(mut c: Child, secs: u64, what: &str) -> std::process::ExitStatus {
+pub(crate) fn wait_child(mut c: Child, secs: u64, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(s) = c.try_wait().expect("wait") {
