@@ -263,21 +263,39 @@ async fn sample_primary(conn: &mut Connection, slot: &str) -> Result<SourceHealt
         h.standby_slot_problems.extend(problem);
     }
     let waiting = match active_pid {
-        Some(pid) => {
-            let r = conn
-                .query_one(&format!(
-                    "SELECT count(*) AS n FROM pg_catalog.pg_stat_activity \
-                     WHERE pid = {pid} AND wait_event = 'WaitForStandbyConfirmation'"
-                ))
-                .await?;
-            r.get(0, "n").is_some_and(|n| n != "0")
-        }
+        Some(pid) => waits_for_standby(conn, pid).await?,
         None => false,
     };
     h.held_back_by_standby =
         waiting || (h.failover == Some(true) && !h.standby_slot_problems.is_empty());
     Ok(h)
 }
+
+/// Whether walsender `pid` keeps waiting for a standby's confirmation:
+/// under write load it waits there briefly for every new WAL record (until
+/// the standby has it), so one look would flicker; held back means seen
+/// waiting at each of [`HELD_LOOKS`] looks [`HELD_LOOK_GAP`] apart.
+async fn waits_for_standby(conn: &mut Connection, pid: i64) -> Result<bool, SourceError> {
+    for look in 0..HELD_LOOKS {
+        if look > 0 {
+            tokio::time::sleep(HELD_LOOK_GAP).await;
+        }
+        let r = conn
+            .query_one(&format!(
+                "SELECT count(*) AS n FROM pg_catalog.pg_stat_activity \
+                 WHERE pid = {pid} AND wait_event = 'WaitForStandbyConfirmation'"
+            ))
+            .await?;
+        if r.get(0, "n").is_none_or(|n| n == "0") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// See [`waits_for_standby`].
+const HELD_LOOKS: u32 = 4;
+const HELD_LOOK_GAP: Duration = Duration::from_millis(150);
 
 async fn sample_standby(info: &ConnInfo, host: &str, port: u16, slot: &str) -> StandbySlot {
     let mut one = info.with_host(host, port);
