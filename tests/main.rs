@@ -2,7 +2,7 @@
 //! clusters started from the local binaries. See tests/harness.rs.
 
 mod backfill;
-mod backfill_merge;
+mod backfill_compare;
 mod cli;
 mod custom_sink;
 mod ddl;
@@ -35,7 +35,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(cli::trials());
     trials.extend(backfill::trials());
-    trials.extend(backfill_merge::trials());
+    trials.extend(backfill_compare::trials());
     trials.extend(source::trials());
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());

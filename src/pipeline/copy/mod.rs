@@ -30,7 +30,7 @@ use crate::source::{ConnInfo, Connection, Mode};
 use crate::Lsn;
 
 mod raw;
-pub(in crate::pipeline) mod rows;
+pub(crate) mod rows;
 
 /// Why the copy stopped: reading the source, or a sink.
 #[derive(Debug, thiserror::Error)]

@@ -186,7 +186,7 @@ fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, CopyRead
 /// Splits a line of text COPY output (without its newline) into values:
 /// tab-separated, `\N` is NULL, backslash escapes undone. Fields without
 /// escapes share the line's buffer.
-pub(in crate::pipeline) fn split_fields(line: &Bytes) -> Vec<TupleValue> {
+pub(crate) fn split_fields(line: &Bytes) -> Vec<TupleValue> {
     let mut out = Vec::new();
     let mut start = 0;
     loop {
@@ -259,16 +259,16 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 /// Reassembles COPY output chunks into lines (a raw newline always ends a
 /// row in text COPY: newlines in values are escaped).
 #[derive(Default)]
-pub(in crate::pipeline) struct Lines {
+pub(crate) struct Lines {
     buf: BytesMut,
 }
 
 impl Lines {
-    pub(in crate::pipeline) fn push(&mut self, chunk: &[u8]) {
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
-    pub(in crate::pipeline) fn next_line(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_line(&mut self) -> Option<Bytes> {
         let p = self.buf.iter().position(|&b| b == b'\n')?;
         let mut line = self.buf.split_to(p + 1);
         line.truncate(p);

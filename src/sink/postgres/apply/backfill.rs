@@ -1,25 +1,32 @@
 //! A backfill chunk into the target (see `pipeline::backfill`), in the
 //! open target transaction.
 //!
-//! A backfill's chunk (a key range) is merged when the target has a unique
-//! index on the key (the usual case): its rows are copied into a temporary
-//! table, then the target rows of the chunk's range that the chunk lacks
-//! are deleted, those that differ from the chunk's row are updated, and
-//! the missing ones inserted. A backfill of a table that mostly matches (the
-//! common repair) then writes almost nothing; rows compare by their binary
-//! image (`record_image_eq`, as `REFRESH MATERIALIZED VIEW CONCURRENTLY`
-//! does), which needs no equality operator and tells `1.0` from `1.00`.
+//! A backfill's chunk (a key range) is compared first: the target's rows
+//! of the range are read (as COPY text, printed with the settings the
+//! chunk was read with on the source) and compared with the chunk's rows
+//! field by field; only the differences are written: the keys of target
+//! rows that differ, that the chunk lacks (and that match the request's
+//! filter), or that are there twice are deleted, and the chunk's rows that
+//! differ or are missing are inserted through the COPY path of ordinary
+//! inserts. Repairing a table that mostly matches then writes almost
+//! nothing (no new row versions, no WAL, no index churn). Keys the stream
+//! changed while the chunk was read are deleted before the comparison and
+//! inserted again from their streamed state.
 //!
-//! Otherwise (a live add, whose rows the target mostly lacks; no such
-//! index: duplicates could hide behind an update; an identity column
-//! `GENERATED ALWAYS` outside the key, which an UPDATE may not set) the
-//! rows the chunk replaces are deleted and the chunk's rows inserted
-//! through the COPY path of ordinary inserts.
+//! A live add (the chunk's keys, whose rows the target mostly lacks) and a
+//! table without a key (every row) delete what the chunk replaces and
+//! insert all its rows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use super::Target;
-use crate::model::{BackfillChunk, RelationSchema, Replace};
+use crate::model::{BackfillChunk, Change, RelationSchema, Replace};
+use crate::pgoutput::TupleValue;
+use crate::pipeline::backfill::key_text;
+use crate::pipeline::copy::rows::{split_fields, Lines};
 use crate::sink::postgres::error::{classify, ApplyError, Context};
 use crate::sink::postgres::schema::TableState;
 use crate::sink::postgres::sql::{column_list, qualified, quote_ident, quote_literal};
@@ -33,8 +40,8 @@ impl Target {
         self.flush().await?;
         let ctx = Context::new("removing the rows a backfill chunk replaces").table(&table.display);
         let types = self.key_types(chunk, &ctx).await?;
-        if self.mergeable(chunk, &table, &ctx).await? {
-            return self.merge(chunk, table, &types).await;
+        if matches!(&chunk.replace, Replace::Range { key, .. } if !key.is_empty()) {
+            return self.reconcile(chunk, table, &types).await;
         }
         if let Some(sql) = replace_statement(chunk, &types) {
             self.client
@@ -48,79 +55,81 @@ impl Target {
         Ok(())
     }
 
-    /// Whether `chunk` can be merged (see the module documentation): it is
-    /// a backfill's key range, every `GENERATED ALWAYS` identity column is
-    /// in its key, and the target has a valid unique index on exactly the
-    /// key's columns.
-    async fn mergeable(
-        &mut self,
-        chunk: &BackfillChunk,
-        table: &TableState,
-        ctx: &Context<'_>,
-    ) -> Result<bool, ApplyError> {
-        // A live add (keys, not a range) mostly inserts rows the target
-        // lacks: the COPY path suits it.
-        let Replace::Range { key, .. } = &chunk.replace else {
-            return Ok(false);
-        };
-        if key.is_empty() || table.always_identity.iter().any(|i| !key.contains(i)) {
-            return Ok(false);
-        }
-        let names: Vec<&str> = key
-            .iter()
-            .filter_map(|&i| chunk.relation.columns.get(i))
-            .map(|c| c.name.as_str())
-            .collect();
-        let row = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                   WHERE i.indrelid = $1::text::regclass AND i.indisunique AND i.indisvalid \
-                   AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[]) \
-                   AND (SELECT count(*) FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord) \
-                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                        WHERE k.ord <= i.indnkeyatts AND a.attname = ANY ($2::text[])) = cardinality($2::text[]))",
-                &[&qualified(&chunk.relation), &names],
-            )
-            .await
-            .map_err(|e| classify(e, ctx))?;
-        Ok(row.get(0))
-    }
-
-    /// Merges `chunk` through a temporary table (see the module
-    /// documentation).
-    async fn merge(
+    /// Writes the differences between a backfill chunk (a key range) and
+    /// the target (see the module documentation).
+    async fn reconcile(
         &mut self,
         chunk: &BackfillChunk,
         table: Arc<TableState>,
         types: &[String],
     ) -> Result<(), ApplyError> {
-        let stage = stage_name(chunk);
-        let ctx = Context::new("merging a backfill chunk").table(&table.display);
-        self.client
-            .batch_execute(&stage_statement(chunk, &stage))
-            .await
-            .map_err(|e| classify(e, &ctx))?;
-        let staged = Arc::new(TableState {
-            copy_sql: format!(
-                "COPY pg_temp.{} ({}) FROM STDIN",
-                quote_ident(&stage),
-                column_list(chunk.relation.columns.iter().map(|c| c.name.as_str()))
-            ),
-            ..(*table).clone()
-        });
-        for row in &chunk.rows {
-            self.insert(staged.clone(), row).await?;
+        let ctx = Context::new("comparing a backfill chunk with the target").table(&table.display);
+        let Some(key) = chunk_key(&chunk.replace) else {
+            return Ok(());
+        };
+        let mut first = COMPARE_SESSION.to_string();
+        if !chunk.refresh.is_empty() {
+            first.push_str(&delete_keys(chunk, &chunk.refresh, types));
         }
-        self.flush().await?;
-        // The statement names a table that is dropped at commit.
-        self.statements.remove(&staged.copy_sql);
-        let sql = merge_statements(chunk, types, &stage);
         self.client
-            .batch_execute(&sql)
+            .batch_execute(&first)
             .await
             .map_err(|e| classify(e, &ctx))?;
+        let held = self.target_rows(chunk, key, types, &ctx).await?;
+        let (delete, insert) = differences(chunk, key, held);
+        if !delete.is_empty() {
+            self.client
+                .batch_execute(&delete_keys(chunk, &delete, types))
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+        }
+        for row in insert {
+            self.insert(table.clone(), row).await?;
+        }
         Ok(())
+    }
+
+    /// The target's rows of the chunk's key range, by key.
+    async fn target_rows(
+        &mut self,
+        chunk: &BackfillChunk,
+        key: &[usize],
+        types: &[String],
+        ctx: &Context<'_>,
+    ) -> Result<HashMap<Vec<String>, Held>, ApplyError> {
+        let width = chunk.relation.columns.len();
+        let stream = self
+            .client
+            .copy_out(range_query(chunk, types).as_str())
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        futures_util::pin_mut!(stream);
+        let mut lines = Lines::default();
+        let mut held: HashMap<Vec<String>, Held> = HashMap::new();
+        while let Some(part) = stream.next().await {
+            lines.push(&part.map_err(|e| classify(e, ctx))?);
+            while let Some(line) = lines.next_line() {
+                let mut row = split_fields(&line);
+                if row.len() != width + 1 {
+                    return Err(ApplyError::definite(format!(
+                        "backfill of {}: a target row has {} fields, expected {}",
+                        chunk.relation.qualified_name(),
+                        row.len(),
+                        width + 1
+                    )));
+                }
+                let deletable =
+                    matches!(row.pop(), Some(TupleValue::Text(b)) if b.as_ref() == b"t");
+                held.entry(key_text(&row, key))
+                    .and_modify(|h| h.twice = true)
+                    .or_insert(Held {
+                        row,
+                        deletable,
+                        twice: false,
+                    });
+            }
+        }
+        Ok(held)
     }
 
     /// The target's types of the chunk key's columns (key values are
@@ -173,32 +182,58 @@ fn chunk_key(replace: &Replace) -> Option<&Vec<usize>> {
     }
 }
 
-/// The temporary table a chunk is merged from (one per chunk: two chunks
-/// can share a target transaction).
-fn stage_name(chunk: &BackfillChunk) -> String {
-    format!("pgbridge_backfill_{}_{}", chunk.request, chunk.seq)
+/// Output settings of the comparison, for this transaction: those the
+/// chunk was read with on the source (`pipeline::backfill::read`).
+const COMPARE_SESSION: &str = "SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; \
+     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = hex";
+
+/// A target row of a chunk's range.
+struct Held {
+    row: Vec<TupleValue>,
+    /// It matches the request's filter and is not one of the keys the
+    /// stream left as it was (`keep`): it goes if the chunk lacks it.
+    deletable: bool,
+    /// Another target row has the same key.
+    twice: bool,
 }
 
-/// Creates the temporary table of `chunk`, with the target's types of the
-/// chunk's columns, dropped at commit.
-fn stage_statement(chunk: &BackfillChunk, stage: &str) -> String {
+/// The keys to delete and the chunk's rows to insert, given the target's
+/// rows of the range.
+fn differences<'c>(
+    chunk: &'c BackfillChunk,
+    key: &[usize],
+    mut held: HashMap<Vec<String>, Held>,
+) -> (Vec<Vec<String>>, Vec<&'c Change>) {
+    let mut delete = Vec::new();
+    let mut insert = Vec::new();
+    for ch in &chunk.rows {
+        let Some(row) = ch.new.as_ref() else {
+            continue;
+        };
+        let k = key_text(&row.0, key);
+        match held.remove(&k) {
+            Some(h) if !h.twice && h.row == row.0 => {}
+            Some(_) => {
+                delete.push(k);
+                insert.push(ch);
+            }
+            None => insert.push(ch),
+        }
+    }
+    delete.extend(
+        held.into_iter()
+            .filter(|(_, h)| h.deletable)
+            .map(|(k, _)| k),
+    );
+    delete.sort();
+    (delete, insert)
+}
+
+/// `COPY (SELECT <columns>, <deletable> FROM <table> WHERE <range>) TO
+/// STDOUT`: the target's rows of a chunk's key range, each with whether it
+/// matches the request's filter and is not kept.
+fn range_query(chunk: &BackfillChunk, types: &[String]) -> String {
     let rel = &chunk.relation;
-    format!(
-        "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
-        quote_ident(stage),
-        column_list(rel.columns.iter().map(|c| c.name.as_str())),
-        qualified(rel)
-    )
-}
-
-/// The statements that merge the staged rows of a backfill chunk (a key
-/// range) into the target: delete what the range holds and the chunk
-/// lacks, and the keys the stream changed while the chunk was read (their
-/// rows, if any, are inserted again); update what differs; insert what is
-/// missing. Every target row a statement visits is found through the key's
-/// index within the range (a join over the whole table per chunk would make
-/// a backfill quadratic).
-pub(crate) fn merge_statements(chunk: &BackfillChunk, types: &[String], stage: &str) -> String {
     let Replace::Range {
         key,
         after,
@@ -209,95 +244,38 @@ pub(crate) fn merge_statements(chunk: &BackfillChunk, types: &[String], stage: &
     else {
         return String::new();
     };
-    let rel = &chunk.relation;
-    let table = qualified(rel);
-    let stage = format!("pg_temp.{}", quote_ident(stage));
-    let key_names: Vec<String> = key
-        .iter()
-        .filter_map(|&i| rel.columns.get(i))
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    // `s` is the staged row; `of` the target row's qualifier.
-    let matches = |of: &str| {
-        key_names
-            .iter()
-            .map(|k| format!("s.{k} = {of}.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let in_range = |of: &str| {
-        let cols = format!(
-            "({})",
-            key_names
-                .iter()
-                .map(|k| format!("{of}{k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut r = String::new();
-        if let Some(a) = after {
-            r.push_str(&format!(" AND ROW{cols} > ROW{}", values(a, types)));
-        }
-        if let Some(u) = upto {
-            r.push_str(&format!(" AND ROW{cols} <= ROW{}", values(u, types)));
-        }
-        r
-    };
     let cols = columns(rel, key);
-    // No alias on the target here: the filter may qualify its columns with
-    // the table's name.
-    let mut delete = format!("DELETE FROM {table} WHERE true{}", in_range(""));
-    if let Some(f) = filter {
-        delete.push_str(&format!(" AND ({f})"));
+    let mut range = String::from("true");
+    if let Some(a) = after {
+        range.push_str(&format!(" AND ROW{cols} > ROW{}", values(a, types)));
     }
+    if let Some(u) = upto {
+        range.push_str(&format!(" AND ROW{cols} <= ROW{}", values(u, types)));
+    }
+    let mut deletable = filter
+        .as_ref()
+        .map_or("true".to_string(), |f| format!("({f})"));
     if !keep.is_empty() {
         let k: Vec<String> = keep.iter().map(|k| values(k, types)).collect();
-        delete.push_str(&format!(" AND {cols} NOT IN (VALUES {})", k.join(", ")));
+        deletable.push_str(&format!(" AND {cols} NOT IN (VALUES {})", k.join(", ")));
     }
-    let mut sql = vec![format!(
-        "{delete} AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
-        matches(&table)
-    )];
-    if !chunk.refresh.is_empty() {
-        let k: Vec<String> = chunk.refresh.iter().map(|k| values(k, types)).collect();
-        sql.push(format!(
-            "DELETE FROM {table} WHERE {cols} IN (VALUES {})",
-            k.join(", ")
-        ));
-    }
-    let all: Vec<String> = rel.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let set: Vec<String> = rel
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !key.contains(i))
-        .map(|(_, c)| format!("{0} = s.{0}", quote_ident(&c.name)))
-        .collect();
-    let row = |of: &str| {
-        all.iter()
-            .map(|c| format!("{of}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !set.is_empty() {
-        sql.push(format!(
-            "UPDATE {table} AS t SET {} FROM {stage} s WHERE {}{} \
-             AND NOT pg_catalog.record_image_eq(ROW({}), ROW({}))",
-            set.join(", "),
-            matches("t"),
-            in_range("t."),
-            row("t"),
-            row("s")
-        ));
-    }
-    sql.push(format!(
-        "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {stage} s \
-         WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {})",
-        all.join(", "),
-        row("s"),
-        matches("t")
-    ));
-    sql.join("; ")
+    format!(
+        "COPY (SELECT {}, {deletable} FROM {} WHERE {range}) TO STDOUT",
+        column_list(rel.columns.iter().map(|c| c.name.as_str())),
+        qualified(rel)
+    )
+}
+
+/// `; DELETE FROM <table> WHERE (<key>) IN (VALUES ...)`.
+fn delete_keys(chunk: &BackfillChunk, keys: &[Vec<String>], types: &[String]) -> String {
+    let key = chunk_key(&chunk.replace).map(Vec::as_slice).unwrap_or(&[]);
+    let k: Vec<String> = keys.iter().map(|k| values(k, types)).collect();
+    format!(
+        "; DELETE FROM {} WHERE {} IN (VALUES {})",
+        qualified(&chunk.relation),
+        columns(&chunk.relation, key),
+        k.join(", ")
+    )
 }
 
 /// The DELETE that makes room for `chunk`'s rows; none when it replaces
@@ -476,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn merge() {
+    fn compares_the_range() {
         let int = ["integer".to_string()];
         let mut range = chunk(
             Replace::Range {
@@ -486,24 +464,55 @@ mod tests {
                 filter: Some("v <> ''".into()),
                 keep: vec![vec!["5".into()]],
             },
-            &["1"],
+            &["1", "2", "3"],
+        );
+        assert_eq!(
+            range_query(&range, &int),
+            r#"COPY (SELECT "id", "v", (v <> '') AND ("id") NOT IN (VALUES ('5'::integer)) FROM "public"."t" WHERE true AND ROW("id") <= ROW('9'::integer)) TO STDOUT"#
         );
         range.refresh = vec![vec!["12".into()]];
-        let sql = merge_statements(&range, &int, "st");
-        let stmts: Vec<&str> = sql.split("; ").collect();
         assert_eq!(
-            stmts,
-            [
-                r#"DELETE FROM "public"."t" WHERE true AND ROW("id") <= ROW('9'::integer) AND (v <> '') AND ("id") NOT IN (VALUES ('5'::integer)) AND NOT EXISTS (SELECT 1 FROM pg_temp."st" s WHERE s."id" = "public"."t"."id")"#,
-                r#"DELETE FROM "public"."t" WHERE ("id") IN (VALUES ('12'::integer))"#,
-                r#"UPDATE "public"."t" AS t SET "v" = s."v" FROM pg_temp."st" s WHERE s."id" = t."id" AND ROW(t."id") <= ROW('9'::integer) AND NOT pg_catalog.record_image_eq(ROW(t."id", t."v"), ROW(s."id", s."v"))"#,
-                r#"INSERT INTO "public"."t" ("id", "v") OVERRIDING SYSTEM VALUE SELECT s."id", s."v" FROM pg_temp."st" s WHERE NOT EXISTS (SELECT 1 FROM "public"."t" t WHERE s."id" = t."id")"#,
-            ]
+            delete_keys(&range, &range.refresh, &int),
+            r#"; DELETE FROM "public"."t" WHERE ("id") IN (VALUES ('12'::integer))"#
         );
-        // A live add is not merged.
-        assert_eq!(
-            merge_statements(&chunk(Replace::Keys { key: vec![0] }, &["1"]), &int, "st"),
-            ""
+        let text = |s: &str| TupleValue::Text(bytes::Bytes::from(s.to_string()));
+        let held = |rows: &[(&str, &str, bool)]| {
+            let mut m: HashMap<Vec<String>, Held> = HashMap::new();
+            for (id, v, deletable) in rows {
+                m.entry(vec![id.to_string()])
+                    .and_modify(|h| h.twice = true)
+                    .or_insert(Held {
+                        row: vec![text(id), text(v)],
+                        deletable: *deletable,
+                        twice: false,
+                    });
+            }
+            m
+        };
+        // 1 matches, 2 differs, 3 is missing, 4 is extra, 5 is kept, 6 is
+        // extra but outside the filter.
+        let (delete, insert) = differences(
+            &range,
+            &[0],
+            held(&[
+                ("1", "x", true),
+                ("2", "y", true),
+                ("4", "x", true),
+                ("5", "x", false),
+                ("6", "x", false),
+            ]),
         );
+        assert_eq!(delete, [vec!["2".to_string()], vec!["4".to_string()]]);
+        let ids: Vec<Vec<String>> = insert
+            .iter()
+            .filter_map(|c| c.new.as_ref())
+            .map(|r| key_text(&r.0, &[0]))
+            .collect();
+        assert_eq!(ids, [vec!["2".to_string()], vec!["3".to_string()]]);
+        // A key there twice goes and comes back once.
+        let (delete, insert) =
+            differences(&range, &[0], held(&[("1", "x", true), ("1", "x", true)]));
+        assert_eq!(delete, [vec!["1".to_string()]]);
+        assert_eq!(insert.len(), 3);
     }
 }

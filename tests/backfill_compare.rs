@@ -1,6 +1,6 @@
-//! How a backfill writes into a Postgres target: merged (only the rows
-//! that differ are written) where the target has a unique index on the
-//! key, replaced (deleted and inserted again) where it has none.
+//! How a backfill writes into a Postgres target: each chunk is compared
+//! with the target's rows of its key range, and only the differences are
+//! written (rows that differ, are missing, are extra or are there twice).
 
 use crate::backfill::{caught_up, contents, spawn_backfill, wait_child};
 use crate::harness::bridge::{log_text, wait_streaming, Run};
@@ -10,8 +10,8 @@ use crate::trial;
 
 pub fn trials() -> Vec<libtest_mimic::Trial> {
     vec![trial(
-        "backfill::merge_writes_only_differences",
-        merge_writes_only_differences,
+        "backfill::writes_only_differences",
+        writes_only_differences,
     )]
 }
 
@@ -19,11 +19,11 @@ pub fn trials() -> Vec<libtest_mimic::Trial> {
 /// scale alone differs, a composite, NULLs, a composite key with a
 /// `GENERATED ALWAYS` identity column; and a target table without a
 /// unique index holding duplicates. The backfills end with both tables
-/// identical to the source, and the merged table's rows that matched
-/// were not written (their `xmin` is unchanged).
-fn merge_writes_only_differences() {
-    let (port, src) = fresh_db("bf_merge_src");
-    let (_, dst) = fresh_db("bf_merge_dst");
+/// identical to the source, and the rows that matched were not written
+/// (their `xmin` is unchanged).
+fn writes_only_differences() {
+    let (port, src) = fresh_db("bf_cmp_src");
+    let (_, dst) = fresh_db("bf_cmp_dst");
     let m = "CREATE TYPE pair AS (a int, b text);
          CREATE TABLE m (id bigint GENERATED ALWAYS AS IDENTITY, k text, j json, n numeric,
                          p point, c pair, v text, PRIMARY KEY (k, id));";
@@ -45,7 +45,7 @@ fn merge_writes_only_differences() {
     psql(&dst, &format!("{m} CREATE TABLE nk (id int, v text);"));
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, log) = (dir.path().join("run.toml"), dir.path().join("run.log"));
-    Config::source(&url(port, &src), "bf_merge", &["p"])
+    Config::source(&url(port, &src), "bf_cmp", &["p"])
         .key("snapshot", "\"initial\"")
         .key("backfill_chunk_rows", 700)
         .postgres_sink("d", &url(port, &dst))
@@ -53,8 +53,8 @@ fn merge_writes_only_differences() {
         .write(&config)
         .expect("config");
     let run = Run::spawn(&config, &log);
-    wait_streaming("bf_merge");
-    caught_up(&src, "bf_merge", &log);
+    wait_streaming("bf_cmp");
+    caught_up(&src, "bf_cmp", &log);
     assert_eq!(contents(&dst, "m"), contents(&src, "m"), "copied");
     psql(
         &dst,
@@ -88,7 +88,7 @@ fn merge_writes_only_differences() {
             log_text(&log)
         );
     }
-    caught_up(&src, "bf_merge", &log);
+    caught_up(&src, "bf_cmp", &log);
     assert_eq!(contents(&dst, "m"), contents(&src, "m"), "m repaired");
     assert_eq!(contents(&dst, "nk"), contents(&src, "nk"), "nk repaired");
     let rewritten = psql(
