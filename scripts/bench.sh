@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [backlog|copy|latency|kafka|memory|all]... [--scale F] [--runs N]
 #                    [--snapshot-workers N] [--timeout SECS] [--native-streaming] [--rate TPS]
-#                    [--apply-workers N] [--pgbridge-proto N]
+#                    [--apply-workers N] [--pgbridge-proto N] [--spread-keys]
 #
 # (`cargo bench --bench pipeline -- --help` describes every option.)
 #

@@ -70,6 +70,11 @@ pub struct Args {
     /// pgbridge's apply_workers on its Postgres sink, 1-64 (default: pgbridge's default).
     #[arg(long, value_name = "N", value_parser = apply_workers)]
     pub apply_workers: Option<usize>,
+    /// The backlog's inserted rows get random values in the indexed
+    /// columns a, c and d (b is an md5 either way), so that index inserts
+    /// land all over the indexes instead of at their right edge.
+    #[arg(long)]
+    pub spread_keys: bool,
     /// pgbridge's source.proto_version, 1-4 (default: the highest; 1 = no streaming).
     #[arg(long = "pgbridge-proto", value_name = "N", value_parser = proto)]
     pub proto: Option<u32>,

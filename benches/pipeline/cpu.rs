@@ -84,12 +84,41 @@ impl CpuSet {
         }
     }
 
-    fn seconds(&self, ticks: f64) -> f64 {
+    /// Ticks used per process since the baseline.
+    fn used(&self) -> impl Iterator<Item = u64> + '_ {
         self.last
             .iter()
             .map(|(p, t)| t.saturating_sub(self.base.get(p).copied().unwrap_or(0)))
-            .sum::<u64>() as f64
-            / ticks
+    }
+
+    fn seconds(&self, ticks: f64) -> f64 {
+        self.used().sum::<u64>() as f64 / ticks
+    }
+
+    /// The CPU seconds of the busiest single process.
+    fn busiest(&self, ticks: f64) -> f64 {
+        self.used().max().unwrap_or(0) as f64 / ticks
+    }
+}
+
+/// How often each target backend was seen waiting for input (from the
+/// client, or for native apply from its walreceiver), and how often seen
+/// at all: the apply backend's idle share.
+#[derive(Default)]
+struct Idle {
+    /// pid -> (polls waiting for input, polls seen).
+    seen: HashMap<u32, (u32, u32)>,
+}
+
+impl Idle {
+    /// The idle share of the backend seen busy most often (the apply
+    /// backend), or None before any sample.
+    fn share(&self) -> Option<f64> {
+        self.seen
+            .values()
+            .max_by_key(|(idle, seen)| seen - idle)
+            .filter(|(_, seen)| *seen > 0)
+            .map(|(idle, seen)| *idle as f64 / *seen as f64)
     }
 }
 
@@ -104,6 +133,7 @@ pub struct Watch {
     src: CpuSet,
     tgt: CpuSet,
     tool_cpu: CpuSet,
+    idle: Idle,
     ticks: f64,
     polls: u32,
 }
@@ -114,6 +144,25 @@ pub struct CpuUse {
     pub source: f64,
     pub tool: f64,
     pub target: f64,
+    /// The CPU seconds of the busiest single process (a backend, or the
+    /// tool's busiest process).
+    pub busiest: f64,
+    /// The share of polls in which the target's busiest backend waited for
+    /// input (pg_stat_activity wait_event ClientRead or LogicalApplyMain).
+    pub tgt_idle: Option<f64>,
+}
+
+impl CpuUse {
+    /// The shortest time this much CPU could take on `cores` cores: all of
+    /// it spread evenly, or the busiest process alone, whichever is longer.
+    pub fn floor(&self, cores: f64) -> f64 {
+        ((self.source + self.tool + self.target) / cores.max(1.0)).max(self.busiest)
+    }
+}
+
+/// Cores of this machine (for [`CpuUse::floor`]).
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 async fn backend_pids(db: &Db, dbname: &str) -> R<Vec<u32>> {
@@ -138,6 +187,7 @@ impl Watch {
             src: CpuSet::default(),
             tgt: CpuSet::default(),
             tool_cpu: CpuSet::default(),
+            idle: Idle::default(),
             ticks: env.ticks,
             polls: 0,
         };
@@ -174,6 +224,25 @@ impl Watch {
         self.src.sample();
         self.tgt.sample();
         self.tool_cpu.sample();
+        if let Some(t) = &self.tgt_db {
+            let rows = env
+                .tgt_admin
+                .rows(&format!(
+                    "SELECT pid, coalesce(wait_event IN ('ClientRead', 'LogicalApplyMain'), false) \
+                     FROM pg_stat_activity WHERE datname = '{t}' AND pid <> pg_backend_pid() \
+                     AND backend_type IN ('client backend', 'logical replication worker')"
+                ))
+                .await?;
+            for r in rows {
+                let pid = r.first().cloned().flatten().and_then(|p| p.parse().ok());
+                let idle = r.get(1).cloned().flatten().as_deref() == Some("t");
+                if let Some(pid) = pid {
+                    let e = self.idle.seen.entry(pid).or_default();
+                    e.0 += u32::from(idle);
+                    e.1 += 1;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -183,10 +252,17 @@ impl Watch {
         self.src.sample();
         self.tgt.sample();
         self.tool_cpu.sample();
+        // The tool's threads count as one process (its tree's busiest).
+        let busiest = [&self.src, &self.tgt, &self.tool_cpu]
+            .iter()
+            .map(|c| c.busiest(self.ticks))
+            .fold(0.0, f64::max);
         Ok(CpuUse {
             source: self.src.seconds(self.ticks),
             tool: self.tool_cpu.seconds(self.ticks),
             target: self.tgt.seconds(self.ticks),
+            busiest,
+            tgt_idle: self.idle.share(),
         })
     }
 }

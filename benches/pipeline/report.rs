@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cpu::CpuUse;
+use crate::cpu::{cores, CpuUse};
 use crate::scenarios::latency::Latency;
 use crate::R;
 
@@ -146,7 +146,7 @@ const RATIOS: &[Ratio] = &[
         part: "backlog",
         num: ("b", "pgbridge"),
         den: ("b", "native"),
-        limit: Some(0.6),
+        limit: Some(0.8),
     },
     Ratio {
         label: "kafka pgbridge / drain",
@@ -225,16 +225,25 @@ pub fn print_report(r: &Report) {
 fn write_times(out: &mut String, r: &Report) {
     let _ = writeln!(
         out,
-        "\n{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  result",
-        "part", "shape", "contender", "time s", "range", "src CPU", "tool", "tgt CPU"
+        "\n{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7} {:>7} {:>8}  result",
+        "part",
+        "shape",
+        "contender",
+        "time s",
+        "range",
+        "src CPU",
+        "tool",
+        "tgt CPU",
+        "floor",
+        "tgt idle"
     );
-    let _ = writeln!(out, "{}", "-".repeat(90));
+    let _ = writeln!(out, "{}", "-".repeat(107));
     for l in &r.lines {
         match (&l.result, l.median()) {
             (Ok(runs), Some(m)) => {
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<5} {:<15} {:>8.2} {:>10}  {:>7.1} {:>7.1} {:>7.1}  ok x{} {}",
+                    "{:<8} {:<5} {:<15} {:>8.2} {:>10}  {:>7.1} {:>7.1} {:>7.1} {:>7.2} {:>8}  ok x{} {}",
                     l.part,
                     l.shape,
                     l.contender,
@@ -243,6 +252,11 @@ fn write_times(out: &mut String, r: &Report) {
                     m.cpu.source,
                     m.cpu.tool,
                     m.cpu.target,
+                    m.cpu.floor(cores()),
+                    m.cpu
+                        .tgt_idle
+                        .map(|i| format!("{:.0}%", i * 100.0))
+                        .unwrap_or_else(|| "-".into()),
                     runs.len(),
                     m.note
                 );
@@ -251,8 +265,8 @@ fn write_times(out: &mut String, r: &Report) {
                 let first = e.lines().next().unwrap_or("");
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  FAILED: {first}",
-                    l.part, l.shape, l.contender, "-", "", "-", "-", "-"
+                    "{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7} {:>7} {:>8}  FAILED: {first}",
+                    l.part, l.shape, l.contender, "-", "", "-", "-", "-", "-", "-"
                 );
             }
             (Ok(_), None) => {}
@@ -263,27 +277,53 @@ fn write_times(out: &mut String, r: &Report) {
         "(time: the median of the runs (range: fastest-slowest); CPU seconds of that run: \
          src = backends of the source database (walsenders, COPY), tool = the client's \
          process tree, tgt = backends of the target database (native apply/tablesync \
-         workers, the tools' sessions))"
+         workers, the tools' sessions); floor: the shortest time that CPU allows on this \
+         machine's cores (all of it over the cores, or the busiest process alone, whichever \
+         is longer); tgt idle: the share of polls in which the busiest target backend waited \
+         for input (ClientRead, LogicalApplyMain))"
     );
 }
 
 /// The ratios of the parts that ran, with their targets.
 fn write_ratios(out: &mut String, r: &Report) {
-    let _ = writeln!(out, "\n{:<32} {:>7}  {:>7}", "ratio", "value", "target");
-    let _ = writeln!(out, "{}", "-".repeat(50));
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:>7}  {:>7}  {:>7}",
+        "ratio", "value", "target", "floor"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(59));
+    let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     for q in RATIOS {
         if !r.lines.iter().any(|l| l.part == q.part) {
             continue;
         }
-        let v = ratio(r, q);
         let _ = writeln!(
             out,
-            "{:<32} {:>7}  {:>7}",
+            "{:<32} {:>7}  {:>7}  {:>7}",
             q.label,
-            v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
-            q.limit.map(|l| format!("<= {l}")).unwrap_or_default()
+            fmt(ratio(r, q)),
+            q.limit.map(|l| format!("<= {l}")).unwrap_or_default(),
+            fmt(floor_ratio(r, q))
         );
     }
+    let _ = writeln!(
+        out,
+        "(floor: the numerator's CPU floor over the denominator's time, the lowest ratio \
+         its CPU use allows on {} cores)",
+        cores()
+    );
+}
+
+/// The numerator's CPU floor (see [`CpuUse::floor`]) over the
+/// denominator's time.
+fn floor_ratio(r: &Report, q: &Ratio) -> Option<f64> {
+    let n = r
+        .lines
+        .iter()
+        .find(|l| l.part == q.part && l.shape == q.num.0 && l.contender == q.num.1)
+        .and_then(Line::median)?;
+    let d = r.secs(q.part, q.den.0, q.den.1)?;
+    (d > 0.0).then(|| n.cpu.floor(cores()) / d)
 }
 
 /// The latency part's percentiles per contender.

@@ -210,8 +210,25 @@ impl<'s> Streaming<'s> {
         first: Option<Result<ReplEvent, SourceError>>,
     ) -> Result<(), PipelineError> {
         let mut ev = first;
+        // The stats hear of the turn's messages once, at its end (a lock
+        // and a clock read each).
+        let mut heard: Option<(Option<Lsn>, Lsn)> = None;
+        let result = self.turn(&mut ev, &mut heard).await;
+        if let Some((received, wal_end)) = heard {
+            self.stats.source_message(received, wal_end);
+        }
+        result
+    }
+
+    /// The body of [`Self::messages`]: `heard` gets the highest data
+    /// position and server WAL end of the messages handled.
+    async fn turn(
+        &mut self,
+        ev: &mut Option<Result<ReplEvent, SourceError>>,
+        heard: &mut Option<(Option<Lsn>, Lsn)>,
+    ) -> Result<(), PipelineError> {
         for turn in 1..=MESSAGES_PER_TURN {
-            let msg = match ev {
+            let msg = match ev.take() {
                 Some(Ok(msg)) => msg,
                 Some(Err(e)) => return Err(e.into()),
                 None => {
@@ -228,14 +245,17 @@ impl<'s> Streaming<'s> {
                     data,
                 } => {
                     self.idle_at = None;
-                    self.stats.source_message(Some(wal_start), wal_end);
+                    let (r, w) = heard.get_or_insert((None, wal_end));
+                    *r = (*r).max(Some(wal_start));
+                    *w = (*w).max(wal_end);
                     self.changes.push(wal_start, data).await?;
                     if !self.dispatch().await? {
                         return Ok(());
                     }
                 }
                 ReplEvent::Keepalive { wal_end } => {
-                    self.stats.source_message(None, wal_end);
+                    let (_, w) = heard.get_or_insert((None, wal_end));
+                    *w = (*w).max(wal_end);
                     if !self.changes.in_transaction() {
                         self.idle_at = Some(wal_end);
                     }
@@ -247,7 +267,7 @@ impl<'s> Streaming<'s> {
             // Cancel-safe as in the select! of the loop: a message not
             // ready yet stays in the stream.
             match self.stream.recv().now_or_never() {
-                Some(next) => ev = next,
+                Some(next) => *ev = next,
                 None => break,
             }
         }

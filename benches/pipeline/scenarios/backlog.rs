@@ -55,7 +55,7 @@ impl Written {
 }
 
 /// Writes the backlog into table `bl` of `src` (its slots exist already).
-pub async fn write_backlog(src: &Db, s: f64) -> R<Written> {
+pub async fn write_backlog(src: &Db, s: f64, spread: bool) -> R<Written> {
     let singles = scaled(100_000, s);
     let big = scaled(500_000, s);
     let total = singles + big;
@@ -67,18 +67,31 @@ pub async fn write_backlog(src: &Db, s: f64) -> R<Written> {
          {updates} one-row updates, {deletes} one-row deletes"
     );
     let t0 = Instant::now();
+    // The values of a, c and d for row number `n`: rising with it, or
+    // (--spread-keys) random.
+    let values = |n: &str| {
+        if spread {
+            format!(
+                "(random() * 1e9)::int, md5({n}::text) || md5(({n} + 1)::text), \
+                 now() - random() * interval '3650 days', round((random() * 1e6)::numeric, 2)"
+            )
+        } else {
+            format!("{n}, md5({n}::text) || md5(({n} + 1)::text), now(), {n} / 7.0")
+        }
+    };
     // Server-side loops committing every row: one-row transactions without
     // a round trip each, so generating is quick and identical every run.
     src.exec(&format!(
         "DO $$ BEGIN FOR i IN 1..{singles} LOOP \
-           INSERT INTO bl (a, b, c, d) VALUES (i, md5(i::text) || md5((i + 1)::text), now(), i / 7.0); \
-           COMMIT; END LOOP; END $$"
+           INSERT INTO bl (a, b, c, d) VALUES ({}); \
+           COMMIT; END LOOP; END $$",
+        values("i")
     ))
     .await?;
     let after_singles: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
     src.exec(&format!(
-        "INSERT INTO bl (a, b, c, d) SELECT g, md5(g::text) || md5((g + 1)::text), now(), g / 7.0 \
-         FROM generate_series(1, {big}) g"
+        "INSERT INTO bl (a, b, c, d) SELECT {} FROM generate_series(1, {big}) g",
+        values("g")
     ))
     .await?;
     let after_big: String = src.value("SELECT pg_current_wal_lsn()::text").await?;
@@ -141,7 +154,7 @@ pub async fn run(env: &Env, report: &mut Report) -> R<()> {
             .await?;
         }
     }
-    let w = write_backlog(&src, s).await?;
+    let w = write_backlog(&src, s, env.args.spread_keys).await?;
     let end = w.end.clone();
     let phases = w.phases.clone();
     report.headers.push(format!("backlog: {}", w.header()));
@@ -155,6 +168,14 @@ pub async fn run(env: &Env, report: &mut Report) -> R<()> {
          (b): plus 5 secondary indexes (a), (b), (c), (d), (a, c)"
             .into(),
     );
+    report.headers.push(format!(
+        "  inserted keys: {}",
+        if env.args.spread_keys {
+            "spread (a, c, d random; --spread-keys)"
+        } else {
+            "rising (a, c, d grow with the row number)"
+        }
+    ));
 
     // Contenders take turns, the order rotating from run to run.
     let jobs = [

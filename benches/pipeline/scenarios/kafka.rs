@@ -153,7 +153,7 @@ pub async fn run(env: &Env, report: &mut Report) -> R<()> {
             .await?;
         }
     }
-    let w = write_backlog(&src, env.args.scale).await?;
+    let w = write_backlog(&src, env.args.scale, false).await?;
     report
         .headers
         .push(format!("kafka: the backlog again: {}", w.header()));

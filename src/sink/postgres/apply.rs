@@ -285,8 +285,14 @@ impl Target {
     /// Applies one row change (buffered; see the module documentation).
     pub async fn change(&mut self, ch: &Change) -> Result<(), ApplyError> {
         self.begin().await?;
-        let why = format!("the source change at {}", ch.lsn);
-        let table = self.table(&ch.relation, &why).await?;
+        // The cached table without formatting a reason per row.
+        let table = match self.tables.get(&ch.relation.rel_id) {
+            Some(t) if Arc::ptr_eq(&t.source, &ch.relation) => t.clone(),
+            _ => {
+                let why = format!("the source change at {}", ch.lsn);
+                self.table(&ch.relation, &why).await?
+            }
+        };
         match ch.op {
             Op::Insert => self.insert(table, ch).await,
             Op::Update => self.update(table, ch).await,
