@@ -211,7 +211,7 @@ pub(crate) fn split_fields(line: &Bytes) -> Vec<TupleValue> {
 
 /// Undoes COPY's text escapes: `\b \f \n \r \t \v \\`, octal `\NNN`, hex
 /// `\xHH`; any other escaped character stands for itself.
-fn unescape(s: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

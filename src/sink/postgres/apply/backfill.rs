@@ -17,19 +17,18 @@
 //! table without a key (every row) delete what the chunk replaces and
 //! insert all its rows.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 
 use super::Target;
 use crate::model::{BackfillChunk, Change, RelationSchema, Replace};
-use crate::pgoutput::TupleValue;
-use crate::pipeline::backfill::key_text;
-use crate::pipeline::copy::rows::{split_fields, Lines};
 use crate::sink::postgres::error::{classify, ApplyError, Context};
 use crate::sink::postgres::schema::TableState;
 use crate::sink::postgres::sql::{column_list, qualified, quote_ident, quote_literal};
+use compare::Comparison;
+
+mod compare;
 
 impl Target {
     /// Applies `chunk`: see the module documentation.
@@ -75,8 +74,7 @@ impl Target {
             .batch_execute(&first)
             .await
             .map_err(|e| classify(e, &ctx))?;
-        let held = self.target_rows(chunk, key, types, &ctx).await?;
-        let (delete, insert) = differences(chunk, key, held);
+        let (delete, insert) = self.compare(chunk, key, types, &ctx).await?;
         if !delete.is_empty() {
             self.client
                 .batch_execute(&delete_keys(chunk, &delete, types))
@@ -89,47 +87,33 @@ impl Target {
         Ok(())
     }
 
-    /// The target's rows of the chunk's key range, by key.
-    async fn target_rows(
+    /// Reads the target's rows of the chunk's key range and compares
+    /// them with the chunk's: the keys to delete and the rows to insert.
+    async fn compare<'c>(
         &mut self,
-        chunk: &BackfillChunk,
-        key: &[usize],
+        chunk: &'c BackfillChunk,
+        key: &'c [usize],
         types: &[String],
         ctx: &Context<'_>,
-    ) -> Result<HashMap<Vec<String>, Held>, ApplyError> {
-        let width = chunk.relation.columns.len();
+    ) -> Result<(Vec<Vec<String>>, Vec<&'c Change>), ApplyError> {
+        let mut cmp = Comparison::new(&chunk.rows, key, chunk.relation.columns.len());
         let stream = self
             .client
             .copy_out(range_query(chunk, types).as_str())
             .await
             .map_err(|e| classify(e, ctx))?;
         futures_util::pin_mut!(stream);
-        let mut lines = Lines::default();
-        let mut held: HashMap<Vec<String>, Held> = HashMap::new();
+        let wrong = |m: String| {
+            ApplyError::definite(format!(
+                "backfill of {}: {m}",
+                chunk.relation.qualified_name()
+            ))
+        };
         while let Some(part) = stream.next().await {
-            lines.push(&part.map_err(|e| classify(e, ctx))?);
-            while let Some(line) = lines.next_line() {
-                let mut row = split_fields(&line);
-                if row.len() != width + 1 {
-                    return Err(ApplyError::definite(format!(
-                        "backfill of {}: a target row has {} fields, expected {}",
-                        chunk.relation.qualified_name(),
-                        row.len(),
-                        width + 1
-                    )));
-                }
-                let deletable =
-                    matches!(row.pop(), Some(TupleValue::Text(b)) if b.as_ref() == b"t");
-                held.entry(key_text(&row, key))
-                    .and_modify(|h| h.twice = true)
-                    .or_insert(Held {
-                        row,
-                        deletable,
-                        twice: false,
-                    });
-            }
+            cmp.push(&part.map_err(|e| classify(e, ctx))?)
+                .map_err(wrong)?;
         }
-        Ok(held)
+        cmp.finish().map_err(wrong)
     }
 
     /// The target's types of the chunk key's columns (key values are
@@ -186,48 +170,6 @@ fn chunk_key(replace: &Replace) -> Option<&Vec<usize>> {
 /// chunk was read with on the source (`pipeline::backfill::read`).
 const COMPARE_SESSION: &str = "SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = hex";
-
-/// A target row of a chunk's range.
-struct Held {
-    row: Vec<TupleValue>,
-    /// It matches the request's filter and is not one of the keys the
-    /// stream left as it was (`keep`): it goes if the chunk lacks it.
-    deletable: bool,
-    /// Another target row has the same key.
-    twice: bool,
-}
-
-/// The keys to delete and the chunk's rows to insert, given the target's
-/// rows of the range.
-fn differences<'c>(
-    chunk: &'c BackfillChunk,
-    key: &[usize],
-    mut held: HashMap<Vec<String>, Held>,
-) -> (Vec<Vec<String>>, Vec<&'c Change>) {
-    let mut delete = Vec::new();
-    let mut insert = Vec::new();
-    for ch in &chunk.rows {
-        let Some(row) = ch.new.as_ref() else {
-            continue;
-        };
-        let k = key_text(&row.0, key);
-        match held.remove(&k) {
-            Some(h) if !h.twice && h.row == row.0 => {}
-            Some(_) => {
-                delete.push(k);
-                insert.push(ch);
-            }
-            None => insert.push(ch),
-        }
-    }
-    delete.extend(
-        held.into_iter()
-            .filter(|(_, h)| h.deletable)
-            .map(|(k, _)| k),
-    );
-    delete.sort();
-    (delete, insert)
-}
 
 /// `COPY (SELECT <columns>, <deletable> FROM <table> WHERE <range>) TO
 /// STDOUT`: the target's rows of a chunk's key range, each with whether it
@@ -475,44 +417,38 @@ mod tests {
             delete_keys(&range, &range.refresh, &int),
             r#"; DELETE FROM "public"."t" WHERE ("id") IN (VALUES ('12'::integer))"#
         );
-        let text = |s: &str| TupleValue::Text(bytes::Bytes::from(s.to_string()));
-        let held = |rows: &[(&str, &str, bool)]| {
-            let mut m: HashMap<Vec<String>, Held> = HashMap::new();
-            for (id, v, deletable) in rows {
-                m.entry(vec![id.to_string()])
-                    .and_modify(|h| h.twice = true)
-                    .or_insert(Held {
-                        row: vec![text(id), text(v)],
-                        deletable: *deletable,
-                        twice: false,
-                    });
-            }
-            m
+        // Target lines (id, v, deletable): 1 matches, 2 differs, 3 is
+        // missing, 4 is extra, 5 is kept, 6 is extra but outside the
+        // filter; split across parts anywhere.
+        let compare = |target: &str| {
+            let mut c = Comparison::new(&range.rows, &[0], 2);
+            let (a, b) = target.split_at(target.len() / 2);
+            c.push(a.as_bytes()).expect("part");
+            c.push(b.as_bytes()).expect("part");
+            let (delete, insert) = c.finish().expect("finish");
+            let ids: Vec<Vec<String>> = insert
+                .iter()
+                .filter_map(|c| c.new.as_ref())
+                .map(|r| crate::pipeline::backfill::key_text(&r.0, &[0]))
+                .collect();
+            (delete, ids)
         };
-        // 1 matches, 2 differs, 3 is missing, 4 is extra, 5 is kept, 6 is
-        // extra but outside the filter.
-        let (delete, insert) = differences(
-            &range,
-            &[0],
-            held(&[
-                ("1", "x", true),
-                ("2", "y", true),
-                ("4", "x", true),
-                ("5", "x", false),
-                ("6", "x", false),
-            ]),
+        let key = |k: &str| vec![k.to_string()];
+        let (delete, insert) = compare("1\tx\tt\n2\ty\tt\n4\tx\tt\n5\tx\tf\n6\tx\t\\N\n");
+        assert_eq!(delete, [key("2"), key("4")]);
+        assert_eq!(insert, [key("2"), key("3")]);
+        // A key there twice goes and comes back once; escapes and NULLs
+        // compare as values.
+        let (delete, insert) = compare("1\tx\tt\n1\tx\tt\n2\t\\x78\tt\n3\t\\N\tt\n");
+        assert_eq!(delete, [key("1"), key("3")]);
+        assert_eq!(insert, [key("1"), key("3")]);
+        let mut cut = Comparison::new(&range.rows, &[0], 2);
+        cut.push(b"1\tx").expect("part");
+        assert!(cut.finish().is_err(), "a row cut short is an error");
+        let mut short = Comparison::new(&range.rows, &[0], 2);
+        assert!(
+            short.push(b"1\tx\n").is_err(),
+            "a field missing is an error"
         );
-        assert_eq!(delete, [vec!["2".to_string()], vec!["4".to_string()]]);
-        let ids: Vec<Vec<String>> = insert
-            .iter()
-            .filter_map(|c| c.new.as_ref())
-            .map(|r| key_text(&r.0, &[0]))
-            .collect();
-        assert_eq!(ids, [vec!["2".to_string()], vec!["3".to_string()]]);
-        // A key there twice goes and comes back once.
-        let (delete, insert) =
-            differences(&range, &[0], held(&[("1", "x", true), ("1", "x", true)]));
-        assert_eq!(delete, [vec!["1".to_string()]]);
-        assert_eq!(insert.len(), 3);
     }
 }
