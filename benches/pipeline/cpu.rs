@@ -84,12 +84,19 @@ impl CpuSet {
         }
     }
 
-    fn seconds(&self, ticks: f64) -> f64 {
+    fn used(&self) -> impl Iterator<Item = u64> + '_ {
         self.last
             .iter()
             .map(|(p, t)| t.saturating_sub(self.base.get(p).copied().unwrap_or(0)))
-            .sum::<u64>() as f64
-            / ticks
+    }
+
+    fn seconds(&self, ticks: f64) -> f64 {
+        self.used().sum::<u64>() as f64 / ticks
+    }
+
+    /// The CPU seconds of the busiest process.
+    fn largest(&self, ticks: f64) -> f64 {
+        self.used().max().unwrap_or(0) as f64 / ticks
     }
 }
 
@@ -114,6 +121,19 @@ pub struct CpuUse {
     pub source: f64,
     pub tool: f64,
     pub target: f64,
+    /// The CPU seconds of the busiest single process (a backend, or the
+    /// tool's process with its threads).
+    pub largest: f64,
+}
+
+impl CpuUse {
+    /// The shortest wall time this CPU use allows on the machine's cores:
+    /// all of it spread over every core, or the busiest process alone
+    /// (it cannot run on two cores at once), whichever is longer.
+    pub fn floor(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        ((self.source + self.tool + self.target) / cores).max(self.largest)
+    }
 }
 
 async fn backend_pids(db: &Db, dbname: &str) -> R<Vec<u32>> {
@@ -187,6 +207,10 @@ impl Watch {
             source: self.src.seconds(self.ticks),
             tool: self.tool_cpu.seconds(self.ticks),
             target: self.tgt.seconds(self.ticks),
+            largest: [&self.src, &self.tgt, &self.tool_cpu]
+                .iter()
+                .map(|s| s.largest(self.ticks))
+                .fold(0.0, f64::max),
         })
     }
 }

@@ -225,16 +225,16 @@ pub fn print_report(r: &Report) {
 fn write_times(out: &mut String, r: &Report) {
     let _ = writeln!(
         out,
-        "\n{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  result",
-        "part", "shape", "contender", "time s", "range", "src CPU", "tool", "tgt CPU"
+        "\n{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7} {:>7}  result",
+        "part", "shape", "contender", "time s", "range", "src CPU", "tool", "tgt CPU", "floor"
     );
-    let _ = writeln!(out, "{}", "-".repeat(90));
+    let _ = writeln!(out, "{}", "-".repeat(98));
     for l in &r.lines {
         match (&l.result, l.median()) {
             (Ok(runs), Some(m)) => {
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<5} {:<15} {:>8.2} {:>10}  {:>7.1} {:>7.1} {:>7.1}  ok x{} {}",
+                    "{:<8} {:<5} {:<15} {:>8.2} {:>10}  {:>7.1} {:>7.1} {:>7.1} {:>7.1}  ok x{} {}",
                     l.part,
                     l.shape,
                     l.contender,
@@ -243,6 +243,7 @@ fn write_times(out: &mut String, r: &Report) {
                     m.cpu.source,
                     m.cpu.tool,
                     m.cpu.target,
+                    m.cpu.floor(),
                     runs.len(),
                     m.note
                 );
@@ -251,8 +252,8 @@ fn write_times(out: &mut String, r: &Report) {
                 let first = e.lines().next().unwrap_or("");
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7}  FAILED: {first}",
-                    l.part, l.shape, l.contender, "-", "", "-", "-", "-"
+                    "{:<8} {:<5} {:<15} {:>8} {:>10}  {:>7} {:>7} {:>7} {:>7}  FAILED: {first}",
+                    l.part, l.shape, l.contender, "-", "", "-", "-", "-", "-"
                 );
             }
             (Ok(_), None) => {}
@@ -263,27 +264,50 @@ fn write_times(out: &mut String, r: &Report) {
         "(time: the median of the runs (range: fastest-slowest); CPU seconds of that run: \
          src = backends of the source database (walsenders, COPY), tool = the client's \
          process tree, tgt = backends of the target database (native apply/tablesync \
-         workers, the tools' sessions))"
+         workers, the tools' sessions); floor = the shortest time that CPU allows: all of it \
+         over the cores, or the busiest process's, whichever is more)"
     );
 }
 
 /// The ratios of the parts that ran, with their targets.
 fn write_ratios(out: &mut String, r: &Report) {
-    let _ = writeln!(out, "\n{:<32} {:>7}  {:>7}", "ratio", "value", "target");
-    let _ = writeln!(out, "{}", "-".repeat(50));
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:>7}  {:>7}  {:>7}",
+        "ratio", "value", "target", "floor"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(59));
+    let show = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     for q in RATIOS {
         if !r.lines.iter().any(|l| l.part == q.part) {
             continue;
         }
-        let v = ratio(r, q);
         let _ = writeln!(
             out,
-            "{:<32} {:>7}  {:>7}",
+            "{:<32} {:>7}  {:>7}  {:>7}",
             q.label,
-            v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
-            q.limit.map(|l| format!("<= {l}")).unwrap_or_default()
+            show(ratio(r, q)),
+            q.limit.map(|l| format!("<= {l}")).unwrap_or_default(),
+            show(floor_ratio(r, q))
         );
     }
+    let _ = writeln!(
+        out,
+        "(floor: the numerator's CPU floor over the denominator's time; the floor is the \
+         run's CPU seconds of every process over the cores, or its busiest process's, \
+         whichever is more: the ratio a run could reach if nothing waited)"
+    );
+}
+
+/// The numerator's CPU floor (its median run's) over the denominator's time.
+fn floor_ratio(r: &Report, q: &Ratio) -> Option<f64> {
+    let n = r
+        .lines
+        .iter()
+        .find(|l| l.part == q.part && l.shape == q.num.0 && l.contender == q.num.1)
+        .and_then(Line::median)?;
+    let d = r.secs(q.part, q.den.0, q.den.1)?;
+    (d > 0.0).then_some(n.cpu.floor() / d)
 }
 
 /// The latency part's percentiles per contender.

@@ -70,6 +70,10 @@ struct Shared {
     progress: Progress,
     bytes: AtomicU64,
     rows: AtomicU64,
+    /// The completions of tables whose every chunk is in (their deferred
+    /// indexes rebuilt, the copy recorded complete), each on its own
+    /// connection while the workers go on copying other tables.
+    completing: Mutex<Vec<tokio::task::JoinHandle<Result<(), CopyError>>>>,
 }
 
 /// Copies each sink's tables under `snapshot` (consistent point `start`)
@@ -105,6 +109,7 @@ pub(super) async fn copy(
         progress: Progress::new(total_bytes, ntables),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
+        completing: Mutex::new(Vec::new()),
     });
     // Aborted when this future is dropped (the pipeline lost its lock, or
     // stops): spawned workers would otherwise go on copying and completing
@@ -125,9 +130,25 @@ pub(super) async fn copy(
         };
         first_err.get_or_insert(err);
         // Let the others stop: no more jobs.
-        if let Ok(mut j) = shared.jobs.lock() {
-            j.clear();
-        }
+        shared.stop();
+    }
+    // Every worker is done, so no completion starts any more. Those under
+    // way finish even after an error: a table they record complete is not
+    // copied again on the next run.
+    let completing = match shared.completing.lock() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(_) => Vec::new(),
+    };
+    let mut completing = AbortOnDrop(completing);
+    for h in completing.0.iter_mut() {
+        let err = match h.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => {
+                CopyReadError::Definite(format!("completing a copied table failed: {e}")).into()
+            }
+        };
+        first_err.get_or_insert(err);
     }
     shared.progress.finish();
     if let Some(e) = first_err {
@@ -235,7 +256,41 @@ async fn preflight(source: &ConnInfo, sinks: &[RawSink]) -> Result<(), CopyError
     }
 }
 
-async fn worker(shared: &Shared) -> Result<(), CopyError> {
+impl Shared {
+    /// No more chunks for any worker.
+    fn stop(&self) {
+        if let Ok(mut j) = self.jobs.lock() {
+            j.clear();
+        }
+    }
+
+    /// Completes `job`'s table, whose every chunk is committed, in a task
+    /// of its own: the worker goes on with the next chunk meanwhile. A
+    /// failure stops the workers (the copy fails with it).
+    fn complete(self: &Arc<Self>, job: &Job) {
+        let shared = self.clone();
+        let (copier, table, sink) = (job.copier.clone(), job.table.clone(), job.sink.clone());
+        let total = job.rows.load(Ordering::Relaxed);
+        let name = table.qualified_name();
+        shared.progress.rows_done(&sink, &name, total);
+        let task = tokio::spawn(async move {
+            let r = copier.finish_table(&table, shared.start, total).await;
+            match &r {
+                Ok(()) => shared.progress.table_done(&sink, &name, total),
+                Err(_) => shared.stop(),
+            }
+            Ok(r?)
+        });
+        match self.completing.lock() {
+            Ok(mut c) => c.push(task),
+            // Never poisoned (no panics while held); should it be, the
+            // completion still runs, only unwaited.
+            Err(_) => tracing::warn!(table = %job.table.qualified_name(), "completion not tracked"),
+        }
+    }
+}
+
+async fn worker(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let source = &shared.source;
     let mut src = import_snapshot_raw(source, &shared.snapshot).await?;
     loop {
@@ -298,12 +353,7 @@ async fn worker(shared: &Shared) -> Result<(), CopyError> {
         // The chunk that commits last completes the table: every chunk is
         // committed by then.
         if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let total = job.rows.load(Ordering::Relaxed);
-            tracing::debug!(sink = %job.sink, table = %t.qualified_name(), "every chunk copied; completing the table");
-            job.copier.finish_table(t, shared.start, total).await?;
-            shared
-                .progress
-                .table_done(&job.sink, &t.qualified_name(), total);
+            shared.complete(&job);
         }
     }
     let _ = src.simple_query("COMMIT").await;
