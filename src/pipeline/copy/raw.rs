@@ -5,7 +5,10 @@
 //! (TID ranges), a partitioned root into its leaves (each in page chunks of
 //! its own, written under the root's name). The source's CopyData goes
 //! into the sink's [`ChunkWriter`] as read, coalesced into large messages,
-//! never decoded.
+//! never decoded. A table whose every chunk is in is completed
+//! ([`RawCopier::finish_table`]: a Postgres sink rebuilds its deferred
+//! indexes then) in a task of its own while the workers go on with other
+//! tables; the copy ends when every completion has.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +77,10 @@ struct Shared {
     /// indexes rebuilt, the copy recorded complete), each on its own
     /// connection while the workers go on copying other tables.
     completing: Mutex<Vec<tokio::task::JoinHandle<Result<(), CopyError>>>>,
+    /// As many completions run at once as there are workers (each holds a
+    /// target connection, and its index builds as much memory as the
+    /// sink's rebuilds take); more wait for their turn.
+    builders: Arc<tokio::sync::Semaphore>,
 }
 
 /// Copies each sink's tables under `snapshot` (consistent point `start`)
@@ -110,6 +117,7 @@ pub(super) async fn copy(
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
         completing: Mutex::new(Vec::new()),
+        builders: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
     });
     // Aborted when this future is dropped (the pipeline lost its lock, or
     // stops): spawned workers would otherwise go on copying and completing
@@ -135,10 +143,8 @@ pub(super) async fn copy(
     // Every worker is done, so no completion starts any more. Those under
     // way finish even after an error: a table they record complete is not
     // copied again on the next run.
-    let completing = match shared.completing.lock() {
-        Ok(mut c) => std::mem::take(&mut *c),
-        Err(_) => Vec::new(),
-    };
+    let completing =
+        std::mem::take(&mut *shared.completing.lock().unwrap_or_else(|e| e.into_inner()));
     let mut completing = AbortOnDrop(completing);
     for h in completing.0.iter_mut() {
         let err = match h.await {
@@ -274,6 +280,8 @@ impl Shared {
         let name = table.qualified_name();
         shared.progress.rows_done(&sink, &name, total);
         let task = tokio::spawn(async move {
+            // Never closed; should it be, the completion runs unbounded.
+            let _turn = shared.builders.clone().acquire_owned().await.ok();
             let r = copier.finish_table(&table, shared.start, total).await;
             match &r {
                 Ok(()) => shared.progress.table_done(&sink, &name, total),
@@ -281,12 +289,12 @@ impl Shared {
             }
             Ok(r?)
         });
-        match self.completing.lock() {
-            Ok(mut c) => c.push(task),
-            // Never poisoned (no panics while held); should it be, the
-            // completion still runs, only unwaited.
-            Err(_) => tracing::warn!(table = %job.table.qualified_name(), "completion not tracked"),
-        }
+        // Nothing panics while holding the lock; a poisoned list is still
+        // whole, and every completion must be waited for.
+        self.completing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 }
 
