@@ -64,6 +64,20 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A table's completion, running in a task of its own.
+type Completion = tokio::task::JoinHandle<Result<(), CopyError>>;
+
+/// Completions started so far, aborted when the copy's future is dropped.
+struct AbortAllOnDrop(Arc<Mutex<Vec<Completion>>>);
+
+impl Drop for AbortAllOnDrop {
+    fn drop(&mut self) {
+        for h in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.abort();
+        }
+    }
+}
+
 /// What the workers share.
 struct Shared {
     source: ConnInfo,
@@ -76,7 +90,7 @@ struct Shared {
     /// The completions of tables whose every chunk is in (their deferred
     /// indexes rebuilt, the copy recorded complete), each on its own
     /// connection while the workers go on copying other tables.
-    completing: Mutex<Vec<tokio::task::JoinHandle<Result<(), CopyError>>>>,
+    completing: Arc<Mutex<Vec<Completion>>>,
     /// As many completions run at once as there are workers (each holds a
     /// target connection, and its index builds as much memory as the
     /// sink's rebuilds take); more wait for their turn.
@@ -116,12 +130,15 @@ pub(super) async fn copy(
         progress: Progress::new(total_bytes, ntables),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
-        completing: Mutex::new(Vec::new()),
+        completing: Arc::new(Mutex::new(Vec::new())),
         builders: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
     });
-    // Aborted when this future is dropped (the pipeline lost its lock, or
-    // stops): spawned workers would otherwise go on copying and completing
-    // tables for a pipeline this process no longer runs.
+    // Workers and completions are aborted when this future is dropped (the
+    // pipeline lost its lock, or stops): spawned, they would otherwise go
+    // on copying and completing tables for a pipeline this process no
+    // longer runs (a completion's transaction is rolled back with its
+    // connection).
+    let _completions = AbortAllOnDrop(shared.completing.clone());
     let mut handles = AbortOnDrop(Vec::new());
     for _ in 0..workers.max(1) {
         let shared = shared.clone();
