@@ -4,6 +4,7 @@
 mod backfill;
 mod backfill_compare;
 mod cli;
+mod copy_indexes;
 mod custom_sink;
 mod ddl;
 mod failover;
@@ -40,6 +41,7 @@ fn main() {
     trials.extend(tail::trials());
     trials.extend(pgsink::trials());
     trials.extend(pipeline::trials());
+    trials.extend(copy_indexes::trials());
     trials.extend(custom_sink::trials());
     trials.extend(pgtypes::trials());
     trials.extend(perms::trials());

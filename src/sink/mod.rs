@@ -174,7 +174,9 @@ pub trait RawCopier: Send + Sync {
 
     /// Every chunk of `table` is written (`rows` in all): the table's copy
     /// is complete at consistent point `start`, durably, in what
-    /// [`Destination::copied_tables`] reads.
+    /// [`Destination::copied_tables`] reads. Runs while other tables'
+    /// chunks are still being written (the copy waits for it before it
+    /// ends), so slow work here (index builds) overlaps the copy.
     async fn finish_table(&self, table: &TableSpec, start: Lsn, rows: u64)
         -> Result<(), SinkError>;
 }

@@ -227,11 +227,44 @@ pub async fn copy(env: &Env, src: &Db, name: &str) -> R<Measured> {
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.finish(env).await?;
     verify(src, &tgt, "big").await?;
+    let phases = std::fs::read_to_string(&log)
+        .ok()
+        .and_then(|text| copy_phases(&text, secs))
+        .unwrap_or_default();
     Ok(Measured {
         secs,
         cpu,
-        note: rss,
+        note: format!("{rss} {phases}"),
     })
+}
+
+/// Seconds of the day of a log line's timestamp (`2026-01-02T13:30:45.990262Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.get(11..line.find('Z')?)?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The copy's phases from `run`'s log, `secs` being the whole run: until
+/// the copy starts (from the first log line), the rows, the index rebuilds
+/// after the last row, and the rest (the end, and the time before the
+/// first log line).
+fn copy_phases(text: &str, secs: f64) -> Option<String> {
+    let last = |what: &str| text.lines().rfind(|l| l.contains(what));
+    let first = log_time(text.lines().next()?)?;
+    let started = log_time(last("initial copy started")?)?;
+    let rows = log_time(last("rows copied; completing the table")?)?;
+    let done = log_time(last("table copied")?)?;
+    Some(format!(
+        "(start {:.2} s, rows {:.2} s, indexes after the last row {:.2} s, rest {:.2} s)",
+        started - first,
+        rows - started,
+        done - rows,
+        secs - (done - first)
+    ))
 }
 
 /// One slice of pgbridge: a new process and slot, pgbench, the rows'

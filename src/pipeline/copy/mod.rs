@@ -244,6 +244,15 @@ impl Progress {
         }
     }
 
+    /// Every chunk of the table is in; its completion (index rebuilds)
+    /// runs next to the rest of the copy.
+    fn rows_done(&self, sink: &str, table: &str, rows: u64) {
+        match &self.bar {
+            Some(b) => b.set_message(format!("{table}: rows in, building indexes")),
+            None => tracing::info!(sink, table, rows, "rows copied; completing the table"),
+        }
+    }
+
     fn table_done(&self, sink: &str, table: &str, rows: u64) {
         match &self.bar {
             Some(b) => b.set_message(format!("{table} done ({rows} rows)")),

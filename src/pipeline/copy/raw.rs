@@ -5,7 +5,10 @@
 //! (TID ranges), a partitioned root into its leaves (each in page chunks of
 //! its own, written under the root's name). The source's CopyData goes
 //! into the sink's [`ChunkWriter`] as read, coalesced into large messages,
-//! never decoded.
+//! never decoded. A table whose every chunk is in is completed
+//! ([`RawCopier::finish_table`]: a Postgres sink rebuilds its deferred
+//! indexes then) in a task of its own while the workers go on with other
+//! tables; the copy ends when every completion has.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +64,20 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A table's completion, running in a task of its own.
+type Completion = tokio::task::JoinHandle<Result<(), CopyError>>;
+
+/// Completions started so far, aborted when the copy's future is dropped.
+struct AbortAllOnDrop(Arc<Mutex<Vec<Completion>>>);
+
+impl Drop for AbortAllOnDrop {
+    fn drop(&mut self) {
+        for h in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.abort();
+        }
+    }
+}
+
 /// What the workers share.
 struct Shared {
     source: ConnInfo,
@@ -70,6 +87,14 @@ struct Shared {
     progress: Progress,
     bytes: AtomicU64,
     rows: AtomicU64,
+    /// The completions of tables whose every chunk is in (their deferred
+    /// indexes rebuilt, the copy recorded complete), each on its own
+    /// connection while the workers go on copying other tables.
+    completing: Arc<Mutex<Vec<Completion>>>,
+    /// As many completions run at once as there are workers (each holds a
+    /// target connection, and its index builds as much memory as the
+    /// sink's rebuilds take); more wait for their turn.
+    builders: Arc<tokio::sync::Semaphore>,
 }
 
 /// Copies each sink's tables under `snapshot` (consistent point `start`)
@@ -105,10 +130,15 @@ pub(super) async fn copy(
         progress: Progress::new(total_bytes, ntables),
         bytes: AtomicU64::new(0),
         rows: AtomicU64::new(0),
+        completing: Arc::new(Mutex::new(Vec::new())),
+        builders: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
     });
-    // Aborted when this future is dropped (the pipeline lost its lock, or
-    // stops): spawned workers would otherwise go on copying and completing
-    // tables for a pipeline this process no longer runs.
+    // Workers and completions are aborted when this future is dropped (the
+    // pipeline lost its lock, or stops): spawned, they would otherwise go
+    // on copying and completing tables for a pipeline this process no
+    // longer runs (a completion's transaction is rolled back with its
+    // connection).
+    let _completions = AbortAllOnDrop(shared.completing.clone());
     let mut handles = AbortOnDrop(Vec::new());
     for _ in 0..workers.max(1) {
         let shared = shared.clone();
@@ -125,9 +155,23 @@ pub(super) async fn copy(
         };
         first_err.get_or_insert(err);
         // Let the others stop: no more jobs.
-        if let Ok(mut j) = shared.jobs.lock() {
-            j.clear();
-        }
+        shared.stop();
+    }
+    // Every worker is done, so no completion starts any more. Those under
+    // way finish even after an error: a table they record complete is not
+    // copied again on the next run.
+    let completing =
+        std::mem::take(&mut *shared.completing.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut completing = AbortOnDrop(completing);
+    for h in completing.0.iter_mut() {
+        let err = match h.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => {
+                CopyReadError::Definite(format!("completing a copied table failed: {e}")).into()
+            }
+        };
+        first_err.get_or_insert(err);
     }
     shared.progress.finish();
     if let Some(e) = first_err {
@@ -235,7 +279,43 @@ async fn preflight(source: &ConnInfo, sinks: &[RawSink]) -> Result<(), CopyError
     }
 }
 
-async fn worker(shared: &Shared) -> Result<(), CopyError> {
+impl Shared {
+    /// No more chunks for any worker.
+    fn stop(&self) {
+        if let Ok(mut j) = self.jobs.lock() {
+            j.clear();
+        }
+    }
+
+    /// Completes `job`'s table, whose every chunk is committed, in a task
+    /// of its own: the worker goes on with the next chunk meanwhile. A
+    /// failure stops the workers (the copy fails with it).
+    fn complete(self: &Arc<Self>, job: &Job) {
+        let shared = self.clone();
+        let (copier, table, sink) = (job.copier.clone(), job.table.clone(), job.sink.clone());
+        let total = job.rows.load(Ordering::Relaxed);
+        let name = table.qualified_name();
+        shared.progress.rows_done(&sink, &name, total);
+        let task = tokio::spawn(async move {
+            // Never closed; should it be, the completion runs unbounded.
+            let _turn = shared.builders.clone().acquire_owned().await.ok();
+            let r = copier.finish_table(&table, shared.start, total).await;
+            match &r {
+                Ok(()) => shared.progress.table_done(&sink, &name, total),
+                Err(_) => shared.stop(),
+            }
+            Ok(r?)
+        });
+        // Nothing panics while holding the lock; a poisoned list is still
+        // whole, and every completion must be waited for.
+        self.completing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
+async fn worker(shared: &Arc<Shared>) -> Result<(), CopyError> {
     let source = &shared.source;
     let mut src = import_snapshot_raw(source, &shared.snapshot).await?;
     loop {
@@ -298,12 +378,7 @@ async fn worker(shared: &Shared) -> Result<(), CopyError> {
         // The chunk that commits last completes the table: every chunk is
         // committed by then.
         if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let total = job.rows.load(Ordering::Relaxed);
-            tracing::debug!(sink = %job.sink, table = %t.qualified_name(), "every chunk copied; completing the table");
-            job.copier.finish_table(t, shared.start, total).await?;
-            shared
-                .progress
-                .table_done(&job.sink, &t.qualified_name(), total);
+            shared.complete(&job);
         }
     }
     let _ = src.simple_query("COMMIT").await;

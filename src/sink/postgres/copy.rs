@@ -9,9 +9,11 @@
 //! began on it before, or the sink has applied changes: rows put there by
 //! anything else are never thrown away) and takes its indexes off (see
 //! [`indexes`](super::indexes)); then each chunk is one target
-//! transaction on one of the workers' connections; the last one's worker
-//! rebuilds the indexes and records the table complete (see
-//! [`copy_state`](super::copy_state)), in one transaction.
+//! transaction on one of the workers' connections; once the last one has
+//! committed, [`RawCopier::finish_table`] rebuilds the indexes and records
+//! the table complete (see [`copy_state`](super::copy_state)), in one
+//! transaction on a connection of its own, while the workers copy other
+//! tables.
 //!
 //! Restarts: a table whose copy was not complete is emptied and copied
 //! again under a new snapshot; tables already complete are not copied
@@ -38,7 +40,8 @@ use crate::source::ConnInfo;
 use crate::Lsn;
 
 /// A Postgres sink's copier; its connections are shared by the copy's
-/// workers (one each at most: a chunk holds one until it commits).
+/// workers (one each at most: a chunk holds one until it commits) and the
+/// tables' completions (one each while it runs).
 pub struct PgCopier {
     sink: String,
     pipeline: String,

@@ -268,6 +268,7 @@ pub(crate) async fn complete_table(
     let what = format!("completing the copy of {}", t.qualified_name());
     let err = |e| o.err(&what, e);
     dst.batch_execute("BEGIN").await.map_err(err)?;
+    let t0 = std::time::Instant::now();
     let rebuilt = match indexes::restore(dst, pipeline, o.sink, t).await {
         Ok(n) => n,
         Err((index, e)) => {
@@ -326,7 +327,8 @@ pub(crate) async fn complete_table(
         return Err(err(e));
     }
     if rebuilt > 0 {
-        tracing::info!(sink = %o.sink, table = %t.qualified_name(), indexes = rebuilt, "indexes rebuilt");
+        let secs = format!("{:.2}", t0.elapsed().as_secs_f64());
+        tracing::info!(sink = %o.sink, table = %t.qualified_name(), indexes = rebuilt, secs, "indexes rebuilt");
     }
     Ok(())
 }

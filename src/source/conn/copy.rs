@@ -1,7 +1,7 @@
 //! The COPY sub-protocols of a [`Connection`]: CopyBoth, which carries the
 //! replication stream, and COPY OUT, which carries the initial copy's rows.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
@@ -131,13 +131,14 @@ impl Connection {
                 match buf[0] {
                     b'd' => {
                         out.extend_from_slice(&buf[5..1 + len]);
-                        let _ = self.read_buf.split_to(1 + len);
+                        // Advancing the cursor: no split-off handle to make and drop per row.
+                        self.read_buf.advance(1 + len);
                         if out.len() >= max {
                             return Ok(true);
                         }
                     }
                     b'c' => {
-                        let _ = self.read_buf.split_to(1 + len);
+                        self.read_buf.advance(1 + len);
                         self.finish_copy_out().await?;
                         return Ok(false);
                     }
