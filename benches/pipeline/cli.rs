@@ -67,6 +67,9 @@ pub struct Args {
     /// The latency part's pgbench rate, in transactions per second.
     #[arg(long = "rate", value_name = "TPS", default_value_t = 2000, value_parser = rate)]
     pub latency_rate: u32,
+    /// pgbridge's source.backfill_chunk_rows in the backfill part (default: pgbridge's default).
+    #[arg(long, value_name = "N")]
+    pub backfill_chunk_rows: Option<usize>,
     /// pgbridge's apply_workers on its Postgres sink, 1-64 (default: pgbridge's default).
     #[arg(long, value_name = "N", value_parser = apply_workers)]
     pub apply_workers: Option<usize>,

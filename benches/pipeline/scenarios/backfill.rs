@@ -82,9 +82,12 @@ pub async fn run(env: &Env, report: &mut Report) -> R<()> {
 
 /// The pipeline's config: tables big and w into target database `name`.
 fn config(env: &Env, name: &str, snapshot: &str) -> Config {
-    source(env, "bfsrc", name, "pb", snapshot)
-        .key("snapshot_workers", env.args.snapshot_workers)
-        .postgres_sink("bench", &env.tgt_url(name))
+    let mut c = source(env, "bfsrc", name, "pb", snapshot)
+        .key("snapshot_workers", env.args.snapshot_workers);
+    if let Some(n) = env.args.backfill_chunk_rows {
+        c = c.key("backfill_chunk_rows", n);
+    }
+    c.postgres_sink("bench", &env.tgt_url(name))
         .key(
             "tables",
             format!("[{}]", quoted_list(&["public.big", "public.w"])),

@@ -100,6 +100,7 @@ impl Reader {
         }
         let started = Instant::now();
         let mut logged = false;
+        let mut poll = Duration::from_millis(1);
         loop {
             let running: i64 = self
                 .marks
@@ -119,7 +120,11 @@ impl Reader {
                 tracing::warn!(transactions = running,
                     "backfill waits for transactions that were open at its low watermark (a session idle in transaction holds it up)");
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Short waits first (a busy source has some transaction open
+            // at any moment, each a few milliseconds long), then longer
+            // ones for a session that stays in its transaction.
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(50));
         }
     }
 
