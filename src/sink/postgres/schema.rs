@@ -29,7 +29,7 @@ use crate::source::ConnInfo;
 const FIRST_NON_FIXED_OID: u32 = 10_000;
 
 /// What the sink knows about one target table, for one source schema.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TableState {
     /// The source schema this state was checked against.
     pub source: Arc<RelationSchema>,
