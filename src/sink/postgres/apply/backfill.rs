@@ -202,25 +202,43 @@ fn range_query(chunk: &BackfillChunk, types: &[String]) -> String {
         return String::new();
     };
     let cols = columns(rel, key);
-    let mut range = String::from("true");
+    let range = key_bounds(&cols, after, upto, types);
+    let deletable = filter
+        .as_ref()
+        .map_or("true".to_string(), |f| format!("({f})"))
+        + &not_kept(&cols, keep, types);
+    format!(
+        "COPY (SELECT {}, {deletable} FROM {} WHERE true{range}) TO STDOUT",
+        column_list(rel.columns.iter().map(|c| c.name.as_str())),
+        qualified(rel)
+    )
+}
+
+/// ` AND ROW(<key>) > ROW(<after>) AND ROW(<key>) <= ROW(<upto>)`, each
+/// part only when that end is given: a chunk's key range.
+fn key_bounds(
+    cols: &str,
+    after: &Option<Vec<String>>,
+    upto: &Option<Vec<String>>,
+    types: &[String],
+) -> String {
+    let mut range = String::new();
     if let Some(a) = after {
         range.push_str(&format!(" AND ROW{cols} > ROW{}", values(a, types)));
     }
     if let Some(u) = upto {
         range.push_str(&format!(" AND ROW{cols} <= ROW{}", values(u, types)));
     }
-    let mut deletable = filter
-        .as_ref()
-        .map_or("true".to_string(), |f| format!("({f})"));
-    if !keep.is_empty() {
-        let k: Vec<String> = keep.iter().map(|k| values(k, types)).collect();
-        deletable.push_str(&format!(" AND {cols} NOT IN (VALUES {})", k.join(", ")));
+    range
+}
+
+/// ` AND (<key>) NOT IN (VALUES <keep>)`; empty without keys to keep.
+fn not_kept(cols: &str, keep: &[Vec<String>], types: &[String]) -> String {
+    if keep.is_empty() {
+        return String::new();
     }
-    format!(
-        "COPY (SELECT {}, {deletable} FROM {} WHERE {range}) TO STDOUT",
-        column_list(rel.columns.iter().map(|c| c.name.as_str())),
-        qualified(rel)
-    )
+    let k: Vec<String> = keep.iter().map(|k| values(k, types)).collect();
+    format!(" AND {cols} NOT IN (VALUES {})", k.join(", "))
 }
 
 /// `; DELETE FROM <table> WHERE (<key>) IN (VALUES ...)`.
@@ -276,24 +294,14 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             keep,
         } => {
             let cols = columns(rel, key);
-            let mut sql = format!("DELETE FROM {table} WHERE true");
-            if let Some(a) = after {
-                sql.push_str(&format!(" AND ROW{cols} > ROW{}", values(a, types)));
-            }
-            if let Some(u) = upto {
-                sql.push_str(&format!(" AND ROW{cols} <= ROW{}", values(u, types)));
-            }
-            sql.push_str(&and_filter(filter));
-            if !keep.is_empty() {
-                let k: Vec<String> = keep.iter().map(|k| values(k, types)).collect();
-                sql.push_str(&format!(" AND {cols} NOT IN (VALUES {})", k.join(", ")));
-            }
+            let mut sql = format!(
+                "DELETE FROM {table} WHERE true{}{}{}",
+                key_bounds(&cols, after, upto, types),
+                and_filter(filter),
+                not_kept(&cols, keep, types)
+            );
             if !chunk.refresh.is_empty() {
-                let k: Vec<String> = chunk.refresh.iter().map(|k| values(k, types)).collect();
-                sql.push_str(&format!(
-                    "; DELETE FROM {table} WHERE {cols} IN (VALUES {})",
-                    k.join(", ")
-                ));
+                sql.push_str(&delete_keys(chunk, &chunk.refresh, types));
             }
             Some(sql)
         }

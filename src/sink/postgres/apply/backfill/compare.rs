@@ -4,6 +4,7 @@
 //! line is split in place and compared field by field with the chunk row
 //! of the same key. Only what differs is turned into owned key values.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 
@@ -183,13 +184,9 @@ fn hash_key<'a>(fields: impl Iterator<Item = Field<'a>>) -> u64 {
             }
             Field::Value(_) => h.write_u8(0),
             Field::Raw(b"\\N") => h.write_u8(0),
-            Field::Raw(raw) if raw.contains(&b'\\') => {
-                h.write_u8(1);
-                h.write(&unescape(raw));
-            }
             Field::Raw(raw) => {
                 h.write_u8(1);
-                h.write(raw);
+                h.write(&unescaped(raw));
             }
         }
         h.write_u8(0xff);
@@ -202,13 +199,7 @@ fn same(raw: &[u8], value: Option<&TupleValue>) -> bool {
     match value {
         Some(TupleValue::Null) => raw == b"\\N",
         Some(TupleValue::Text(b) | TupleValue::Binary(b)) => {
-            if raw == b"\\N" {
-                false
-            } else if raw.contains(&b'\\') {
-                unescape(raw) == b.as_ref()
-            } else {
-                raw == b.as_ref()
-            }
+            raw != b"\\N" && *unescaped(raw) == *b.as_ref()
         }
         _ => false,
     }
@@ -216,9 +207,14 @@ fn same(raw: &[u8], value: Option<&TupleValue>) -> bool {
 
 /// A target field as key text (for the DELETE's literals).
 fn text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&unescaped(raw)).into_owned()
+}
+
+/// A COPY text field's value: the field itself unless it has escapes.
+fn unescaped(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.contains(&b'\\') {
-        String::from_utf8_lossy(&unescape(raw)).into_owned()
+        Cow::Owned(unescape(raw))
     } else {
-        String::from_utf8_lossy(raw).into_owned()
+        Cow::Borrowed(raw)
     }
 }
