@@ -9,10 +9,12 @@
 //!
 //! Requests and their progress are rows of `pgbridge.backfill` on the
 //! source ([`request`]); the [`Engine`] runs beside the stream, one
-//! request at a time and one chunk at a time: it records a chunk only once
-//! the slot is confirmed past its high watermark (every sink holds it), so
-//! after a restart it goes on after the last recorded chunk, and a chunk
-//! done twice does no harm (a chunk replaces what it covers).
+//! request at a time. It reads the next chunk while the stream brings the
+//! one before to its high watermark (the windows follow each other in the
+//! WAL), and records a chunk only once the slot is confirmed past its high
+//! watermark (every sink holds it), so after a restart it goes on after
+//! the last recorded chunk, and a chunk done twice does no harm (a chunk
+//! replaces what it covers).
 //!
 //! A table without a key (no primary key, no replica identity index) is
 //! one chunk, read under `LOCK TABLE ... IN SHARE MODE` with both
@@ -60,6 +62,8 @@ pub struct Engine<'a> {
     /// Published tables at the last look (relation id -> name).
     published: Option<HashMap<u32, String>>,
     live_add: bool,
+    /// The last chunk registration's token (see [`window::Mark::token`]).
+    token: u64,
 }
 
 /// A request that cannot be done (kept in its row for `pgbridge backfill`).
@@ -98,6 +102,7 @@ impl<'a> Engine<'a> {
             sinks,
             published: None,
             live_add: config.source.snapshot != SnapshotMode::Never,
+            token: first_token(),
         }
     }
 
@@ -315,6 +320,9 @@ impl<'a> Engine<'a> {
             key_idx: &key_idx,
             sinks: &sinks,
             after: req.last_key.clone(),
+            read_seq: req.chunks as u64,
+            read_all: false,
+            ahead: Default::default(),
             seq: req.chunks as u64,
             rows: req.rows as u64,
             recorded: (req.chunks as u64, req.rows as u64),
@@ -325,7 +333,7 @@ impl<'a> Engine<'a> {
             resume_after = ?job.after, chunks_done = job.seq, "backfill started");
         self.stats
             .backfill_progress(&req.table, "running", job.seq, job.rows);
-        while !self.chunk(reader, &mut job, tracker).await? {}
+        while !self.step(reader, &mut job, tracker).await? {}
         if req.kind == Kind::Add {
             for s in self.sinks.iter_mut().filter(|s| sinks.contains(&s.name)) {
                 s.holds.insert(spec.oid);
@@ -336,86 +344,126 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// One chunk, from its low watermark until the slot is confirmed past
-    /// it and its row records it; true when it was the last.
-    async fn chunk(
+    /// One step of a request: reads the next chunk while fewer than
+    /// [`CHUNKS_AHEAD`] wait for the stream, else waits until the stream
+    /// has passed the oldest one's high watermark and records what every
+    /// sink holds; true once the last chunk is delivered and recorded.
+    async fn step(
         &mut self,
         reader: &read::Reader,
         job: &mut Job<'_>,
         tracker: &Tracker,
     ) -> Result<bool, Failure> {
-        let keyless = job.key.is_empty();
-        loop {
-            let limit = job.limit;
-            let seq = job.seq + 1;
-            self.window
-                .register(job.req.id, seq, job.spec.oid, job.key.to_vec());
-            let rows = read_between(reader, job, seq, limit).await?;
-            let n = rows.len();
-            let last = rows
-                .last()
-                .and_then(|c| c.new.as_ref())
-                .map(|r| key_text(&r.0, job.key_idx));
-            let done = keyless || n < limit;
-            let replace = match (keyless, job.req.kind) {
-                (true, _) => Replace::All {
-                    filter: job.req.filter.clone(),
-                },
-                (false, Kind::Add) => Replace::Keys {
-                    key: job.key_idx.to_vec(),
-                },
-                (false, Kind::Backfill) => Replace::Range {
-                    key: job.key_idx.to_vec(),
-                    after: job.after.clone(),
-                    upto: if done { None } else { last.clone() },
-                    filter: job.req.filter.clone(),
-                    keep: Vec::new(),
-                },
-            };
-            let chunk = BackfillChunk {
-                request: job.req.id,
-                seq,
-                relation: job.rel.clone(),
-                rows,
-                sinks: job.sinks.to_vec(),
-                refresh: Vec::new(),
-                replace,
-            };
-            job.limit = next_limit(self.config.source.backfill_chunk_rows, chunk.bytes(), n);
-            self.window.set_chunk(chunk);
-            let high = reader.mark("high", job.req.id, seq).await;
-            if keyless {
-                reader.unlock().await;
-            }
-            high?;
-            let end = loop {
-                if let Some(o) = self.window.outcome() {
-                    break o;
-                }
-                self.window.notified().await;
-            };
-            let end = match end {
-                window::Outcome::Again => {
-                    tracing::info!(request = job.req.id, table = %job.req.table, chunk = seq,
-                        "the table was truncated (or, without a key, changed) while the chunk was read; reading it again");
-                    continue;
-                }
-                window::Outcome::Delivered(end) => end,
-            };
-            job.seq = seq;
-            job.rows += n as u64;
-            job.sent.push_back(Sent {
-                end,
-                last: last.clone(),
-                rows: n,
-                done,
-            });
-            if let Some(l) = last {
-                job.after = Some(l);
-            }
-            self.record(reader, job, tracker, done).await?;
-            return Ok(done);
+        if !job.read_all && job.ahead.len() < CHUNKS_AHEAD {
+            self.read_chunk(reader, job).await?;
+            return Ok(false);
         }
+        let Some(token) = job.ahead.front().map(|a| a.token) else {
+            return Ok(true);
+        };
+        let end = loop {
+            if let Some(o) = self.window.outcome(token) {
+                break o;
+            }
+            self.window.notified().await;
+        };
+        let Some(a) = job.ahead.pop_front() else {
+            return Ok(true);
+        };
+        let end = match end {
+            window::Outcome::Again => {
+                tracing::info!(request = job.req.id, table = %job.req.table, chunk = a.seq,
+                    "the table was truncated (or, without a key, changed) while the chunk was read; reading it again");
+                // The chunks read after it start where it ended, which a
+                // new read may not: they are given up and read again.
+                self.window.clear();
+                job.ahead.clear();
+                job.after = a.from;
+                job.read_seq = a.seq - 1;
+                job.read_all = false;
+                return Ok(false);
+            }
+            window::Outcome::Delivered(end) => end,
+        };
+        job.seq = a.seq;
+        job.rows += a.rows as u64;
+        job.sent.push_back(Sent {
+            end,
+            last: a.last,
+            rows: a.rows,
+            done: a.done,
+        });
+        self.record(reader, job, tracker, a.done).await?;
+        Ok(a.done)
+    }
+
+    /// Reads the next chunk between its watermarks and hands it to the
+    /// window, which sends it at its high watermark.
+    async fn read_chunk(
+        &mut self,
+        reader: &read::Reader,
+        job: &mut Job<'_>,
+    ) -> Result<(), Failure> {
+        let keyless = job.key.is_empty();
+        let limit = job.limit;
+        let seq = job.read_seq + 1;
+        self.token = self.token.wrapping_add(1);
+        let token = self.token;
+        self.window
+            .register(job.req.id, seq, token, job.spec.oid, job.key.to_vec());
+        let rows = read_between(reader, job, seq, token, limit).await?;
+        let n = rows.len();
+        let last = rows
+            .last()
+            .and_then(|c| c.new.as_ref())
+            .map(|r| key_text(&r.0, job.key_idx));
+        let done = keyless || n < limit;
+        let replace = match (keyless, job.req.kind) {
+            (true, _) => Replace::All {
+                filter: job.req.filter.clone(),
+            },
+            (false, Kind::Add) => Replace::Keys {
+                key: job.key_idx.to_vec(),
+            },
+            (false, Kind::Backfill) => Replace::Range {
+                key: job.key_idx.to_vec(),
+                after: job.after.clone(),
+                upto: if done { None } else { last.clone() },
+                filter: job.req.filter.clone(),
+                keep: Vec::new(),
+            },
+        };
+        let chunk = BackfillChunk {
+            request: job.req.id,
+            seq,
+            relation: job.rel.clone(),
+            rows,
+            sinks: job.sinks.to_vec(),
+            refresh: Vec::new(),
+            replace,
+        };
+        job.limit = next_limit(self.config.source.backfill_chunk_rows, chunk.bytes(), n);
+        self.window.set_chunk(token, chunk);
+        let high = reader.mark("high", job.req.id, seq, token).await;
+        if keyless {
+            reader.unlock().await;
+        }
+        high?;
+        let from = match &last {
+            Some(l) => job.after.replace(l.clone()),
+            None => job.after.clone(),
+        };
+        job.ahead.push_back(Ahead {
+            token,
+            seq,
+            from,
+            last,
+            rows: n,
+            done,
+        });
+        job.read_seq = seq;
+        job.read_all = done;
+        Ok(())
     }
 }
 
@@ -426,6 +474,7 @@ async fn read_between(
     reader: &read::Reader,
     job: &Job<'_>,
     seq: u64,
+    token: u64,
     limit: usize,
 ) -> Result<Vec<crate::model::Change>, CopyReadError> {
     let keyless = job.key.is_empty();
@@ -433,7 +482,7 @@ async fn read_between(
         reader.lock(job.spec).await?;
     }
     let r = async {
-        let low = reader.mark("low", job.req.id, seq).await?;
+        let low = reader.mark("low", job.req.id, seq, token).await?;
         if !keyless {
             reader.wait_running().await?;
         }
@@ -478,10 +527,35 @@ fn next_limit(max_rows: usize, bytes: usize, rows: usize) -> usize {
     (CHUNK_BYTES / per_row).clamp(1, max_rows)
 }
 
+/// A token base of this run: the clock's nanoseconds and the process id,
+/// so that another run's marks do not match.
+fn first_token() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+}
+
 /// pgbridge's request table on the source (published by a publication
 /// FOR ALL TABLES): never copied to the sinks.
 fn is_own(t: &TableSpec) -> bool {
     t.schema == "pgbridge" && t.name == "backfill"
+}
+
+/// Chunks read ahead of the stream at most: the next chunk is read while
+/// the stream brings the one before to its high watermark (each chunk's
+/// window still follows the one before in the WAL).
+const CHUNKS_AHEAD: usize = 2;
+
+/// A chunk read whose high watermark the stream has not passed yet.
+struct Ahead {
+    token: u64,
+    seq: u64,
+    /// The key it was read after (where it is read again from).
+    from: Option<Vec<String>>,
+    last: Option<Vec<String>>,
+    rows: usize,
+    done: bool,
 }
 
 /// Chunks delivered (the stream passed their high watermark) before the
@@ -549,8 +623,13 @@ struct Job<'r> {
     key: &'r [String],
     key_idx: &'r [usize],
     sinks: &'r [String],
-    /// The last key of the last confirmed chunk.
+    /// The last key of the last chunk read.
     after: Option<Vec<String>>,
+    /// The last chunk read, and whether it was the table's last.
+    read_seq: u64,
+    read_all: bool,
+    /// Chunks read whose high watermark the stream has not passed.
+    ahead: std::collections::VecDeque<Ahead>,
     /// Chunks and rows delivered.
     seq: u64,
     rows: u64,

@@ -59,12 +59,19 @@ impl Reader {
 
     /// Writes a watermark (a transactional logical message, committed at
     /// once); returns its position.
-    pub async fn mark(&self, which: &str, request: i64, seq: u64) -> Result<Lsn, CopyReadError> {
+    pub async fn mark(
+        &self,
+        which: &str,
+        request: i64,
+        seq: u64,
+        token: u64,
+    ) -> Result<Lsn, CopyReadError> {
         let mark = Mark {
             mark: which.into(),
             slot: self.slot.clone(),
             request,
             seq,
+            token,
         };
         let content = serde_json::to_string(&mark).unwrap_or_default();
         let r = self

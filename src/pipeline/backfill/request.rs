@@ -175,6 +175,7 @@ pub async fn insert(
         slot: slot.to_string(),
         request: id,
         seq: 0,
+        token: 0,
     };
     let content = serde_json::to_string(&mark).unwrap_or_default();
     txn.execute(

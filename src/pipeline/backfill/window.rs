@@ -15,7 +15,7 @@
 //! between may or may not be in the read, and its key is dropped from the
 //! chunk, so the sinks keep the streamed value.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,11 @@ pub struct Mark {
     pub request: i64,
     #[serde(default)]
     pub seq: u64,
+    /// The chunk's registration: unique within an engine's run and random
+    /// across runs, so that the marks of a chunk given up (read again, or
+    /// written by a process that was stopped) never count for another.
+    #[serde(default)]
+    pub token: u64,
 }
 
 /// Where the chunk in flight is.
@@ -65,6 +70,7 @@ pub enum Outcome {
 struct Pending {
     request: i64,
     seq: u64,
+    token: u64,
     rel_id: u32,
     /// The chunk key's column names (none: a table without a key).
     key: Vec<String>,
@@ -82,7 +88,10 @@ struct Pending {
 #[derive(Default)]
 struct State {
     slot: String,
-    pending: Option<Pending>,
+    /// Chunks registered and not taken back by the engine, in the order of
+    /// their watermarks (the windows follow each other: a chunk's low
+    /// watermark is written after the previous chunk's high one).
+    pending: VecDeque<Pending>,
     /// Relation ids seen in the stream (a new one may be a table added to
     /// the publication).
     seen: HashSet<u32>,
@@ -150,12 +159,13 @@ impl Window {
         std::mem::take(&mut self.lock().nudged)
     }
 
-    /// Registers the next chunk of `request` on `rel_id`, before its low
-    /// watermark is written.
-    pub fn register(&self, request: i64, seq: u64, rel_id: u32, key: Vec<String>) {
-        self.lock().pending = Some(Pending {
+    /// Registers chunk `seq` of `request` on `rel_id` as `token`, before
+    /// its low watermark is written.
+    pub fn register(&self, request: i64, seq: u64, token: u64, rel_id: u32, key: Vec<String>) {
+        self.lock().pending.push_back(Pending {
             request,
             seq,
+            token,
             rel_id,
             key,
             phase: Phase::Waiting,
@@ -167,24 +177,25 @@ impl Window {
         });
     }
 
-    /// The chunk as read, before its high watermark is written.
-    pub fn set_chunk(&self, chunk: BackfillChunk) {
-        if let Some(p) = self.lock().pending.as_mut() {
+    /// Chunk `token` as read, before its high watermark is written.
+    pub fn set_chunk(&self, token: u64, chunk: BackfillChunk) {
+        if let Some(p) = self.lock().pending.iter_mut().find(|p| p.token == token) {
             p.chunk = Some(chunk);
         }
     }
 
-    /// The chunk's outcome once known (the pending chunk is then gone).
-    pub fn outcome(&self) -> Option<Outcome> {
+    /// Chunk `token`'s outcome once known (the chunk is then forgotten).
+    pub fn outcome(&self, token: u64) -> Option<Outcome> {
         let mut g = self.lock();
-        let o = g.pending.as_ref().and_then(|p| p.outcome)?;
-        g.pending = None;
+        let i = g.pending.iter().position(|p| p.token == token)?;
+        let o = g.pending[i].outcome?;
+        g.pending.remove(i);
         Some(o)
     }
 
-    /// Forgets the pending chunk (the engine gave it up).
+    /// Forgets every registered chunk (the engine gave them up).
     pub fn clear(&self) {
-        self.lock().pending = None;
+        self.lock().pending.clear();
     }
 
     /// Looks at one event of the stream, in commit order.
@@ -220,26 +231,30 @@ impl Window {
                 return Seen::Forward;
             }
             Event::Change(c) => {
-                if let Some(p) = st.pending.as_mut() {
+                for p in st.pending.iter_mut() {
                     if p.phase == Phase::Open && p.rel_id == c.relation.rel_id {
                         p.record(c);
                     }
                 }
             }
             Event::Truncate { relations, .. } => {
-                if let Some(p) = st.pending.as_mut() {
+                for p in st.pending.iter_mut() {
                     if p.phase == Phase::Open && relations.iter().any(|r| r.rel_id == p.rel_id) {
                         p.again = true;
                     }
                 }
             }
             Event::Commit { end_lsn, .. } => {
-                if let Some(p) = st.pending.as_mut() {
+                let mut delivered = false;
+                for p in st.pending.iter_mut() {
                     if p.phase == Phase::Sent && p.outcome.is_none() {
                         p.outcome = Some(Outcome::Delivered(*end_lsn));
-                        drop(g);
-                        self.notify.notify_one();
+                        delivered = true;
                     }
+                }
+                if delivered {
+                    drop(g);
+                    self.notify.notify_one();
                 }
             }
             _ => {}
@@ -256,12 +271,13 @@ fn is_own(rel: &RelationSchema) -> bool {
 
 impl State {
     fn mark(&mut self, mark: &Mark) -> Seen {
-        let Some(p) = self.pending.as_mut() else {
+        let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.token == mark.token && p.request == mark.request && p.seq == mark.seq)
+        else {
             return Seen::Drop;
         };
-        if p.request != mark.request || p.seq != mark.seq {
-            return Seen::Drop;
-        }
         match (mark.mark.as_str(), p.phase) {
             ("low", Phase::Waiting) => p.phase = Phase::Open,
             ("high", Phase::Open) => {
@@ -423,6 +439,7 @@ mod tests {
     use crate::pgoutput::ReplicaIdentity;
 
     const REL: u32 = 10;
+    const TOKEN: u64 = 7;
 
     fn rel() -> Arc<RelationSchema> {
         let col = |n: &str, key| ColumnSchema {
@@ -463,11 +480,16 @@ mod tests {
     }
 
     fn mark(w: &Window, which: &str, slot: &str) -> Seen {
+        mark_of(w, which, slot, 1, TOKEN)
+    }
+
+    fn mark_of(w: &Window, which: &str, slot: &str, seq: u64, token: u64) -> Seen {
         let m = Mark {
             mark: which.into(),
             slot: slot.into(),
             request: 1,
-            seq: 1,
+            seq,
+            token,
         };
         w.observe(&Event::Message {
             lsn: Lsn(1),
@@ -492,8 +514,27 @@ mod tests {
     /// A window with rows 1..=5 read, in range mode.
     fn window(key: &[&str]) -> Window {
         let w = Window::new("s");
-        w.register(1, 1, REL, key.iter().map(|k| k.to_string()).collect());
-        let rows = (1..=5)
+        chunk_of(&w, 1, TOKEN, key, 1..=5);
+        w
+    }
+
+    /// Registers chunk `seq` as `token` with the rows `ids` read.
+    fn chunk_of(
+        w: &Window,
+        seq: u64,
+        token: u64,
+        key: &[&str],
+        ids: std::ops::RangeInclusive<u32>,
+    ) {
+        w.register(
+            1,
+            seq,
+            token,
+            REL,
+            key.iter().map(|k| k.to_string()).collect(),
+        );
+        let upto = ids.end().to_string();
+        let rows = ids
             .map(|i| {
                 let id = i.to_string();
                 let Event::Change(c) = change(Op::Insert, None, row(&[&id, "read", "big-read"]))
@@ -503,22 +544,24 @@ mod tests {
                 c
             })
             .collect();
-        w.set_chunk(BackfillChunk {
-            request: 1,
-            seq: 1,
-            relation: rel(),
-            rows,
-            sinks: vec!["d".into()],
-            refresh: vec![],
-            replace: Replace::Range {
-                key: vec![0],
-                after: None,
-                upto: Some(vec!["5".into()]),
-                filter: None,
-                keep: vec![],
+        w.set_chunk(
+            token,
+            BackfillChunk {
+                request: 1,
+                seq,
+                relation: rel(),
+                rows,
+                sinks: vec!["d".into()],
+                refresh: vec![],
+                replace: Replace::Range {
+                    key: vec![0],
+                    after: None,
+                    upto: Some(vec![upto]),
+                    filter: None,
+                    keep: vec![],
+                },
             },
-        });
-        w
+        );
     }
 
     fn ids(chunk: &BackfillChunk) -> Vec<(String, String, String)> {
@@ -581,10 +624,49 @@ mod tests {
             &keys(&["8"]),
             "a state without its TOAST value stays as streamed"
         );
-        assert_eq!(w.outcome(), None, "not committed yet");
+        assert_eq!(w.outcome(TOKEN), None, "not committed yet");
         commit(&w, 100);
-        assert_eq!(w.outcome(), Some(Outcome::Delivered(Lsn(100))));
-        assert_eq!(w.outcome(), None, "taken");
+        assert_eq!(w.outcome(TOKEN), Some(Outcome::Delivered(Lsn(100))));
+        assert_eq!(w.outcome(TOKEN), None, "taken");
+    }
+
+    /// Chunks read ahead of the stream: each counts only the changes
+    /// between its own watermarks and gets the commit after its own high
+    /// watermark; marks of a registration given up (another token) count
+    /// for nothing.
+    #[test]
+    fn chunks_read_ahead_keep_their_own_windows() {
+        let w = Window::new("s");
+        chunk_of(&w, 1, 7, &["id"], 1..=3);
+        chunk_of(&w, 2, 8, &["id"], 4..=6);
+        assert!(matches!(mark_of(&w, "low", "s", 2, 99), Seen::Drop));
+        mark_of(&w, "low", "s", 1, 7);
+        w.observe(&change(Op::Update, None, row(&["2", "in-1", "b"])));
+        let Seen::Chunk(first) = mark_of(&w, "high", "s", 1, 7) else {
+            panic!("chunk 1 at its high watermark")
+        };
+        assert_eq!(first.refresh, vec![vec!["2".to_string()]]);
+        w.observe(&change(Op::Update, None, row(&["5", "between", "b"])));
+        assert_eq!(w.outcome(7), None);
+        commit(&w, 100);
+        mark_of(&w, "low", "s", 2, 8);
+        w.observe(&change(Op::Update, None, row(&["6", "in-2", "b"])));
+        assert!(
+            matches!(mark_of(&w, "high", "s", 2, 99), Seen::Drop),
+            "a stale high watermark of seq 2"
+        );
+        let Seen::Chunk(second) = mark_of(&w, "high", "s", 2, 8) else {
+            panic!("chunk 2 at its high watermark")
+        };
+        assert_eq!(
+            second.refresh,
+            vec![vec!["6".to_string()]],
+            "only its own window's change: 5 changed between the windows"
+        );
+        assert_eq!(w.outcome(8), None, "not committed yet");
+        commit(&w, 200);
+        assert_eq!(w.outcome(8), Some(Outcome::Delivered(Lsn(200))));
+        assert_eq!(w.outcome(7), Some(Outcome::Delivered(Lsn(100))));
     }
 
     #[test]
@@ -598,13 +680,13 @@ mod tests {
             restart_identity: false,
         });
         assert!(matches!(mark(&w, "high", "s"), Seen::Drop));
-        assert_eq!(w.outcome(), Some(Outcome::Again));
+        assert_eq!(w.outcome(TOKEN), Some(Outcome::Again));
 
         let w = window(&[]);
         mark(&w, "low", "s");
         w.observe(&change(Op::Insert, None, row(&["7", "x", "y"])));
         assert!(matches!(mark(&w, "high", "s"), Seen::Drop));
-        assert_eq!(w.outcome(), Some(Outcome::Again));
+        assert_eq!(w.outcome(TOKEN), Some(Outcome::Again));
     }
 
     /// Another pipeline's watermarks, and pgbridge's own request table, are
