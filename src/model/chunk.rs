@@ -3,9 +3,15 @@
 //! transaction of the high watermark, so that the slot is confirmed past
 //! it only once every sink holds the chunk.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::change::{Change, RelationSchema};
+use bytes::Bytes;
+
+use super::change::{Change, Op, RelationSchema, Row};
+use super::copy_text::{fields_at, split_fields};
+use crate::pgoutput::TupleValue;
+use crate::Lsn;
 
 /// Rows of one chunk and what a sink that keeps a copy of the table
 /// replaces with them.
@@ -16,10 +22,12 @@ pub struct BackfillChunk {
     /// The chunk's number within its request, from 1.
     pub seq: u64,
     pub relation: Arc<RelationSchema>,
-    /// The rows, as inserts of `relation`: as read, in key order, then
-    /// those of keys changed in the stream while the chunk was read, with
-    /// their last streamed state (see `refresh`).
-    pub rows: Vec<Change>,
+    /// Where the rows were read (the low watermark).
+    pub lsn: Lsn,
+    /// The rows, `relation`'s columns in order: as read, in key order,
+    /// then those of keys changed in the stream while the chunk was read,
+    /// with their last streamed state (see `refresh`).
+    pub rows: Vec<ChunkRow>,
     /// The sinks the chunk is for, by name.
     pub sinks: Vec<String>,
     /// Keys whose rows are removed as well before the rows are inserted
@@ -57,23 +65,64 @@ pub enum Replace {
     All { filter: Option<String> },
 }
 
+/// A row of a chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkRow {
+    /// As read: a line of the source's text COPY output (without its
+    /// newline), printed with the backfill's output settings; split into
+    /// values only where a sink needs them.
+    Copy(Bytes),
+    /// A key's last state in the stream.
+    Values(Vec<TupleValue>),
+}
+
+impl ChunkRow {
+    /// The row's values.
+    pub fn values(&self) -> Cow<'_, [TupleValue]> {
+        match self {
+            ChunkRow::Copy(line) => Cow::Owned(split_fields(line)),
+            ChunkRow::Values(v) => Cow::Borrowed(v),
+        }
+    }
+
+    /// The values of the columns at `indexes` (none missing).
+    pub fn values_at(&self, indexes: &[usize]) -> Option<Vec<TupleValue>> {
+        match self {
+            ChunkRow::Copy(line) => fields_at(line, indexes),
+            ChunkRow::Values(v) => indexes.iter().map(|&i| v.get(i).cloned()).collect(),
+        }
+    }
+
+    /// Bytes of row data, about.
+    pub fn bytes(&self) -> usize {
+        match self {
+            ChunkRow::Copy(line) => line.len() + 8,
+            ChunkRow::Values(v) => v
+                .iter()
+                .map(|v| match v {
+                    TupleValue::Text(b) | TupleValue::Binary(b) => b.len() + 8,
+                    _ => 8,
+                })
+                .sum(),
+        }
+    }
+}
+
 impl BackfillChunk {
+    /// A row as an insert of the chunk's relation at its position.
+    pub fn change(&self, row: &ChunkRow) -> Change {
+        Change {
+            op: Op::Insert,
+            lsn: self.lsn,
+            relation: self.relation.clone(),
+            old: None,
+            old_key_only: false,
+            new: Some(Row(row.values().into_owned())),
+        }
+    }
+
     /// Bytes of row data the chunk holds (for queue budgets).
     pub fn bytes(&self) -> usize {
-        self.rows
-            .iter()
-            .map(|c| {
-                c.new.as_ref().map_or(0, |r| {
-                    r.0.iter()
-                        .map(|v| match v {
-                            crate::pgoutput::TupleValue::Text(b)
-                            | crate::pgoutput::TupleValue::Binary(b) => b.len() + 8,
-                            _ => 8,
-                        })
-                        .sum::<usize>()
-                })
-            })
-            .sum::<usize>()
-            + 64
+        self.rows.iter().map(ChunkRow::bytes).sum::<usize>() + 64
     }
 }

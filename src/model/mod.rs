@@ -8,6 +8,7 @@ mod array;
 pub mod assemble;
 pub mod change;
 pub mod chunk;
+pub mod copy_text;
 mod datetime;
 pub mod json;
 mod numeric;
@@ -21,7 +22,7 @@ pub use change::{
     BuildError, Change, ColumnSchema, Event, EventBuilder, Op, RelationSchema, TxnMeta,
     TypeRegistry,
 };
-pub use chunk::{BackfillChunk, Replace};
+pub use chunk::{BackfillChunk, ChunkRow, Replace};
 pub use json::{JsonOptions, JsonRepr, NumericMode, RenderError, TemporalMode};
 pub use types::{Builtin, TypeInfo, TypeKind};
 pub use value::{

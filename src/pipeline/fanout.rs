@@ -211,8 +211,8 @@ impl Fanout {
             let rel = Arc::new(Event::Relation(chunk.relation.clone()));
             self.send(i, SinkItem::Event(rel)).await?;
             for row in &chunk.rows {
-                self.send(i, SinkItem::Event(Arc::new(Event::Change(row.clone()))))
-                    .await?;
+                let change = Event::Change(chunk.change(row));
+                self.send(i, SinkItem::Event(Arc::new(change))).await?;
             }
         }
         Ok(())

@@ -29,7 +29,7 @@ use super::ack::Tracker;
 use super::fanout::Route;
 use super::stats::Stats;
 use crate::config::{Config, SnapshotMode, TableSelection};
-use crate::model::{BackfillChunk, Replace, TypeRegistry};
+use crate::model::{BackfillChunk, ChunkRow, Replace, TypeRegistry};
 use crate::source::catalog::TypeResolver;
 use crate::source::published::{self, CopyReadError, TableSpec};
 use crate::Lsn;
@@ -411,12 +411,12 @@ impl<'a> Engine<'a> {
         let token = self.token;
         self.window
             .register(job.req.id, seq, token, job.spec.oid, job.key.to_vec());
-        let rows = read_between(reader, job, seq, token, limit).await?;
+        let (rows, lsn) = read_between(reader, job, seq, token, limit).await?;
         let n = rows.len();
-        let last = rows
-            .last()
-            .and_then(|c| c.new.as_ref())
-            .map(|r| key_text(&r.0, job.key_idx));
+        let last = match rows.last() {
+            Some(r) => Some(row_key(r, job)?),
+            None => None,
+        };
         let done = keyless || n < limit;
         let replace = match (keyless, job.req.kind) {
             (true, _) => Replace::All {
@@ -437,6 +437,7 @@ impl<'a> Engine<'a> {
             request: job.req.id,
             seq,
             relation: job.rel.clone(),
+            lsn,
             rows,
             sinks: job.sinks.to_vec(),
             refresh: Vec::new(),
@@ -476,7 +477,7 @@ async fn read_between(
     seq: u64,
     token: u64,
     limit: usize,
-) -> Result<Vec<crate::model::Change>, CopyReadError> {
+) -> Result<(Vec<ChunkRow>, Lsn), CopyReadError> {
     let keyless = job.key.is_empty();
     if keyless {
         reader.lock(job.spec).await?;
@@ -488,7 +489,7 @@ async fn read_between(
         }
         let limit = if keyless { 0 } else { limit };
         let filter = job.req.filter.as_deref();
-        let mut rows = reader
+        let rows = reader
             .read(
                 job.spec,
                 job.rel,
@@ -498,16 +499,24 @@ async fn read_between(
                 limit,
             )
             .await?;
-        for r in &mut rows {
-            r.lsn = low;
-        }
-        Ok(rows)
+        Ok((rows, low))
     }
     .await;
     if r.is_err() && keyless {
         reader.unlock().await;
     }
     r
+}
+
+/// The key text of a row read (the next chunk is read after it).
+fn row_key(row: &ChunkRow, job: &Job<'_>) -> Result<Vec<String>, Failure> {
+    let values = row.values_at(job.key_idx).ok_or_else(|| {
+        Failure::Refused(Refused(format!(
+            "table {}: a row read lacks its key columns",
+            job.req.table
+        )))
+    })?;
+    Ok(key_text(&values, &(0..values.len()).collect::<Vec<_>>()))
 }
 
 /// Bytes of row data a backfill chunk holds at most, about: after the

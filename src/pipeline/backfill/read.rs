@@ -8,10 +8,9 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use super::window::{Mark, PREFIX};
-use crate::model::change::Row;
-use crate::model::{Change, Op, RelationSchema};
+use crate::model::copy_text::{count_fields, Lines};
+use crate::model::{ChunkRow, RelationSchema};
 use crate::pg::{ident, literal};
-use crate::pipeline::copy::rows::{split_fields, Lines};
 use crate::source::published::{CopyReadError, TableSpec};
 use crate::Lsn;
 
@@ -158,7 +157,7 @@ impl Reader {
 
     /// Reads up to `limit` rows (all with `limit` 0) of the table in key
     /// order, after `after`, with the publication's columns and row filter
-    /// and the request's `filter`; rows as inserts of `rel` at `lsn`.
+    /// and the request's `filter`: lines of text COPY output.
     #[allow(clippy::too_many_arguments)]
     pub async fn read(
         &self,
@@ -168,7 +167,7 @@ impl Reader {
         after: Option<&[String]>,
         filter: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Change>, CopyReadError> {
+    ) -> Result<Vec<ChunkRow>, CopyReadError> {
         let sql = chunk_query(spec, rel, key, after, filter, limit);
         let what = format!("reading a backfill chunk of {}", spec.qualified_name());
         let stream = self
@@ -179,31 +178,22 @@ impl Reader {
         futures_util::pin_mut!(stream);
         let mut lines = Lines::default();
         let mut rows = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk: Bytes = chunk.map_err(|e| self.db(&what, e))?;
-            lines.push(&chunk);
-            while let Some(line) = lines.next_line() {
-                let fields = if rel.columns.is_empty() && line.is_empty() {
-                    Vec::new()
-                } else {
-                    split_fields(&line)
+        let width = rel.columns.len();
+        while let Some(part) = stream.next().await {
+            let part: Bytes = part.map_err(|e| self.db(&what, e))?;
+            lines.feed(part, |line| {
+                let fields = match width == 0 && line.is_empty() {
+                    true => 0,
+                    false => count_fields(&line),
                 };
-                if fields.len() != rel.columns.len() {
+                if fields != width {
                     return Err(CopyReadError::Definite(format!(
-                        "{what}: a row has {} fields, the table {} published columns",
-                        fields.len(),
-                        rel.columns.len()
+                        "{what}: a row has {fields} fields, the table {width} published columns",
                     )));
                 }
-                rows.push(Change {
-                    op: Op::Insert,
-                    lsn: Lsn::ZERO,
-                    relation: rel.clone(),
-                    old: None,
-                    old_key_only: false,
-                    new: Some(Row(fields)),
-                });
-            }
+                rows.push(ChunkRow::Copy(line));
+                Ok(())
+            })?;
         }
         Ok(rows)
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::model::{BackfillChunk, Event, RelationSchema, Replace};
+use crate::model::{BackfillChunk, ChunkRow, Event, RelationSchema, Replace};
 use crate::pgoutput::TupleValue;
 use crate::Lsn;
 
@@ -372,18 +372,18 @@ impl Pending {
             return Err(());
         }
         let mut read: HashMap<Vec<String>, Vec<TupleValue>> = HashMap::new();
-        chunk.rows.retain(|c| {
-            let Some(r) = c.new.as_ref() else {
+        let all: Vec<usize> = (0..idx.len()).collect();
+        chunk.rows.retain(|r| {
+            let Some(key) = r.values_at(&idx) else {
                 return false;
             };
-            let k = key_text(&r.0, &idx);
+            let k = key_text(&key, &all);
             if self.changed.contains_key(&k) {
-                read.insert(k, r.0.clone());
+                read.insert(k, r.values().into_owned());
                 return false;
             }
             true
         });
-        let lsn = chunk.rows.first().map_or(crate::Lsn::ZERO, |c| c.lsn);
         let mut changed: Vec<(Vec<String>, Final)> = self.changed.drain().collect();
         changed.sort_by(|a, b| a.0.cmp(&b.0));
         let mut keep = Vec::new();
@@ -400,14 +400,7 @@ impl Pending {
                     }
                     let whole = !row.iter().any(|v| matches!(v, TupleValue::UnchangedToast));
                     if whole {
-                        chunk.rows.push(crate::model::Change {
-                            op: crate::model::Op::Insert,
-                            lsn,
-                            relation: chunk.relation.clone(),
-                            old: None,
-                            old_key_only: false,
-                            new: Some(crate::model::change::Row(row)),
-                        });
+                        chunk.rows.push(ChunkRow::Values(row));
                         chunk.refresh.push(k);
                     } else {
                         keep.push(k);
@@ -535,14 +528,7 @@ mod tests {
         );
         let upto = ids.end().to_string();
         let rows = ids
-            .map(|i| {
-                let id = i.to_string();
-                let Event::Change(c) = change(Op::Insert, None, row(&[&id, "read", "big-read"]))
-                else {
-                    unreachable!()
-                };
-                c
-            })
+            .map(|i| ChunkRow::Copy(Bytes::from(format!("{i}\tread\tbig-read"))))
             .collect();
         w.set_chunk(
             token,
@@ -550,6 +536,7 @@ mod tests {
                 request: 1,
                 seq,
                 relation: rel(),
+                lsn: Lsn(1),
                 rows,
                 sinks: vec!["d".into()],
                 refresh: vec![],
@@ -568,9 +555,8 @@ mod tests {
         chunk
             .rows
             .iter()
-            .filter_map(|c| c.new.as_ref())
             .map(|r| {
-                let k = key_text(&r.0, &[0, 1, 2]);
+                let k = key_text(&r.values(), &[0, 1, 2]);
                 (k[0].clone(), k[1].clone(), k[2].clone())
             })
             .collect()

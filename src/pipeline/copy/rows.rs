@@ -12,14 +12,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{import_snapshot, CopyError, CopyStats};
 use crate::encode::json::SnapshotMarker;
+pub(crate) use crate::model::copy_text::{split_fields, Lines};
 use crate::model::{decode_value, RelationSchema, TypeRegistry, Value};
 use crate::pg::ident;
-use crate::pgoutput::TupleValue;
 use crate::sink::RowCopier;
 use crate::source::catalog::TypeResolver;
 use crate::source::published::{relation, CopyReadError, TableSpec};
@@ -183,107 +183,10 @@ fn decode_row(rel: &RelationSchema, line: &Bytes) -> Result<Vec<Value>, CopyRead
         .collect()
 }
 
-/// Splits a line of text COPY output (without its newline) into values:
-/// tab-separated, `\N` is NULL, backslash escapes undone. Fields without
-/// escapes share the line's buffer.
-pub(crate) fn split_fields(line: &Bytes) -> Vec<TupleValue> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    loop {
-        let end = line[start..]
-            .iter()
-            .position(|&b| b == b'\t')
-            .map_or(line.len(), |p| start + p);
-        let field = &line[start..end];
-        out.push(if field == b"\\N" {
-            TupleValue::Null
-        } else if field.contains(&b'\\') {
-            TupleValue::Text(Bytes::from(unescape(field)))
-        } else {
-            TupleValue::Text(line.slice(start..end))
-        });
-        if end == line.len() {
-            return out;
-        }
-        start = end + 1;
-    }
-}
-
-/// Undoes COPY's text escapes: `\b \f \n \r \t \v \\`, octal `\NNN`, hex
-/// `\xHH`; any other escaped character stands for itself.
-pub(crate) fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let b = s[i];
-        i += 1;
-        if b != b'\\' || i >= s.len() {
-            out.push(b);
-            continue;
-        }
-        let c = s[i];
-        i += 1;
-        match c {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = u32::from(c - b'0');
-                let mut n = 1;
-                while n < 3 && i < s.len() && (b'0'..=b'7').contains(&s[i]) {
-                    v = v * 8 + u32::from(s[i] - b'0');
-                    i += 1;
-                    n += 1;
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' if i < s.len() && s[i].is_ascii_hexdigit() => {
-                let mut v = 0u32;
-                let mut n = 0;
-                while n < 2 && i < s.len() && s[i].is_ascii_hexdigit() {
-                    v = v * 16 + char::from(s[i]).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    n += 1;
-                }
-                out.push(v as u8);
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// Reassembles COPY output chunks into lines (a raw newline always ends a
-/// row in text COPY: newlines in values are escaped).
-#[derive(Default)]
-pub(crate) struct Lines {
-    buf: BytesMut,
-}
-
-impl Lines {
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-    }
-
-    pub(crate) fn next_line(&mut self) -> Option<Bytes> {
-        let p = self.buf.iter().position(|&b| b == b'\n')?;
-        let mut line = self.buf.split_to(p + 1);
-        line.truncate(p);
-        Some(line.freeze())
-    }
-
-    pub(in crate::pipeline) fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgoutput::ReplicaIdentity;
+    use crate::pgoutput::{ReplicaIdentity, TupleValue};
 
     fn texts(v: &[TupleValue]) -> Vec<Option<Vec<u8>>> {
         v.iter()

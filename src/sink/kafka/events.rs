@@ -362,7 +362,8 @@ impl KafkaSink {
     /// per row, at the chunk's position.
     async fn on_chunk(&mut self, chunk: &BackfillChunk) -> Result<(), SinkError> {
         let t = self.table(&chunk.relation).await?;
-        for c in &chunk.rows {
+        for row in &chunk.rows {
+            let c = chunk.change(row);
             let Some(row) = &c.new else {
                 continue;
             };

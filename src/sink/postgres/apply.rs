@@ -76,6 +76,14 @@ struct CopyChunk {
     sent: usize,
 }
 
+/// A row for the COPY of inserts.
+enum CopyRow<'a> {
+    Values(&'a [TupleValue]),
+    /// A line of text COPY (without its newline), in the table's column
+    /// order, as the source's COPY printed it (a backfill chunk's rows).
+    Text(&'a [u8]),
+}
+
 enum Pending {
     Empty,
     Copy(CopyChunk),
@@ -311,12 +319,23 @@ impl Target {
                 ),
             )
         })?;
+        self.copy_row(table, ch.lsn, CopyRow::Values(&new.0)).await
+    }
+
+    /// Adds a row to the COPY of `table` (started if another statement or
+    /// table is pending), sent once enough is buffered.
+    async fn copy_row(
+        &mut self,
+        table: Arc<TableState>,
+        lsn: Lsn,
+        row: CopyRow<'_>,
+    ) -> Result<(), ApplyError> {
         let same = matches!(&self.pending, Pending::Copy(c) if Arc::ptr_eq(&c.table, &table));
         if !same {
             self.flush().await?;
             let ctx = Context::new("preparing COPY")
                 .table(&table.display)
-                .lsn(ch.lsn);
+                .lsn(lsn);
             let stmt = self.prepare(&table.copy_sql, &ctx).await?;
             self.pending = Pending::Copy(CopyChunk {
                 table: table.clone(),
@@ -331,14 +350,21 @@ impl Target {
             return Ok(()); // set just above
         };
         let before = chunk.buf.len();
-        let bytes = match copy_row_into(&mut chunk.buf, &new.0) {
-            Ok(b) => b,
-            Err(e) => {
-                chunk.buf.truncate(before);
-                return Err(row_error(&table, ch.lsn, "insert", e));
+        let bytes = match row {
+            CopyRow::Values(values) => match copy_row_into(&mut chunk.buf, values) {
+                Ok(b) => b,
+                Err(e) => {
+                    chunk.buf.truncate(before);
+                    return Err(row_error(&table, lsn, "insert", e));
+                }
+            },
+            CopyRow::Text(line) => {
+                chunk.buf.extend_from_slice(line);
+                chunk.buf.extend_from_slice(b"\n");
+                line.len()
             }
         };
-        chunk.lsns.push(ch.lsn);
+        chunk.lsns.push(lsn);
         chunk.sent += chunk.buf.len() - before;
         self.rows += 1;
         self.bytes += bytes;

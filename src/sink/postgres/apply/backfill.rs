@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
+use super::CopyRow;
 use super::Target;
-use crate::model::{BackfillChunk, Change, RelationSchema, Replace};
+use crate::model::{BackfillChunk, ChunkRow, RelationSchema, Replace};
 use crate::sink::postgres::error::{classify, ApplyError, Context};
 use crate::sink::postgres::schema::TableState;
 use crate::sink::postgres::sql::{column_list, qualified, quote_ident, quote_literal};
@@ -49,9 +50,24 @@ impl Target {
                 .map_err(|e| classify(e, &ctx))?;
         }
         for row in &chunk.rows {
-            self.insert(table.clone(), row).await?;
+            self.chunk_row(table.clone(), chunk, row).await?;
         }
         Ok(())
+    }
+
+    /// One row of a chunk into the COPY of inserts (a row as read goes as
+    /// the source printed it).
+    async fn chunk_row(
+        &mut self,
+        table: Arc<TableState>,
+        chunk: &BackfillChunk,
+        row: &ChunkRow,
+    ) -> Result<(), ApplyError> {
+        let row = match row {
+            ChunkRow::Copy(line) => CopyRow::Text(line),
+            ChunkRow::Values(values) => CopyRow::Values(values),
+        };
+        self.copy_row(table, chunk.lsn, row).await
     }
 
     /// Writes the differences between a backfill chunk (a key range) and
@@ -85,7 +101,7 @@ impl Target {
             .await
             .map_err(|e| classify(e, &ctx))?;
         for row in insert {
-            self.insert(table.clone(), row).await?;
+            self.chunk_row(table.clone(), chunk, row).await?;
         }
         Ok(())
     }
@@ -98,8 +114,7 @@ impl Target {
         key: &'c [usize],
         types: &[String],
         ctx: &Context<'_>,
-    ) -> Result<(Vec<Vec<String>>, Vec<&'c Change>), ApplyError> {
-        let mut cmp = Comparison::new(&chunk.rows, key, chunk.relation.columns.len());
+    ) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), ApplyError> {
         let stream = self
             .client
             .copy_out(range_query(chunk, types).as_str())
@@ -112,6 +127,8 @@ impl Target {
                 chunk.relation.qualified_name()
             ))
         };
+        let mut cmp =
+            Comparison::new(&chunk.rows, key, chunk.relation.columns.len()).map_err(wrong)?;
         while let Some(part) = stream.next().await {
             cmp.push(&part.map_err(|e| classify(e, ctx))?)
                 .map_err(wrong)?;
@@ -269,11 +286,12 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             and_filter(filter)
         )),
         Replace::Keys { key } => {
+            let all: Vec<usize> = (0..key.len()).collect();
             let keys: std::collections::BTreeSet<Vec<String>> = chunk
                 .rows
                 .iter()
-                .filter_map(|c| c.new.as_ref())
-                .map(|r| crate::pipeline::backfill::key_text(&r.0, key))
+                .filter_map(|r| r.values_at(key))
+                .map(|v| crate::pipeline::backfill::key_text(&v, &all))
                 .chain(chunk.refresh.iter().cloned())
                 .collect();
             if keys.is_empty() || key.is_empty() {
@@ -336,8 +354,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::change::Row;
-    use crate::model::{Change, ColumnSchema, Op, TypeInfo};
+    use crate::model::{ColumnSchema, TypeInfo};
     use crate::pgoutput::{ReplicaIdentity, TupleValue};
 
     fn rel() -> Arc<RelationSchema> {
@@ -357,25 +374,24 @@ mod tests {
     }
 
     fn chunk(replace: Replace, ids: &[&str]) -> BackfillChunk {
-        let rel = rel();
+        let lines: Vec<String> = ids.iter().map(|id| format!("{id}\tx")).collect();
+        chunk_of(
+            replace,
+            &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    /// A chunk of the rows `lines` as read (COPY text).
+    fn chunk_of(replace: Replace, lines: &[&str]) -> BackfillChunk {
         BackfillChunk {
             request: 1,
             seq: 1,
-            rows: ids
+            lsn: crate::Lsn(1),
+            rows: lines
                 .iter()
-                .map(|id| Change {
-                    op: Op::Insert,
-                    lsn: crate::Lsn(1),
-                    relation: rel.clone(),
-                    old: None,
-                    old_key_only: false,
-                    new: Some(Row(vec![
-                        TupleValue::Text(bytes::Bytes::from(id.to_string())),
-                        TupleValue::Text(bytes::Bytes::from_static(b"x")),
-                    ])),
-                })
+                .map(|l| ChunkRow::Copy(bytes::Bytes::from(l.to_string())))
                 .collect(),
-            relation: rel,
+            relation: rel(),
             sinks: vec![],
             refresh: vec![],
             replace,
@@ -443,32 +459,44 @@ mod tests {
         // Target lines (id, v, deletable): 1 matches, 2 differs, 3 is
         // missing, 4 is extra, 5 is kept, 6 is extra but outside the
         // filter; split across parts anywhere.
-        let compare = |target: &str| {
-            let mut c = Comparison::new(&range.rows, &[0], 2);
+        let compare = |range: &BackfillChunk, target: &str| {
+            let mut c = Comparison::new(&range.rows, &[0], 2).expect("rows");
             let (a, b) = target.split_at(target.len() / 2);
             c.push(a.as_bytes()).expect("part");
             c.push(b.as_bytes()).expect("part");
             let (delete, insert) = c.finish().expect("finish");
-            let ids: Vec<Vec<String>> = insert
+            let ids: Vec<String> = insert
                 .iter()
-                .filter_map(|c| c.new.as_ref())
-                .map(|r| crate::pipeline::backfill::key_text(&r.0, &[0]))
+                .map(|r| crate::pipeline::backfill::key_text(&r.values(), &[0, 1]).join(" "))
                 .collect();
             (delete, ids)
         };
         let key = |k: &str| vec![k.to_string()];
-        let (delete, insert) = compare("1\tx\tt\n2\ty\tt\n4\tx\tt\n5\tx\tf\n6\tx\t\\N\n");
+        let (delete, insert) = compare(&range, "1\tx\tt\n2\ty\tt\n4\tx\tt\n5\tx\tf\n6\tx\t\\N\n");
         assert_eq!(delete, [key("2"), key("4")]);
-        assert_eq!(insert, [key("2"), key("3")]);
-        // A key there twice goes and comes back once; escapes and NULLs
-        // compare as values.
-        let (delete, insert) = compare("1\tx\tt\n1\tx\tt\n2\t\\x78\tt\n3\t\\N\tt\n");
-        assert_eq!(delete, [key("1"), key("3")]);
-        assert_eq!(insert, [key("1"), key("3")]);
-        let mut cut = Comparison::new(&range.rows, &[0], 2);
+        assert_eq!(insert, ["2 x", "3 x"]);
+        // A key there twice goes and comes back once; a value is compared
+        // as printed (escapes and all), NULL is not a value; a key's
+        // streamed state is inserted whatever the target holds (its key
+        // was deleted before the comparison).
+        let mut escaped = chunk_of(
+            range.replace.clone(),
+            &["1\tx", "2\ta\\tb", "3\tx", "4\\\\\tx"],
+        );
+        escaped.rows.push(ChunkRow::Values(vec![
+            TupleValue::Text(bytes::Bytes::from_static(b"9")),
+            TupleValue::Null,
+        ]));
+        let (delete, insert) = compare(
+            &escaped,
+            "1\tx\tt\n1\tx\tt\n2\ta\\tb\tt\n3\t\\N\tt\n4\\\\\tx\tt\n9\tx\tt\n",
+        );
+        assert_eq!(delete, [key("1"), key("3"), key("9")]);
+        assert_eq!(insert, ["1 x", "3 x", "9 "]);
+        let mut cut = Comparison::new(&range.rows, &[0], 2).expect("rows");
         cut.push(b"1\tx").expect("part");
         assert!(cut.finish().is_err(), "a row cut short is an error");
-        let mut short = Comparison::new(&range.rows, &[0], 2);
+        let mut short = Comparison::new(&range.rows, &[0], 2).expect("rows");
         assert!(
             short.push(b"1\tx\n").is_err(),
             "a field missing is an error"

@@ -1,16 +1,20 @@
 //! The comparison of a backfill chunk with the target's rows of its key
-//! range (see the parent module), without an allocation per target row:
-//! the chunk's rows are indexed by a hash of their key, and each target
-//! line is split in place and compared field by field with the chunk row
-//! of the same key. Only what differs is turned into owned key values.
+//! range (see the parent module), on the COPY text of both sides: the
+//! chunk's rows are lines of the source's COPY output and the target's
+//! are printed with the same settings, and COPY prints a value one way
+//! only, so a target row equals the chunk's row of its key when its line
+//! (without the last field, deletable) is the same bytes. The chunk's
+//! rows are indexed by a hash of their key fields as printed; a target
+//! line is split only as far as its key, in place, without an allocation.
+//! Only what differs is turned into owned key values.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hasher};
 
-use crate::model::Change;
-use crate::pgoutput::TupleValue;
-use crate::pipeline::copy::rows::unescape;
+use memchr::{memchr_iter, memrchr};
+
+use crate::model::copy_text::{count_fields, unescape};
+use crate::model::ChunkRow;
 
 /// No chunk row (the end of a hash chain).
 const NONE: usize = usize::MAX;
@@ -29,10 +33,16 @@ enum Seen {
 
 /// A chunk's rows against the target's rows of its range.
 pub struct Comparison<'c> {
-    rows: Vec<(&'c Change, &'c [TupleValue])>,
+    rows: &'c [ChunkRow],
+    /// The chunk's rows as read (streamed states are inserted whatever
+    /// the target holds: their keys are deleted before the comparison):
+    /// the row's index in `rows` and its line.
+    lines: Vec<(usize, &'c [u8])>,
+    /// The key fields of each line of `lines` (`key.len()` per line).
+    bounds: Vec<(usize, usize)>,
     key: &'c [usize],
-    /// Key hash -> first chunk row of that hash; `next` chains the rest.
-    heads: HashMap<u64, usize>,
+    /// Key hash -> first line of that hash; `next` chains the rest.
+    heads: HashMap<u64, usize, BuildHasherDefault<Hashed>>,
     next: Vec<usize>,
     seen: Vec<Seen>,
     /// Keys of target rows the chunk lacks (deletable ones).
@@ -47,38 +57,42 @@ pub struct Comparison<'c> {
 impl<'c> Comparison<'c> {
     /// `rows`: the chunk's rows; `key`: the key's column indexes; `width`:
     /// the columns of a row (a target line has one more: deletable).
-    pub fn new(rows: &'c [Change], key: &'c [usize], width: usize) -> Self {
-        let rows: Vec<(&Change, &[TupleValue])> = rows
-            .iter()
-            .filter_map(|c| c.new.as_ref().map(|r| (c, r.0.as_slice())))
-            .collect();
-        let mut heads = HashMap::with_capacity(rows.len());
-        let mut next = vec![NONE; rows.len()];
-        for (i, (_, row)) in rows.iter().enumerate() {
-            let h = hash_key(key.iter().map(|&k| Field::Value(row.get(k))));
-            if let Some(prev) = heads.insert(h, i) {
-                next[i] = prev;
-            }
-        }
-        let seen = vec![Seen::No; rows.len()];
-        Comparison {
+    pub fn new(rows: &'c [ChunkRow], key: &'c [usize], width: usize) -> Result<Self, String> {
+        let mut c = Comparison {
             rows,
+            lines: Vec::with_capacity(rows.len()),
+            bounds: Vec::with_capacity(rows.len() * key.len()),
             key,
-            heads,
-            next,
-            seen,
+            heads: HashMap::with_capacity_and_hasher(rows.len(), Default::default()),
+            next: Vec::with_capacity(rows.len()),
+            seen: Vec::with_capacity(rows.len()),
             extra: Vec::new(),
             fields: Vec::new(),
             carry: Vec::new(),
             width,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let ChunkRow::Copy(line) = row else {
+                continue;
+            };
+            if !split_key(line, key, &mut c.fields) {
+                return Err("a chunk row lacks key fields".into());
+            }
+            let at = c.lines.len();
+            let h = hash_key(key.iter().map(|&k| field(line, c.fields[k])));
+            c.bounds.extend(key.iter().map(|&k| c.fields[k]));
+            c.lines.push((i, line));
+            c.next.push(c.heads.insert(h, at).unwrap_or(NONE));
+            c.seen.push(Seen::No);
         }
+        Ok(c)
     }
 
     /// Takes one part of the target's COPY output.
     pub fn push(&mut self, part: &[u8]) -> Result<(), String> {
         let mut rest = part;
         if !self.carry.is_empty() {
-            let Some(p) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(p) = memchr::memchr(b'\n', rest) else {
                 self.carry.extend_from_slice(rest);
                 return Ok(());
             };
@@ -87,7 +101,7 @@ impl<'c> Comparison<'c> {
             self.line(&line)?;
             rest = &rest[p + 1..];
         }
-        while let Some(p) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(p) = memchr::memchr(b'\n', rest) {
             self.line(&rest[..p])?;
             rest = &rest[p + 1..];
         }
@@ -97,45 +111,42 @@ impl<'c> Comparison<'c> {
 
     /// One target row: `width` fields and whether it may be deleted.
     fn line(&mut self, line: &[u8]) -> Result<(), String> {
-        self.fields.clear();
-        let mut start = 0;
-        for (i, &b) in line.iter().enumerate() {
-            if b == b'\t' {
-                self.fields.push((start, i));
-                start = i + 1;
-            }
-        }
-        self.fields.push((start, line.len()));
-        if self.fields.len() != self.width + 1 {
+        let n = count_fields(line);
+        let last = memrchr(b'\t', line).filter(|_| n == self.width + 1);
+        let Some(last) = last else {
             return Err(format!(
-                "a target row has {} fields, expected {}",
-                self.fields.len(),
+                "a target row has {n} fields, expected {}",
                 self.width + 1
             ));
-        }
-        let field = |i: usize| {
-            let (a, b) = self.fields[i];
-            &line[a..b]
         };
-        let deletable = field(self.width) == b"t";
-        let h = hash_key(self.key.iter().map(|&k| Field::Raw(field(k))));
+        let body = &line[..last];
+        let deletable = &line[last + 1..] == b"t";
+        if !split_key(body, self.key, &mut self.fields) {
+            return Err("a target row lacks key fields".into());
+        }
+        let fields = &self.fields;
+        let h = hash_key(self.key.iter().map(|&k| field(body, fields[k])));
         let mut at = self.heads.get(&h).copied().unwrap_or(NONE);
+        let k = self.key.len();
         while at != NONE {
-            let row = self.rows[at].1;
-            if self.key.iter().all(|&k| same(field(k), row.get(k))) {
+            let (_, row) = self.lines[at];
+            let same_key =
+                self.key.iter().enumerate().all(|(j, &col)| {
+                    field(row, self.bounds[at * k + j]) == field(body, fields[col])
+                });
+            if same_key {
                 break;
             }
             at = self.next[at];
         }
         if at == NONE {
             if deletable {
-                let k = self.key.iter().map(|&k| text(field(k))).collect();
-                self.extra.push(k);
+                let k = self.key.iter().map(|&k| text(field(body, fields[k])));
+                self.extra.push(k.collect());
             }
             return Ok(());
         }
-        let row = self.rows[at].1;
-        let equal = row.len() == self.width && (0..self.width).all(|i| same(field(i), row.get(i)));
+        let equal = self.lines[at].1 == body;
         self.seen[at] = match self.seen[at] {
             Seen::No if equal => Seen::Same,
             _ => Seen::Redo,
@@ -144,19 +155,27 @@ impl<'c> Comparison<'c> {
     }
 
     /// The keys to delete and the chunk's rows to insert.
-    pub fn finish(self) -> Result<(Vec<Vec<String>>, Vec<&'c Change>), String> {
+    pub fn finish(self) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), String> {
         if !self.carry.is_empty() {
             return Err("the target's COPY output ended inside a row".into());
         }
         let mut delete = self.extra;
         let mut insert = Vec::new();
-        for (i, (change, row)) in self.rows.iter().enumerate() {
-            match self.seen[i] {
+        let k = self.key.len();
+        let mut read = self.lines.iter().enumerate().peekable();
+        for (i, row) in self.rows.iter().enumerate() {
+            let Some((at, (_, line))) = read.next_if(|(_, (r, _))| *r == i) else {
+                // A streamed state: always inserted.
+                insert.push(row);
+                continue;
+            };
+            match self.seen[at] {
                 Seen::Same => {}
-                Seen::No => insert.push(*change),
+                Seen::No => insert.push(row),
                 Seen::Redo => {
-                    delete.push(crate::pipeline::backfill::key_text(row, self.key));
-                    insert.push(*change);
+                    let bounds = &self.bounds[at * k..(at + 1) * k];
+                    delete.push(bounds.iter().map(|&b| text(field(line, b))).collect());
+                    insert.push(row);
                 }
             }
         }
@@ -166,55 +185,60 @@ impl<'c> Comparison<'c> {
     }
 }
 
-/// A key field, from a chunk row or raw from a target line.
-enum Field<'a> {
-    Value(Option<&'a TupleValue>),
-    Raw(&'a [u8]),
+/// Finds the bounds of `line`'s fields up to the last of `key` into
+/// `fields` (indexed by column); false when the line has fewer.
+fn split_key(line: &[u8], key: &[usize], fields: &mut Vec<(usize, usize)>) -> bool {
+    let need = key.iter().max().map_or(0, |m| m + 1);
+    fields.clear();
+    let mut start = 0;
+    for end in memchr_iter(b'\t', line).chain(std::iter::once(line.len())) {
+        if fields.len() == need {
+            break;
+        }
+        fields.push((start, end));
+        start = end + 1;
+    }
+    fields.len() == need
 }
 
-/// A hash of key fields that is the same for a chunk row's values and
-/// the target line's text of the same values.
-fn hash_key<'a>(fields: impl Iterator<Item = Field<'a>>) -> u64 {
+fn field(line: &[u8], (a, b): (usize, usize)) -> &[u8] {
+    &line[a..b]
+}
+
+/// A hash of key fields as COPY prints them.
+fn hash_key<'a>(fields: impl Iterator<Item = &'a [u8]>) -> u64 {
     let mut h = DefaultHasher::new();
     for f in fields {
-        match f {
-            Field::Value(Some(TupleValue::Text(b) | TupleValue::Binary(b))) => {
-                h.write_u8(1);
-                h.write(b);
-            }
-            Field::Value(_) => h.write_u8(0),
-            Field::Raw(b"\\N") => h.write_u8(0),
-            Field::Raw(raw) => {
-                h.write_u8(1);
-                h.write(&unescaped(raw));
-            }
-        }
+        h.write(f);
         h.write_u8(0xff);
     }
     h.finish()
 }
 
-/// Whether a target line's field (COPY text) holds the chunk's value.
-fn same(raw: &[u8], value: Option<&TupleValue>) -> bool {
-    match value {
-        Some(TupleValue::Null) => raw == b"\\N",
-        Some(TupleValue::Text(b) | TupleValue::Binary(b)) => {
-            raw != b"\\N" && *unescaped(raw) == *b.as_ref()
+/// The hasher of a map whose keys are hashes already.
+#[derive(Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
-        _ => false,
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
-/// A target field as key text (for the DELETE's literals).
+/// A COPY text field as key text (for the DELETE's literals).
 fn text(raw: &[u8]) -> String {
-    String::from_utf8_lossy(&unescaped(raw)).into_owned()
-}
-
-/// A COPY text field's value: the field itself unless it has escapes.
-fn unescaped(raw: &[u8]) -> Cow<'_, [u8]> {
-    if raw.contains(&b'\\') {
-        Cow::Owned(unescape(raw))
-    } else {
-        Cow::Borrowed(raw)
+    match memchr::memchr(b'\\', raw) {
+        Some(_) => String::from_utf8_lossy(&unescape(raw)).into_owned(),
+        None => String::from_utf8_lossy(raw).into_owned(),
     }
 }
