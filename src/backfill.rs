@@ -143,6 +143,10 @@ async fn check_on_targets(
     Ok(())
 }
 
+/// How often `follow` looks at the request (a query of one row by key:
+/// the command returns at most this long after the backfill is done).
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+
 /// Prints a line each time the request moves, until it ends.
 async fn follow(config: &Config, table: &str, id: i64) -> Result<(), String> {
     let info = &config.source.url.info;
@@ -191,7 +195,7 @@ async fn follow(config: &Config, table: &str, id: i64) -> Result<(), String> {
                     req.error.unwrap_or_default()
                 ))
             }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => tokio::time::sleep(FOLLOW_POLL).await,
         }
     }
 }

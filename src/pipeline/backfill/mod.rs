@@ -568,8 +568,10 @@ struct Ahead {
 }
 
 /// Chunks delivered (the stream passed their high watermark) before the
-/// slot is confirmed past them: the next chunk is read meanwhile.
-const UNCONFIRMED_CHUNKS: usize = 4;
+/// slot is confirmed past them: the next chunks are read meanwhile (they
+/// wait in the sinks' queues, whose byte budgets bound them); after a
+/// restart these are read again.
+const UNCONFIRMED_CHUNKS: usize = 16;
 
 /// A chunk delivered and not recorded yet.
 struct Sent {
