@@ -39,7 +39,7 @@ impl Target {
         let table = self.table(&chunk.relation, &why).await?;
         self.flush().await?;
         let ctx = Context::new("removing the rows a backfill chunk replaces").table(&table.display);
-        let types = self.key_types(chunk, &ctx).await?;
+        let types = key_types(chunk, &table)?;
         if matches!(&chunk.replace, Replace::Range { key, .. } if !key.is_empty()) {
             return self.reconcile(chunk, table, &types).await;
         }
@@ -135,47 +135,32 @@ impl Target {
         }
         cmp.finish().map_err(wrong)
     }
+}
 
-    /// The target's types of the chunk key's columns (key values are
-    /// written as literals of these types).
-    async fn key_types(
-        &mut self,
-        chunk: &BackfillChunk,
-        ctx: &Context<'_>,
-    ) -> Result<Vec<String>, ApplyError> {
-        let Some(key) = chunk_key(&chunk.replace) else {
-            return Ok(Vec::new());
-        };
-        let rel = &chunk.relation;
-        let mut types = Vec::new();
-        for &i in key {
-            let Some(col) = rel.columns.get(i) else {
-                return Err(ApplyError::definite(format!(
-                    "backfill of {}: key column #{i} is missing",
-                    rel.qualified_name()
-                )));
-            };
-            let t: Option<String> = self
-                .client
-                .query_opt(
-                    "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
-                     WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
-                    &[&qualified(rel), &col.name],
-                )
-                .await
-                .map_err(|e| classify(e, ctx))?
-                .map(|r| r.get(0));
-            let Some(t) = t else {
-                return Err(ApplyError::definite(format!(
-                    "backfill of {}: the target table has no column {:?}",
-                    rel.qualified_name(),
-                    col.name
-                )));
-            };
-            types.push(t);
-        }
-        Ok(types)
-    }
+/// The target's types of the chunk key's columns, as the table's check
+/// found them (key values are written as literals of these types).
+fn key_types(chunk: &BackfillChunk, table: &TableState) -> Result<Vec<String>, ApplyError> {
+    let Some(key) = chunk_key(&chunk.replace) else {
+        return Ok(Vec::new());
+    };
+    let rel = &chunk.relation;
+    key.iter()
+        .map(|&i| {
+            let name = rel.columns.get(i).map_or("?", |c| c.name.as_str());
+            table
+                .compare
+                .types
+                .get(i)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| {
+                    ApplyError::definite(format!(
+                        "backfill of {}: the target table has no key column {name:?}",
+                        rel.qualified_name()
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The key columns of a chunk that has a key.
