@@ -22,7 +22,7 @@ use super::ack::{Issuer, Tracker};
 use crate::config::TableSelection;
 use crate::model::{Event, RelationSchema};
 use crate::pgoutput::RelId;
-use crate::sink::{QueueBytes, SinkItem};
+use crate::sink::{QueueBytes, Queued, SinkItem};
 use crate::source::ddl::{self, DdlMessage};
 use crate::Lsn;
 
@@ -97,10 +97,15 @@ impl Route {
         if !self.selects(rel) {
             return false;
         }
-        let start = self
-            .table_start
-            .get(&rel.rel_id)
-            .or_else(|| self.table_start_names.get(&rel.qualified_name()));
+        // The name is formatted only when there are names to look up
+        // (this runs for every change).
+        let start = self.table_start.get(&rel.rel_id).or_else(|| {
+            if self.table_start_names.is_empty() {
+                None
+            } else {
+                self.table_start_names.get(&rel.qualified_name())
+            }
+        });
         match (commit_lsn, start) {
             (Some(c), Some(start)) => c >= *start,
             _ => true,
@@ -114,7 +119,7 @@ fn is_capture_table(schema: &str, name: &str) -> bool {
 
 struct Out {
     route: Route,
-    queue: mpsc::Sender<SinkItem>,
+    queue: mpsc::Sender<Queued>,
     bytes: Arc<QueueBytes>,
     /// The current transaction is skipped for this sink.
     skipping: bool,
@@ -151,7 +156,7 @@ pub const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 
 impl Fanout {
     pub fn new(
-        routes: Vec<(Route, mpsc::Sender<SinkItem>, Arc<QueueBytes>)>,
+        routes: Vec<(Route, mpsc::Sender<Queued>, Arc<QueueBytes>)>,
         issuer: Issuer,
     ) -> Self {
         Fanout {
@@ -222,6 +227,7 @@ impl Fanout {
     /// and in bytes.
     async fn send(&self, i: usize, item: SinkItem) -> Result<(), SinkGone> {
         let o = &self.outs[i];
+        let item = Queued::from(item);
         if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
             return Err(SinkGone(i));
         }
