@@ -228,10 +228,20 @@ impl Fanout {
     async fn send(&self, i: usize, item: SinkItem) -> Result<(), SinkGone> {
         let o = &self.outs[i];
         let item = Queued::from(item);
-        if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
-            return Err(SinkGone(i));
+        // Without waiting when there is room (the fan-out is the queue's
+        // only sender: room seen here is still there at the send); the
+        // wait is boxed, as inline it made every dispatch's future a
+        // kilobyte larger.
+        if o.queue.capacity() > 0 && o.bytes.try_reserve(item.bytes()) {
+            return o.queue.try_send(item).map_err(|_| SinkGone(i));
         }
-        o.queue.send(item).await.map_err(|_| SinkGone(i))
+        Box::pin(async {
+            if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
+                return Err(SinkGone(i));
+            }
+            o.queue.send(item).await.map_err(|_| SinkGone(i))
+        })
+        .await
     }
 
     /// Dispatches one event to every sink that wants it.
@@ -326,7 +336,9 @@ impl Fanout {
                     self.send(i, SinkItem::Event(ev)).await?;
                 }
             }
-            Event::Backfill(chunk) => self.chunk(chunk).await?,
+            // The rare paths are boxed: inline they made this future
+            // (made for every event) a kilobyte larger.
+            Event::Backfill(chunk) => Box::pin(self.chunk(chunk)).await?,
             Event::Message {
                 lsn,
                 transactional: true,
@@ -334,7 +346,7 @@ impl Fanout {
                 content,
             } if self.capture_ddl.is_some() && prefix == ddl::PREFIX => {
                 match DdlMessage::parse(&content) {
-                    Ok(m) => return self.dispatch_ddl(lsn, Arc::new(m)).await,
+                    Ok(m) => return Box::pin(self.dispatch_ddl(lsn, Arc::new(m))).await,
                     Err(e) => {
                         tracing::error!(lsn = %lsn, error = %e,
                             "a schema change message of the DDL capture cannot be read; the sinks get it as a logical message and apply no schema change for it");
@@ -344,12 +356,12 @@ impl Fanout {
                             prefix,
                             content,
                         };
-                        return self.dispatch_message(ev).await;
+                        return Box::pin(self.dispatch_message(ev)).await;
                     }
                 }
             }
-            Event::Ddl { lsn, ddl } => return self.dispatch_ddl(lsn, ddl).await,
-            ev @ Event::Message { .. } => return self.dispatch_message(ev).await,
+            Event::Ddl { lsn, ddl } => return Box::pin(self.dispatch_ddl(lsn, ddl)).await,
+            ev @ Event::Message { .. } => return Box::pin(self.dispatch_message(ev)).await,
         }
         Ok(())
     }

@@ -303,17 +303,27 @@ impl QueueBytes {
         self.taken.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more bytes fit (always when nothing is queued, so an
-    /// item larger than the whole budget still goes, alone), then counts
-    /// them. Returns false when `closed` finishes first.
-    pub async fn reserve(&self, n: usize, closed: impl std::future::Future<Output = ()>) -> bool {
+    /// Counts `n` more bytes when they fit now (always when nothing is
+    /// queued, so an item larger than the whole budget still goes, alone);
+    /// false when they do not. Only the queue's one sender may call this
+    /// (the check and the count are two steps).
+    pub fn try_reserve(&self, n: usize) -> bool {
         if n == 0 {
             return true;
         }
-        // The common case, without registering for a wake-up.
         let q = self.queued();
         if q == 0 || q + n <= self.limit {
             self.queued.fetch_add(n, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// Waits until `n` more bytes fit (see [`QueueBytes::try_reserve`]),
+    /// then counts them. Returns false when `closed` finishes first.
+    pub async fn reserve(&self, n: usize, closed: impl std::future::Future<Output = ()>) -> bool {
+        // The common case, without registering for a wake-up.
+        if self.try_reserve(n) {
             return true;
         }
         tokio::pin!(closed);
