@@ -198,7 +198,7 @@ async fn feed(
             Step::Event(e) => SinkItem::Event(Arc::new(e)),
             Step::Commit(l) => SinkItem::Commit(issuer.issue(0, l)),
         };
-        tx.try_send(item).expect("queue has room");
+        tx.try_send(item.into()).expect("queue has room");
     }
     drop(tx);
     let r = sink.run(rx.into(), acker).await;
@@ -819,7 +819,7 @@ fn large_transaction_streams() {
             commit_ts: 0,
             origin: None,
         };
-        let send = |e: Event| tx.send(SinkItem::Event(Arc::new(e)));
+        let send = |e: Event| tx.send(SinkItem::Event(Arc::new(e)).into());
         send(Event::Begin(meta.clone())).await.expect("send");
         send(Event::Relation(rel.clone())).await.expect("send");
         for i in 0..ROWS {
@@ -839,7 +839,7 @@ fn large_transaction_streams() {
         })
         .await
         .expect("send");
-        tx.send(SinkItem::Commit(issuer.issue(0, Lsn(0x100_0010))))
+        tx.send(SinkItem::Commit(issuer.issue(0, Lsn(0x100_0010))).into())
             .await
             .expect("send");
         drop(tx);
@@ -1345,7 +1345,7 @@ fn lost_connection_is_transient() {
         let run = tokio::spawn(async move { sink.run(rx.into(), acker).await });
         let meta = TxnMeta { xid: 1, commit_lsn: Lsn(0x1000), commit_ts: 0, origin: None };
         for e in [Event::Begin(meta.clone()), Event::Relation(rel.clone()), insert(&rel, 0x900, &[Some("1")])] {
-            tx.send(SinkItem::Event(Arc::new(e))).await.expect("send");
+            tx.send(SinkItem::Event(Arc::new(e)).into()).await.expect("send");
         }
         // Wait until the sink has its transaction open, then kill it.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1366,8 +1366,8 @@ fn lost_connection_is_transient() {
             "postgres",
             &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'pgbridge'"),
         );
-        tx.send(SinkItem::Event(Arc::new(insert(&rel, 0x901, &[Some("2")])))).await.expect("send");
-        tx.send(SinkItem::Commit(issuer.issue(0, end(1)))).await.expect("send");
+        tx.send(SinkItem::Event(Arc::new(insert(&rel, 0x901, &[Some("2")]))).into()).await.expect("send");
+        tx.send(SinkItem::Commit(issuer.issue(0, end(1))).into()).await.expect("send");
         drop(tx);
         let err = run.await.expect("join").expect_err("connection lost");
         assert!(err.is_transient(), "{err}");

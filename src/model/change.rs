@@ -281,7 +281,9 @@ impl EventBuilder {
             .ok_or(BuildError::UnknownRelation { lsn, rel_id })
     }
 
-    fn row(rel: &RelationSchema, lsn: Lsn, tuple: &[TupleValue]) -> Result<Row, BuildError> {
+    /// The decoded tuple as a row, moved (not copied: a copy cost an
+    /// allocation and a reference count per value on every change).
+    fn row(rel: &RelationSchema, lsn: Lsn, tuple: Vec<TupleValue>) -> Result<Row, BuildError> {
         if tuple.len() != rel.columns.len() {
             return Err(BuildError::ColumnCount {
                 table: rel.qualified_name(),
@@ -290,7 +292,7 @@ impl EventBuilder {
                 expected: rel.columns.len(),
             });
         }
-        Ok(Row(tuple.to_vec()))
+        Ok(Row(tuple))
     }
 
     fn in_txn(&self, what: &'static str, lsn: Lsn) -> Result<(), BuildError> {
@@ -345,7 +347,7 @@ impl EventBuilder {
             Message::Insert(i) => {
                 self.in_txn("Insert", lsn)?;
                 let relation = self.rel(lsn, i.rel_id)?;
-                let new = Self::row(&relation, lsn, &i.new)?;
+                let new = Self::row(&relation, lsn, i.new)?;
                 Event::Change(Change {
                     op: Op::Insert,
                     lsn,
@@ -355,8 +357,8 @@ impl EventBuilder {
                     new: Some(new),
                 })
             }
-            Message::Update(u) => self.update(lsn, &u)?,
-            Message::Delete(d) => self.delete(lsn, &d)?,
+            Message::Update(u) => self.update(lsn, u)?,
+            Message::Delete(d) => self.delete(lsn, d)?,
             Message::Truncate(t) => {
                 self.in_txn("Truncate", lsn)?;
                 let relations = t
@@ -422,15 +424,15 @@ impl EventBuilder {
         Some(Event::Relation(schema))
     }
 
-    fn update(&self, lsn: Lsn, u: &pgoutput::Update) -> Result<Event, BuildError> {
+    fn update(&self, lsn: Lsn, u: pgoutput::Update) -> Result<Event, BuildError> {
         self.in_txn("Update", lsn)?;
         let relation = self.rel(lsn, u.rel_id)?;
-        let (old, old_key_only) = match &u.old {
+        let (old, old_key_only) = match u.old {
             None => (None, false),
             Some(pgoutput::OldTuple::Key(t)) => (Some(Self::row(&relation, lsn, t)?), true),
             Some(pgoutput::OldTuple::Full(t)) => (Some(Self::row(&relation, lsn, t)?), false),
         };
-        let new = Self::row(&relation, lsn, &u.new)?;
+        let new = Self::row(&relation, lsn, u.new)?;
         Ok(Event::Change(Change {
             op: Op::Update,
             lsn,
@@ -441,10 +443,10 @@ impl EventBuilder {
         }))
     }
 
-    fn delete(&self, lsn: Lsn, d: &pgoutput::Delete) -> Result<Event, BuildError> {
+    fn delete(&self, lsn: Lsn, d: pgoutput::Delete) -> Result<Event, BuildError> {
         self.in_txn("Delete", lsn)?;
         let relation = self.rel(lsn, d.rel_id)?;
-        let (old, key_only) = match &d.old {
+        let (old, key_only) = match d.old {
             pgoutput::OldTuple::Key(t) => (Self::row(&relation, lsn, t)?, true),
             pgoutput::OldTuple::Full(t) => (Self::row(&relation, lsn, t)?, false),
         };

@@ -22,7 +22,7 @@ use super::ack::{Issuer, Tracker};
 use crate::config::TableSelection;
 use crate::model::{Event, RelationSchema};
 use crate::pgoutput::RelId;
-use crate::sink::{QueueBytes, SinkItem};
+use crate::sink::{QueueBytes, Queued, SinkItem};
 use crate::source::ddl::{self, DdlMessage};
 use crate::Lsn;
 
@@ -97,10 +97,15 @@ impl Route {
         if !self.selects(rel) {
             return false;
         }
-        let start = self
-            .table_start
-            .get(&rel.rel_id)
-            .or_else(|| self.table_start_names.get(&rel.qualified_name()));
+        // The name is formatted only when there are names to look up
+        // (this runs for every change).
+        let start = self.table_start.get(&rel.rel_id).or_else(|| {
+            if self.table_start_names.is_empty() {
+                None
+            } else {
+                self.table_start_names.get(&rel.qualified_name())
+            }
+        });
         match (commit_lsn, start) {
             (Some(c), Some(start)) => c >= *start,
             _ => true,
@@ -114,7 +119,7 @@ fn is_capture_table(schema: &str, name: &str) -> bool {
 
 struct Out {
     route: Route,
-    queue: mpsc::Sender<SinkItem>,
+    queue: mpsc::Sender<Queued>,
     bytes: Arc<QueueBytes>,
     /// The current transaction is skipped for this sink.
     skipping: bool,
@@ -151,7 +156,7 @@ pub const IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 
 impl Fanout {
     pub fn new(
-        routes: Vec<(Route, mpsc::Sender<SinkItem>, Arc<QueueBytes>)>,
+        routes: Vec<(Route, mpsc::Sender<Queued>, Arc<QueueBytes>)>,
         issuer: Issuer,
     ) -> Self {
         Fanout {
@@ -222,10 +227,21 @@ impl Fanout {
     /// and in bytes.
     async fn send(&self, i: usize, item: SinkItem) -> Result<(), SinkGone> {
         let o = &self.outs[i];
-        if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
-            return Err(SinkGone(i));
+        let item = Queued::from(item);
+        // Without waiting when there is room (the fan-out is the queue's
+        // only sender: room seen here is still there at the send); the
+        // wait is boxed, as inline it made every dispatch's future a
+        // kilobyte larger.
+        if o.queue.capacity() > 0 && o.bytes.try_reserve(item.bytes()) {
+            return o.queue.try_send(item).map_err(|_| SinkGone(i));
         }
-        o.queue.send(item).await.map_err(|_| SinkGone(i))
+        Box::pin(async {
+            if !o.bytes.reserve(item.bytes(), o.queue.closed()).await {
+                return Err(SinkGone(i));
+            }
+            o.queue.send(item).await.map_err(|_| SinkGone(i))
+        })
+        .await
     }
 
     /// Dispatches one event to every sink that wants it.
@@ -320,7 +336,9 @@ impl Fanout {
                     self.send(i, SinkItem::Event(ev)).await?;
                 }
             }
-            Event::Backfill(chunk) => self.chunk(chunk).await?,
+            // The rare paths are boxed: inline they made this future
+            // (made for every event) a kilobyte larger.
+            Event::Backfill(chunk) => Box::pin(self.chunk(chunk)).await?,
             Event::Message {
                 lsn,
                 transactional: true,
@@ -328,7 +346,7 @@ impl Fanout {
                 content,
             } if self.capture_ddl.is_some() && prefix == ddl::PREFIX => {
                 match DdlMessage::parse(&content) {
-                    Ok(m) => return self.dispatch_ddl(lsn, Arc::new(m)).await,
+                    Ok(m) => return Box::pin(self.dispatch_ddl(lsn, Arc::new(m))).await,
                     Err(e) => {
                         tracing::error!(lsn = %lsn, error = %e,
                             "a schema change message of the DDL capture cannot be read; the sinks get it as a logical message and apply no schema change for it");
@@ -338,12 +356,12 @@ impl Fanout {
                             prefix,
                             content,
                         };
-                        return self.dispatch_message(ev).await;
+                        return Box::pin(self.dispatch_message(ev)).await;
                     }
                 }
             }
-            Event::Ddl { lsn, ddl } => return self.dispatch_ddl(lsn, ddl).await,
-            ev @ Event::Message { .. } => return self.dispatch_message(ev).await,
+            Event::Ddl { lsn, ddl } => return Box::pin(self.dispatch_ddl(lsn, ddl)).await,
+            ev @ Event::Message { .. } => return Box::pin(self.dispatch_message(ev)).await,
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::WeakSender;
 
 use super::ack::Tracker;
 use super::backoff::Attempt;
-use crate::sink::{QueueBytes, SinkItem};
+use crate::sink::{QueueBytes, Queued};
 use crate::source::health::SourceHealth;
 use crate::Lsn;
 
@@ -60,7 +60,7 @@ struct SinkEntry {
     name: String,
     kind: &'static str,
     /// The sink's queue (weak: the report must not keep it open).
-    queue: Option<WeakSender<SinkItem>>,
+    queue: Option<WeakSender<Queued>>,
     queue_capacity: usize,
     /// The queue's byte account, which counts the items the sink took.
     bytes: Option<Arc<QueueBytes>>,
@@ -73,7 +73,7 @@ struct SinkEntry {
 
 /// One sink's queue as the attempt hands it to the report: the sender
 /// (weak), the capacity in items, the byte account.
-pub type QueueReport = (WeakSender<SinkItem>, usize, Arc<QueueBytes>);
+pub type QueueReport = (WeakSender<Queued>, usize, Arc<QueueBytes>);
 
 struct Inner {
     phase: Phase,
@@ -640,7 +640,7 @@ mod tests {
         let (tracker, mut issuer, ackers, _rx) = Tracker::new(&[Lsn(5), Lsn(5)], Lsn(5));
         let queues = (0..2)
             .map(|_| {
-                let (tx, _rx) = tokio::sync::mpsc::channel::<SinkItem>(4);
+                let (tx, _rx) = tokio::sync::mpsc::channel::<Queued>(4);
                 (tx.downgrade(), 4, QueueBytes::new(1 << 20))
             })
             .collect();

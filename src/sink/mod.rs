@@ -247,6 +247,29 @@ impl SinkItem {
     }
 }
 
+/// A [`SinkItem`] on its way through a sink's queue, with its
+/// [`SinkItem::bytes`] counted once by the sender (counting it again at
+/// receipt was a twentieth of pgbridge's CPU on a backlog).
+#[derive(Debug)]
+pub struct Queued {
+    item: SinkItem,
+    bytes: usize,
+}
+
+impl Queued {
+    /// The bytes the queue's budget counts for this item.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl From<SinkItem> for Queued {
+    fn from(item: SinkItem) -> Self {
+        let bytes = item.bytes();
+        Queued { item, bytes }
+    }
+}
+
 /// The bytes queued for one sink, shared by the fan-out (which adds and
 /// waits) and the sink's [`SinkQueue`] (which subtracts and wakes it).
 #[derive(Debug)]
@@ -280,17 +303,27 @@ impl QueueBytes {
         self.taken.load(Ordering::Relaxed)
     }
 
-    /// Waits until `n` more bytes fit (always when nothing is queued, so an
-    /// item larger than the whole budget still goes, alone), then counts
-    /// them. Returns false when `closed` finishes first.
-    pub async fn reserve(&self, n: usize, closed: impl std::future::Future<Output = ()>) -> bool {
+    /// Counts `n` more bytes when they fit now (always when nothing is
+    /// queued, so an item larger than the whole budget still goes, alone);
+    /// false when they do not. Only the queue's one sender may call this
+    /// (the check and the count are two steps).
+    pub fn try_reserve(&self, n: usize) -> bool {
         if n == 0 {
             return true;
         }
-        // The common case, without registering for a wake-up.
         let q = self.queued();
         if q == 0 || q + n <= self.limit {
             self.queued.fetch_add(n, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// Waits until `n` more bytes fit (see [`QueueBytes::try_reserve`]),
+    /// then counts them. Returns false when `closed` finishes first.
+    pub async fn reserve(&self, n: usize, closed: impl std::future::Future<Output = ()>) -> bool {
+        // The common case, without registering for a wake-up.
+        if self.try_reserve(n) {
             return true;
         }
         tokio::pin!(closed);
@@ -323,33 +356,31 @@ impl QueueBytes {
 /// make a queue of a few thousand items hold gigabytes.
 #[derive(Debug)]
 pub struct SinkQueue {
-    rx: mpsc::Receiver<SinkItem>,
+    rx: mpsc::Receiver<Queued>,
     bytes: Option<Arc<QueueBytes>>,
 }
 
 impl SinkQueue {
-    pub fn new(rx: mpsc::Receiver<SinkItem>, bytes: Arc<QueueBytes>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Queued>, bytes: Arc<QueueBytes>) -> Self {
         SinkQueue {
             rx,
             bytes: Some(bytes),
         }
     }
 
-    fn taken(&self, item: &SinkItem) {
+    fn taken(&self, q: Queued) -> SinkItem {
         if let Some(b) = &self.bytes {
             b.taken.fetch_add(1, Ordering::Relaxed);
-            b.release(item.bytes());
+            b.release(q.bytes);
         }
+        q.item
     }
 
     /// The next item; `None` once the fan-out has closed the queue.
     /// Cancel-safe, like [`mpsc::Receiver::recv`].
     pub async fn recv(&mut self) -> Option<SinkItem> {
-        let item = self.rx.recv().await;
-        if let Some(i) = &item {
-            self.taken(i);
-        }
-        item
+        let q = self.rx.recv().await?;
+        Some(self.taken(q))
     }
 
     /// True when nothing is queued.
@@ -359,17 +390,14 @@ impl SinkQueue {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Result<SinkItem, mpsc::error::TryRecvError> {
-        let item = self.rx.try_recv();
-        if let Ok(i) = &item {
-            self.taken(i);
-        }
-        item
+        let q = self.rx.try_recv()?;
+        Ok(self.taken(q))
     }
 }
 
 /// A queue counted by items only (tests that feed a sink directly).
-impl From<mpsc::Receiver<SinkItem>> for SinkQueue {
-    fn from(rx: mpsc::Receiver<SinkItem>) -> Self {
+impl From<mpsc::Receiver<Queued>> for SinkQueue {
+    fn from(rx: mpsc::Receiver<Queued>) -> Self {
         SinkQueue { rx, bytes: None }
     }
 }

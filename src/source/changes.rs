@@ -89,6 +89,15 @@ impl ChangeStream {
     /// Feeds one XLogData payload. Call [`ChangeStream::next_event`] until `None`
     /// before the next push.
     pub async fn push(&mut self, wal_start: Lsn, data: Bytes) -> Result<(), ChangeError> {
+        // A row change of a streamed transaction is only buffered until
+        // the transaction commits, and decoded then.
+        if self.decoder.in_stream() {
+            if let Some(sub) = streamed_change_xid(&data) {
+                if self.assembler.push_streamed(wal_start, &data, sub)? {
+                    return Ok(());
+                }
+            }
+        }
         let message = self.decoder.decode(&data)?;
         match &message {
             Message::Relation(r) => {
@@ -156,9 +165,32 @@ impl ChangeStream {
     }
 }
 
+/// The transaction id at the start of an Insert, Update or Delete inside
+/// a stream block (`I`/`U`/`D`, then the xid); `None` for other messages.
+fn streamed_change_xid(data: &[u8]) -> Option<u32> {
+    match data {
+        [b'I' | b'U' | b'D', a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::OriginFilter;
+
+    #[test]
+    fn streamed_change_xid() {
+        use super::streamed_change_xid as xid;
+        assert_eq!(xid(b"I\0\0\x01\x02R..."), Some(0x102));
+        assert_eq!(xid(b"D\0\0\0\x07"), Some(7));
+        assert_eq!(xid(b"U\0\0\0"), None, "too short");
+        assert_eq!(
+            xid(b"R\0\0\0\x07"),
+            None,
+            "a Relation is decoded on arrival"
+        );
+        assert_eq!(xid(b""), None);
+    }
 
     #[test]
     fn origin_filter() {

@@ -467,7 +467,8 @@ pub enum ReplEvent {
 pub struct ReplicationStream {
     events: mpsc::Receiver<Result<Vec<ReplEvent>, SourceError>>,
     /// The rest of the last batch received.
-    pending: std::collections::VecDeque<ReplEvent>,
+    /// (The batch itself, taken from the front: no copy into a queue.)
+    pending: std::vec::IntoIter<ReplEvent>,
     confirmed: watch::Sender<Lsn>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), SourceError>>>,
@@ -482,7 +483,7 @@ impl ReplicationStream {
         let task = tokio::spawn(run(conn, opts, initial, tx, confirmed_rx, stop_rx));
         ReplicationStream {
             events,
-            pending: Default::default(),
+            pending: Vec::new().into_iter(),
             confirmed,
             stop: Some(stop),
             task: Some(task),
@@ -492,13 +493,13 @@ impl ReplicationStream {
     /// The next event; `None` when the stream ended (after an error was
     /// returned, or the server finished).
     pub async fn recv(&mut self) -> Option<Result<ReplEvent, SourceError>> {
-        if let Some(ev) = self.pending.pop_front() {
+        if let Some(ev) = self.pending.next() {
             return Some(Ok(ev));
         }
         match self.events.recv().await? {
             Ok(batch) => {
-                self.pending.extend(batch);
-                self.pending.pop_front().map(Ok)
+                self.pending = batch.into_iter();
+                self.pending.next().map(Ok)
             }
             Err(e) => Some(Err(e)),
         }

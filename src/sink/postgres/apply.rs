@@ -291,20 +291,26 @@ impl Target {
     }
 
     /// Applies one row change (buffered; see the module documentation).
+    ///
+    /// The paths taken now and then (a new table, a flush, a prepare) are
+    /// boxed: inline, they made this future some kilobytes that were
+    /// copied for every change.
     pub async fn change(&mut self, ch: &Change) -> Result<(), ApplyError> {
-        self.begin().await?;
+        if !self.in_txn {
+            Box::pin(self.begin()).await?;
+        }
         // The cached table without formatting a reason per row.
         let table = match self.tables.get(&ch.relation.rel_id) {
             Some(t) if Arc::ptr_eq(&t.source, &ch.relation) => t.clone(),
             _ => {
                 let why = format!("the source change at {}", ch.lsn);
-                self.table(&ch.relation, &why).await?
+                Box::pin(self.table(&ch.relation, &why)).await?
             }
         };
         match ch.op {
             Op::Insert => self.insert(table, ch).await,
-            Op::Update => self.update(table, ch).await,
-            Op::Delete => self.delete(table, ch).await,
+            Op::Update => Box::pin(self.update(table, ch)).await,
+            Op::Delete => Box::pin(self.delete(table, ch)).await,
         }
     }
 
@@ -332,11 +338,11 @@ impl Target {
     ) -> Result<(), ApplyError> {
         let same = matches!(&self.pending, Pending::Copy(c) if Arc::ptr_eq(&c.table, &table));
         if !same {
-            self.flush().await?;
+            Box::pin(self.flush()).await?;
             let ctx = Context::new("preparing COPY")
                 .table(&table.display)
                 .lsn(lsn);
-            let stmt = self.prepare(&table.copy_sql, &ctx).await?;
+            let stmt = Box::pin(self.prepare(&table.copy_sql, &ctx)).await?;
             self.pending = Pending::Copy(CopyChunk {
                 table: table.clone(),
                 stmt,
@@ -369,10 +375,10 @@ impl Target {
         self.rows += 1;
         self.bytes += bytes;
         if chunk.lsns.len() >= COPY_CHUNK_ROWS || chunk.sent >= COPY_CHUNK_BYTES {
-            return self.flush().await;
+            return Box::pin(self.flush()).await;
         }
         if chunk.buf.len() >= COPY_SEND_BYTES {
-            if let Err(e) = send_copy(&self.client, chunk).await {
+            if let Err(e) = Box::pin(send_copy(&self.client, chunk)).await {
                 let err = copy_error(chunk, e);
                 self.pending = Pending::Empty;
                 return Err(err);
