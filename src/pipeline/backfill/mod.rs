@@ -34,9 +34,12 @@ use crate::source::catalog::TypeResolver;
 use crate::source::published::{self, CopyReadError, TableSpec};
 use crate::Lsn;
 
+mod plan;
 pub mod read;
 pub mod request;
 pub mod window;
+
+pub use plan::{adjust_plan, status_lines};
 
 pub use request::{Kind, Request};
 pub use window::{key_text, Window};
@@ -132,6 +135,7 @@ impl<'a> Engine<'a> {
         let info = &self.config.source.url.info;
         let reader = read::Reader::connect(info, &self.config.source.slot).await?;
         let mut checked: Option<Instant> = None;
+        let mut recheck = 0;
         loop {
             let nudged = self.window.take_nudge();
             if self.live_add && (nudged || checked.is_none_or(|c| c.elapsed() >= PUBLICATION_CHECK))
@@ -166,11 +170,14 @@ impl<'a> Engine<'a> {
                     }
                     Err(Failure::Read(e)) => return Err(e),
                 }
+                recheck = 0;
                 continue;
             }
+            let pause;
+            (recheck, pause) = next_look(nudged, recheck);
             tokio::select! {
                 _ = self.window.notified() => {}
-                _ = tokio::time::sleep(PUBLICATION_CHECK) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -536,6 +543,27 @@ fn next_limit(max_rows: usize, bytes: usize, rows: usize) -> usize {
     (CHUNK_BYTES / per_row).clamp(1, max_rows)
 }
 
+/// Looks again after a nudge that found no request: the stream sees a
+/// request's transaction commit (its logical message) a moment before the
+/// source makes it visible to other sessions, and under load that moment
+/// can outlast the engine's query, which then waited for the next
+/// publication check (10 s). Returns the next recheck count and how long
+/// to wait at most: 10 ms doubling, 8 times (2.5 s in all), else
+/// [`PUBLICATION_CHECK`].
+fn next_look(nudged: bool, recheck: u32) -> (u32, Duration) {
+    const RECHECKS: u32 = 8;
+    let n = match (nudged, recheck) {
+        (true, _) => 1,
+        (false, 0) => 0,
+        (false, n) if n < RECHECKS => n + 1,
+        _ => 0,
+    };
+    match n {
+        0 => (0, PUBLICATION_CHECK),
+        n => (n, Duration::from_millis(10 << (n - 1))),
+    }
+}
+
 /// A token base of this run: the clock's nanoseconds and the process id,
 /// so that another run's marks do not match.
 fn first_token() -> u64 {
@@ -547,7 +575,7 @@ fn first_token() -> u64 {
 
 /// pgbridge's request table on the source (published by a publication
 /// FOR ALL TABLES): never copied to the sinks.
-fn is_own(t: &TableSpec) -> bool {
+pub(crate) fn is_own(t: &TableSpec) -> bool {
     t.schema == "pgbridge" && t.name == "backfill"
 }
 
@@ -652,112 +680,25 @@ struct Job<'r> {
     limit: usize,
 }
 
-/// Adjusts the initial copy's plan for live adds: a table whose live copy
-/// into a sink is complete counts as copied (at its last chunk's
-/// position), one whose live copy is under way is left to it (it resumes
-/// after its last chunk). Without `pgbridge.backfill` nothing changes.
-///
-/// With a `fresh` slot (created by this attempt, after `pgbridge resync`
-/// say, or none: a copy-only run) the live adds belonged to a stream that
-/// is gone: they count for nothing and are marked `superseded`; the
-/// initial copy copies those tables.
-pub async fn adjust_plan(
-    config: &Config,
-    fresh: bool,
-    routes: &mut [Route],
-    missing: &mut [Vec<TableSpec>],
-) -> Result<(), CopyReadError> {
-    for m in missing.iter_mut() {
-        m.retain(|t| !is_own(t));
-    }
-    let info = &config.source.url.info;
-    let c = crate::pg::connect(info).await?;
-    if !request::exists(&c, &info.user).await? {
-        return Ok(());
-    }
-    if fresh {
-        request::supersede_adds(&c, &info.user, &config.source.slot).await?;
-        return Ok(());
-    }
-    let adds: Vec<Request> = request::list(
-        &c,
-        &info.user,
-        &config.source.slot,
-        &["pending", "running", "done"],
-    )
-    .await?
-    .into_iter()
-    .filter(|r| r.kind == Kind::Add)
-    .collect();
-    for (route, missing) in routes.iter_mut().zip(missing.iter_mut()) {
-        missing.retain(|t| {
-            let name = t.qualified_name();
-            let Some(r) = adds
-                .iter()
-                .rev()
-                .find(|r| r.table == name && r.sinks.contains(&route.sink))
-            else {
-                return true;
-            };
-            if r.state == "done" {
-                let at = r.high_lsn.unwrap_or(Lsn::ZERO);
-                route.table_start.insert(t.oid, at);
-                route.table_start_names.insert(name, at);
-            }
-            false
-        });
-    }
-    Ok(())
-}
-
-/// `status` lines for the pipeline's backfill requests that are not done,
-/// and the last few that are (none without `pgbridge.backfill`).
-pub async fn status_lines(config: &Config) -> Vec<String> {
-    let info = &config.source.url.info;
-    let read = async {
-        let c = crate::pg::connect(info).await?;
-        if !request::exists(&c, &info.user).await? {
-            return Ok(Vec::new());
-        }
-        let all = request::list(
-            &c,
-            &info.user,
-            &config.source.slot,
-            &["pending", "running", "failed", "done"],
-        )
-        .await?;
-        Ok::<_, CopyReadError>(all)
-    };
-    match read.await {
-        Ok(all) => {
-            let n = all.len();
-            all.into_iter()
-                .enumerate()
-                .filter(|(i, r)| r.state == "pending" || r.state == "running" || i + 5 >= n)
-                .map(|(_, r)| {
-                    let mut line = format!(
-                        "backfill {} (request {}, {}): {}, {} chunks, {} rows",
-                        r.table,
-                        r.id,
-                        r.kind.as_str(),
-                        r.state,
-                        r.chunks,
-                        r.rows
-                    );
-                    if let Some(e) = r.error {
-                        line.push_str(&format!(": {e}"));
-                    }
-                    line
-                })
-                .collect()
-        }
-        Err(e) => vec![format!("backfills: unknown ({e})")],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nudge_without_a_request_looks_again_soon() {
+        let mut waits = Vec::new();
+        let (mut n, first) = next_look(true, 0);
+        waits.push(first);
+        while n > 0 {
+            let w;
+            (n, w) = next_look(false, n);
+            waits.push(w);
+        }
+        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1280, 10_000]);
+        assert_eq!(next_look(false, 0), (0, PUBLICATION_CHECK));
+        assert_eq!(next_look(true, 5).0, 1, "a new nudge starts again");
+    }
 
     #[test]
     fn chunk_rows_follow_the_byte_budget() {
