@@ -111,6 +111,17 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row(pub Vec<TupleValue>);
 
+/// Bytes of row data `values` hold, about (what queue budgets count).
+pub fn values_bytes(values: &[TupleValue]) -> usize {
+    values
+        .iter()
+        .map(|v| match v {
+            TupleValue::Text(b) | TupleValue::Binary(b) => b.len() + 8,
+            _ => 8,
+        })
+        .sum()
+}
+
 impl Row {
     /// Indexes of columns whose value is the unchanged-TOAST marker.
     pub fn unchanged_toast(&self) -> impl Iterator<Item = usize> + '_ {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::change::{Change, Op, RelationSchema, Row};
+use super::change::{values_bytes, Change, Op, RelationSchema, Row};
 use super::copy_text::{fields_at, split_fields};
 use crate::pgoutput::TupleValue;
 use crate::Lsn;
@@ -85,11 +85,15 @@ impl ChunkRow {
         }
     }
 
-    /// The values of the columns at `indexes` (none missing).
-    pub fn values_at(&self, indexes: &[usize]) -> Option<Vec<TupleValue>> {
+    /// The text of the columns at `key` (none when the row lacks one), as
+    /// [`key_text`] gives it; a line is split only as far as the key.
+    pub fn key_text(&self, key: &[usize]) -> Option<Vec<String>> {
         match self {
-            ChunkRow::Copy(line) => fields_at(line, indexes),
-            ChunkRow::Values(v) => indexes.iter().map(|&i| v.get(i).cloned()).collect(),
+            ChunkRow::Copy(line) => {
+                let values = fields_at(line, key)?;
+                Some(key_text(&values, &(0..values.len()).collect::<Vec<_>>()))
+            }
+            ChunkRow::Values(v) => key.iter().all(|&i| i < v.len()).then(|| key_text(v, key)),
         }
     }
 
@@ -97,15 +101,21 @@ impl ChunkRow {
     pub fn bytes(&self) -> usize {
         match self {
             ChunkRow::Copy(line) => line.len() + 8,
-            ChunkRow::Values(v) => v
-                .iter()
-                .map(|v| match v {
-                    TupleValue::Text(b) | TupleValue::Binary(b) => b.len() + 8,
-                    _ => 8,
-                })
-                .sum(),
+            ChunkRow::Values(v) => values_bytes(v),
         }
     }
+}
+
+/// The text of the `key` columns of `row`.
+pub fn key_text(row: &[TupleValue], key: &[usize]) -> Vec<String> {
+    key.iter()
+        .map(|&i| match row.get(i) {
+            Some(TupleValue::Text(b)) | Some(TupleValue::Binary(b)) => {
+                String::from_utf8_lossy(b).into_owned()
+            }
+            _ => String::new(),
+        })
+        .collect()
 }
 
 impl BackfillChunk {

@@ -36,18 +36,36 @@ fn value(line: &Bytes, start: usize, end: usize) -> TupleValue {
 /// fewer fields.
 pub(crate) fn fields_at(line: &Bytes, indexes: &[usize]) -> Option<Vec<TupleValue>> {
     let mut bounds = Vec::new();
+    if !field_bounds(line, indexes, &mut bounds) {
+        return None;
+    }
+    Some(
+        indexes
+            .iter()
+            .map(|&i| value(line, bounds[i].0, bounds[i].1))
+            .collect(),
+    )
+}
+
+/// Finds the bounds of `line`'s fields up to the last of `indexes` into
+/// `bounds` (indexed by column; the rest is not split); false when the
+/// line has fewer.
+pub(crate) fn field_bounds(
+    line: &[u8],
+    indexes: &[usize],
+    bounds: &mut Vec<(usize, usize)>,
+) -> bool {
+    let need = indexes.iter().max().map_or(0, |m| m + 1);
+    bounds.clear();
     let mut start = 0;
     for end in memchr_iter(b'\t', line).chain(std::iter::once(line.len())) {
-        bounds.push((start, end));
-        if indexes.iter().all(|&i| i < bounds.len()) {
+        if bounds.len() == need {
             break;
         }
+        bounds.push((start, end));
         start = end + 1;
     }
-    indexes
-        .iter()
-        .map(|&i| bounds.get(i).map(|&(a, b)| value(line, a, b)))
-        .collect()
+    bounds.len() == need
 }
 
 /// The fields of a line of text COPY output, counted.

@@ -228,15 +228,8 @@ impl SinkItem {
         match &**ev {
             Event::Change(c) => {
                 let row = |r: &Option<crate::model::change::Row>| {
-                    r.as_ref().map_or(0, |r| {
-                        r.0.iter()
-                            .map(|v| match v {
-                                crate::pgoutput::TupleValue::Text(b)
-                                | crate::pgoutput::TupleValue::Binary(b) => b.len() + 8,
-                                _ => 8,
-                            })
-                            .sum()
-                    })
+                    r.as_ref()
+                        .map_or(0, |r| crate::model::change::values_bytes(&r.0))
                 };
                 64 + row(&c.old) + row(&c.new)
             }

@@ -517,13 +517,12 @@ async fn read_between(
 
 /// The key text of a row read (the next chunk is read after it).
 fn row_key(row: &ChunkRow, job: &Job<'_>) -> Result<Vec<String>, Failure> {
-    let values = row.values_at(job.key_idx).ok_or_else(|| {
+    row.key_text(job.key_idx).ok_or_else(|| {
         Failure::Refused(Refused(format!(
             "table {}: a row read lacks its key columns",
             job.req.table
         )))
-    })?;
-    Ok(key_text(&values, &(0..values.len()).collect::<Vec<_>>()))
+    })
 }
 
 /// Bytes of row data a backfill chunk holds at most, about: after the

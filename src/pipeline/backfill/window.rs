@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+pub use crate::model::chunk::key_text;
 use crate::model::{BackfillChunk, ChunkRow, Event, RelationSchema, Replace};
 use crate::pgoutput::TupleValue;
 use crate::Lsn;
@@ -116,18 +117,6 @@ pub enum Seen {
     Drop,
     /// The chunk, instead of its high watermark.
     Chunk(Arc<BackfillChunk>),
-}
-
-/// The text of the `key` columns of `row`.
-pub fn key_text(row: &[TupleValue], key: &[usize]) -> Vec<String> {
-    key.iter()
-        .map(|&i| match row.get(i) {
-            Some(TupleValue::Text(b)) | Some(TupleValue::Binary(b)) => {
-                String::from_utf8_lossy(b).into_owned()
-            }
-            _ => String::new(),
-        })
-        .collect()
 }
 
 fn indexes(rel: &RelationSchema, names: &[String]) -> Option<Vec<usize>> {
@@ -372,12 +361,10 @@ impl Pending {
             return Err(());
         }
         let mut read: HashMap<Vec<String>, Vec<TupleValue>> = HashMap::new();
-        let all: Vec<usize> = (0..idx.len()).collect();
         chunk.rows.retain(|r| {
-            let Some(key) = r.values_at(&idx) else {
+            let Some(k) = r.key_text(&idx) else {
                 return false;
             };
-            let k = key_text(&key, &all);
             if self.changed.contains_key(&k) {
                 read.insert(k, r.values().into_owned());
                 return false;

@@ -271,12 +271,10 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             and_filter(filter)
         )),
         Replace::Keys { key } => {
-            let all: Vec<usize> = (0..key.len()).collect();
             let keys: std::collections::BTreeSet<Vec<String>> = chunk
                 .rows
                 .iter()
-                .filter_map(|r| r.values_at(key))
-                .map(|v| crate::pipeline::backfill::key_text(&v, &all))
+                .filter_map(|r| r.key_text(key))
                 .chain(chunk.refresh.iter().cloned())
                 .collect();
             if keys.is_empty() || key.is_empty() {

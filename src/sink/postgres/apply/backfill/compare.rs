@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
-use memchr::{memchr_iter, memrchr};
+use memchr::memrchr;
 
-use crate::model::copy_text::{count_fields, unescape};
+use crate::model::copy_text::{count_fields, field_bounds, unescape};
 use crate::model::ChunkRow;
 
 /// No chunk row (the end of a hash chain).
@@ -77,7 +77,7 @@ impl<'c> Comparison<'c> {
             let ChunkRow::Copy(line) = row else {
                 continue;
             };
-            if !split_key(line, key, &mut c.fields) {
+            if !field_bounds(line, key, &mut c.fields) {
                 return Err("a chunk row lacks key fields".into());
             }
             let at = c.lines.len();
@@ -123,7 +123,7 @@ impl<'c> Comparison<'c> {
         };
         let body = &line[..last];
         let deletable = &line[last + 1..] == b"t";
-        if !split_key(body, self.key, &mut self.fields) {
+        if !field_bounds(body, self.key, &mut self.fields) {
             return Err("a target row lacks key fields".into());
         }
         let fields = &self.fields;
@@ -185,22 +185,6 @@ impl<'c> Comparison<'c> {
         delete.dedup();
         Ok((delete, insert))
     }
-}
-
-/// Finds the bounds of `line`'s fields up to the last of `key` into
-/// `fields` (indexed by column); false when the line has fewer.
-fn split_key(line: &[u8], key: &[usize], fields: &mut Vec<(usize, usize)>) -> bool {
-    let need = key.iter().max().map_or(0, |m| m + 1);
-    fields.clear();
-    let mut start = 0;
-    for end in memchr_iter(b'\t', line).chain(std::iter::once(line.len())) {
-        if fields.len() == need {
-            break;
-        }
-        fields.push((start, end));
-        start = end + 1;
-    }
-    fields.len() == need
 }
 
 fn field(line: &[u8], (a, b): (usize, usize)) -> &[u8] {
