@@ -59,7 +59,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 /// Row count and a hash of every row's text form.
-fn rows(db: &str, table: &str) -> String {
+pub(crate) fn rows(db: &str, table: &str) -> String {
     psql(
         db,
         &format!("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)), 0) FROM {table} t"),
