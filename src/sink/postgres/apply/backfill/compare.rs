@@ -3,10 +3,18 @@
 //! chunk's rows are lines of the source's COPY output and the target's
 //! are printed with the same settings, and COPY prints a value one way
 //! only, so a target row equals the chunk's row of its key when its line
-//! (without the last field, deletable) is the same bytes. The chunk's
-//! rows are indexed by a hash of their key fields as printed; a target
-//! line is split only as far as its key, in place, without an allocation.
-//! Only what differs is turned into owned key values.
+//! (without the last field, deletable) is the same bytes.
+//!
+//! Both sides come in key order, so a target line is first compared with
+//! the chunk line after the last one matched: on a table that mostly
+//! matches that is all (one comparison of bytes per row, nothing hashed).
+//! A target line that is not that one is looked up by its key: the
+//! chunk's rows are then indexed by a hash of their key fields as printed
+//! (once per chunk, at the first such line), and a target line is split
+//! only as far as its key, in place, without an allocation. The order is
+//! only a shortcut: a target whose key sorts otherwise (another collation)
+//! is compared through the index, with the same result. Only what differs
+//! is turned into owned key values.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -31,6 +39,16 @@ enum Seen {
     Redo,
 }
 
+/// The chunk's lines by a hash of their key fields.
+struct Index {
+    seed: u64,
+    /// Key hash -> first line of that hash; `next` chains the rest.
+    heads: HashMap<u64, usize, BuildHasherDefault<Hashed>>,
+    next: Vec<usize>,
+    /// The key fields of each line (`key.len()` per line).
+    bounds: Vec<(usize, usize)>,
+}
+
 /// A chunk's rows against the target's rows of its range.
 pub struct Comparison<'c> {
     rows: &'c [ChunkRow],
@@ -38,17 +56,15 @@ pub struct Comparison<'c> {
     /// the target holds: their keys are deleted before the comparison):
     /// the row's index in `rows` and its line.
     lines: Vec<(usize, &'c [u8])>,
-    /// The key fields of each line of `lines` (`key.len()` per line).
-    bounds: Vec<(usize, usize)>,
     key: &'c [usize],
-    /// Key hash -> first line of that hash; `next` chains the rest.
-    seed: u64,
-    heads: HashMap<u64, usize, BuildHasherDefault<Hashed>>,
-    next: Vec<usize>,
+    /// Built at the first target line that is not the next in order.
+    index: Option<Index>,
+    /// The line after the last one a target line matched.
+    next: usize,
     seen: Vec<Seen>,
     /// Keys of target rows the chunk lacks (deletable ones).
     extra: Vec<Vec<String>>,
-    /// Fields of the target line being compared (reused).
+    /// Fields of the line being split (reused).
     fields: Vec<(usize, usize)>,
     /// A line split across two COPY messages.
     carry: Vec<u8>,
@@ -58,36 +74,51 @@ pub struct Comparison<'c> {
 impl<'c> Comparison<'c> {
     /// `rows`: the chunk's rows; `key`: the key's column indexes; `width`:
     /// the columns of a row (a target line has one more: deletable).
-    pub fn new(rows: &'c [ChunkRow], key: &'c [usize], width: usize) -> Result<Self, String> {
-        let mut c = Comparison {
+    pub fn new(rows: &'c [ChunkRow], key: &'c [usize], width: usize) -> Self {
+        let lines: Vec<(usize, &[u8])> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, row)| match row {
+                ChunkRow::Copy(line) => Some((i, &line[..])),
+                ChunkRow::Values(_) => None,
+            })
+            .collect();
+        Comparison {
             rows,
-            lines: Vec::with_capacity(rows.len()),
-            bounds: Vec::with_capacity(rows.len() * key.len()),
+            seen: vec![Seen::No; lines.len()],
+            lines,
             key,
-            seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
-            heads: HashMap::with_capacity_and_hasher(rows.len(), Default::default()),
-            next: Vec::with_capacity(rows.len()),
-            seen: Vec::with_capacity(rows.len()),
+            index: None,
+            next: 0,
             extra: Vec::new(),
             fields: Vec::new(),
             carry: Vec::new(),
             width,
-        };
-        for (i, row) in rows.iter().enumerate() {
-            let ChunkRow::Copy(line) = row else {
-                continue;
-            };
-            if !field_bounds(line, key, &mut c.fields) {
-                return Err("a chunk row lacks key fields".into());
-            }
-            let at = c.lines.len();
-            let h = hash_key(c.seed, key.iter().map(|&k| field(line, c.fields[k])));
-            c.bounds.extend(key.iter().map(|&k| c.fields[k]));
-            c.lines.push((i, line));
-            c.next.push(c.heads.insert(h, at).unwrap_or(NONE));
-            c.seen.push(Seen::No);
         }
-        Ok(c)
+    }
+
+    /// Indexes the chunk's lines by key (see the module documentation).
+    fn build_index(&mut self) -> Result<(), String> {
+        if self.index.is_none() {
+            let n = self.lines.len();
+            let mut ix = Index {
+                seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
+                heads: HashMap::with_capacity_and_hasher(n, Default::default()),
+                next: Vec::with_capacity(n),
+                bounds: Vec::with_capacity(n * self.key.len()),
+            };
+            for (at, &(_, line)) in self.lines.iter().enumerate() {
+                if !field_bounds(line, self.key, &mut self.fields) {
+                    return Err("a chunk row lacks key fields".into());
+                }
+                let fields = &self.fields;
+                let h = hash_key(ix.seed, self.key.iter().map(|&k| field(line, fields[k])));
+                ix.bounds.extend(self.key.iter().map(|&k| fields[k]));
+                ix.next.push(ix.heads.insert(h, at).unwrap_or(NONE));
+            }
+            self.index = Some(ix);
+        }
+        Ok(())
     }
 
     /// Takes one part of the target's COPY output.
@@ -113,9 +144,18 @@ impl<'c> Comparison<'c> {
 
     /// One target row: `width` fields and whether it may be deleted.
     fn line(&mut self, line: &[u8]) -> Result<(), String> {
+        let last = memrchr(b'\t', line);
+        // The next chunk line in key order, the same bytes (which have the
+        // chunk's `width` fields, so the target line has its count).
+        if let (Some(last), Some(&(_, row))) = (last, self.lines.get(self.next)) {
+            if row == &line[..last] {
+                self.mark(self.next, true);
+                self.next += 1;
+                return Ok(());
+            }
+        }
         let n = count_fields(line);
-        let last = memrchr(b'\t', line).filter(|_| n == self.width + 1);
-        let Some(last) = last else {
+        let Some(last) = last.filter(|_| n == self.width + 1) else {
             return Err(format!(
                 "a target row has {n} fields, expected {}",
                 self.width + 1
@@ -123,47 +163,59 @@ impl<'c> Comparison<'c> {
         };
         let body = &line[..last];
         let deletable = &line[last + 1..] == b"t";
-        if !field_bounds(body, self.key, &mut self.fields) {
+        let mut fields = std::mem::take(&mut self.fields);
+        if !field_bounds(body, self.key, &mut fields) {
             return Err("a target row lacks key fields".into());
         }
-        let fields = &self.fields;
-        let h = hash_key(self.seed, self.key.iter().map(|&k| field(body, fields[k])));
-        let mut at = self.heads.get(&h).copied().unwrap_or(NONE);
-        let k = self.key.len();
+        self.build_index()?;
+        let key = self.key;
+        let lines = &self.lines;
+        let ix = self
+            .index
+            .as_ref()
+            .ok_or_else(|| "the chunk's index is missing".to_string())?;
+        let h = hash_key(ix.seed, key.iter().map(|&k| field(body, fields[k])));
+        let mut at = ix.heads.get(&h).copied().unwrap_or(NONE);
+        let k = key.len();
         while at != NONE {
-            let (_, row) = self.lines[at];
-            let same_key =
-                self.key.iter().enumerate().all(|(j, &col)| {
-                    field(row, self.bounds[at * k + j]) == field(body, fields[col])
-                });
+            let (_, row) = lines[at];
+            let same_key = key
+                .iter()
+                .enumerate()
+                .all(|(j, &col)| field(row, ix.bounds[at * k + j]) == field(body, fields[col]));
             if same_key {
                 break;
             }
-            at = self.next[at];
+            at = ix.next[at];
         }
         if at == NONE {
             if deletable {
-                let k = self.key.iter().map(|&k| text(field(body, fields[k])));
+                let k = key.iter().map(|&k| text(field(body, fields[k])));
                 self.extra.push(k.collect());
             }
-            return Ok(());
+        } else {
+            self.mark(at, self.lines[at].1 == body);
+            self.next = at + 1;
         }
-        let equal = self.lines[at].1 == body;
+        self.fields = fields;
+        Ok(())
+    }
+
+    /// A target row has the key of chunk line `at`, `equal` or not.
+    fn mark(&mut self, at: usize, equal: bool) {
         self.seen[at] = match self.seen[at] {
             Seen::No if equal => Seen::Same,
             _ => Seen::Redo,
         };
-        Ok(())
     }
 
     /// The keys to delete and the chunk's rows to insert.
-    pub fn finish(self) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), String> {
+    pub fn finish(mut self) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), String> {
         if !self.carry.is_empty() {
             return Err("the target's COPY output ended inside a row".into());
         }
-        let mut delete = self.extra;
+        let mut delete = std::mem::take(&mut self.extra);
         let mut insert = Vec::new();
-        let k = self.key.len();
         let mut read = self.lines.iter().enumerate().peekable();
         for (i, row) in self.rows.iter().enumerate() {
             let Some((at, (_, line))) = read.next_if(|(_, (r, _))| *r == i) else {
@@ -175,8 +227,16 @@ impl<'c> Comparison<'c> {
                 Seen::Same => {}
                 Seen::No => insert.push(row),
                 Seen::Redo => {
-                    let bounds = &self.bounds[at * k..(at + 1) * k];
-                    delete.push(bounds.iter().map(|&b| text(field(line, b))).collect());
+                    if !field_bounds(line, self.key, &mut self.fields) {
+                        return Err("a chunk row lacks key fields".into());
+                    }
+                    let fields = &self.fields;
+                    delete.push(
+                        self.key
+                            .iter()
+                            .map(|&k| text(field(line, fields[k])))
+                            .collect(),
+                    );
                     insert.push(row);
                 }
             }
