@@ -135,7 +135,7 @@ pub async fn run_locked(
     config: &Config,
     registry: &Registry,
     shutdown: impl Future<Output = ()>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
     let slot = &config.source.slot;
@@ -214,7 +214,7 @@ pub async fn run_with(
     config: &Config,
     registry: &Registry,
     shutdown: impl Future<Output = ()>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
 ) -> Result<(), PipelineError> {
     tokio::pin!(shutdown);
     let mut backoff = Backoff::default();
@@ -301,7 +301,7 @@ async fn attempt(
     config: &Config,
     registry: &Registry,
     stop: tokio::sync::watch::Receiver<bool>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     fresh_slot: &mut Option<String>,
 ) -> Result<Outcome, PipelineError> {
     let result = attempt_inner(config, registry, stop, stats, fresh_slot).await;
@@ -339,7 +339,7 @@ async fn attempt_inner(
     config: &Config,
     registry: &Registry,
     stop: tokio::sync::watch::Receiver<bool>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     fresh_slot: &mut Option<String>,
 ) -> Result<Outcome, PipelineError> {
     stats.set_phase(Phase::Starting);
@@ -416,7 +416,7 @@ async fn attempt_inner(
         origins: src.origin,
         capture_ddl,
     };
-    let engine = Engine::new(config, &planned.routes, stats);
+    let engine = Engine::new(Arc::new(config.clone()), &planned.routes, stats.clone());
     let window = engine.window();
     let sinks = opened
         .sinks
@@ -430,10 +430,11 @@ async fn attempt_inner(
     *fresh_slot = None;
     // The engine runs for as long as the stream (it never ends by itself;
     // a chunk it leaves unfinished is done again by the next attempt).
-    let backfills = engine.run(streaming.tracker().clone());
-    tokio::select! {
-        r = streaming.run(stop) => r?,
-        never = backfills => match never {},
-    }
+    let backfills = engine
+        .spawn(streaming.tracker().clone())
+        .map_err(PipelineError::Other)?;
+    let streamed = streaming.run(stop).await;
+    backfills.stop().await;
+    streamed?;
     Ok(Outcome::Stopped)
 }

@@ -57,16 +57,33 @@ struct SinkView {
 }
 
 /// Runs the backfill requests of one pipeline beside its stream.
-pub struct Engine<'a> {
-    config: &'a Config,
+pub struct Engine {
+    config: Arc<Config>,
     window: Window,
-    stats: &'a Stats,
+    stats: Arc<Stats>,
     sinks: Vec<SinkView>,
     /// Published tables at the last look (relation id -> name).
     published: Option<HashMap<u32, String>>,
     live_add: bool,
     /// The last chunk registration's token (see [`window::Mark::token`]).
     token: u64,
+}
+
+/// The engine's thread (see [`Engine::spawn`]).
+pub struct EngineThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineThread {
+    /// Stops the engine and waits for its thread to end (its connections
+    /// closed).
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
 }
 
 /// A request that cannot be done (kept in its row for `pgbridge backfill`).
@@ -86,10 +103,10 @@ impl From<CopyReadError> for Failure {
     }
 }
 
-impl<'a> Engine<'a> {
+impl Engine {
     /// An engine for the sinks of `routes` (what each holds: the tables
     /// in its `table_start`).
-    pub fn new(config: &'a Config, routes: &[Route], stats: &'a Stats) -> Self {
+    pub fn new(config: Arc<Config>, routes: &[Route], stats: Arc<Stats>) -> Self {
         let sinks = routes
             .iter()
             .map(|r| SinkView {
@@ -99,12 +116,12 @@ impl<'a> Engine<'a> {
             })
             .collect();
         Engine {
-            config,
             window: Window::new(&config.source.slot),
+            live_add: config.source.snapshot != SnapshotMode::Never,
+            config,
             stats,
             sinks,
             published: None,
-            live_add: config.source.snapshot != SnapshotMode::Never,
             token: first_token(),
         }
     }
@@ -131,9 +148,46 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Runs the engine on a thread of its own (with a one-thread runtime
+    /// of its own), beside the stream's: a chunk's read from the source
+    /// (its COPY output taken in and split into lines) goes on while the
+    /// stream's thread compares the chunk before with the target, rather
+    /// than taking turns with it. They meet only once per chunk (the
+    /// window, the tracker). The engine stops when the returned handle
+    /// is stopped or dropped.
+    pub fn spawn(self, tracker: Tracker) -> Result<EngineThread, String> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("pgbridge-backfill".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "backfill: cannot start the runtime of its thread; backfills and tables added to the publication wait for a restart");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    tokio::select! {
+                        never = self.run(tracker) => match never {},
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the backfill thread: {e}"))?;
+        Ok(EngineThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
     async fn session(&mut self, tracker: &Tracker) -> Result<(), CopyReadError> {
-        let info = &self.config.source.url.info;
-        let reader = read::Reader::connect(info, &self.config.source.slot).await?;
+        let config = self.config.clone();
+        let info = &config.source.url.info;
+        let reader = read::Reader::connect(info, &config.source.slot).await?;
         let mut checked: Option<Instant> = None;
         let mut recheck = 0;
         loop {
@@ -610,7 +664,7 @@ struct Sent {
     done: bool,
 }
 
-impl Engine<'_> {
+impl Engine {
     /// Records the delivered chunks that every sink holds (the slot is
     /// confirmed past them), in order; waits while [`UNCONFIRMED_CHUNKS`]
     /// are outstanding, or for all of them with `all`.
