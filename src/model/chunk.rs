@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::change::{values_bytes, Change, Op, RelationSchema, Row};
+use super::copy_binary::{field_spans, span_bytes, span_value};
 use super::copy_text::{fields_at, split_fields};
 use crate::pgoutput::TupleValue;
 use crate::Lsn;
@@ -72,16 +73,41 @@ pub enum ChunkRow {
     /// newline), printed with the backfill's output settings; split into
     /// values only where a sink needs them.
     Copy(Bytes),
+    /// As read in binary (for sinks that all keep a copy in PostgreSQL,
+    /// of a table of built-in types: see `pipeline::backfill`): a tuple of
+    /// binary COPY output whose first fields are the key columns' text,
+    /// then the relation's columns in their binary form, from byte `data`
+    /// on.
+    Binary { tuple: Bytes, data: usize },
     /// A key's last state in the stream.
     Values(Vec<TupleValue>),
 }
 
 impl ChunkRow {
     /// The row's values.
+    /// The row's values (a binary row's are binary, which sinks that take
+    /// text refuse).
     pub fn values(&self) -> Cow<'_, [TupleValue]> {
         match self {
             ChunkRow::Copy(line) => Cow::Owned(split_fields(line)),
+            ChunkRow::Binary { tuple, data } => {
+                let mut spans = Vec::new();
+                if field_spans(tuple, &mut spans).is_none() {
+                    return Cow::Owned(Vec::new());
+                }
+                let values = spans.iter().filter(|s| s.0 >= *data);
+                Cow::Owned(values.map(|&s| span_value(tuple, s)).collect())
+            }
             ChunkRow::Values(v) => Cow::Borrowed(v),
+        }
+    }
+
+    /// A binary row's columns: its tuple's bytes from the first column's
+    /// length word on.
+    pub fn binary_data(&self) -> Option<&[u8]> {
+        match self {
+            ChunkRow::Binary { tuple, data } => tuple.get(*data..),
+            _ => None,
         }
     }
 
@@ -94,6 +120,17 @@ impl ChunkRow {
                 Some(key_text(&values, &(0..values.len()).collect::<Vec<_>>()))
             }
             ChunkRow::Values(v) => key.iter().all(|&i| i < v.len()).then(|| key_text(v, key)),
+            // The key's text leads the tuple (in the order of `key`).
+            ChunkRow::Binary { tuple, data } => {
+                let mut spans = Vec::new();
+                field_spans(tuple, &mut spans)?;
+                let texts: Vec<String> = spans
+                    .iter()
+                    .take_while(|s| s.0 < *data)
+                    .map(|&s| String::from_utf8_lossy(span_bytes(tuple, s)).into_owned())
+                    .collect();
+                (texts.len() == key.len()).then_some(texts)
+            }
         }
     }
 
@@ -101,6 +138,7 @@ impl ChunkRow {
     pub fn bytes(&self) -> usize {
         match self {
             ChunkRow::Copy(line) => line.len() + 8,
+            ChunkRow::Binary { tuple, .. } => tuple.len() + 16,
             ChunkRow::Values(v) => values_bytes(v),
         }
     }

@@ -8,6 +8,7 @@ mod array;
 pub mod assemble;
 pub mod change;
 pub mod chunk;
+pub mod copy_binary;
 pub mod copy_text;
 mod datetime;
 pub mod json;

@@ -37,9 +37,11 @@ use crate::Lsn;
 mod plan;
 pub mod read;
 pub mod request;
+mod thread;
 pub mod window;
 
 pub use plan::{adjust_plan, status_lines};
+pub use thread::EngineThread;
 
 pub use request::{Kind, Request};
 pub use window::{key_text, Window};
@@ -67,23 +69,6 @@ pub struct Engine {
     live_add: bool,
     /// The last chunk registration's token (see [`window::Mark::token`]).
     token: u64,
-}
-
-/// The engine's thread (see [`Engine::spawn`]).
-pub struct EngineThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EngineThread {
-    /// Stops the engine and waits for its thread to end (its connections
-    /// closed).
-    pub async fn stop(mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-    }
 }
 
 /// A request that cannot be done (kept in its row for `pgbridge backfill`).
@@ -146,42 +131,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Runs the engine on a thread of its own (with a one-thread runtime
-    /// of its own), beside the stream's: a chunk's read from the source
-    /// (its COPY output taken in and split into lines) goes on while the
-    /// stream's thread compares the chunk before with the target, rather
-    /// than taking turns with it. They meet only once per chunk (the
-    /// window, the tracker). The engine stops when the returned handle
-    /// is stopped or dropped.
-    pub fn spawn(self, tracker: Tracker) -> Result<EngineThread, String> {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("pgbridge-backfill".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "backfill: cannot start the runtime of its thread; backfills and tables added to the publication wait for a restart");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    tokio::select! {
-                        never = self.run(tracker) => match never {},
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .map_err(|e| format!("cannot start the backfill thread: {e}"))?;
-        Ok(EngineThread {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
     }
 
     async fn session(&mut self, tracker: &Tracker) -> Result<(), CopyReadError> {
@@ -373,7 +322,9 @@ impl Engine {
                 )))
             })?;
         let started = Instant::now();
+        let binary = self.reads_binary(req, &rel, &key, &sinks);
         let mut job = Job {
+            binary,
             req,
             spec: &spec,
             rel: &rel,
@@ -391,7 +342,8 @@ impl Engine {
             limit: src.backfill_chunk_rows.min(FIRST_CHUNK_ROWS),
         };
         tracing::info!(request = req.id, table = %req.table, kind = req.kind.as_str(), sinks = %sinks.join(","),
-            resume_after = ?job.after, chunks_done = job.seq, "backfill started");
+            resume_after = ?job.after, chunks_done = job.seq,
+            copy_format = if job.binary { "binary" } else { "text" }, "backfill started");
         self.stats
             .backfill_progress(&req.table, "running", job.seq, job.rows);
         while !self.step(reader, &mut job, tracker).await? {}
@@ -456,6 +408,33 @@ impl Engine {
         });
         self.record(reader, job, tracker, a.done).await?;
         Ok(a.done)
+    }
+
+    /// Whether the chunks of `req` are read in binary COPY (see
+    /// `ChunkRow::Binary`): a backfill of a table with a key, of built-in
+    /// types only (whose binary form does not depend on the database),
+    /// for Postgres sinks only (which compare and write rows as they are;
+    /// Kafka sinks need their values). Binary output costs the source
+    /// (and the target, which prints its rows the same way to compare)
+    /// about a third less than text, most for numeric and timestamps.
+    fn reads_binary(
+        &self,
+        req: &Request,
+        rel: &crate::model::RelationSchema,
+        key: &[String],
+        sinks: &[String],
+    ) -> bool {
+        let postgres = sinks.iter().all(|name| {
+            self.config
+                .sinks
+                .iter()
+                .any(|s| s.name() == name && matches!(s, crate::config::SinkConfig::Postgres(_)))
+        });
+        let builtin = rel
+            .columns
+            .iter()
+            .all(|c| crate::model::TypeInfo::builtin(c.type_info.oid()).is_some());
+        req.kind == Kind::Backfill && !key.is_empty() && postgres && builtin
     }
 
     /// Reads the next chunk between its watermarks and hands it to the
@@ -558,6 +537,7 @@ async fn read_between(
                 job.after.as_deref(),
                 filter,
                 limit,
+                job.binary,
             )
             .await?;
         Ok((rows, low))
@@ -710,6 +690,8 @@ impl Engine {
 
 /// A request being done.
 struct Job<'r> {
+    /// The chunks are read in binary (see [`Engine::reads_binary`]).
+    binary: bool,
     req: &'r Request,
     spec: &'r TableSpec,
     rel: &'r Arc<crate::model::RelationSchema>,

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use super::window::{Mark, PREFIX};
+use crate::model::copy_binary::{field_spans, Tuples};
 use crate::model::copy_text::{count_fields, Lines};
 use crate::model::{ChunkRow, RelationSchema};
 use crate::pg::{ident, literal};
@@ -157,7 +158,9 @@ impl Reader {
 
     /// Reads up to `limit` rows (all with `limit` 0) of the table in key
     /// order, after `after`, with the publication's columns and row filter
-    /// and the request's `filter`: lines of text COPY output.
+    /// and the request's `filter`: lines of text COPY output, or with
+    /// `binary` tuples of binary COPY output led by the key's text (see
+    /// `ChunkRow::Binary`).
     #[allow(clippy::too_many_arguments)]
     pub async fn read(
         &self,
@@ -167,8 +170,9 @@ impl Reader {
         after: Option<&[String]>,
         filter: Option<&str>,
         limit: usize,
+        binary: bool,
     ) -> Result<Vec<ChunkRow>, CopyReadError> {
-        let sql = chunk_query(spec, rel, key, after, filter, limit);
+        let sql = chunk_query(spec, rel, key, after, filter, limit, binary);
         let what = format!("reading a backfill chunk of {}", spec.qualified_name());
         let stream = self
             .reads
@@ -176,6 +180,11 @@ impl Reader {
             .await
             .map_err(|e| self.db(&what, e))?;
         futures_util::pin_mut!(stream);
+        if binary {
+            return self
+                .read_binary(stream, key.len(), rel.columns.len(), &what)
+                .await;
+        }
         let mut lines = Lines::default();
         let mut rows = Vec::new();
         let width = rel.columns.len();
@@ -199,7 +208,49 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Tuples of binary COPY output: `keys` text fields, then `width`
+    /// columns.
+    async fn read_binary(
+        &self,
+        stream: impl futures_util::Stream<Item = Result<Bytes, tokio_postgres::Error>>,
+        keys: usize,
+        width: usize,
+        what: &str,
+    ) -> Result<Vec<ChunkRow>, CopyReadError> {
+        futures_util::pin_mut!(stream);
+        let mut tuples = Tuples::default();
+        let mut rows = Vec::new();
+        let mut spans = Vec::new();
+        let wrong = |m: String| CopyReadError::Definite(format!("{what}: {m}"));
+        while let Some(part) = stream.next().await {
+            let part = part.map_err(|e| self.db(what, e))?;
+            tuples
+            .feed(part, |tuple: Bytes| {
+                if field_spans(&tuple, &mut spans) != Some(keys + width) {
+                    return Err(format!(
+                        "a row does not have the key's {keys} and the table's {width} published columns"
+                    ));
+                }
+                let data = spans.get(keys).map_or(tuple.len(), |s| s.0);
+                rows.push(ChunkRow::Binary { tuple, data });
+                Ok(())
+            })
+            .map_err(wrong)?;
+        }
+        if !tuples.complete() {
+            return Err(wrong("the COPY output ended inside a row".into()));
+        }
+        Ok(rows)
+    }
+}
+
 /// The chunk's query (see [`Reader::read`]).
+///
+/// With `binary`, in binary COPY, the key's text first (as the type's
+/// output function prints it, as the stream does: `format('%s')`, not a
+/// cast to text, which prints a bool as `true` and trims a `char(n)`),
+/// then the columns (ordered by output position).
 pub fn chunk_query(
     spec: &TableSpec,
     rel: &RelationSchema,
@@ -207,13 +258,17 @@ pub fn chunk_query(
     after: Option<&[String]>,
     filter: Option<&str>,
     limit: usize,
+    binary: bool,
 ) -> String {
-    let columns = rel
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut columns: Vec<String> = match binary {
+        true => key
+            .iter()
+            .map(|k| format!("pg_catalog.format('%s', {})", ident(k)))
+            .collect(),
+        false => Vec::new(),
+    };
+    columns.extend(rel.columns.iter().map(|c| ident(&c.name)));
+    let columns = columns.join(", ");
     let mut conds = Vec::new();
     if let Some(f) = &spec.row_filter {
         conds.push(format!("({f})"));
@@ -231,12 +286,24 @@ pub fn chunk_query(
         sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
     }
     if !key.is_empty() {
-        sql.push_str(&format!(" ORDER BY {key_cols}"));
+        let order = match binary {
+            true => key
+                .iter()
+                .map(|k| match rel.columns.iter().position(|c| &c.name == k) {
+                    Some(i) => (key.len() + i + 1).to_string(),
+                    None => ident(k),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            false => key_cols.clone(),
+        };
+        sql.push_str(&format!(" ORDER BY {order}"));
     }
     if limit > 0 {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    format!("COPY ({sql}) TO STDOUT (FORMAT text)")
+    let format = if binary { "binary" } else { "text" };
+    format!("COPY ({sql}) TO STDOUT (FORMAT {format})")
 }
 
 /// The chunk key of a table: its replica identity index, else its primary

@@ -385,7 +385,11 @@ impl Pending {
                             }
                         }
                     }
-                    let whole = !row.iter().any(|v| matches!(v, TupleValue::UnchangedToast));
+                    // (A value taken from a row read in binary is not
+                    // text: the row stays as the stream left it, too.)
+                    let whole = !row
+                        .iter()
+                        .any(|v| matches!(v, TupleValue::UnchangedToast | TupleValue::Binary(_)));
                     if whole {
                         chunk.rows.push(ChunkRow::Values(row));
                         chunk.refresh.push(k);

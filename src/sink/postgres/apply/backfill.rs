@@ -19,11 +19,12 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
 
 use super::CopyRow;
 use super::Target;
-use crate::model::{BackfillChunk, ChunkRow, RelationSchema, Replace};
+use crate::model::{copy_binary, BackfillChunk, ChunkRow, RelationSchema, Replace};
 use crate::sink::postgres::error::{classify, ApplyError, Context};
 use crate::sink::postgres::schema::TableState;
 use crate::sink::postgres::sql::{column_list, qualified, quote_ident, quote_literal};
@@ -49,10 +50,8 @@ impl Target {
                 .await
                 .map_err(|e| classify(e, &ctx))?;
         }
-        for row in &chunk.rows {
-            self.chunk_row(table.clone(), chunk, row).await?;
-        }
-        Ok(())
+        self.insert_rows(table, chunk, chunk.rows.iter().collect())
+            .await
     }
 
     /// One row of a chunk into the COPY of inserts (a row as read goes as
@@ -66,8 +65,102 @@ impl Target {
         let row = match row {
             ChunkRow::Copy(line) => CopyRow::Text(line),
             ChunkRow::Values(values) => CopyRow::Values(values),
+            ChunkRow::Binary { .. } => return self.copy_binary(&table, chunk, &[row]).await,
         };
         self.copy_row(table, chunk.lsn, row).await
+    }
+
+    /// The chunk's rows `rows` into the target: those read in binary in
+    /// one binary COPY, the others through the COPY of inserts.
+    async fn insert_rows(
+        &mut self,
+        table: Arc<TableState>,
+        chunk: &BackfillChunk,
+        rows: Vec<&ChunkRow>,
+    ) -> Result<(), ApplyError> {
+        let (binary, text): (Vec<&ChunkRow>, Vec<&ChunkRow>) = rows
+            .into_iter()
+            .partition(|r| matches!(r, ChunkRow::Binary { .. }));
+        self.copy_binary(&table, chunk, &binary).await?;
+        for row in text {
+            self.chunk_row(table.clone(), chunk, row).await?;
+        }
+        Ok(())
+    }
+
+    /// Rows read in binary into the target with one binary COPY: straight
+    /// into the table when its columns have the source's types, else
+    /// through a temporary table of the source's types (the server
+    /// converts them as an INSERT would).
+    async fn copy_binary(
+        &mut self,
+        table: &TableState,
+        chunk: &BackfillChunk,
+        rows: &[&ChunkRow],
+    ) -> Result<(), ApplyError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        let ctx = Context::new("writing the rows of a backfill chunk").table(&table.display);
+        let rel = &chunk.relation;
+        let cols = column_list(rel.columns.iter().map(|c| c.name.as_str()));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&copy_binary::header());
+        let mut bytes = 0;
+        for row in rows {
+            let Some(data) = row.binary_data() else {
+                continue;
+            };
+            buf.put_i16(rel.columns.len() as i16);
+            buf.extend_from_slice(data);
+            bytes += data.len();
+        }
+        buf.extend_from_slice(&copy_binary::TRAILER);
+        let target = qualified(rel);
+        let (into, then) = match same_types(rel, table) {
+            true => (target, None),
+            false => {
+                let name = format!("pgbridge_backfill_{}", rel.rel_id);
+                let defs: Vec<String> = rel
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} pg_catalog.{}", quote_ident(&c.name), c.type_info.name()))
+                    .collect();
+                let tmp = format!("pg_temp.{}", quote_ident(&name));
+                self.client
+                    .batch_execute(&format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DROP",
+                        quote_ident(&name),
+                        defs.join(", ")
+                    ))
+                    .await
+                    .map_err(|e| classify(e, &ctx))?;
+                let then = format!(
+                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM {tmp}; TRUNCATE {tmp}"
+                );
+                (tmp, Some(then))
+            }
+        };
+        let sink = self
+            .client
+            .copy_in::<_, Bytes>(&format!("COPY {into} ({cols}) FROM STDIN (FORMAT binary)"))
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        futures_util::pin_mut!(sink);
+        sink.send(buf.freeze())
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        sink.finish().await.map_err(|e| classify(e, &ctx))?;
+        if let Some(sql) = then {
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+        }
+        self.rows += rows.len();
+        self.bytes += bytes;
+        Ok(())
     }
 
     /// Writes the differences between a backfill chunk (a key range) and
@@ -90,7 +183,7 @@ impl Target {
             .batch_execute(&first)
             .await
             .map_err(|e| classify(e, &ctx))?;
-        let (delete, insert) = self.compare(chunk, key, types, &ctx).await?;
+        let (delete, insert) = self.compare(chunk, &table, key, types, &ctx).await?;
         let mut last = String::new();
         if !delete.is_empty() {
             last.push_str(&delete_keys(chunk, &delete, types));
@@ -100,10 +193,7 @@ impl Target {
             .batch_execute(&last)
             .await
             .map_err(|e| classify(e, &ctx))?;
-        for row in insert {
-            self.chunk_row(table.clone(), chunk, row).await?;
-        }
-        Ok(())
+        self.insert_rows(table, chunk, insert).await
     }
 
     /// Reads the target's rows of the chunk's key range and compares
@@ -111,13 +201,14 @@ impl Target {
     async fn compare<'c>(
         &mut self,
         chunk: &'c BackfillChunk,
+        table: &TableState,
         key: &'c [usize],
         types: &[String],
         ctx: &Context<'_>,
     ) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), ApplyError> {
         let stream = self
             .client
-            .copy_out(range_query(chunk, types).as_str())
+            .copy_out(range_query(chunk, types, Some(table)).as_str())
             .await
             .map_err(|e| classify(e, ctx))?;
         futures_util::pin_mut!(stream);
@@ -192,7 +283,7 @@ const RESTORE_SEQSCAN: &str = "; SELECT pg_catalog.set_config('enable_seqscan', 
 /// order (the order the chunk was read in, which the comparison follows
 /// while it can: see [`compare`]), each with whether it matches the
 /// request's filter and is not kept.
-fn range_query(chunk: &BackfillChunk, types: &[String]) -> String {
+fn range_query(chunk: &BackfillChunk, types: &[String], table: Option<&TableState>) -> String {
     let rel = &chunk.relation;
     let Replace::Range {
         key,
@@ -210,11 +301,47 @@ fn range_query(chunk: &BackfillChunk, types: &[String]) -> String {
         .as_ref()
         .map_or("true".to_string(), |f| format!("({f})"))
         + &not_kept(&cols, keep, types);
+    // By output position when binary (see `pipeline::backfill::read`).
+    let mut order = cols
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .to_string();
+    let binary = chunk
+        .rows
+        .iter()
+        .any(|r| matches!(r, ChunkRow::Binary { .. }));
+    let (select, format) = match (binary, table) {
+        (true, Some(table)) => {
+            // The key's text first, then the columns, as the source's
+            // types when the target's differ (see `ChunkRow::Binary`).
+            let cast = !same_types(rel, table);
+            let texts = key
+                .iter()
+                .filter_map(|&i| rel.columns.get(i))
+                .map(|c| format!("pg_catalog.format('%s', {})", quote_ident(&c.name)));
+            let columns = rel.columns.iter().map(|c| match cast {
+                true => format!(
+                    "{}::pg_catalog.{}",
+                    quote_ident(&c.name),
+                    c.type_info.name()
+                ),
+                false => quote_ident(&c.name),
+            });
+            order = key
+                .iter()
+                .map(|&i| (key.len() + i + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                texts.chain(columns).collect::<Vec<_>>().join(", "),
+                " (FORMAT binary)",
+            )
+        }
+        _ => (column_list(rel.columns.iter().map(|c| c.name.as_str())), ""),
+    };
     format!(
-        "COPY (SELECT {}, {deletable} FROM {} WHERE true{range} ORDER BY {}) TO STDOUT",
-        column_list(rel.columns.iter().map(|c| c.name.as_str())),
+        "COPY (SELECT {select}, {deletable} FROM {} WHERE true{range} ORDER BY {order}) TO STDOUT{format}",
         qualified(rel),
-        cols.trim_start_matches('(').trim_end_matches(')')
     )
 }
 
@@ -309,6 +436,17 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             Some(sql)
         }
     }
+}
+
+/// Whether every column of `rel` has on the target the built-in type it
+/// has on the source (then binary values go across as they are).
+fn same_types(rel: &RelationSchema, table: &TableState) -> bool {
+    rel.columns.iter().enumerate().all(|(i, c)| {
+        let source = c.type_info.oid();
+        crate::model::TypeInfo::builtin(source).is_some()
+            && table.compare.types.get(i).cloned().flatten().as_deref()
+                == Some(format!("pg_catalog.{}", c.type_info.name()).as_str())
+    })
 }
 
 /// `("a", "b")`: the key columns in parentheses (a row for the
@@ -433,7 +571,7 @@ mod tests {
             &["1", "2", "3"],
         );
         assert_eq!(
-            range_query(&range, &int),
+            range_query(&range, &int, None),
             r#"COPY (SELECT "id", "v", (v <> '') AND ("id") NOT IN (VALUES ('5'::integer)) FROM "public"."t" WHERE true AND ROW("id") <= ROW('9'::integer) ORDER BY "id") TO STDOUT"#
         );
         range.refresh = vec![vec!["12".into()]];
@@ -447,8 +585,8 @@ mod tests {
         let compare = |range: &BackfillChunk, target: &str| {
             let mut c = Comparison::new(&range.rows, &[0], 2);
             let (a, b) = target.split_at(target.len() / 2);
-            c.push(a.as_bytes()).expect("part");
-            c.push(b.as_bytes()).expect("part");
+            c.push(&Bytes::copy_from_slice(a.as_bytes())).expect("part");
+            c.push(&Bytes::copy_from_slice(b.as_bytes())).expect("part");
             let (delete, insert) = c.finish().expect("finish");
             let ids: Vec<String> = insert
                 .iter()
@@ -484,11 +622,11 @@ mod tests {
         assert_eq!(delete, [key("1"), key("3"), key("9")]);
         assert_eq!(insert, ["1 x", "3 x", "9 "]);
         let mut cut = Comparison::new(&range.rows, &[0], 2);
-        cut.push(b"1\tx").expect("part");
+        cut.push(&Bytes::from_static(b"1\tx")).expect("part");
         assert!(cut.finish().is_err(), "a row cut short is an error");
         let mut short = Comparison::new(&range.rows, &[0], 2);
         assert!(
-            short.push(b"1\tx\n").is_err(),
+            short.push(&Bytes::from_static(b"1\tx\n")).is_err(),
             "a field missing is an error"
         );
     }

@@ -15,12 +15,20 @@
 //! only a shortcut: a target whose key sorts otherwise (another collation)
 //! is compared through the index, with the same result. Only what differs
 //! is turned into owned key values.
+//!
+//! A chunk read in binary (see `ChunkRow::Binary`) is compared the same
+//! way with the target's rows in binary COPY, of the same types: a row is
+//! its columns' bytes (each with its length word), and its key's text,
+//! which leads the tuple on both sides, names the keys to delete.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use memchr::memrchr;
 
+use bytes::Bytes;
+
+use crate::model::copy_binary::{field_spans, fields_from, span_bytes, Tuples};
 use crate::model::copy_text::{count_fields, field_bounds, unescape};
 use crate::model::ChunkRow;
 
@@ -68,6 +76,10 @@ pub struct Comparison<'c> {
     fields: Vec<(usize, usize)>,
     /// A line split across two COPY messages.
     carry: Vec<u8>,
+    /// The chunk was read in binary: so are the target's rows, as tuples
+    /// (taken out while a part is fed).
+    binary: Option<Tuples>,
+    is_binary: bool,
     width: usize,
 }
 
@@ -80,10 +92,17 @@ impl<'c> Comparison<'c> {
             .enumerate()
             .filter_map(|(i, row)| match row {
                 ChunkRow::Copy(line) => Some((i, &line[..])),
+                ChunkRow::Binary { .. } => row.binary_data().map(|d| (i, d)),
                 ChunkRow::Values(_) => None,
             })
             .collect();
+        let binary = rows
+            .iter()
+            .any(|r| matches!(r, ChunkRow::Binary { .. }))
+            .then(Tuples::default);
         Comparison {
+            is_binary: binary.is_some(),
+            binary,
             rows,
             seen: vec![Seen::No; lines.len()],
             lines,
@@ -107,8 +126,9 @@ impl<'c> Comparison<'c> {
                 next: Vec::with_capacity(n),
                 bounds: Vec::with_capacity(n * self.key.len()),
             };
-            for (at, &(_, line)) in self.lines.iter().enumerate() {
-                if !field_bounds(line, self.key, &mut self.fields) {
+            for at in 0..n {
+                let line = self.lines[at].1;
+                if !self.key_fields(line) {
                     return Err("a chunk row lacks key fields".into());
                 }
                 let fields = &self.fields;
@@ -121,9 +141,28 @@ impl<'c> Comparison<'c> {
         Ok(())
     }
 
+    /// The bounds of a row's fields up to its last key column into
+    /// `fields`: a text line's, or a binary row's columns (see
+    /// [`ChunkRow::binary_data`]); false when it has fewer.
+    fn key_fields(&mut self, row: &[u8]) -> bool {
+        match self.is_binary {
+            false => field_bounds(row, self.key, &mut self.fields),
+            true => {
+                let need = self.key.iter().max().map_or(0, |m| m + 1);
+                self.fields.clear();
+                fields_from(row, 0, need, &mut self.fields).is_some()
+            }
+        }
+    }
+
     /// Takes one part of the target's COPY output.
-    pub fn push(&mut self, part: &[u8]) -> Result<(), String> {
-        let mut rest = part;
+    pub fn push(&mut self, part: &Bytes) -> Result<(), String> {
+        if let Some(mut tuples) = self.binary.take() {
+            let r = tuples.feed(part.clone(), |t| self.tuple(&t));
+            self.binary = Some(tuples);
+            return r;
+        }
+        let mut rest = &part[..];
         if !self.carry.is_empty() {
             let Some(p) = memchr::memchr(b'\n', rest) else {
                 self.carry.extend_from_slice(rest);
@@ -142,7 +181,8 @@ impl<'c> Comparison<'c> {
         Ok(())
     }
 
-    /// One target row: `width` fields and whether it may be deleted.
+    /// One target row in text: `width` fields and whether it may be
+    /// deleted.
     fn line(&mut self, line: &[u8]) -> Result<(), String> {
         let last = memrchr(b'\t', line);
         // The next chunk line in key order, the same bytes (which have the
@@ -162,11 +202,60 @@ impl<'c> Comparison<'c> {
             ));
         };
         let body = &line[..last];
-        let deletable = &line[last + 1..] == b"t";
-        let mut fields = std::mem::take(&mut self.fields);
-        if !field_bounds(body, self.key, &mut fields) {
+        if !self.key_fields(body) {
             return Err("a target row lacks key fields".into());
         }
+        self.target_row(body, &line[last + 1..] == b"t", None)
+    }
+
+    /// One target row in binary: the key's text, `width` columns and
+    /// whether it may be deleted.
+    fn tuple(&mut self, tuple: &[u8]) -> Result<(), String> {
+        let k = self.key.len();
+        let mut spans = std::mem::take(&mut self.fields);
+        let n = field_spans(tuple, &mut spans);
+        if n != Some(k + self.width + 1) {
+            return Err(format!(
+                "a target row has {} fields, expected {}",
+                n.map_or("malformed".to_string(), |n| n.to_string()),
+                k + self.width + 1
+            ));
+        }
+        let (start, end) = (spans[k].0, spans[k + self.width].0);
+        let body = &tuple[start..end];
+        let deletable = span_bytes(tuple, spans[k + self.width]) == [1];
+        if let Some(&(_, row)) = self.lines.get(self.next) {
+            if row == body {
+                self.fields = spans;
+                self.mark(self.next, true);
+                self.next += 1;
+                return Ok(());
+            }
+        }
+        let texts: Vec<(usize, usize)> = spans[..k].to_vec();
+        // The columns' bounds within the body, for the key's.
+        self.fields = spans[k..k + self.width]
+            .iter()
+            .map(|&(a, b)| (a - start, b - start))
+            .collect();
+        let key_text = || {
+            texts
+                .iter()
+                .map(|&s| String::from_utf8_lossy(span_bytes(tuple, s)).into_owned())
+                .collect()
+        };
+        self.target_row(body, deletable, Some(&key_text))
+    }
+
+    /// A target row whose key fields are in `fields` (`key_text`: its
+    /// key's text, when the body does not hold it as text).
+    fn target_row(
+        &mut self,
+        body: &[u8],
+        deletable: bool,
+        key_text: Option<&dyn Fn() -> Vec<String>>,
+    ) -> Result<(), String> {
+        let fields = std::mem::take(&mut self.fields);
         self.build_index()?;
         let key = self.key;
         let lines = &self.lines;
@@ -190,8 +279,10 @@ impl<'c> Comparison<'c> {
         }
         if at == NONE {
             if deletable {
-                let k = key.iter().map(|&k| text(field(body, fields[k])));
-                self.extra.push(k.collect());
+                self.extra.push(match key_text {
+                    Some(f) => f(),
+                    None => key.iter().map(|&k| text(field(body, fields[k]))).collect(),
+                });
             }
         } else {
             self.mark(at, self.lines[at].1 == body);
@@ -211,7 +302,7 @@ impl<'c> Comparison<'c> {
 
     /// The keys to delete and the chunk's rows to insert.
     pub fn finish(mut self) -> Result<(Vec<Vec<String>>, Vec<&'c ChunkRow>), String> {
-        if !self.carry.is_empty() {
+        if !self.carry.is_empty() || self.binary.as_ref().is_some_and(|t| !t.complete()) {
             return Err("the target's COPY output ended inside a row".into());
         }
         let mut delete = std::mem::take(&mut self.extra);
@@ -227,16 +318,17 @@ impl<'c> Comparison<'c> {
                 Seen::Same => {}
                 Seen::No => insert.push(row),
                 Seen::Redo => {
-                    if !field_bounds(line, self.key, &mut self.fields) {
-                        return Err("a chunk row lacks key fields".into());
-                    }
-                    let fields = &self.fields;
-                    delete.push(
-                        self.key
-                            .iter()
-                            .map(|&k| text(field(line, fields[k])))
-                            .collect(),
-                    );
+                    let key = match row {
+                        ChunkRow::Binary { .. } => row.key_text(self.key),
+                        _ => field_bounds(line, self.key, &mut self.fields).then(|| {
+                            let fields = &self.fields;
+                            self.key
+                                .iter()
+                                .map(|&k| text(field(line, fields[k])))
+                                .collect()
+                        }),
+                    };
+                    delete.push(key.ok_or("a chunk row lacks key fields")?);
                     insert.push(row);
                 }
             }
