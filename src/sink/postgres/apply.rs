@@ -44,9 +44,11 @@ use crate::pgoutput::{RelId, TupleValue};
 use crate::source::ddl::DdlMessage;
 use crate::source::ConnInfo;
 use crate::Lsn;
-use statements::{PendingStmt, Sent};
+use runs::Pipeline;
+use statements::Sent;
 
 mod backfill;
+mod runs;
 mod statements;
 
 /// Rows per COPY statement.
@@ -87,10 +89,7 @@ enum CopyRow<'a> {
 enum Pending {
     Empty,
     Copy(CopyChunk),
-    Stmts {
-        stmts: Vec<PendingStmt>,
-        bytes: usize,
-    },
+    Stmts(Pipeline),
 }
 
 /// One target connection and what is open on it.
@@ -233,6 +232,7 @@ impl Target {
                     partitioned: t.partitioned,
                     always_identity: t.always_identity.clone(),
                     compare: t.compare.clone(),
+                    runs: t.runs,
                 });
                 self.tables.insert(rel.rel_id, t.clone());
                 return Ok(t);
@@ -429,8 +429,8 @@ impl Target {
                 self.settle(0).await?;
                 self.flush_copy(chunk).await
             }
-            Pending::Stmts { stmts, .. } => {
-                self.send_stmts(stmts);
+            Pending::Stmts(p) => {
+                self.send_stmts(p.into_stmts());
                 self.settle(0).await
             }
         }
