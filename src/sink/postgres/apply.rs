@@ -16,9 +16,12 @@
 //!   bytes, or when anything else comes. A full pipeline's answers are
 //!   awaited only once the next one is full (so the target executes one
 //!   while the next is built); anything else first awaits every answer, in
-//!   order, and the first failed statement is the error.
+//!   order, and the first failed statement is the error. A run of
+//!   updates or deletes of one table found by key is one statement in it
+//!   (`runs`), counting as one statement per change towards the limit.
 //!
-//! Inserts and the COPY live here, updates and deletes in [`statements`].
+//! Inserts and the COPY live here, updates and deletes in [`statements`]
+//! and `runs`.
 //!
 //! COPY won the measurement against multi-row INSERT and pipelined prepared
 //! INSERTs (`pgsink::insert_paths` in tests/pgsink.rs; the numbers are in
