@@ -60,7 +60,8 @@ pub const COPY_CHUNK_ROWS: usize = 50_000;
 pub const COPY_CHUNK_BYTES: usize = 32 << 20;
 /// COPY data buffered before it goes to the target (opening the COPY).
 pub const COPY_SEND_BYTES: usize = 64 << 10;
-/// Statements sent together.
+/// Updates and deletes sent together (one-row statements, or the changes
+/// of runs: see `runs`).
 pub const PIPELINE_MAX_STMTS: usize = 250;
 /// Bytes of parameters sent together.
 pub const PIPELINE_MAX_BYTES: usize = 1 << 20;
