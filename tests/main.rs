@@ -3,6 +3,7 @@
 
 mod backfill;
 mod backfill_compare;
+mod batched;
 mod cli;
 mod copy_indexes;
 mod custom_sink;
@@ -36,6 +37,7 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(cli::trials());
     trials.extend(backfill::trials());
+    trials.extend(batched::trials());
     trials.extend(backfill_compare::trials());
     trials.extend(source::trials());
     trials.extend(tail::trials());

@@ -16,9 +16,12 @@
 //!   bytes, or when anything else comes. A full pipeline's answers are
 //!   awaited only once the next one is full (so the target executes one
 //!   while the next is built); anything else first awaits every answer, in
-//!   order, and the first failed statement is the error.
+//!   order, and the first failed statement is the error. A run of
+//!   updates or deletes of one table found by key is one statement in it
+//!   (`runs`), counting as one statement per change towards the limit.
 //!
-//! Inserts and the COPY live here, updates and deletes in [`statements`].
+//! Inserts and the COPY live here, updates and deletes in [`statements`]
+//! and `runs`.
 //!
 //! COPY won the measurement against multi-row INSERT and pipelined prepared
 //! INSERTs (`pgsink::insert_paths` in tests/pgsink.rs; the numbers are in
@@ -44,9 +47,11 @@ use crate::pgoutput::{RelId, TupleValue};
 use crate::source::ddl::DdlMessage;
 use crate::source::ConnInfo;
 use crate::Lsn;
-use statements::{PendingStmt, Sent};
+use runs::Pipeline;
+use statements::Sent;
 
 mod backfill;
+mod runs;
 mod statements;
 
 /// Rows per COPY statement.
@@ -55,7 +60,8 @@ pub const COPY_CHUNK_ROWS: usize = 50_000;
 pub const COPY_CHUNK_BYTES: usize = 32 << 20;
 /// COPY data buffered before it goes to the target (opening the COPY).
 pub const COPY_SEND_BYTES: usize = 64 << 10;
-/// Statements sent together.
+/// Updates and deletes sent together (one-row statements, or the changes
+/// of runs: see `runs`).
 pub const PIPELINE_MAX_STMTS: usize = 250;
 /// Bytes of parameters sent together.
 pub const PIPELINE_MAX_BYTES: usize = 1 << 20;
@@ -87,10 +93,7 @@ enum CopyRow<'a> {
 enum Pending {
     Empty,
     Copy(CopyChunk),
-    Stmts {
-        stmts: Vec<PendingStmt>,
-        bytes: usize,
-    },
+    Stmts(Pipeline),
 }
 
 /// One target connection and what is open on it.
@@ -233,6 +236,7 @@ impl Target {
                     partitioned: t.partitioned,
                     always_identity: t.always_identity.clone(),
                     compare: t.compare.clone(),
+                    runs: t.runs,
                 });
                 self.tables.insert(rel.rel_id, t.clone());
                 return Ok(t);
@@ -429,8 +433,8 @@ impl Target {
                 self.settle(0).await?;
                 self.flush_copy(chunk).await
             }
-            Pending::Stmts { stmts, .. } => {
-                self.send_stmts(stmts);
+            Pending::Stmts(p) => {
+                self.send_stmts(p.into_stmts());
                 self.settle(0).await
             }
         }

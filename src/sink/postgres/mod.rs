@@ -35,7 +35,9 @@
 //! functions untouched (exact for every type, extension types included).
 //! Runs of inserts into one table go through `COPY ... FROM STDIN`; updates
 //! and deletes are prepared statements (cached per table and shape) sent in
-//! pipelines. An update sets every column except those whose value is the
+//! pipelines; consecutive ones of one table and shape found by key go as
+//! one statement over arrays of their values (see `apply::runs`). An
+//! update sets every column except those whose value is the
 //! unchanged-TOAST marker: the target keeps what it has there. Rows are
 //! found by the replica identity key (from the old row when the source sent
 //! one — a key change or REPLICA IDENTITY FULL — else from the new row);

@@ -50,6 +50,12 @@ pub struct TableState {
     /// How rows are looked up: the target columns' types, and which have no
     /// equality operator (see [`Compare`]).
     pub compare: Compare,
+    /// Runs of one-row updates and deletes may be applied as one statement
+    /// each (see `apply::runs`): the table is not partitioned, and every
+    /// column's target type is known and has an array type (written with
+    /// `,` between elements) for [`super::sql::run_statement`]'s
+    /// parameters.
+    pub runs: bool,
 }
 
 /// A target table's catalog entry, as far as the sink needs it.
@@ -58,6 +64,9 @@ struct TargetTable {
     /// (name, in the primary key, GENERATED ALWAYS AS IDENTITY, type as
     /// `"schema"."type"`)
     columns: Vec<(String, bool, bool, String)>,
+    /// Every column's type has an array type written with `,` between
+    /// elements (see [`TableState::runs`]).
+    arrays: bool,
 }
 
 /// The target's catalog entry of `rel`'s table; `None` when it does not
@@ -72,7 +81,8 @@ async fn read_target(
         .query(
             "SELECT c.relkind::text, a.attname::text, (i.indrelid IS NOT NULL), \
              coalesce(a.attidentity = 'a', false), \
-             pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) \
+             pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname), \
+             coalesce(t.typarray <> 0 AND t.typdelim = ',', false) \
              FROM pg_catalog.pg_class c \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -91,6 +101,7 @@ async fn read_target(
     let mut table = TargetTable {
         partitioned: false,
         columns: Vec::new(),
+        arrays: true,
     };
     for row in &rows {
         let kind: String = row.try_get(0).map_err(|e| classify(e, &ctx))?;
@@ -99,6 +110,8 @@ async fn read_target(
         let in_pk: bool = row.try_get(2).map_err(|e| classify(e, &ctx))?;
         let is_always: bool = row.try_get(3).map_err(|e| classify(e, &ctx))?;
         let ty: Option<String> = row.try_get(4).map_err(|e| classify(e, &ctx))?;
+        let array: bool = row.try_get(5).map_err(|e| classify(e, &ctx))?;
+        table.arrays &= array || name.is_none();
         if let (Some(name), Some(ty)) = (name, ty) {
             table.columns.push((name, in_pk, is_always, ty));
         }
@@ -421,6 +434,7 @@ async fn table_state(
         full_key,
         partitioned: target.partitioned,
         always_identity,
+        runs: target.arrays && !target.partitioned && types.iter().all(Option::is_some),
         compare: Compare { types, text },
     })
 }

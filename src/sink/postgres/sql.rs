@@ -347,6 +347,95 @@ pub fn delete_statement(rel: &RelationSchema, m: &RowMatch, cmp: &Compare) -> St
     sql
 }
 
+/// The statement applying a run of one-row updates (with `set`, the SET
+/// columns) or deletes (`set` empty) of `rel`, each found by `key`, as
+/// one statement: one array parameter per column, the `set` columns'
+/// then the key's, each holding the values of every change in the run
+/// (see [`array_push`]), joined to the target by the key. Updates:
+/// `UPDATE t AS t SET "a" = v.p1, ... FROM unnest($1::ta[], ..., $k::tk[])
+/// AS v(p1, ..., pk) WHERE t."k" = v.pk`; deletes: `DELETE FROM t AS t
+/// USING unnest(...) AS v(...) WHERE ...`. `None` when a column's target
+/// type is not known (no array to cast to).
+///
+/// The parameters are arrays of the target columns' types: each element
+/// is parsed by the type's own input function, as a one-row statement's
+/// parameter is, and the key compares with the type's equality. Measured
+/// on the backlog benchmark's table with five extra indexes (30k updates,
+/// 15k deletes, one target transaction): the target backend spent 0.75 s
+/// and 0.15 s of CPU on pipelined one-row statements, 0.42 s and 0.06 s on
+/// these in runs of 250 or 1000 (casting each element of `text[]`
+/// parameters instead: 0.45 s and 0.07-0.11 s).
+pub fn run_statement(
+    rel: &RelationSchema,
+    set: &[usize],
+    key: &[usize],
+    cmp: &Compare,
+) -> Option<String> {
+    let mut arrays = Vec::with_capacity(set.len() + key.len());
+    for &i in set.iter().chain(key) {
+        let ty = cmp.types.get(i)?.as_deref()?;
+        arrays.push(format!("${}::{ty}[]", arrays.len() + 1));
+    }
+    let names: Vec<String> = (1..=arrays.len()).map(|n| format!("p{n}")).collect();
+    let mut sql = if set.is_empty() {
+        format!("DELETE FROM {} AS t USING ", qualified(rel))
+    } else {
+        let assign: Vec<String> = set
+            .iter()
+            .zip(&names)
+            .map(|(&i, p)| format!("{} = v.{p}", quote_ident(&rel.columns[i].name)))
+            .collect();
+        format!(
+            "UPDATE {} AS t SET {} FROM ",
+            qualified(rel),
+            assign.join(", ")
+        )
+    };
+    sql.push_str(&format!(
+        "unnest({}) AS v({}) WHERE ",
+        arrays.join(", "),
+        names.join(", ")
+    ));
+    let cond: Vec<String> = key
+        .iter()
+        .zip(&names[set.len()..])
+        .map(|(&i, p)| format!("t.{} = v.{p}", quote_ident(&rel.columns[i].name)))
+        .collect();
+    sql.push_str(&cond.join(" AND "));
+    Some(sql)
+}
+
+/// Appends one element to the text form of an array being built in `buf`
+/// (`{` first, `}` by [`array_close`]): NULL, or `value` in double quotes
+/// with `"` and `\` escaped, which the array's input function hands to the
+/// element type's input function unchanged. (Only types whose array
+/// delimiter is `,` take this form: see `TableState::runs`.)
+pub fn array_push(buf: &mut BytesMut, value: Option<&[u8]>) {
+    buf.put_u8(if buf.is_empty() { b'{' } else { b',' });
+    let Some(value) = value else {
+        buf.put_slice(b"NULL");
+        return;
+    };
+    buf.put_u8(b'"');
+    let mut rest = value;
+    while let Some(pos) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+        buf.put_slice(&rest[..pos]);
+        buf.put_u8(b'\\');
+        buf.put_u8(rest[pos]);
+        rest = &rest[pos + 1..];
+    }
+    buf.put_slice(rest);
+    buf.put_u8(b'"');
+}
+
+/// Ends an array built by [`array_push`] (`{}` when it has no element).
+pub fn array_close(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        buf.put_u8(b'{');
+    }
+    buf.put_u8(b'}');
+}
+
 /// The parameters for the match columns of `m`, taken from `row`.
 pub fn match_params(row: &[TupleValue], m: &RowMatch) -> Vec<TextParam> {
     match_columns(m)

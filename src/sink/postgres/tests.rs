@@ -160,6 +160,66 @@ fn statements_by_key() {
 }
 
 #[test]
+fn run_statements() {
+    let r = rel(
+        ReplicaIdentity::Default,
+        &[
+            ("id", 20, true),
+            ("k2", 25, true),
+            ("v", 25, false),
+            ("w", 1700, false),
+        ],
+    );
+    let cmp = Compare {
+        types: vec![
+            Some("\"pg_catalog\".\"int8\"".into()),
+            Some("\"pg_catalog\".\"text\"".into()),
+            Some("\"s\".\"dom\"".into()),
+            Some("\"pg_catalog\".\"numeric\"".into()),
+        ],
+        text: Vec::new(),
+    };
+    let t = "\"My Schema\".\"t\"\"x\"";
+    assert_eq!(
+        run_statement(&r, &[2, 3], &[0, 1], &cmp).as_deref(),
+        Some(format!(
+            "UPDATE {t} AS t SET \"v\" = v.p1, \"w\" = v.p2 FROM unnest($1::\"s\".\"dom\"[], \
+             $2::\"pg_catalog\".\"numeric\"[], $3::\"pg_catalog\".\"int8\"[], $4::\"pg_catalog\".\"text\"[]) \
+             AS v(p1, p2, p3, p4) WHERE t.\"id\" = v.p3 AND t.\"k2\" = v.p4"
+        ).as_str())
+    );
+    assert_eq!(
+        run_statement(&r, &[], &[0], &cmp).as_deref(),
+        Some(format!(
+            "DELETE FROM {t} AS t USING unnest($1::\"pg_catalog\".\"int8\"[]) AS v(p1) WHERE t.\"id\" = v.p1"
+        ).as_str())
+    );
+    // Without a column's target type there is no array to cast to.
+    let mut unknown = cmp.clone();
+    unknown.types[3] = None;
+    assert_eq!(run_statement(&r, &[2, 3], &[0, 1], &unknown), None);
+    assert!(run_statement(&r, &[2], &[0, 1], &unknown).is_some());
+}
+
+#[test]
+fn run_arrays() {
+    let mut a = BytesMut::new();
+    array_close(&mut a);
+    assert_eq!(&a[..], b"{}");
+    let mut a = BytesMut::new();
+    array_push(&mut a, Some(b"plain"));
+    array_push(&mut a, None);
+    array_push(&mut a, Some(b"NULL"));
+    array_push(&mut a, Some(b"q\"u\\o,t{e}\t "));
+    array_push(&mut a, Some(b""));
+    array_close(&mut a);
+    assert_eq!(
+        &a[..],
+        &b"{\"plain\",NULL,\"NULL\",\"q\\\"u\\\\o,t{e}\t \",\"\"}"[..]
+    );
+}
+
+#[test]
 fn copy_into_a_table_without_columns() {
     // An empty column list is no SQL; the rows are empty lines.
     let r = rel(ReplicaIdentity::Full, &[]);

@@ -10,9 +10,8 @@ use std::task::Poll;
 
 use tokio_postgres::Statement;
 
-use super::{
-    change_error, row_bytes, row_error, Pending, Target, PIPELINE_MAX_BYTES, PIPELINE_MAX_STMTS,
-};
+use super::runs::Shape;
+use super::{change_error, row_bytes, row_error, Target};
 use crate::model::change::Row;
 use crate::model::{Change, Op};
 use crate::pgoutput::{ReplicaIdentity, TupleValue};
@@ -29,6 +28,10 @@ pub(super) struct Sent {
     answer: Answer,
     table: Arc<TableState>,
     lsn: Lsn,
+    /// Changes applied by the statement (more than one for a run; see
+    /// [`super::runs`]), and the source position of the last.
+    rows: usize,
+    last: Lsn,
     op: Op,
     /// An identity column the UPDATE matched on instead of setting it.
     guard: Option<Box<Guard>>,
@@ -52,8 +55,57 @@ pub(super) struct PendingStmt {
     params: Vec<TextParam>,
     table: Arc<TableState>,
     lsn: Lsn,
+    rows: usize,
+    last: Lsn,
     op: Op,
     guard: Option<Box<Guard>>,
+}
+
+impl PendingStmt {
+    fn one(
+        stmt: Statement,
+        params: Vec<TextParam>,
+        table: Arc<TableState>,
+        lsn: Lsn,
+        op: Op,
+    ) -> Self {
+        PendingStmt {
+            stmt,
+            params,
+            table,
+            lsn,
+            rows: 1,
+            last: lsn,
+            op,
+            guard: None,
+        }
+    }
+
+    pub(super) fn params(&self) -> &[TextParam] {
+        &self.params
+    }
+
+    pub(super) fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// The statement of a run that starts with this change and applies
+    /// `rows` changes up to the one at `last`.
+    pub(super) fn into_run(
+        self,
+        stmt: Statement,
+        params: Vec<TextParam>,
+        rows: usize,
+        last: Lsn,
+    ) -> PendingStmt {
+        PendingStmt {
+            stmt,
+            params,
+            rows,
+            last,
+            ..self
+        }
+    }
 }
 
 impl Target {
@@ -130,6 +182,25 @@ impl Target {
         if set.is_empty() {
             return Ok(()); // nothing but the key and identity, unchanged
         }
+        let bytes = row_bytes(new);
+        // A run takes updates whose key did not change (no old row), found
+        // by that key, without a guard.
+        let shape = match &m {
+            RowMatch::Key(key) if table.runs && ch.old.is_none() && guard.is_empty() => {
+                Some(Shape {
+                    table: &table,
+                    op: Op::Update,
+                    set: &set,
+                    key,
+                })
+            }
+            _ => None,
+        };
+        if let Some(shape) = &shape {
+            if self.join_run(shape, new, ch.lsn, bytes).await? {
+                return Ok(());
+            }
+        }
         let sql = update_statement(rel, &set, &m, &table.compare, &guard);
         let mut params: Vec<TextParam> = set.iter().map(|&i| param(new.0.get(i))).collect();
         params.extend(match_params(&key_row.0, &m));
@@ -141,23 +212,13 @@ impl Target {
                 params: match_params(&key_row.0, &m),
             })
         });
-        let bytes = row_bytes(new);
         let ctx = Context::new("preparing an update")
             .table(&table.display)
             .lsn(ch.lsn);
         let stmt = self.prepare(&sql, &ctx).await?;
-        self.push(
-            PendingStmt {
-                stmt,
-                params,
-                table,
-                lsn: ch.lsn,
-                op: Op::Update,
-                guard,
-            },
-            bytes,
-        )
-        .await
+        let mut p = PendingStmt::one(stmt, params, table.clone(), ch.lsn, Op::Update);
+        p.guard = guard;
+        self.push(p, bytes, shape.map(|s| (s, new))).await
     }
 
     pub(super) async fn delete(
@@ -177,59 +238,29 @@ impl Target {
         })?;
         check_text(&table, ch.lsn, "delete", old)?;
         let (m, key_row) = row_match(&table, ch, old)?;
+        let bytes = row_bytes(old);
+        let shape = match &m {
+            RowMatch::Key(key) if table.runs => Some(Shape {
+                table: &table,
+                op: Op::Delete,
+                set: &[],
+                key,
+            }),
+            _ => None,
+        };
+        if let Some(shape) = &shape {
+            if self.join_run(shape, key_row, ch.lsn, bytes).await? {
+                return Ok(());
+            }
+        }
         let sql = delete_statement(&ch.relation, &m, &table.compare);
         let params = match_params(&key_row.0, &m);
-        let bytes = row_bytes(old);
         let ctx = Context::new("preparing a delete")
             .table(&table.display)
             .lsn(ch.lsn);
         let stmt = self.prepare(&sql, &ctx).await?;
-        self.push(
-            PendingStmt {
-                stmt,
-                params,
-                table,
-                lsn: ch.lsn,
-                op: Op::Delete,
-                guard: None,
-            },
-            bytes,
-        )
-        .await
-    }
-
-    async fn push(&mut self, p: PendingStmt, bytes: usize) -> Result<(), ApplyError> {
-        if !matches!(self.pending, Pending::Stmts { .. }) {
-            self.flush().await?;
-            self.pending = Pending::Stmts {
-                stmts: Vec::new(),
-                bytes: 0,
-            };
-        }
-        self.rows += 1;
-        self.bytes += bytes;
-        let full = match &mut self.pending {
-            Pending::Stmts { stmts, bytes: b } => {
-                stmts.push(p);
-                *b += bytes;
-                stmts.len() >= PIPELINE_MAX_STMTS || *b >= PIPELINE_MAX_BYTES
-            }
-            _ => false,
-        };
-        if full {
-            if let Pending::Stmts { stmts, .. } = std::mem::replace(
-                &mut self.pending,
-                Pending::Stmts {
-                    stmts: Vec::new(),
-                    bytes: 0,
-                },
-            ) {
-                let before = self.sent.len();
-                self.send_stmts(stmts);
-                self.settle(self.sent.len() - before).await?;
-            }
-        }
-        Ok(())
+        let p = PendingStmt::one(stmt, params, table.clone(), ch.lsn, Op::Delete);
+        self.push(p, bytes, shape.map(|s| (s, key_row))).await
     }
 
     /// Sends `stmts` (each request is queued on the connection, in order,
@@ -243,6 +274,8 @@ impl Target {
                 params,
                 table,
                 lsn,
+                rows,
+                last,
                 op,
                 guard,
             } = p;
@@ -252,6 +285,8 @@ impl Target {
                 answer,
                 table,
                 lsn,
+                rows,
+                last,
                 op,
                 guard,
             });
@@ -301,29 +336,24 @@ impl Target {
         // answers could wait on them for ever).
         let mut missed: Vec<(Box<Guard>, Arc<TableState>, Lsn)> = Vec::new();
         while self.sent.len() > keep {
-            let Some(s) = self.sent.pop_front() else {
+            let Some(mut s) = self.sent.pop_front() else {
                 break;
             };
-            let r = s.answer.await;
-            let action = match s.op {
-                Op::Update => "applying an update",
-                Op::Delete => "applying a delete",
-                Op::Insert => "applying an insert",
-            };
+            let r = s.answer.as_mut().await;
             match r {
-                Ok(0) => match s.guard {
+                Ok(n) if n < s.rows as u64 => match s.guard {
                     Some(g) => {
                         missed.push((g, s.table, s.lsn));
                         keep = 0;
                     }
-                    None => skipped(&s.table, s.lsn, s.op),
+                    None => skipped(&s.table, s.last, s.op, s.rows as u64 - n),
                 },
                 Ok(_) => {}
                 Err(e) => {
                     // Statements after a failed one fail too (the
                     // transaction is aborted); the first error is the cause.
                     self.sent.clear();
-                    let err = classify(e, &Context::new(action).table(&s.table.display).lsn(s.lsn));
+                    let err = failed(e, &s);
                     // A guarded update before it changed no row, and the
                     // aborted transaction can no longer say why: say so.
                     return Err(match missed.first() {
@@ -341,7 +371,7 @@ impl Target {
             if self.row_exists(&g, &table, lsn).await? {
                 return Err(identity_changed(&table, lsn, g.column));
             }
-            skipped(&table, lsn, Op::Update);
+            skipped(&table, lsn, Op::Update, 1);
         }
         Ok(())
     }
@@ -411,20 +441,46 @@ fn row_match<'a>(
     }
 }
 
-/// The target lacks the row of an update or delete (it diverged from the
-/// source, or someone changed it there): nothing to change.
+/// The error of a statement the target refused: for a run, naming its
+/// first and last source change (the server's detail names the row).
+fn failed(e: tokio_postgres::Error, s: &Sent) -> ApplyError {
+    let (one, many) = match s.op {
+        Op::Update => ("applying an update", "updates"),
+        Op::Delete => ("applying a delete", "deletes"),
+        Op::Insert => ("applying an insert", "inserts"),
+    };
+    let ctx = Context::new(one).table(&s.table.display);
+    if s.rows <= 1 {
+        return classify(e, &ctx.lsn(s.lsn));
+    }
+    let action = format!(
+        "applying {} {many} in one statement (the source changes {} to {})",
+        s.rows, s.lsn, s.last
+    );
+    classify(
+        e,
+        &Context {
+            action: &action,
+            ..ctx
+        },
+    )
+}
+
+/// `count` updates or deletes up to the one at `lsn` found no target row
+/// (it diverged from the source, or someone changed it there): nothing to
+/// change.
 ///
 /// Said once per table per [`SKIPPED_EVERY`] with the count since: a
 /// table added to the publication while the pipeline streams has many
 /// such changes until its live copy reaches their rows (the copy carries
 /// them), and a line each drowned the log.
-fn skipped(table: &TableState, lsn: Lsn, op: Op) {
+fn skipped(table: &TableState, lsn: Lsn, op: Op, count: u64) {
     type Seen = std::collections::HashMap<String, (Option<std::time::Instant>, u64)>;
     static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
     let mut g = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     let seen = g.get_or_insert_with(Default::default);
     let entry = seen.entry(table.display.clone()).or_insert((None, 0));
-    entry.1 += 1;
+    entry.1 += count;
     if entry.0.is_some_and(|t| t.elapsed() < SKIPPED_EVERY) {
         return;
     }
