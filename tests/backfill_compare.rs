@@ -157,7 +157,8 @@ fn binary_compare() {
          CREATE TABLE seen AS SELECT k, id, xmin::text AS x FROM b;
          INSERT INTO w SELECT * FROM w WHERE id % 50 = 0;
          UPDATE w SET v = 'wrong' WHERE id % 30 = 0;
-         DELETE FROM w WHERE id % 40 = 0;",
+         DELETE FROM w WHERE id % 40 = 0;
+         INSERT INTO w VALUES (5001, 'extra', 1), (-3, 'extra', 2);",
     );
     let changed = psql(
         &dst,

@@ -145,7 +145,6 @@ fn under_load_identical_then_tampered_ranges_named() {
     // of its runs has shown that (its log), each run identical.
     let mut reread = false;
     for _ in 0..10 {
-        let before = done.load(Ordering::Relaxed);
         let (code, stdout, all) = outcome(&verify(&config, &["--log-level", "info"]));
         assert_eq!(code, 0, "{all}");
         assert_eq!(
@@ -159,10 +158,9 @@ fn under_load_identical_then_tampered_ranges_named() {
             ),
             "{all}"
         );
-        assert!(
-            done.load(Ordering::Relaxed) > before,
-            "the load ran during verify"
-        );
+        // A range read again shows that the load wrote during this verify
+        // (it is the only writer); a run it did not overlap (on a loaded
+        // machine its psql starts slowly) is just tried again.
         reread = all.contains("range differed at the first read, identical once read again");
         if reread {
             break;

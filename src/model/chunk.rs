@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::change::{values_bytes, Change, Op, RelationSchema, Row};
 use super::copy_binary::{field_spans, span_bytes, span_value};
 use super::copy_text::{fields_at, split_fields};
+use super::types::{Builtin, TypeInfo, TypeKind};
 use crate::pgoutput::TupleValue;
 use crate::Lsn;
 
@@ -75,9 +76,9 @@ pub enum ChunkRow {
     Copy(Bytes),
     /// As read in binary (for sinks that all keep a copy in PostgreSQL,
     /// of a table of built-in types: see `pipeline::backfill`): a tuple of
-    /// binary COPY output whose first fields are the key columns' text,
-    /// then the relation's columns in their binary form, from byte `data`
-    /// on.
+    /// binary COPY output whose first fields are the key columns' text
+    /// (only when [`binary_key_texts`]), then the relation's columns in
+    /// their binary form, from byte `data` on.
     Binary { tuple: Bytes, data: usize },
     /// A key's last state in the stream.
     Values(Vec<TupleValue>),
@@ -111,19 +112,32 @@ impl ChunkRow {
         }
     }
 
-    /// The text of the columns at `key` (none when the row lacks one), as
-    /// [`key_text`] gives it; a line is split only as far as the key.
-    pub fn key_text(&self, key: &[usize]) -> Option<Vec<String>> {
+    /// The text of the columns at `key` of `rel` (none when the row lacks
+    /// one), as [`key_text`] gives it; a line is split only as far as the
+    /// key.
+    pub fn key_text(&self, rel: &RelationSchema, key: &[usize]) -> Option<Vec<String>> {
         match self {
             ChunkRow::Copy(line) => {
                 let values = fields_at(line, key)?;
                 Some(key_text(&values, &(0..values.len()).collect::<Vec<_>>()))
             }
             ChunkRow::Values(v) => key.iter().all(|&i| i < v.len()).then(|| key_text(v, key)),
-            // The key's text leads the tuple (in the order of `key`).
+            // The key's text leads the tuple (in the order of `key`), or
+            // the key's types print from their binary form.
             ChunkRow::Binary { tuple, data } => {
                 let mut spans = Vec::new();
                 field_spans(tuple, &mut spans)?;
+                if !binary_key_texts(rel, key) {
+                    let columns: Vec<(usize, usize)> =
+                        spans.iter().copied().filter(|s| s.0 >= *data).collect();
+                    return key
+                        .iter()
+                        .map(|&i| {
+                            let ty = &rel.columns.get(i)?.type_info;
+                            binary_key_text(ty, span_bytes(tuple, *columns.get(i)?))
+                        })
+                        .collect();
+                }
                 let texts: Vec<String> = spans
                     .iter()
                     .take_while(|s| s.0 < *data)
@@ -141,6 +155,56 @@ impl ChunkRow {
             ChunkRow::Binary { tuple, .. } => tuple.len() + 16,
             ChunkRow::Values(v) => values_bytes(v),
         }
+    }
+}
+
+/// Whether binary rows of `rel` carry their `key` columns' text (see
+/// [`ChunkRow::Binary`]): unless every key column's type prints from its
+/// binary form here ([`binary_key_text`]); printing the text costs the
+/// server half again the rest of a row's binary output.
+pub fn binary_key_texts(rel: &RelationSchema, key: &[usize]) -> bool {
+    !key.iter().all(|&i| {
+        rel.columns.get(i).is_some_and(|c| {
+            matches!(
+                c.type_info.kind(),
+                TypeKind::Builtin(
+                    Builtin::Int2
+                        | Builtin::Int4
+                        | Builtin::Int8
+                        | Builtin::Text
+                        | Builtin::Varchar
+                        | Builtin::Uuid
+                )
+            )
+        })
+    })
+}
+
+/// A key value's text (as the type's output function prints it) from its
+/// binary form, for the integer types, `text`, `varchar` and `uuid`;
+/// `None` for other types (or a value of the wrong length).
+pub fn binary_key_text(ty: &TypeInfo, v: &[u8]) -> Option<String> {
+    let TypeKind::Builtin(b) = ty.kind() else {
+        return None;
+    };
+    match b {
+        Builtin::Int2 => Some(i16::from_be_bytes(v.try_into().ok()?).to_string()),
+        Builtin::Int4 => Some(i32::from_be_bytes(v.try_into().ok()?).to_string()),
+        Builtin::Int8 => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
+        Builtin::Text | Builtin::Varchar => Some(String::from_utf8_lossy(v).into_owned()),
+        Builtin::Uuid => {
+            let b: [u8; 16] = v.try_into().ok()?;
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -172,5 +236,71 @@ impl BackfillChunk {
     /// Bytes of row data the chunk holds (for queue budgets).
     pub fn bytes(&self) -> usize {
         self.rows.iter().map(ChunkRow::bytes).sum::<usize>() + 64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ColumnSchema;
+
+    #[test]
+    fn binary_keys_print_as_their_types_do() {
+        let ty = |oid| TypeInfo::builtin(oid).expect("builtin");
+        assert_eq!(
+            binary_key_text(&ty(21), &(-7i16).to_be_bytes()).as_deref(),
+            Some("-7")
+        );
+        assert_eq!(
+            binary_key_text(&ty(23), &i32::MIN.to_be_bytes()).as_deref(),
+            Some("-2147483648")
+        );
+        assert_eq!(
+            binary_key_text(&ty(20), &i64::MAX.to_be_bytes()).as_deref(),
+            Some("9223372036854775807")
+        );
+        assert_eq!(binary_key_text(&ty(20), &[1, 2]), None, "wrong length");
+        let uuid: Vec<u8> = (0u8..16).map(|b| b * 17).collect();
+        assert_eq!(
+            binary_key_text(&ty(2950), &uuid).as_deref(),
+            Some("00112233-4455-6677-8899-aabbccddeeff")
+        );
+        assert_eq!(
+            binary_key_text(&ty(25), "tab\there".as_bytes()).as_deref(),
+            Some("tab\there")
+        );
+        assert_eq!(
+            binary_key_text(&ty(1700), &[0, 0]),
+            None,
+            "numeric prints on the server"
+        );
+        // A row of (id int8, v text) keyed by id: no text leads it.
+        let rel = RelationSchema {
+            rel_id: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            replica_identity: crate::pgoutput::ReplicaIdentity::Default,
+            columns: [(20, "id"), (25, "v")]
+                .iter()
+                .map(|&(oid, name)| ColumnSchema {
+                    name: name.into(),
+                    type_info: ty(oid),
+                    type_modifier: -1,
+                    is_key: name == "id",
+                })
+                .collect(),
+        };
+        assert!(!binary_key_texts(&rel, &[0]));
+        assert!(!binary_key_texts(&rel, &[1, 0]));
+        let mut tuple = 2i16.to_be_bytes().to_vec();
+        tuple.extend_from_slice(&8i32.to_be_bytes());
+        tuple.extend_from_slice(&42i64.to_be_bytes());
+        tuple.extend_from_slice(&(-1i32).to_be_bytes());
+        let row = ChunkRow::Binary {
+            tuple: Bytes::from(tuple),
+            data: 2,
+        };
+        assert_eq!(row.key_text(&rel, &[0]), Some(vec!["42".to_string()]));
+        assert_eq!(row.values()[1], TupleValue::Null);
     }
 }

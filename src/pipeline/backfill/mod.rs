@@ -551,7 +551,7 @@ async fn read_between(
 
 /// The key text of a row read (the next chunk is read after it).
 fn row_key(row: &ChunkRow, job: &Job<'_>) -> Result<Vec<String>, Failure> {
-    row.key_text(job.key_idx).ok_or_else(|| {
+    row.key_text(job.rel, job.key_idx).ok_or_else(|| {
         Failure::Refused(Refused(format!(
             "table {}: a row read lacks its key columns",
             job.req.table

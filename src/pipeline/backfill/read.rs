@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use super::window::{Mark, PREFIX};
+use crate::model::chunk::binary_key_texts;
 use crate::model::copy_binary::{field_spans, Tuples};
 use crate::model::copy_text::{count_fields, Lines};
 use crate::model::{ChunkRow, RelationSchema};
@@ -182,7 +183,7 @@ impl Reader {
         futures_util::pin_mut!(stream);
         if binary {
             return self
-                .read_binary(stream, key.len(), rel.columns.len(), &what)
+                .read_binary(stream, key_texts(rel, key), rel.columns.len(), &what)
                 .await;
         }
         let mut lines = Lines::default();
@@ -245,12 +246,26 @@ impl Reader {
     }
 }
 
+/// How many text fields lead a binary row of `rel` chunked by `key` (see
+/// `model::chunk::binary_key_texts`).
+fn key_texts(rel: &RelationSchema, key: &[String]) -> usize {
+    let idx: Option<Vec<usize>> = key
+        .iter()
+        .map(|k| rel.columns.iter().position(|c| &c.name == k))
+        .collect();
+    match idx {
+        Some(idx) if !binary_key_texts(rel, &idx) => 0,
+        _ => key.len(),
+    }
+}
+
 /// The chunk's query (see [`Reader::read`]).
 ///
-/// With `binary`, in binary COPY, the key's text first (as the type's
-/// output function prints it, as the stream does: `format('%s')`, not a
-/// cast to text, which prints a bool as `true` and trims a `char(n)`),
-/// then the columns (ordered by output position).
+/// With `binary`, in binary COPY: the key's text first unless pgbridge
+/// prints the key's types itself (see `model::chunk::binary_key_texts`;
+/// as the type's output function prints it, as the stream does:
+/// `format('%s')`, not a cast to text, which prints a bool as `true` and
+/// trims a `char(n)`), then the columns (ordered by output position).
 pub fn chunk_query(
     spec: &TableSpec,
     rel: &RelationSchema,
@@ -260,7 +275,7 @@ pub fn chunk_query(
     limit: usize,
     binary: bool,
 ) -> String {
-    let mut columns: Vec<String> = match binary {
+    let mut columns: Vec<String> = match binary && key_texts(rel, key) > 0 {
         true => key
             .iter()
             .map(|k| format!("pg_catalog.format('%s', {})", ident(k)))
@@ -286,11 +301,12 @@ pub fn chunk_query(
         sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
     }
     if !key.is_empty() {
+        let texts = key_texts(rel, key);
         let order = match binary {
             true => key
                 .iter()
                 .map(|k| match rel.columns.iter().position(|c| &c.name == k) {
-                    Some(i) => (key.len() + i + 1).to_string(),
+                    Some(i) => (texts + i + 1).to_string(),
                     None => ident(k),
                 })
                 .collect::<Vec<_>>()

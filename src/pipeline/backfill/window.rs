@@ -362,7 +362,7 @@ impl Pending {
         }
         let mut read: HashMap<Vec<String>, Vec<TupleValue>> = HashMap::new();
         chunk.rows.retain(|r| {
-            let Some(k) = r.key_text(&idx) else {
+            let Some(k) = r.key_text(&chunk.relation, &idx) else {
                 return false;
             };
             if self.changed.contains_key(&k) {

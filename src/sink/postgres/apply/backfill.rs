@@ -24,6 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::CopyRow;
 use super::Target;
+use crate::model::chunk::binary_key_texts;
 use crate::model::{copy_binary, BackfillChunk, ChunkRow, RelationSchema, Replace};
 use crate::sink::postgres::error::{classify, ApplyError, Context};
 use crate::sink::postgres::schema::TableState;
@@ -218,7 +219,12 @@ impl Target {
                 chunk.relation.qualified_name()
             ))
         };
-        let mut cmp = Comparison::new(&chunk.rows, key, chunk.relation.columns.len());
+        let mut cmp = Comparison::new(
+            &chunk.rows,
+            &chunk.relation,
+            key,
+            chunk.relation.columns.len(),
+        );
         while let Some(part) = stream.next().await {
             cmp.push(&part.map_err(|e| classify(e, ctx))?)
                 .map_err(wrong)?;
@@ -317,6 +323,7 @@ fn range_query(chunk: &BackfillChunk, types: &[String], table: Option<&TableStat
             let cast = !same_types(rel, table);
             let texts = key
                 .iter()
+                .filter(|_| binary_key_texts(rel, key))
                 .filter_map(|&i| rel.columns.get(i))
                 .map(|c| format!("pg_catalog.format('%s', {})", quote_ident(&c.name)));
             let columns = rel.columns.iter().map(|c| match cast {
@@ -327,9 +334,14 @@ fn range_query(chunk: &BackfillChunk, types: &[String], table: Option<&TableStat
                 ),
                 false => quote_ident(&c.name),
             });
+            let k = if binary_key_texts(rel, key) {
+                key.len()
+            } else {
+                0
+            };
             order = key
                 .iter()
-                .map(|&i| (key.len() + i + 1).to_string())
+                .map(|&i| (k + i + 1).to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
             (
@@ -403,7 +415,7 @@ pub(crate) fn replace_statement(chunk: &BackfillChunk, types: &[String]) -> Opti
             let keys: std::collections::BTreeSet<Vec<String>> = chunk
                 .rows
                 .iter()
-                .filter_map(|r| r.key_text(key))
+                .filter_map(|r| r.key_text(rel, key))
                 .chain(chunk.refresh.iter().cloned())
                 .collect();
             if keys.is_empty() || key.is_empty() {
@@ -583,7 +595,7 @@ mod tests {
         // missing, 4 is extra, 5 is kept, 6 is extra but outside the
         // filter; split across parts anywhere.
         let compare = |range: &BackfillChunk, target: &str| {
-            let mut c = Comparison::new(&range.rows, &[0], 2);
+            let mut c = Comparison::new(&range.rows, &range.relation, &[0], 2);
             let (a, b) = target.split_at(target.len() / 2);
             c.push(&Bytes::copy_from_slice(a.as_bytes())).expect("part");
             c.push(&Bytes::copy_from_slice(b.as_bytes())).expect("part");
@@ -621,10 +633,10 @@ mod tests {
         );
         assert_eq!(delete, [key("1"), key("3"), key("9")]);
         assert_eq!(insert, ["1 x", "3 x", "9 "]);
-        let mut cut = Comparison::new(&range.rows, &[0], 2);
+        let mut cut = Comparison::new(&range.rows, &range.relation, &[0], 2);
         cut.push(&Bytes::from_static(b"1\tx")).expect("part");
         assert!(cut.finish().is_err(), "a row cut short is an error");
-        let mut short = Comparison::new(&range.rows, &[0], 2);
+        let mut short = Comparison::new(&range.rows, &range.relation, &[0], 2);
         assert!(
             short.push(&Bytes::from_static(b"1\tx\n")).is_err(),
             "a field missing is an error"

@@ -28,9 +28,10 @@ use memchr::memrchr;
 
 use bytes::Bytes;
 
+use crate::model::chunk::{binary_key_text, binary_key_texts};
 use crate::model::copy_binary::{field_spans, fields_from, span_bytes, Tuples};
 use crate::model::copy_text::{count_fields, field_bounds, unescape};
-use crate::model::ChunkRow;
+use crate::model::{ChunkRow, RelationSchema};
 
 /// No chunk row (the end of a hash chain).
 const NONE: usize = usize::MAX;
@@ -60,6 +61,10 @@ struct Index {
 /// A chunk's rows against the target's rows of its range.
 pub struct Comparison<'c> {
     rows: &'c [ChunkRow],
+    rel: &'c RelationSchema,
+    /// Binary rows (both sides) lead with their key's text (see
+    /// `binary_key_texts`).
+    key_texts: bool,
     /// The chunk's rows as read (streamed states are inserted whatever
     /// the target holds: their keys are deleted before the comparison):
     /// the row's index in `rows` and its line.
@@ -86,7 +91,15 @@ pub struct Comparison<'c> {
 impl<'c> Comparison<'c> {
     /// `rows`: the chunk's rows; `key`: the key's column indexes; `width`:
     /// the columns of a row (a target line has one more: deletable).
-    pub fn new(rows: &'c [ChunkRow], key: &'c [usize], width: usize) -> Self {
+    /// `rows`: the chunk's rows, of `rel`; `key`: the key's column
+    /// indexes; `width`: the columns of a row (a target row has one more:
+    /// deletable).
+    pub fn new(
+        rows: &'c [ChunkRow],
+        rel: &'c RelationSchema,
+        key: &'c [usize],
+        width: usize,
+    ) -> Self {
         let lines: Vec<(usize, &[u8])> = rows
             .iter()
             .enumerate()
@@ -101,6 +114,8 @@ impl<'c> Comparison<'c> {
             .any(|r| matches!(r, ChunkRow::Binary { .. }))
             .then(Tuples::default);
         Comparison {
+            rel,
+            key_texts: binary_key_texts(rel, key),
             is_binary: binary.is_some(),
             binary,
             rows,
@@ -211,7 +226,7 @@ impl<'c> Comparison<'c> {
     /// One target row in binary: the key's text, `width` columns and
     /// whether it may be deleted.
     fn tuple(&mut self, tuple: &[u8]) -> Result<(), String> {
-        let k = self.key.len();
+        let k = if self.key_texts { self.key.len() } else { 0 };
         let mut spans = std::mem::take(&mut self.fields);
         let n = field_spans(tuple, &mut spans);
         if n != Some(k + self.width + 1) {
@@ -238,11 +253,27 @@ impl<'c> Comparison<'c> {
             .iter()
             .map(|&(a, b)| (a - start, b - start))
             .collect();
-        let key_text = || {
-            texts
+        let rel = self.rel;
+        let key_spans: Vec<(usize, Option<(usize, usize)>)> = self
+            .key
+            .iter()
+            .map(|&i| (i, self.fields.get(i).copied()))
+            .collect();
+        let key_text = || match k {
+            0 => key_spans
+                .iter()
+                .map(|&(i, span)| {
+                    let value = span.map_or(&[][..], |s| span_bytes(body, s));
+                    rel.columns
+                        .get(i)
+                        .and_then(|c| binary_key_text(&c.type_info, value))
+                        .unwrap_or_default()
+                })
+                .collect(),
+            _ => texts
                 .iter()
                 .map(|&s| String::from_utf8_lossy(span_bytes(tuple, s)).into_owned())
-                .collect()
+                .collect(),
         };
         self.target_row(body, deletable, Some(&key_text))
     }
@@ -319,7 +350,7 @@ impl<'c> Comparison<'c> {
                 Seen::No => insert.push(row),
                 Seen::Redo => {
                     let key = match row {
-                        ChunkRow::Binary { .. } => row.key_text(self.key),
+                        ChunkRow::Binary { .. } => row.key_text(self.rel, self.key),
                         _ => field_bounds(line, self.key, &mut self.fields).then(|| {
                             let fields = &self.fields;
                             self.key
