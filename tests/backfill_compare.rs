@@ -72,33 +72,14 @@ fn writes_only_differences() {
         &dst,
         "SELECT count(*) FROM m WHERE id <> 9001 AND (id % 7 = 0 OR id % 11 = 0 OR id % 17 = 0)",
     );
-    assert_ne!(contents(&dst, "m"), contents(&src, "m"));
-    assert_ne!(contents(&dst, "nk"), contents(&src, "nk"));
-    let out = dir.path().join("backfill.out");
-    for table in ["public.m", "public.nk"] {
-        let status = wait_child(
-            spawn_backfill(&config, &out, &["--table", table]),
-            120,
-            "pgbridge backfill",
-        );
-        let printed = std::fs::read_to_string(&out).unwrap_or_default();
-        assert!(
-            status.success(),
-            "backfill of {table}:\n{printed}\nlog:\n{}",
-            log_text(&log)
-        );
-    }
-    caught_up(&src, "bf_cmp", &log);
-    assert_eq!(contents(&dst, "m"), contents(&src, "m"), "m repaired");
-    assert_eq!(contents(&dst, "nk"), contents(&src, "nk"), "nk repaired");
-    let rewritten = psql(
-        &dst,
-        "SELECT count(*) FROM m JOIN seen USING (k, id) WHERE m.xmin::text <> seen.x",
-    );
-    assert_eq!(
-        rewritten, changed,
-        "only the rows that differed were written"
-    );
+    let repair = Repair {
+        src: &src,
+        dst: &dst,
+        slot: "bf_cmp",
+        config: &config,
+        log: &log,
+    };
+    repair.check(dir.path(), ["m", "nk"], &changed);
     drop(run);
 }
 
@@ -165,33 +146,14 @@ fn binary_compare() {
         "SELECT count(*) FROM b WHERE id < 9001 \
          AND ((id % 7 = 0 AND n IS NOT NULL) OR (id % 9 = 0 AND id % 7 <> 0) OR id % 11 = 0)",
     );
-    assert_ne!(contents(&dst, "b"), contents(&src, "b"));
-    assert_ne!(contents(&dst, "w"), contents(&src, "w"));
-    let out = dir.path().join("backfill.out");
-    for table in ["public.b", "public.w"] {
-        let status = wait_child(
-            spawn_backfill(&config, &out, &["--table", table]),
-            120,
-            "pgbridge backfill",
-        );
-        let printed = std::fs::read_to_string(&out).unwrap_or_default();
-        assert!(
-            status.success(),
-            "backfill of {table}:\n{printed}\nlog:\n{}",
-            log_text(&log)
-        );
-    }
-    caught_up(&src, "bf_bin", &log);
-    assert_eq!(contents(&dst, "b"), contents(&src, "b"), "b repaired");
-    assert_eq!(contents(&dst, "w"), contents(&src, "w"), "w repaired");
-    let rewritten = psql(
-        &dst,
-        "SELECT count(*) FROM b JOIN seen USING (k, id) WHERE b.xmin::text <> seen.x",
-    );
-    assert_eq!(
-        rewritten, changed,
-        "only the rows that differed were written"
-    );
+    let repair = Repair {
+        src: &src,
+        dst: &dst,
+        slot: "bf_bin",
+        config: &config,
+        log: &log,
+    };
+    repair.check(dir.path(), ["b", "w"], &changed);
     let text = log_text(&log);
     assert_eq!(
         text.matches("copy_format=\"binary\"").count() + text.matches("copy_format=binary").count(),
@@ -199,4 +161,55 @@ fn binary_compare() {
         "both read in binary:\n{text}"
     );
     drop(run);
+}
+
+/// A pipeline whose target tables differ from the source's.
+struct Repair<'a> {
+    src: &'a str,
+    dst: &'a str,
+    slot: &'a str,
+    config: &'a std::path::Path,
+    log: &'a std::path::Path,
+}
+
+impl Repair<'_> {
+    /// Backfills `tables` (of schema public, differing from the source
+    /// now) one after the other; then each is identical to the source, and
+    /// of the first only `changed` rows were written (rows whose `xmin`
+    /// differs from the one in table `seen`, by `(k, id)`).
+    fn check(&self, dir: &std::path::Path, tables: [&str; 2], changed: &str) {
+        for t in tables {
+            assert_ne!(contents(self.dst, t), contents(self.src, t), "{t} differs");
+        }
+        let out = dir.join("backfill.out");
+        for t in tables {
+            let table = format!("public.{t}");
+            let status = wait_child(
+                spawn_backfill(self.config, &out, &["--table", &table]),
+                120,
+                "pgbridge backfill",
+            );
+            let printed = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(
+                status.success(),
+                "backfill of {table}:\n{printed}\nlog:\n{}",
+                log_text(self.log)
+            );
+        }
+        caught_up(self.src, self.slot, self.log);
+        for t in tables {
+            assert_eq!(contents(self.dst, t), contents(self.src, t), "{t} repaired");
+        }
+        let rewritten = psql(
+            self.dst,
+            &format!(
+                "SELECT count(*) FROM {0} JOIN seen USING (k, id) WHERE {0}.xmin::text <> seen.x",
+                tables[0]
+            ),
+        );
+        assert_eq!(
+            rewritten, changed,
+            "only the rows that differed were written"
+        );
+    }
 }
