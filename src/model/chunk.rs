@@ -192,18 +192,7 @@ pub fn binary_key_text(ty: &TypeInfo, v: &[u8]) -> Option<String> {
         Builtin::Int4 => Some(i32::from_be_bytes(v.try_into().ok()?).to_string()),
         Builtin::Int8 => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
         Builtin::Text | Builtin::Varchar => Some(String::from_utf8_lossy(v).into_owned()),
-        Builtin::Uuid => {
-            let b: [u8; 16] = v.try_into().ok()?;
-            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            Some(format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            ))
-        }
+        Builtin::Uuid => Some(super::json::uuid_string(v.try_into().ok()?)),
         _ => None,
     }
 }

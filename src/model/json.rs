@@ -216,7 +216,8 @@ fn wide_int(n: i128) -> Rendered<'static> {
     }
 }
 
-fn uuid_string(u: &[u8; 16]) -> String {
+/// A uuid as PostgreSQL prints it (lowercase, hyphenated).
+pub(crate) fn uuid_string(u: &[u8; 16]) -> String {
     let mut s = String::with_capacity(36);
     for (i, b) in u.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
