@@ -309,6 +309,11 @@ impl LocalCluster {
         self.port
     }
 
+    /// The server's log so far (empty when it cannot be read).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     pub fn bin_dir(&self) -> &Path {
         &self.bin
     }

@@ -248,6 +248,10 @@ pub struct PostgresSinkSection {
     /// The initial copy drops a table's indexes and rebuilds them after.
     #[serde(default = "default_true")]
     pub defer_indexes: bool,
+    /// The initial copy loads a table in one transaction that empties it
+    /// first, with COPY FREEZE, where it can.
+    #[serde(default)]
+    pub copy_freeze: bool,
     #[serde(default = "default_batch_rows")]
     pub batch_max_rows: usize,
     #[serde(default = "default_batch_bytes")]

@@ -1,7 +1,8 @@
 //! The initial copy rebuilds a finished table's deferred indexes on a
 //! connection of their own while the copy of other tables goes on, exits
 //! only when every rebuild is done, and rebuilds on the next run what a
-//! killed run was still building.
+//! killed run was still building. It loads a table it may truncate whole
+//! with COPY FREEZE, and any other in chunks as before.
 
 use std::process::Child;
 
@@ -14,10 +15,16 @@ use crate::harness::{self, psql};
 use crate::trial;
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "copy_indexes::rebuilds_overlap_the_copy_of_other_tables",
-        rebuilds_overlap_the_copy_of_other_tables,
-    )]
+    vec![
+        trial(
+            "copy_indexes::rebuilds_overlap_the_copy_of_other_tables",
+            rebuilds_overlap_the_copy_of_other_tables,
+        ),
+        trial(
+            "copy_indexes::whole_tables_load_frozen",
+            whole_tables_load_frozen,
+        ),
+    ]
 }
 
 /// Rows of `a_slow`, whose target index calls a function that sleeps
@@ -157,4 +164,78 @@ fn rebuilds_overlap_the_copy_of_other_tables() {
         ),
         "public.a_slow,public.b_mid,public.c_mid"
     );
+}
+
+/// `pages all-frozen/pages` of `table` on `db` (pg_visibility).
+fn frozen_pages(db: &str, table: &str) -> String {
+    psql(
+        db,
+        &format!(
+            "SELECT count(*) FILTER (WHERE all_frozen) || '/' || count(*) FROM pg_visibility_map('{table}')"
+        ),
+    )
+}
+
+/// With `copy_freeze = true`, a table the sink may truncate is loaded in
+/// one transaction with COPY FREEZE: every page of it is all-frozen right
+/// after the copy. A table another table's foreign key references
+/// (TRUNCATE refuses it) is loaded in chunks as before, and so is every
+/// table by default; all end with the source's rows and their indexes.
+fn whole_tables_load_frozen() {
+    let (port, src) = harness::fresh_db("cf_src");
+    let ddl = "CREATE TABLE f (id int PRIMARY KEY, pad text);
+         CREATE TABLE p (id int PRIMARY KEY);
+         CREATE TABLE c (id int PRIMARY KEY, p_id int);";
+    psql(&src, ddl);
+    psql(
+        &src,
+        "INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         INSERT INTO p SELECT g FROM generate_series(1, 300) g;
+         INSERT INTO c SELECT g, g FROM generate_series(1, 300) g;
+         CREATE PUBLICATION p FOR TABLE f, p, c;",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for freeze in [true, false] {
+        let (_, dst) = harness::fresh_db(&format!("cf_dst_{freeze}"));
+        psql(&dst, ddl);
+        psql(
+            &dst,
+            "ALTER TABLE c ADD FOREIGN KEY (p_id) REFERENCES p; CREATE EXTENSION pg_visibility;",
+        );
+        let config = dir.path().join(format!("{freeze}.toml"));
+        let mut sink = Config::source(&harness::url(port, &src), &format!("cf_{freeze}"), &["p"])
+            .key("snapshot", "\"initial_only\"")
+            .postgres_sink("d", &harness::url(port, &dst));
+        if freeze {
+            sink = sink.key("copy_freeze", true);
+        }
+        sink.write(&config)
+            .unwrap_or_else(|e| panic!("write config: {e}"));
+        let log = dir.path().join(format!("{freeze}.log"));
+        let status = wait_exit(
+            spawn_run(&config, &log),
+            &log,
+            "the initial_only run did not exit",
+        );
+        let text = log_text(&log);
+        assert!(status.success(), "{text}");
+        for t in ["f", "p", "c"] {
+            assert_eq!(rows(&dst, t), rows(&src, t), "{t}, copy_freeze = {freeze}");
+        }
+        let f = frozen_pages(&dst, "f");
+        let (all, pages) = f.split_once('/').expect("frozen/pages");
+        assert!(pages.parse::<u32>().unwrap_or(0) > 1, "{f}");
+        assert_eq!(
+            all == pages,
+            freeze,
+            "f: {f} pages all-frozen, copy_freeze = {freeze}"
+        );
+        let p = frozen_pages(&dst, "p");
+        assert!(
+            p.starts_with("0/"),
+            "p is referenced, so not loaded whole: {p}"
+        );
+        assert_eq!(indexes(&dst, "f"), "f_pkey t t", "copy_freeze = {freeze}");
+        assert!(!text.contains("WARN"), "{text}");
+    }
 }

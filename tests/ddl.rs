@@ -663,11 +663,21 @@ fn avro_new_version_and_refusal() {
     let status = wait_exit(run, &log, "the sink to stop on the refused schema");
     assert!(!status.success());
     let text = log_text(&log);
+    // A capture that failed says so in the server log (a WARNING that
+    // does not fail the DDL): shown when the change is not named.
+    let warnings = || {
+        harness::with_cluster(|c| c.server_log())
+            .lines()
+            .filter(|l| l.contains("pgbridge"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         text.contains("ddla.t-value")
             && text.contains("incompatible")
             && text.contains("column c type integer -> text"),
-        "{text}"
+        "{text}\nserver log lines naming pgbridge:\n{}",
+        warnings()
     );
     let after = psql(
         "postgres",

@@ -125,8 +125,9 @@ pub trait Destination: Sink {
 pub enum Copier<'a> {
     /// COPY data exactly as the source's `COPY ... TO STDOUT` sends it,
     /// written by several workers at once, each a chunk of a table (a page
-    /// range, or one partition of a partitioned root) in a transaction of
-    /// its own. No row is decoded on the way.
+    /// range, one partition of a partitioned root, or the whole table when
+    /// the sink asks for it) in a transaction of its own. No row is decoded
+    /// on the way.
     Raw(std::sync::Arc<dyn RawCopier>),
     /// Decoded rows, one table after the other, each table in one read.
     Rows(Box<dyn RowCopier + 'a>),
@@ -137,6 +138,15 @@ pub enum Copier<'a> {
 pub enum CopyFormat {
     Binary,
     Text,
+}
+
+/// How a [`RawCopier`] takes a table's COPY data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyPlan {
+    pub format: CopyFormat,
+    /// The whole table in one chunk (one transaction on the sink), never
+    /// split in page ranges.
+    pub whole: bool,
 }
 
 impl CopyFormat {
@@ -159,17 +169,17 @@ pub trait RawCopier: Send + Sync {
     async fn preflight(&self, tables: &[TableSpec]) -> Result<Vec<String>, SinkError>;
 
     /// Begins a table's copy: the destination table is made ready and
-    /// empty (rows of an earlier, incomplete copy are gone). Returns the
-    /// format its chunks are to come in.
-    async fn begin_table(&self, table: &TableSpec) -> Result<CopyFormat, SinkError>;
+    /// empty (rows of an earlier, incomplete copy are gone). Returns how
+    /// its chunks are to come.
+    async fn begin_table(&self, table: &TableSpec) -> Result<CopyPlan, SinkError>;
 
     /// Opens the write of one chunk of `table`, begun with
-    /// [`RawCopier::begin_table`]. Nothing of the chunk counts until
-    /// [`ChunkWriter::finish`] returns.
+    /// [`RawCopier::begin_table`] (which returned `plan`). Nothing of the
+    /// chunk counts until [`ChunkWriter::finish`] returns.
     async fn begin_chunk(
         &self,
         table: &TableSpec,
-        format: CopyFormat,
+        plan: CopyPlan,
     ) -> Result<Box<dyn ChunkWriter>, SinkError>;
 
     /// Every chunk of `table` is written (`rows` in all): the table's copy

@@ -3,7 +3,8 @@
 //! source connection in the exported snapshot, take chunks from one queue
 //! shared by every such sink. A large table is split into chunks of pages
 //! (TID ranges), a partitioned root into its leaves (each in page chunks of
-//! its own, written under the root's name). The source's CopyData goes
+//! its own, written under the root's name), unless the sink takes the
+//! table whole ([`CopyPlan::whole`]: one chunk, one source COPY). The source's CopyData goes
 //! into the sink's [`ChunkWriter`] as read, coalesced into large messages,
 //! never decoded. A table whose every chunk is in is completed
 //! ([`RawCopier::finish_table`]: a Postgres sink rebuilds its deferred
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::{import_snapshot_raw, CopyError, CopyStats, Progress};
 use crate::pg::{self, qualified};
 use crate::privileges;
-use crate::sink::{CopyFormat, RawCopier};
+use crate::sink::{CopyPlan, RawCopier};
 use crate::source::published::{CopyReadError, TableSpec};
 use crate::source::ConnInfo;
 use crate::Lsn;
@@ -44,7 +45,7 @@ struct Job {
     table: Arc<TableSpec>,
     /// The relation read: the table itself, or one leaf partition of it.
     read_from: String,
-    format: CopyFormat,
+    plan: CopyPlan,
     /// Page range [from, to); `to = None` is open-ended.
     from: i64,
     to: Option<i64>,
@@ -116,10 +117,10 @@ pub(super) async fn copy(
     for s in sinks {
         let sink: Arc<str> = s.sink.into();
         for t in s.tables {
-            let format = s.copier.begin_table(&t).await?;
+            let plan = s.copier.begin_table(&t).await?;
             total_bytes += t.bytes.max(0) as u64;
             ntables += 1;
-            jobs.extend(chunks(&sink, &s.copier, Arc::new(t), format));
+            jobs.extend(chunks(&sink, &s.copier, Arc::new(t), plan));
         }
     }
     let shared = Arc::new(Shared {
@@ -189,11 +190,14 @@ fn chunks(
     sink: &Arc<str>,
     copier: &Arc<dyn RawCopier>,
     table: Arc<TableSpec>,
-    format: CopyFormat,
+    plan: CopyPlan,
 ) -> Vec<Job> {
     // The relations read, each with its pages: the table, or each leaf of
-    // a partitioned root (in page chunks of their own).
-    let reads: Vec<(String, i64)> = if table.partitions.is_empty() {
+    // a partitioned root (in page chunks of their own). A whole table is
+    // one chunk (a sink asks for that only of a table without partitions).
+    let reads: Vec<(String, i64)> = if plan.whole {
+        vec![(table.sql_name(), 0)]
+    } else if table.partitions.is_empty() {
         vec![(table.sql_name(), table.pages)]
     } else {
         table
@@ -222,7 +226,7 @@ fn chunks(
             copier: copier.clone(),
             table: table.clone(),
             read_from,
-            format,
+            plan,
             from: k * CHUNK_PAGES,
             to: (k + 1 < n).then_some((k + 1) * CHUNK_PAGES),
             remaining: remaining.clone(),
@@ -346,13 +350,13 @@ async fn worker(shared: &Arc<Shared>) -> Result<(), CopyError> {
             "COPY (SELECT {} FROM ONLY {}{where_}) TO STDOUT (FORMAT {})",
             t.column_list(),
             job.read_from,
-            job.format.as_sql()
+            job.plan.format.as_sql()
         );
         let what = format!("sink {}: copying {}", job.sink, t.qualified_name());
         src.start_copy_out(&out_sql)
             .await
             .map_err(|e| CopyReadError::source(&what, &source.user, e))?;
-        let mut sink = job.copier.begin_chunk(t, job.format).await?;
+        let mut sink = job.copier.begin_chunk(t, job.plan).await?;
         // The source sends one CopyData message per row; they are read
         // straight off the socket and sent on coalesced into large
         // messages, which saves the per-row message handling on both ends.

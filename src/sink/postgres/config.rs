@@ -102,6 +102,11 @@ pub struct PostgresSinkConfig {
     /// The initial copy drops a target table's indexes and rebuilds them
     /// once the table's copy is complete (see [`indexes`](super::indexes)).
     pub defer_indexes: bool,
+    /// The initial copy loads a table in one target transaction that
+    /// empties it first, with COPY FREEZE, where that can work (see
+    /// [`copy`](super::copy)); otherwise a large table comes in page
+    /// chunks over the copy's connections.
+    pub copy_freeze: bool,
     /// Whether the initial copy creates missing tables from the source's
     /// definitions (needs `source`).
     pub schema: SchemaMode,
@@ -141,6 +146,7 @@ impl PostgresSinkConfig {
             replication_role: ReplicationRole::Auto,
             replication_origin: ReplicationOrigin::Auto,
             defer_indexes: true,
+            copy_freeze: false,
             schema: SchemaMode::None,
             source: None,
         }
@@ -174,6 +180,7 @@ impl PostgresSinkConfig {
             replication_role: section.session_replication_role,
             replication_origin: section.replication_origin,
             defer_indexes: section.defer_indexes,
+            copy_freeze: section.copy_freeze,
             schema: section.schema,
             source: Some(config.source.url.info.clone()),
         }

@@ -9,7 +9,13 @@
 //! began on it before, or the sink has applied changes: rows put there by
 //! anything else are never thrown away) and takes its indexes off (see
 //! [`indexes`](super::indexes)); then each chunk is one target
-//! transaction on one of the workers' connections; once the last one has
+//! transaction on one of the workers' connections. With `copy_freeze`, a
+//! table that can be truncated is taken whole, in one transaction that
+//! truncates it again (it is empty by then, which is checked under the
+//! lock) and loads it with COPY FREEZE: the rows arrive frozen and
+//! all-visible, so the index builds after it skip the commit checks of
+//! every row, no VACUUM has to freeze them later, and no second session
+//! competes for extending the same table. Once the last chunk has
 //! committed, [`RawCopier::finish_table`] rebuilds the indexes and records
 //! the table complete (see [`copy_state`](super::copy_state)), in one
 //! transaction on a connection of its own, while the workers copy other
@@ -34,7 +40,7 @@ use super::schema_copy;
 use super::SchemaMode;
 use crate::pg::{self, ident};
 use crate::privileges;
-use crate::sink::{ChunkWriter, CopyFormat, RawCopier, SinkError};
+use crate::sink::{ChunkWriter, CopyFormat, CopyPlan, RawCopier, SinkError};
 use crate::source::published::{binary_io_sql, TableSpec};
 use crate::source::ConnInfo;
 use crate::Lsn;
@@ -132,32 +138,46 @@ impl RawCopier for PgCopier {
             .map_err(|e| self.owner().err("checking the target user's privileges", e))
     }
 
-    async fn begin_table(&self, table: &TableSpec) -> Result<CopyFormat, SinkError> {
+    async fn begin_table(&self, table: &TableSpec) -> Result<CopyPlan, SinkError> {
         let client = self.client().await?;
         let binary = prepare_table(&client, self, table).await?;
+        let whole = self.config.copy_freeze && table.partitions.is_empty() && {
+            truncatable(&client, table).await.map_err(|e| {
+                self.owner()
+                    .err(&format!("inspecting {}", table.qualified_name()), e)
+            })?
+        };
         Self::put(&self.idle, client);
-        Ok(match binary {
+        let format = match binary {
             true => CopyFormat::Binary,
             false => CopyFormat::Text,
-        })
+        };
+        Ok(CopyPlan { format, whole })
     }
 
     async fn begin_chunk(
         &self,
         table: &TableSpec,
-        format: CopyFormat,
+        plan: CopyPlan,
     ) -> Result<Box<dyn ChunkWriter>, SinkError> {
         let what = format!("copying {}", table.qualified_name());
         let client = self.client().await?;
-        let in_sql = format!(
-            "COPY {} FROM STDIN (FORMAT {})",
-            table.copy_target(),
-            format.as_sql()
-        );
         client
             .batch_execute("BEGIN")
             .await
             .map_err(|e| self.owner().err(&what, e))?;
+        let freeze = match plan.whole {
+            true => truncate_for_freeze(&client, &self.sink, table)
+                .await
+                .map_err(|e| self.owner().err(&what, e))?,
+            false => false,
+        };
+        let in_sql = format!(
+            "COPY {} FROM STDIN (FORMAT {}{})",
+            table.copy_target(),
+            plan.format.as_sql(),
+            if freeze { ", FREEZE" } else { "" }
+        );
         let copy = client
             .copy_in::<_, Bytes>(in_sql.as_str())
             .await
@@ -224,6 +244,57 @@ impl ChunkWriter for PgChunk {
         PgCopier::put(&self.idle, self.client);
         Ok(rows)
     }
+}
+
+/// Whether the copy may load `t` whole with COPY FREEZE: a plain table
+/// (COPY FREEZE refuses a partitioned one) that the session may truncate
+/// and that no other table's foreign key references (TRUNCATE refuses it).
+async fn truncatable(
+    client: &tokio_postgres::Client,
+    t: &TableSpec,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT c.relkind = 'r' AND pg_catalog.has_table_privilege(c.oid, 'TRUNCATE')                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f                  WHERE f.contype = 'f' AND f.confrelid = c.oid AND f.conrelid <> c.oid)              FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&t.sql_name()],
+        )
+        .await?;
+    match row {
+        Some(r) => r.try_get(0),
+        None => Ok(false),
+    }
+}
+
+/// In the chunk's open transaction: truncates `t` so that COPY FREEZE may
+/// load it, when it is still empty (checked under the table's lock, which
+/// TRUNCATE takes anyway: [`empty_table`] emptied it, so rows now are
+/// someone else's, and they stay; the load is then an ordinary COPY).
+/// Returns whether it truncated.
+async fn truncate_for_freeze(
+    client: &tokio_postgres::Client,
+    sink: &str,
+    t: &TableSpec,
+) -> Result<bool, tokio_postgres::Error> {
+    let name = t.sql_name();
+    client
+        .batch_execute(&format!("LOCK TABLE ONLY {name} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    // The simple protocol: a portal left open by the extended one would
+    // make COPY FREEZE refuse ("prior transaction activity").
+    let rows = client
+        .simple_query(&format!("SELECT 1 FROM ONLY {name} LIMIT 1"))
+        .await?
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)));
+    if rows {
+        tracing::warn!(sink = %sink, table = %t.qualified_name(),
+            "the target table got rows from elsewhere after the copy emptied it; they stay, and the table is loaded without FREEZE");
+        return Ok(false);
+    }
+    client
+        .batch_execute(&format!("TRUNCATE ONLY {name}"))
+        .await?;
+    Ok(true)
 }
 
 /// Why a table's copy cannot empty it first.
