@@ -69,3 +69,12 @@ pub fn qualified(schema: &str, table: &str) -> String {
 pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
+
+/// The server's message and SQLSTATE where there is one (`Display` says
+/// only "db error").
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}

@@ -180,19 +180,23 @@ fn frozen_pages(db: &str, table: &str) -> String {
 /// one transaction with COPY FREEZE: every page of it is all-frozen right
 /// after the copy. A table another table's foreign key references
 /// (TRUNCATE refuses it) is loaded in chunks as before, and so is every
-/// table by default; all end with the source's rows and their indexes.
+/// table by default; one whose TRUNCATE fails all the same (a trigger
+/// refuses it) is loaded without FREEZE, with a warning. All end with the
+/// source's rows and their indexes.
 fn whole_tables_load_frozen() {
     let (port, src) = harness::fresh_db("cf_src");
     let ddl = "CREATE TABLE f (id int PRIMARY KEY, pad text);
          CREATE TABLE p (id int PRIMARY KEY);
-         CREATE TABLE c (id int PRIMARY KEY, p_id int);";
+         CREATE TABLE c (id int PRIMARY KEY, p_id int);
+         CREATE TABLE g (id int PRIMARY KEY);";
     psql(&src, ddl);
     psql(
         &src,
         "INSERT INTO f SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
          INSERT INTO p SELECT g FROM generate_series(1, 300) g;
          INSERT INTO c SELECT g, g FROM generate_series(1, 300) g;
-         CREATE PUBLICATION p FOR TABLE f, p, c;",
+         INSERT INTO g SELECT g FROM generate_series(1, 300) g;
+         CREATE PUBLICATION p FOR TABLE f, p, c, g;",
     );
     let dir = tempfile::tempdir().expect("tempdir");
     for freeze in [true, false] {
@@ -200,7 +204,12 @@ fn whole_tables_load_frozen() {
         psql(&dst, ddl);
         psql(
             &dst,
-            "ALTER TABLE c ADD FOREIGN KEY (p_id) REFERENCES p; CREATE EXTENSION pg_visibility;",
+            "ALTER TABLE c ADD FOREIGN KEY (p_id) REFERENCES p; CREATE EXTENSION pg_visibility;
+             CREATE FUNCTION no_truncate() RETURNS trigger LANGUAGE plpgsql \
+               AS $$ BEGIN RAISE EXCEPTION 'g is not truncated'; END $$;
+             CREATE TRIGGER g_no_truncate BEFORE TRUNCATE ON g \
+               FOR EACH STATEMENT EXECUTE FUNCTION no_truncate();
+             ALTER TABLE g ENABLE ALWAYS TRIGGER g_no_truncate;",
         );
         let config = dir.path().join(format!("{freeze}.toml"));
         let mut sink = Config::source(&harness::url(port, &src), &format!("cf_{freeze}"), &["p"])
@@ -219,7 +228,7 @@ fn whole_tables_load_frozen() {
         );
         let text = log_text(&log);
         assert!(status.success(), "{text}");
-        for t in ["f", "p", "c"] {
+        for t in ["f", "p", "c", "g"] {
             assert_eq!(rows(&dst, t), rows(&src, t), "{t}, copy_freeze = {freeze}");
         }
         let f = frozen_pages(&dst, "f");
@@ -235,7 +244,22 @@ fn whole_tables_load_frozen() {
             p.starts_with("0/"),
             "p is referenced, so not loaded whole: {p}"
         );
+        let g = frozen_pages(&dst, "g");
+        assert!(
+            g.starts_with("0/"),
+            "g refuses TRUNCATE, so not frozen: {g}"
+        );
         assert_eq!(indexes(&dst, "f"), "f_pkey t t", "copy_freeze = {freeze}");
-        assert!(!text.contains("WARN"), "{text}");
+        let refused = "the target refused to truncate the table for a frozen load";
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+        match freeze {
+            true => assert!(
+                warnings.len() == 1
+                    && warnings[0].contains(refused)
+                    && warnings[0].contains("public.g"),
+                "{text}"
+            ),
+            false => assert!(warnings.is_empty(), "{text}"),
+        }
     }
 }

@@ -237,14 +237,6 @@ const STATE_SQL: &str = "SELECT \
                  WHERE n.nspname = 'pgbridge' AND c.relname = 'ddl_tables'), \
     (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)";
 
-/// The server's message where there is one (`Display` says "db error").
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
 async fn client(info: &ConnInfo) -> Result<tokio_postgres::Client, CaptureError> {
     crate::pg::connect(info)
         .await
@@ -258,14 +250,14 @@ pub async fn state(info: &ConnInfo) -> Result<CaptureState, CaptureError> {
     let row = c
         .query_one(STATE_SQL, &[])
         .await
-        .map_err(|e| CaptureError::Query(pg_error(&e)))?;
+        .map_err(|e| CaptureError::Query(crate::pg::error_text(&e)))?;
     Ok(CaptureState {
         installed: row
             .try_get(0)
-            .map_err(|e| CaptureError::Query(pg_error(&e)))?,
+            .map_err(|e| CaptureError::Query(crate::pg::error_text(&e)))?,
         superuser: row
             .try_get::<_, Option<bool>>(1)
-            .map_err(|e| CaptureError::Query(pg_error(&e)))?
+            .map_err(|e| CaptureError::Query(crate::pg::error_text(&e)))?
             .unwrap_or(false),
     })
 }
@@ -290,7 +282,7 @@ pub async fn ensure_installed(info: &ConnInfo) -> Result<(), CaptureError> {
         "BEGIN; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgbridge.capture_ddl')); {CAPTURE_SQL}; COMMIT"
     ))
         .await
-        .map_err(|e| CaptureError::Install(pg_error(&e)))?;
+        .map_err(|e| CaptureError::Install(crate::pg::error_text(&e)))?;
     tracing::info!(database = %info.dbname, trigger = TRIGGER,
         "installed the DDL capture on the source (event triggers pgbridge_capture_ddl, pgbridge_capture_ddl_drop; function pgbridge.capture_ddl())");
     Ok(())

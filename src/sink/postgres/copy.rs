@@ -268,7 +268,10 @@ async fn truncatable(
 /// In the chunk's open transaction: truncates `t` so that COPY FREEZE may
 /// load it, when it is still empty (checked under the table's lock, which
 /// TRUNCATE takes anyway: [`empty_table`] emptied it, so rows now are
-/// someone else's, and they stay; the load is then an ordinary COPY).
+/// someone else's, and they stay; the load is then an ordinary COPY). A
+/// TRUNCATE the server refuses all the same (a foreign key [`truncatable`]
+/// did not see, such as one referencing a partitioned parent of `t`) is
+/// rolled back to a savepoint, and the load is an ordinary COPY too.
 /// Returns whether it truncated.
 async fn truncate_for_freeze(
     client: &tokio_postgres::Client,
@@ -291,10 +294,25 @@ async fn truncate_for_freeze(
             "the target table got rows from elsewhere after the copy emptied it; they stay, and the table is loaded without FREEZE");
         return Ok(false);
     }
-    client
-        .batch_execute(&format!("TRUNCATE ONLY {name}"))
-        .await?;
-    Ok(true)
+    client.batch_execute("SAVEPOINT pgbridge_freeze").await?;
+    match client.batch_execute(&format!("TRUNCATE ONLY {name}")).await {
+        Ok(()) => {
+            // The truncation now belongs to the transaction, which COPY
+            // FREEZE accepts as well as the savepoint.
+            client
+                .batch_execute("RELEASE SAVEPOINT pgbridge_freeze")
+                .await?;
+            Ok(true)
+        }
+        Err(e) => {
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT pgbridge_freeze")
+                .await?;
+            tracing::warn!(sink = %sink, table = %t.qualified_name(), error = %crate::pg::error_text(&e),
+                "the target refused to truncate the table for a frozen load; it is loaded without FREEZE");
+            Ok(false)
+        }
+    }
 }
 
 /// Why a table's copy cannot empty it first.
