@@ -1,8 +1,8 @@
 //! The initial copy rebuilds a finished table's deferred indexes on a
 //! connection of their own while the copy of other tables goes on, exits
 //! only when every rebuild is done, and rebuilds on the next run what a
-//! killed run was still building. It loads a table it may truncate whole
-//! with COPY FREEZE, and any other in chunks as before.
+//! killed run was still building. With `copy_freeze` it loads a table it
+//! may truncate whole with COPY FREEZE, and any other in chunks as before.
 
 use std::process::Child;
 

@@ -4,12 +4,13 @@
 //! shared by every such sink. A large table is split into chunks of pages
 //! (TID ranges), a partitioned root into its leaves (each in page chunks of
 //! its own, written under the root's name), unless the sink takes the
-//! table whole ([`CopyPlan::whole`]: one chunk, one source COPY). The source's CopyData goes
-//! into the sink's [`ChunkWriter`] as read, coalesced into large messages,
-//! never decoded. A table whose every chunk is in is completed
-//! ([`RawCopier::finish_table`]: a Postgres sink rebuilds its deferred
-//! indexes then) in a task of its own while the workers go on with other
-//! tables; the copy ends when every completion has.
+//! table whole ([`CopyPlan::whole`]: one chunk, one source COPY). The
+//! source's CopyData goes into the sink's [`ChunkWriter`] as read,
+//! coalesced into large messages, never decoded. A table whose every chunk
+//! is in is completed ([`RawCopier::finish_table`]: a Postgres sink
+//! rebuilds its deferred indexes then) in a task of its own while the
+//! workers go on with other tables; the copy ends when every completion
+//! has.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -255,7 +255,10 @@ async fn truncatable(
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT c.relkind = 'r' AND pg_catalog.has_table_privilege(c.oid, 'TRUNCATE')                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f                  WHERE f.contype = 'f' AND f.confrelid = c.oid AND f.conrelid <> c.oid)              FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            "SELECT c.relkind = 'r' AND pg_catalog.has_table_privilege(c.oid, 'TRUNCATE') \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                 WHERE f.contype = 'f' AND f.confrelid = c.oid AND f.conrelid <> c.oid) \
+             FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
             &[&t.sql_name()],
         )
         .await?;
@@ -308,7 +311,7 @@ async fn truncate_for_freeze(
             client
                 .batch_execute("ROLLBACK TO SAVEPOINT pgbridge_freeze")
                 .await?;
-            tracing::warn!(sink = %sink, table = %t.qualified_name(), error = %crate::pg::error_text(&e),
+            tracing::warn!(sink = %sink, table = %t.qualified_name(), error = %pg::error_text(&e),
                 "the target refused to truncate the table for a frozen load; it is loaded without FREEZE");
             Ok(false)
         }
