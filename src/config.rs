@@ -250,7 +250,7 @@ pub struct PostgresSinkSection {
     pub defer_indexes: bool,
     /// The initial copy loads a table in one transaction that empties it
     /// first, with COPY FREEZE, where it can.
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub copy_freeze: bool,
     #[serde(default = "default_batch_rows")]
     pub batch_max_rows: usize,

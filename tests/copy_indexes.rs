@@ -1,8 +1,8 @@
 //! The initial copy rebuilds a finished table's deferred indexes on a
 //! connection of their own while the copy of other tables goes on, exits
 //! only when every rebuild is done, and rebuilds on the next run what a
-//! killed run was still building. With `copy_freeze` it loads a table it
-//! may truncate whole with COPY FREEZE, and any other in chunks as before.
+//! killed run was still building. It loads a table it may truncate whole
+//! with COPY FREEZE (`copy_freeze`), and any other in chunks.
 
 use std::process::Child;
 
@@ -176,13 +176,13 @@ fn frozen_pages(db: &str, table: &str) -> String {
     )
 }
 
-/// With `copy_freeze = true`, a table the sink may truncate is loaded in
-/// one transaction with COPY FREEZE: every page of it is all-frozen right
-/// after the copy. A table another table's foreign key references
-/// (TRUNCATE refuses it) is loaded in chunks as before, and so is every
-/// table by default; one whose TRUNCATE fails all the same (a trigger
-/// refuses it) is loaded without FREEZE, with a warning. All end with the
-/// source's rows and their indexes.
+/// With `copy_freeze` (the default), a table the sink may truncate is
+/// loaded in one transaction with COPY FREEZE: every page of it is
+/// all-frozen right after the copy. A table another table's foreign key
+/// references (TRUNCATE refuses it) is loaded in chunks, and so is every
+/// table with `copy_freeze = false`; one whose TRUNCATE fails all the same
+/// (a trigger refuses it) is loaded without FREEZE, with a warning. All
+/// end with the source's rows and their indexes.
 fn whole_tables_load_frozen() {
     let (port, src) = harness::fresh_db("cf_src");
     let ddl = "CREATE TABLE f (id int PRIMARY KEY, pad text);
@@ -215,8 +215,8 @@ fn whole_tables_load_frozen() {
         let mut sink = Config::source(&harness::url(port, &src), &format!("cf_{freeze}"), &["p"])
             .key("snapshot", "\"initial_only\"")
             .postgres_sink("d", &harness::url(port, &dst));
-        if freeze {
-            sink = sink.key("copy_freeze", true);
+        if !freeze {
+            sink = sink.key("copy_freeze", false);
         }
         sink.write(&config)
             .unwrap_or_else(|e| panic!("write config: {e}"));

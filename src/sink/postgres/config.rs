@@ -146,7 +146,7 @@ impl PostgresSinkConfig {
             replication_role: ReplicationRole::Auto,
             replication_origin: ReplicationOrigin::Auto,
             defer_indexes: true,
-            copy_freeze: false,
+            copy_freeze: true,
             schema: SchemaMode::None,
             source: None,
         }
